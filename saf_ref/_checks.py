@@ -1,0 +1,141 @@
+"""Input validation with one message template.
+
+Every public function validates its inputs through these helpers, so that every error message has the
+same shape::
+
+    <function>: <argument> <what was expected>, got <what was got>
+
+for example ``conv2d: w.shape[1] (=4) must equal x.shape[1] (=3), the input channels``.
+``TypeError`` is raised for a wrong type or dtype, ``ValueError`` for a wrong shape or value. Validation
+never uses ``assert`` (which ``python -O`` removes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(x: Any) -> str:
+    """Short description of a value for an error message: type, and dtype/shape for arrays."""
+    if isinstance(x, np.ndarray):
+        return f"ndarray of dtype {x.dtype} and shape {x.shape}"
+    if isinstance(x, np.generic):
+        return f"numpy scalar of dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}" if isinstance(x, (int, float, str, bool)) else type(x).__name__
+
+
+def check_ndarray(x: Any, name: str, fn: str) -> np.ndarray:
+    """Require a NumPy array (not a list, not a scalar); return it unchanged."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {_describe(x)}")
+    return x
+
+
+def check_dtype(x: np.ndarray, name: str, fn: str, allowed: Iterable[Any]) -> np.ndarray:
+    """Require ``x.dtype`` to be one of ``allowed`` (dtypes or dtype-likes)."""
+    check_ndarray(x, name, fn)
+    allowed = tuple(np.dtype(a) for a in allowed)
+    if x.dtype not in allowed:
+        names = ", ".join(str(a) for a in allowed)
+        raise TypeError(f"{fn}: {name} must have dtype in ({names}), got {x.dtype}")
+    return x
+
+
+def check_float(x: np.ndarray, name: str, fn: str) -> np.ndarray:
+    """Require a float32 or float64 array."""
+    return check_dtype(x, name, fn, FLOAT_DTYPES)
+
+
+def check_same_dtype(fn: str, **arrays: np.ndarray | None) -> np.dtype:
+    """Require all given (non-None) arrays to share one dtype; return it.
+
+    Mixed float32/float64 inputs are a ``TypeError``: silently promoting would allocate float64 in a
+    float32 path.
+    """
+    present = {k: v for k, v in arrays.items() if v is not None}
+    dtypes = {k: v.dtype for k, v in present.items()}
+    first_name, first = next(iter(dtypes.items()))
+    for k, d in dtypes.items():
+        if d != first:
+            raise TypeError(
+                f"{fn}: {k}.dtype (={d}) must equal {first_name}.dtype (={first}); "
+                "mixed dtypes are not promoted, cast explicitly"
+            )
+    return first
+
+
+def check_ndim(x: np.ndarray, name: str, fn: str, ndim: int, layout: str = "") -> np.ndarray:
+    """Require ``x.ndim == ndim``; ``layout`` (e.g. ``"(N, C, H, W)"``) makes the message clearer."""
+    if x.ndim != ndim:
+        extra = f" {layout}" if layout else ""
+        raise ValueError(f"{fn}: {name} must be {ndim}-dimensional{extra}, got shape {x.shape}")
+    return x
+
+
+def check_equal(fn: str, a_name: str, a: Any, b_name: str, b: Any, meaning: str = "") -> None:
+    """Require ``a == b``: ``conv2d: w.shape[1] (=4) must equal x.shape[1] (=3), the input channels``."""
+    if a != b:
+        tail = f", {meaning}" if meaning else ""
+        raise ValueError(f"{fn}: {a_name} (={a}) must equal {b_name} (={b}){tail}")
+
+
+def check_shape(x: np.ndarray, name: str, fn: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Require ``x.shape == shape`` exactly."""
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    return x
+
+
+def check_choice(value: Any, name: str, fn: str, choices: Iterable[Any]) -> Any:
+    """Require ``value`` to be one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{fn}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, name: str, fn: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Require a Python or NumPy integer (not bool) within ``[low, high]``; return it as ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an integer, got {_describe(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{fn}: {name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_real(value: Any, name: str, fn: str) -> float:
+    """Require a real scalar (int or float, not bool, not an array); return it as ``float``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
+    return float(value)
+
+
+def check_probability(p: Any, name: str, fn: str) -> float:
+    """Require a real scalar in ``[0, 1]`` (NaN rejected); return it as ``float``."""
+    value = check_real(p, name, fn)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{fn}: {name} must be a probability in [0, 1], got {p!r}")
+    return value
+
+
+def check_rng(rng: Any, fn: str, name: str = "rng") -> np.random.Generator:
+    """Turn ``rng`` into a ``np.random.Generator``.
+
+    Accepts a Generator (returned as is) or a non-negative integer seed (``np.random.default_rng(seed)``).
+    ``None`` is rejected: saf_ref never draws from hidden global state, so results are reproducible.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)) and rng >= 0:
+        return np.random.default_rng(int(rng))
+    raise TypeError(
+        f"{fn}: {name} must be a numpy.random.Generator or a non-negative integer seed, got {_describe(rng)}"
+    )

@@ -1,0 +1,1 @@
+"""saf_ref.testing."""
