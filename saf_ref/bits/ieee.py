@@ -211,7 +211,8 @@ class IEEEFormat:
         words = x.view(src.container).astype(_U64)
         sign, sig, q, nan, inf = _unpack(src, words)
         codes = _pack(self, sign, sig, q, nan, inf, overflow=overflow)
-        return codes.astype(self.container)
+        # np.asarray: NumPy turns 0-d results into scalars; keep an array of shape x.shape.
+        return np.asarray(codes).astype(self.container)
 
     # ------------------------------------------------------------------------------- decoding
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -245,7 +246,7 @@ class IEEEFormat:
         dst = _SOURCE_FORMATS[np.dtype(self.decode_dtype)]
         sign, sig, q, nan, inf = _unpack(self, words)
         out = _pack(dst, sign, sig, q, nan, inf, overflow="ieee")
-        return out.astype(dst.container).view(dst.decode_dtype)
+        return np.asarray(out).astype(dst.container).view(dst.decode_dtype)
 
     # --------------------------------------------------------------------------- classification
     def is_nan(self, codes: np.ndarray) -> np.ndarray:
