@@ -1,0 +1,59 @@
+"""Confidence intervals against scipy's independent implementations and Monte Carlo coverage."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from saf_ref.experiments.stats import clopper_pearson_interval, mean_interval, wilson_interval
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (5, 10), (10, 10), (37, 200), (999, 1000), (0, 1)])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_proportion_intervals_match_scipy_binomtest(k, n, confidence):
+    result = stats.binomtest(k, n)
+    wilson = result.proportion_ci(confidence_level=confidence, method="wilson")
+    exact = result.proportion_ci(confidence_level=confidence, method="exact")
+    assert wilson_interval(k, n, confidence=confidence) == pytest.approx((wilson.low, wilson.high), abs=1e-12)
+    assert clopper_pearson_interval(k, n, confidence=confidence) == pytest.approx(
+        (exact.low, exact.high), abs=1e-10
+    )
+
+
+def test_mean_interval_matches_hand_formula():
+    x = [0.81, 0.79, 0.85, 0.80, 0.77]
+    mean = sum(x) / len(x)
+    s = math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+    half = 2.7764451051977987 * s / math.sqrt(len(x))  # t_{0.975, 4}, from tables
+    got = mean_interval(x)
+    assert got == pytest.approx((mean, mean - half, mean + half), rel=1e-9)
+
+
+def test_mean_interval_single_value_is_degenerate():
+    assert mean_interval([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_wilson_coverage_by_monte_carlo():
+    rng = np.random.default_rng(1234)
+    n, p, reps = 50, 0.1, 4000
+    ks = rng.binomial(n, p, size=reps)
+    covered = sum(lo <= p <= hi for lo, hi in (wilson_interval(int(k), n) for k in ks))
+    # Wilson's coverage at n=50, p=0.1 is close to nominal; 4000 reps give a standard error of ~0.35%.
+    assert 0.92 <= covered / reps <= 0.98
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: wilson_interval(3, 0), ValueError, "n must be in"),
+        (lambda: wilson_interval(11, 10), ValueError, "k must be in"),
+        (lambda: wilson_interval(1.5, 10), TypeError, "k must be an integer"),
+        (lambda: clopper_pearson_interval(1, 10, confidence=1.0), ValueError, "confidence"),
+        (lambda: mean_interval([]), ValueError, "non-empty"),
+        (lambda: mean_interval([1.0], confidence=0.0), ValueError, "confidence"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
