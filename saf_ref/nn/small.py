@@ -1,0 +1,381 @@
+"""Small models for fast tests and tutorials: a 3-layer CNN and an MLP.
+
+They follow the conventions of :mod:`saf_ref.nn.resnet`: parameters and running statistics in two dicts
+keyed by PyTorch ``state_dict`` names, ``*_forward(params, state, x, *, train, transform=None) ->
+(logits, new_state, cache)`` and ``*_backward(dlogits, cache) -> grads`` with the keys of ``params``,
+conv/linear weights computed as ``transform.forward(u)`` when a weight transform is given.
+
+Both work on the shipped 8x8 digits and 28x28 MNIST images (any size, in fact: the CNN ends with global
+average pooling, the MLP flattens its input).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from saf_ref._checks import check_float, check_int, check_ndim, check_rng
+from saf_ref.nn.activations import relu_backward, relu_forward
+from saf_ref.nn.linear import linear_backward, linear_forward
+from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
+from saf_ref.nn.resnet import (
+    ConvBNCache,
+    WeightTransform,
+    _check_dtype_arg,
+    _check_transform,
+    _conv_bn_backward,
+    _conv_bn_forward,
+    check_named_arrays,
+    init_from_shapes,
+    transform_weights,
+    transform_weights_backward,
+)
+
+__all__ = [
+    "MLPCache",
+    "SMALL_CNN_STRIDES",
+    "SmallCNNCache",
+    "init_mlp",
+    "init_small_cnn",
+    "mlp_backward",
+    "mlp_forward",
+    "mlp_shapes",
+    "small_cnn_backward",
+    "small_cnn_forward",
+    "small_cnn_shapes",
+]
+
+# --------------------------------------------------------------------------------------------------
+# Small CNN: (conv3x3 -> BN -> ReLU) x 3 with strides 1, 2, 2 and widths w, 2w, 4w -> GAP -> fc
+# --------------------------------------------------------------------------------------------------
+
+SMALL_CNN_STRIDES = (1, 2, 2)
+
+
+def small_cnn_shapes(
+    *, in_channels: int = 1, num_classes: int = 10, width: int = 8
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Names and shapes of the small CNN's parameters and running statistics (PyTorch order).
+
+    Layers ``conv{i}`` (3x3, padding 1, no bias) and ``bn{i}`` for ``i = 1, 2, 3`` with
+    ``width * 2**(i-1)`` channels, then ``fc``.
+    """
+    return _small_cnn_shapes(in_channels, num_classes, width, "small_cnn_shapes")
+
+
+def _small_cnn_shapes(in_channels, num_classes, width, fn):
+    check_int(in_channels, "in_channels", fn, low=1)
+    check_int(num_classes, "num_classes", fn, low=1)
+    check_int(width, "width", fn, low=1)
+    params: dict[str, tuple[int, ...]] = {}
+    state: dict[str, tuple[int, ...]] = {}
+    c_in = in_channels
+    for i in range(1, len(SMALL_CNN_STRIDES) + 1):
+        c_out = width * 2 ** (i - 1)
+        params[f"conv{i}.weight"] = (c_out, c_in, 3, 3)
+        params[f"bn{i}.weight"] = (c_out,)
+        params[f"bn{i}.bias"] = (c_out,)
+        state[f"bn{i}.running_mean"] = (c_out,)
+        state[f"bn{i}.running_var"] = (c_out,)
+        c_in = c_out
+    params["fc.weight"] = (num_classes, c_in)
+    params["fc.bias"] = (num_classes,)
+    return params, state
+
+
+def init_small_cnn(
+    *,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    width: int = 8,
+    rng: np.random.Generator | int,
+    dtype: Any = np.float32,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Initialize the small CNN as torchvision initializes a ResNet (Kaiming-normal fan-out convs,
+    BN weight 1 / bias 0, PyTorch-default linear layer); see :func:`saf_ref.nn.resnet.init_from_shapes`.
+
+    Parameters
+    ----------
+    in_channels : int
+        1 for digits / MNIST.
+    num_classes : int
+    width : int
+        Channels of the first layer (doubled by each of the two strided layers).
+    rng : numpy.random.Generator or int
+    dtype : float32 (default) or float64
+
+    Returns
+    -------
+    params, state : dict[str, ndarray]
+    """
+    fn = "init_small_cnn"
+    gen = check_rng(rng, fn)
+    dt = _check_dtype_arg(dtype, fn)
+    shapes = _small_cnn_shapes(in_channels, num_classes, width, fn)
+    return init_from_shapes(*shapes, gen, dt)
+
+
+class SmallCNNCache(NamedTuple):
+    """Caches of the small CNN, layer by layer."""
+
+    layers: tuple[tuple[ConvBNCache, Any], ...]  # (conv+BN cache, ReLU cache) per layer
+    pool: Any
+    fc: Any
+    latents: dict[str, np.ndarray]
+    transform: WeightTransform | None
+
+
+def _check_model_inputs(
+    fn: str, params: Any, state: Any, x: Any, train: Any, transform: Any, ndim: int | None
+) -> None:
+    if not isinstance(train, (bool, np.bool_)):
+        raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
+    _check_transform(transform, fn)
+    check_float(x, "x", fn)
+    if ndim is not None:
+        check_ndim(x, "x", fn, ndim, "(N, C, H, W)")
+    if not isinstance(params, dict):
+        raise TypeError(f"{fn}: params must be a dict of numpy arrays, got {type(params).__name__}")
+    if not isinstance(state, dict):
+        raise TypeError(f"{fn}: state must be a dict of numpy arrays, got {type(state).__name__}")
+    for key in ("conv1.weight", "fc.weight") if ndim == 4 else ("fc1.weight",):
+        if key not in params:
+            raise ValueError(f"{fn}: params must contain {key!r}, got keys {list(params)}")
+        check_float(params[key], f"params[{key!r}]", fn)
+
+
+def small_cnn_forward(
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    train: bool,
+    transform: WeightTransform | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], SmallCNNCache]:
+    """Forward pass of the small CNN (PyTorch: an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU, then
+    ``AdaptiveAvgPool2d(1)``, ``Flatten`` and ``Linear``).
+
+    Parameters
+    ----------
+    params, state : dict[str, ndarray]
+        From :func:`init_small_cnn`; the width, input channels and classes are read from the shapes.
+    x : ndarray, shape (N, C_in, H, W)
+    train : bool
+        Batch norm in training mode (batch statistics, running-statistics update) or evaluation mode.
+    transform : WeightTransform or None
+        Conv/linear weights used in compute are ``transform.forward(u)``.
+
+    Returns
+    -------
+    logits : ndarray, shape (N, num_classes)
+    new_state : dict[str, ndarray]
+    cache : SmallCNNCache
+
+    Math
+    ----
+    ``h_i = relu(bn_i(conv_i(h_{i-1})))`` with strides 1, 2, 2; ``logits = fc(mean_{H,W}(h_3))``.
+    """
+    fn = "small_cnn_forward"
+    _check_model_inputs(fn, params, state, x, train, transform, ndim=4)
+    if params["conv1.weight"].ndim != 4 or params["fc.weight"].ndim != 2:
+        raise ValueError(f"{fn}: params['conv1.weight'] must be 4-D and params['fc.weight'] 2-D")
+    width, in_channels = params["conv1.weight"].shape[:2]
+    param_shapes, state_shapes = small_cnn_shapes(
+        in_channels=in_channels, num_classes=params["fc.weight"].shape[0], width=width
+    )
+    check_named_arrays(fn, "params", params, param_shapes, x.dtype)
+    check_named_arrays(fn, "state", state, state_shapes, x.dtype)
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{fn}: x.shape[1] (={x.shape[1]}) must equal params['conv1.weight'].shape[1] "
+            f"(={in_channels}), the input channels"
+        )
+    weights = transform_weights(params, transform)
+    new_state: dict[str, np.ndarray] = {}
+    h = x
+    layers = []
+    for i, stride in enumerate(SMALL_CNN_STRIDES, start=1):
+        h, cb = _conv_bn_forward(
+            h, weights, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
+        )
+        h, relu_cache = relu_forward(h)
+        layers.append((cb, relu_cache))
+    h, pool_cache = global_avgpool_forward(h)
+    logits, fc_cache = linear_forward(h, weights["fc.weight"], weights["fc.bias"])
+    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, dict(params), transform)
+    return logits, new_state, cache
+
+
+def small_cnn_backward(
+    dlogits: np.ndarray, cache: SmallCNNCache, *, return_input_grad: bool = False
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+    """Backward pass of :func:`small_cnn_forward`: gradients with the keys of ``params`` (latent
+    gradients ``f'(u) * dw`` with a transform), and ``dL/dx`` if ``return_input_grad``."""
+    fn = "small_cnn_backward"
+    if not isinstance(cache, SmallCNNCache):
+        raise TypeError(
+            f"{fn}: cache must be the SmallCNNCache of small_cnn_forward, got {type(cache).__name__}"
+        )
+    check_float(dlogits, "dlogits", fn)
+    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    grads: dict[str, np.ndarray] = {}
+    fc_grads = linear_backward(dlogits, cache.fc)
+    grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
+    dh = global_avgpool_backward(fc_grads.dx, cache.pool)
+    for cb, relu_cache in reversed(cache.layers):
+        dh = relu_backward(dh, relu_cache).dx
+        dh = _conv_bn_backward(dh, cb, grads)
+    grads = {k: grads[k] for k in cache.latents}
+    grads = transform_weights_backward(grads, cache.latents, cache.transform)
+    return (grads, dh) if return_input_grad else grads
+
+
+# --------------------------------------------------------------------------------------------------
+# MLP: flatten -> (fc -> ReLU) x len(hidden) -> fc
+# --------------------------------------------------------------------------------------------------
+
+
+def mlp_shapes(
+    in_features: int, *, hidden: tuple[int, ...] = (64,), num_classes: int = 10
+) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the MLP's parameters: ``fc1 ... fc{L}`` with ``L = len(hidden) + 1``."""
+    return _mlp_shapes(in_features, hidden, num_classes, "mlp_shapes")
+
+
+def _mlp_shapes(in_features, hidden, num_classes, fn):
+    check_int(in_features, "in_features", fn, low=1)
+    check_int(num_classes, "num_classes", fn, low=1)
+    if not isinstance(hidden, (tuple, list)):
+        raise TypeError(f"{fn}: hidden must be a tuple of integers, got {type(hidden).__name__}")
+    sizes = [in_features] + [check_int(h, "hidden[i]", fn, low=1) for h in hidden] + [num_classes]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(1, len(sizes)):
+        shapes[f"fc{i}.weight"] = (sizes[i], sizes[i - 1])
+        shapes[f"fc{i}.bias"] = (sizes[i],)
+    return shapes
+
+
+def init_mlp(
+    in_features: int,
+    *,
+    hidden: tuple[int, ...] = (64,),
+    num_classes: int = 10,
+    rng: np.random.Generator | int,
+    dtype: Any = np.float32,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Initialize an MLP as PyTorch's ``nn.Linear`` does (``U(-1/sqrt(in), 1/sqrt(in))`` for weights
+    and biases). Returns ``(params, state)`` with an empty ``state`` (no batch norm), so the MLP has the
+    same interface as the other models.
+
+    Parameters
+    ----------
+    in_features : int
+        Flattened input size (64 for 8x8 digits, 784 for MNIST).
+    hidden : tuple of int
+        Hidden layer sizes.
+    num_classes : int
+    rng : numpy.random.Generator or int
+    dtype : float32 (default) or float64
+    """
+    fn = "init_mlp"
+    gen = check_rng(rng, fn)
+    dt = _check_dtype_arg(dtype, fn)
+    shapes = _mlp_shapes(in_features, hidden, num_classes, fn)
+    params, _ = init_from_shapes(shapes, {}, gen, dt)
+    return params, {}
+
+
+class MLPCache(NamedTuple):
+    """Caches of the MLP: input shape (to unflatten ``dx``), then (linear, ReLU or None) per layer."""
+
+    x_shape: tuple[int, ...]
+    layers: tuple[tuple[Any, Any], ...]
+    latents: dict[str, np.ndarray]
+    transform: WeightTransform | None
+
+
+def mlp_forward(
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    train: bool,
+    transform: WeightTransform | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], MLPCache]:
+    """Forward pass of the MLP (PyTorch: ``Flatten`` then ``Linear``/``ReLU`` layers).
+
+    Parameters
+    ----------
+    params : dict[str, ndarray]
+        From :func:`init_mlp`.
+    state : dict
+        Empty (accepted for a uniform interface); returned as a new empty dict.
+    x : ndarray, shape (N, ...)
+        Flattened to ``(N, in_features)``.
+    train : bool
+        Unused (no batch norm or dropout); accepted for a uniform interface.
+    transform : WeightTransform or None
+
+    Returns
+    -------
+    logits : ndarray, shape (N, num_classes)
+    new_state : dict (empty)
+    cache : MLPCache
+
+    Math
+    ----
+    ``h_0 = flatten(x)``, ``h_i = relu(h_{i-1} W_i^T + b_i)``, ``logits = h_{L-1} W_L^T + b_L``.
+    """
+    fn = "mlp_forward"
+    _check_model_inputs(fn, params, state, x, train, transform, ndim=None)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
+    n_layers = len(params) // 2
+    w1 = params["fc1.weight"]
+    hidden = tuple(params[f"fc{i}.weight"].shape[0] for i in range(1, n_layers) if f"fc{i}.weight" in params)
+    last = params.get(f"fc{n_layers}.weight")
+    num_classes = last.shape[0] if isinstance(last, np.ndarray) and last.ndim == 2 else 1
+    check_named_arrays(
+        fn, "params", params, mlp_shapes(w1.shape[1], hidden=hidden, num_classes=num_classes), x.dtype
+    )
+    check_named_arrays(fn, "state", state, {})
+    h = x.reshape(x.shape[0], -1)
+    if h.shape[1] != w1.shape[1]:
+        raise ValueError(
+            f"{fn}: x.shape[1:] (={x.shape[1:]}, {h.shape[1]} features) must flatten to "
+            f"params['fc1.weight'].shape[1] (={w1.shape[1]}), the input features"
+        )
+    weights = transform_weights(params, transform)
+    layers = []
+    for i in range(1, n_layers + 1):
+        h, lin_cache = linear_forward(h, weights[f"fc{i}.weight"], weights[f"fc{i}.bias"])
+        relu_cache = None
+        if i < n_layers:
+            h, relu_cache = relu_forward(h)
+        layers.append((lin_cache, relu_cache))
+    return h, {}, MLPCache(x.shape, tuple(layers), dict(params), transform)
+
+
+def mlp_backward(
+    dlogits: np.ndarray, cache: MLPCache, *, return_input_grad: bool = False
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+    """Backward pass of :func:`mlp_forward`: gradients with the keys of ``params``, and ``dL/dx``
+    (in the shape of ``x``) if ``return_input_grad``."""
+    fn = "mlp_backward"
+    if not isinstance(cache, MLPCache):
+        raise TypeError(f"{fn}: cache must be the MLPCache of mlp_forward, got {type(cache).__name__}")
+    check_float(dlogits, "dlogits", fn)
+    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    grads: dict[str, np.ndarray] = {}
+    dh = dlogits
+    for i in range(len(cache.layers), 0, -1):
+        lin_cache, relu_cache = cache.layers[i - 1]
+        if relu_cache is not None:
+            dh = relu_backward(dh, relu_cache).dx
+        g = linear_backward(dh, lin_cache)
+        grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = g.dw, g.db
+        dh = g.dx
+    grads = {k: grads[k] for k in cache.latents}
+    grads = transform_weights_backward(grads, cache.latents, cache.transform)
+    return (grads, dh.reshape(cache.x_shape)) if return_input_grad else grads

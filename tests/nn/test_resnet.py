@@ -1,0 +1,428 @@
+"""ResNet models: init, shapes, validation, no mutation, and central finite differences of the whole model.
+
+The gradient checks are independent of the code under test: the loss is a fixed random linear functional
+of the logits, ``L = sum(logits * R)``, so ``dL/dlogits = R`` exactly, and every analytic gradient
+(parameters, latents through each weight transform, the input) is compared with a float64 central
+difference ``(L(p + h e_i) - L(p - h e_i)) / 2h`` at random coordinates of every tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saf_ref.nn.resnet import (
+    ARCHS,
+    BasicBlockCache,
+    ResNetCache,
+    basic_block_backward,
+    basic_block_forward,
+    init_resnet,
+    is_transformed_weight,
+    resnet_backward,
+    resnet_forward,
+    resnet_shapes,
+)
+
+TRANSFORMS = ["identity", "tanh", "arctan", "softsign", "hardtanh"]
+
+
+def _tiny(arch="resnet20", *, width=2, num_classes=3, in_channels=3, seed=0, dtype=np.float64):
+    params, state = init_resnet(
+        arch, num_classes=num_classes, in_channels=in_channels, width=width, rng=seed, dtype=dtype
+    )
+    return params, state
+
+
+def _random_state(state, rng):
+    """Non-trivial running statistics, so that eval mode is not the identity normalization."""
+    return {
+        k: (rng.normal(0, 0.5, v.shape) if k.endswith("mean") else rng.uniform(0.5, 2.0, v.shape)).astype(
+            v.dtype
+        )
+        for k, v in state.items()
+    }
+
+
+def _random_bn(params, rng):
+    """Batch-norm weights/biases away from 1/0 so that their gradients are exercised non-trivially."""
+    out = dict(params)
+    for k, v in params.items():
+        if v.ndim == 1 and not k.startswith("fc"):
+            out[k] = rng.uniform(0.5, 1.5, v.shape) if k.endswith("weight") else rng.normal(0, 0.3, v.shape)
+    return out
+
+
+def _calibrated_state(params, state, x, transform, rng, arch="resnet20"):
+    """Running statistics close to (but not equal to) the batch statistics of ``x``.
+
+    Eval-mode batch norm does not renormalize, so with arbitrary running statistics the activations of a
+    20-layer network grow geometrically and the loss becomes too large for float64 central differences.
+    30 train-mode passes bring the running statistics within ~4% of the batch's; a random factor keeps
+    eval mode distinct from train mode.
+    """
+    for _ in range(30):
+        _, state, _ = resnet_forward(params, state, x, arch=arch, train=True, transform=transform)
+    return {k: v * rng.uniform(0.8, 1.2, v.shape) for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes and initialization
+# --------------------------------------------------------------------------------------------------
+
+
+def test_resnet20_layout():
+    ps, ss = resnet_shapes("resnet20")
+    convs = [k for k, s in ps.items() if len(s) == 4]
+    # 1 stem + 9 blocks x 2 convs + 2 shortcut convs; "20" counts the 19 3x3 convs and the fc.
+    assert len(convs) == 1 + 18 + 2
+    assert sum(1 for k in convs if ps[k][2:] == (3, 3)) == 19
+    assert ps["conv1.weight"] == (16, 3, 3, 3)
+    assert ps["layer2.0.conv1.weight"] == (32, 16, 3, 3)
+    assert ps["layer2.0.downsample.0.weight"] == (32, 16, 1, 1)
+    assert ps["layer3.2.conv2.weight"] == (64, 64, 3, 3)
+    assert "layer1.0.downsample.0.weight" not in ps
+    assert ps["fc.weight"] == (10, 64)
+    assert ss["layer3.0.downsample.1.running_var"] == (64,)
+    n_params = sum(int(np.prod(s)) for s in ps.values())
+    assert n_params == 272_474  # ResNet-20 with 1x1 projection shortcuts (0.27M, He et al. Table 6)
+
+
+def test_resnet18_layouts():
+    ps, _ = resnet_shapes("resnet18", num_classes=1000)
+    # torchvision's resnet18 has 11,689,512 parameters.
+    assert sum(int(np.prod(s)) for s in ps.values()) == 11_689_512
+    assert ps["conv1.weight"] == (64, 3, 7, 7)
+    pc, _ = resnet_shapes("resnet18_cifar")
+    assert pc["conv1.weight"] == (64, 3, 3, 3)
+    assert set(pc) == set(ps)
+    assert "layer1.0.downsample.0.weight" not in ps and "layer4.0.downsample.1.bias" in ps
+
+
+def test_width_option():
+    ps, _ = resnet_shapes("resnet20", width=4, in_channels=1, num_classes=7)
+    assert ps["conv1.weight"] == (4, 1, 3, 3)
+    assert ps["layer3.0.conv1.weight"] == (16, 8, 3, 3)
+    assert ps["fc.weight"] == (7, 16)
+
+
+def test_init_distributions():
+    params, state = init_resnet("resnet18_cifar", rng=0)
+    w = params["layer4.1.conv2.weight"].astype(np.float64)  # 512*512*9 samples
+    fan_out = 512 * 9
+    assert abs(w.std() / np.sqrt(2.0 / fan_out) - 1) < 0.01
+    assert abs(w.mean()) < 0.01 * w.std()
+    fc = params["fc.weight"]
+    bound = 1 / np.sqrt(512)
+    assert np.all(np.abs(fc) <= bound) and np.abs(fc).max() > 0.9 * bound
+    assert np.all(np.abs(params["fc.bias"]) <= bound)
+    assert np.all(params["bn1.weight"] == 1) and np.all(params["layer3.0.downsample.1.bias"] == 0)
+    assert all(np.all(v == 0) for k, v in state.items() if k.endswith("mean"))
+    assert all(np.all(v == 1) for k, v in state.items() if k.endswith("var"))
+    assert all(v.dtype == np.float32 for v in (*params.values(), *state.values()))
+
+
+def test_init_deterministic_and_dtype():
+    a, _ = init_resnet("resnet20", rng=3)
+    b, _ = init_resnet("resnet20", rng=np.random.default_rng(3))
+    c, _ = init_resnet("resnet20", rng=4)
+    d, _ = init_resnet("resnet20", rng=3, dtype=np.float64)
+    assert list(a) == list(resnet_shapes("resnet20")[0])
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes()
+        # float32 init = float64 init rounded once.
+        np.testing.assert_array_equal(a[k], d[k].astype(np.float32))
+        assert d[k].dtype == np.float64
+    assert not np.array_equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_is_transformed_weight():
+    params, _ = _tiny()
+    chosen = {k for k, v in params.items() if is_transformed_weight(k, v)}
+    assert chosen == {
+        k for k in params if k.endswith(".weight") and "bn" not in k and "downsample.1" not in k
+    }
+    assert "fc.weight" in chosen and "fc.bias" not in chosen and "bn1.weight" not in chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward behaviour
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_forward_shapes_dtype_and_state(arch):
+    rng = np.random.default_rng(0)
+    params, state = _tiny(arch, dtype=np.float32)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    logits, new_state, cache = resnet_forward(params, state, x, arch=arch, train=True)
+    assert logits.shape == (2, 3) and logits.dtype == np.float32
+    assert isinstance(cache, ResNetCache) and all(isinstance(b, BasicBlockCache) for b in cache.blocks)
+    assert list(new_state) == list(state)
+    assert all(v.dtype == np.float32 for v in new_state.values())
+    # Train mode moved the running mean away from 0; eval mode leaves the statistics unchanged.
+    assert not np.array_equal(new_state["bn1.running_mean"], state["bn1.running_mean"])
+    _, eval_state, _ = resnet_forward(params, new_state, x, arch=arch, train=False)
+    for k in state:
+        np.testing.assert_array_equal(eval_state[k], new_state[k])
+    grads = resnet_backward(np.ones_like(logits), cache)
+    assert list(grads) == list(params)
+    assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
+
+
+def test_input_gradient_shape():
+    for arch in ARCHS:
+        params, state = _tiny(arch)
+        x = np.zeros((2, 3, 32, 32))
+        _, _, cache = resnet_forward(params, state, x, arch=arch, train=False)
+        grads, dx = resnet_backward(np.ones((2, 3)), cache, return_input_grad=True)
+        assert dx.shape == x.shape and dx.dtype == x.dtype
+        assert list(grads) == list(params)
+
+
+def test_no_mutation_and_repeatable():
+    rng = np.random.default_rng(1)
+    params, state = _tiny(dtype=np.float32)
+    state = _random_state(state, rng)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    dl = rng.standard_normal((2, 3)).astype(np.float32)
+    copies = ({k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in state.items()}, x.copy())
+    dl_copy = dl.copy()
+    from saf_ref.protect.transforms import get_transform
+
+    out1 = resnet_forward(params, state, x, arch="resnet20", train=True, transform=get_transform("tanh"))
+    g1 = resnet_backward(dl, out1[2])
+    out2 = resnet_forward(params, state, x, arch="resnet20", train=True, transform=get_transform("tanh"))
+    g2 = resnet_backward(dl, out2[2])
+    for k in params:
+        np.testing.assert_array_equal(params[k], copies[0][k])
+        assert g1[k].tobytes() == g2[k].tobytes()
+    for k in state:
+        np.testing.assert_array_equal(state[k], copies[1][k])
+    np.testing.assert_array_equal(x, copies[2])
+    np.testing.assert_array_equal(dl, dl_copy)
+    assert out1[0].tobytes() == out2[0].tobytes()
+
+
+def test_transform_is_applied_to_conv_and_linear_weights_only():
+    """With a transform, the output equals the plain model run on explicitly transformed weights."""
+    from saf_ref.protect.transforms import get_transform
+
+    rng = np.random.default_rng(2)
+    params, state = _tiny()
+    params = _random_bn(params, rng)
+    x = rng.standard_normal((2, 3, 8, 8))
+    t = get_transform("arctan")
+    explicit = {k: (np.arctan(v) if (v.ndim in (2, 4)) else v) for k, v in params.items()}
+    y1, _, _ = resnet_forward(params, state, x, arch="resnet20", train=True, transform=t)
+    y2, _, _ = resnet_forward(explicit, state, x, arch="resnet20", train=True)
+    np.testing.assert_allclose(y1, y2, rtol=1e-13, atol=1e-13)
+
+
+def test_basic_block_pair_shapes():
+    rng = np.random.default_rng(0)
+    params, state = _tiny()
+    x = rng.standard_normal((2, 2, 8, 8))
+    y, st, cache = basic_block_forward(x, params, state, "layer2.0.", stride=2, train=True)
+    assert y.shape == (2, 4, 4, 4)
+    assert set(st) == {k for k in state if k.startswith("layer2.0.")}
+    dx, grads = basic_block_backward(np.ones_like(y), cache)
+    assert dx.shape == x.shape
+    assert set(grads) == {k for k in params if k.startswith("layer2.0.")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Finite differences of the whole model
+# --------------------------------------------------------------------------------------------------
+
+
+class _Cube:
+    """A user-defined transform (duck-typed, not from saf_ref.protect): w = u^3 / 3."""
+
+    def forward(self, u):
+        return u**3 / 3
+
+    def vjp(self, u, dw):
+        return u**2 * dw
+
+
+def _gradcheck(arch, params, state, x, *, train, transform, coords_per_tensor, rng, h=1e-6):
+    r = rng.standard_normal((x.shape[0], params["fc.weight"].shape[0]))
+
+    def loss(p, xx):
+        logits, _, _ = resnet_forward(p, state, xx, arch=arch, train=train, transform=transform)
+        return float(np.sum(logits * r))
+
+    _, _, cache = resnet_forward(params, state, x, arch=arch, train=train, transform=transform)
+    grads, dx = resnet_backward(r, cache, return_input_grad=True)
+    checked = 0
+    targets = [(k, params[k], grads[k]) for k in params] + [("x", x, dx)]
+    for name, value, analytic in targets:
+        for _ in range(coords_per_tensor):
+            idx = tuple(int(rng.integers(n)) for n in value.shape)
+            plus, minus = value.copy(), value.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            if name == "x":
+                fd = (loss(params, plus) - loss(params, minus)) / (2 * h)
+            else:
+                fd = (loss({**params, name: plus}, x) - loss({**params, name: minus}, x)) / (2 * h)
+            an = analytic[idx]
+            assert abs(fd - an) <= 1e-6 + 1e-5 * abs(an), (
+                f"{arch} train={train} transform={transform}: d/d{name}{list(idx)} analytic {an!r} vs "
+                f"central difference {fd!r}"
+            )
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("transform_name", [None, *TRANSFORMS, "cube"])
+@pytest.mark.parametrize("train", [True, False])
+def test_resnet20_gradients_finite_differences(transform_name, train):
+    from saf_ref.protect.transforms import get_transform
+
+    rng = np.random.default_rng(
+        10 + 2 * TRANSFORMS.index(transform_name) if transform_name in TRANSFORMS else 7
+    )
+    params, state = _tiny("resnet20")
+    params = _random_bn(params, rng)
+    x = rng.standard_normal((2, 3, 8, 8))
+    if transform_name is None:
+        transform = None
+    elif transform_name == "cube":
+        transform = _Cube()
+    else:
+        transform = get_transform(transform_name)
+        # Latents of size ~1-2: the saturating transforms are far from linear, and hardtanh clips some.
+        params = {k: (2.5 * v if is_transformed_weight(k, v) else v) for k, v in params.items()}
+    if not train:
+        state = _calibrated_state(params, state, x, transform, rng)
+    n = _gradcheck(
+        "resnet20", params, state, x, train=train, transform=transform, coords_per_tensor=2, rng=rng
+    )
+    assert n == 2 * (len(params) + 1)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet18_cifar"])
+def test_resnet18_gradients_finite_differences(arch):
+    """The ResNet-18 layouts (ImageNet stem with max pooling; CIFAR stem), narrow, train mode, tanh."""
+    from saf_ref.protect.transforms import get_transform
+
+    rng = np.random.default_rng(3)
+    params, state = _tiny(arch, width=2)
+    params = _random_bn(params, rng)
+    x = rng.standard_normal((2, 3, 16 if arch == "resnet18" else 8, 16 if arch == "resnet18" else 8))
+    # resnet18 at 16x16: 8x8 after the stem, 4x4 after max pooling, 1x1 in layer4 (2 values per channel).
+    _gradcheck(
+        arch, params, state, x, train=True, transform=get_transform("tanh"), coords_per_tensor=1, rng=rng
+    )
+
+
+def test_fd_detects_a_wrong_gradient():
+    """The check itself can fail: a transform with a wrong derivative is caught."""
+
+    class _WrongTanh:
+        def forward(self, u):
+            return np.tanh(u)
+
+        def vjp(self, u, dw):
+            return dw  # missing the factor 1 - tanh(u)^2
+
+    rng = np.random.default_rng(0)
+    params, state = _tiny()
+    params = {k: (2.5 * v if is_transformed_weight(k, v) else v) for k, v in params.items()}
+    x = rng.standard_normal((2, 3, 8, 8))
+    with pytest.raises(AssertionError, match="central difference"):
+        _gradcheck(
+            "resnet20", params, state, x, train=True, transform=_WrongTanh(), coords_per_tensor=2, rng=rng
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_validation_init():
+    with pytest.raises(ValueError, match="init_resnet: arch must be one of"):
+        init_resnet("resnet50", rng=0)
+    with pytest.raises(TypeError, match="init_resnet: dtype must be float32 or float64, got float16"):
+        init_resnet("resnet20", rng=0, dtype=np.float16)
+    with pytest.raises(TypeError, match="init_resnet: dtype must be float32 or float64"):
+        init_resnet("resnet20", rng=0, dtype="nonsense")
+    with pytest.raises(TypeError, match="init_resnet: rng must be a numpy.random.Generator"):
+        init_resnet("resnet20", rng=None)
+    with pytest.raises(ValueError, match=r"init_resnet: num_classes must be in \[1, inf\], got 0"):
+        init_resnet("resnet20", rng=0, num_classes=0)
+    with pytest.raises(ValueError, match=r"resnet_shapes: in_channels must be in \[1, inf\]"):
+        resnet_shapes("resnet20", in_channels=0)
+    with pytest.raises(TypeError, match="resnet_shapes: width must be an integer"):
+        resnet_shapes("resnet20", width=2.0)
+
+
+def test_validation_forward():
+    params, state = _tiny()
+    x = np.zeros((2, 3, 8, 8))
+    f = resnet_forward
+    with pytest.raises(ValueError, match="resnet_forward: arch must be one of"):
+        f(params, state, x, arch="vgg", train=True)
+    with pytest.raises(TypeError, match="resnet_forward: train must be a bool, got int"):
+        f(params, state, x, arch="resnet20", train=1)
+    with pytest.raises(
+        TypeError, match=r"resnet_forward: transform must be None or an object with \.forward"
+    ):
+        f(params, state, x, arch="resnet20", train=True, transform="tanh")
+    with pytest.raises(TypeError, match="resnet_forward: x must have dtype in"):
+        f(params, state, x.astype(np.float16), arch="resnet20", train=True)
+    with pytest.raises(ValueError, match=r"resnet_forward: x must be 4-dimensional \(N, C, H, W\)"):
+        f(params, state, x[0], arch="resnet20", train=True)
+    with pytest.raises(TypeError, match="resnet_forward: params must be a dict"):
+        f(list(params.values()), state, x, arch="resnet20", train=True)
+    with pytest.raises(ValueError, match="resnet_forward: params must contain 'fc.weight'"):
+        f({k: v for k, v in params.items() if k != "fc.weight"}, state, x, arch="resnet20", train=True)
+    with pytest.raises(ValueError, match=r"missing \['layer2.0.downsample.0.weight'\]"):
+        f(
+            {k: v for k, v in params.items() if "layer2.0.downsample.0" not in k},
+            state,
+            x,
+            arch="resnet20",
+            train=True,
+        )
+    with pytest.raises(ValueError, match=r"unexpected \['extra.weight'\]"):
+        f({**params, "extra.weight": np.ones(1)}, state, x, arch="resnet20", train=True)
+    with pytest.raises(
+        ValueError, match=r"state must have the keys of the architecture, got missing \['bn1.running_var'\]"
+    ):
+        f(params, {k: v for k, v in state.items() if k != "bn1.running_var"}, x, arch="resnet20", train=True)
+    bad = {**params, "layer1.1.conv2.weight": np.zeros((2, 2, 1, 1))}
+    with pytest.raises(ValueError, match=r"params\['layer1.1.conv2.weight'\] must have shape \(2, 2, 3, 3\)"):
+        f(bad, state, x, arch="resnet20", train=True)
+    with pytest.raises(
+        TypeError, match=r"params\['bn1.bias'\].dtype \(=float32\) must equal x.dtype \(=float64\)"
+    ):
+        f(
+            {**params, "bn1.bias": params["bn1.bias"].astype(np.float32)},
+            state,
+            x,
+            arch="resnet20",
+            train=True,
+        )
+    with pytest.raises(TypeError, match=r"params\['layer1.0.bn1.bias'\] must be a numpy.ndarray, got list"):
+        f({**params, "layer1.0.bn1.bias": [0.0, 0.0]}, state, x, arch="resnet20", train=True)
+    with pytest.raises(
+        ValueError, match=r"x.shape\[1\] \(=1\) must equal params\['conv1.weight'\].shape\[1\] \(=3\)"
+    ):
+        f(params, state, np.zeros((2, 1, 8, 8)), arch="resnet20", train=True)
+    with pytest.raises(TypeError, match="resnet_forward: state must be a dict"):
+        f(params, None, x, arch="resnet20", train=True)
+
+
+def test_validation_backward():
+    params, state = _tiny()
+    _, _, cache = resnet_forward(params, state, np.zeros((2, 3, 8, 8)), arch="resnet20", train=True)
+    with pytest.raises(TypeError, match="resnet_backward: cache must be the ResNetCache"):
+        resnet_backward(np.zeros((2, 3)), {"not": "a cache"})
+    with pytest.raises(ValueError, match=r"resnet_backward: dlogits must be 2-dimensional"):
+        resnet_backward(np.zeros(3), cache)
+    with pytest.raises(TypeError, match="resnet_backward: dlogits must have dtype in"):
+        resnet_backward(np.zeros((2, 3), dtype=np.int64), cache)
