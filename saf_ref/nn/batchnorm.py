@@ -1,0 +1,235 @@
+"""2-D batch normalisation (PyTorch ``torch.nn.functional.batch_norm`` / ``nn.BatchNorm2d``).
+
+Statistics are per channel, over the batch and both spatial axes ``(N, H, W)``. Running statistics are
+inputs and outputs, never modified in place: the forward pass returns new arrays.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from saf_ref import _checks
+
+__all__ = [
+    "BatchNorm2dCache",
+    "BatchNorm2dGrads",
+    "batchnorm2d_backward",
+    "batchnorm2d_forward",
+    "batchnorm2d_vjp",
+]
+
+
+class BatchNorm2dCache(NamedTuple):
+    """What :func:`batchnorm2d_backward` needs from the forward pass.
+
+    Attributes
+    ----------
+    x_hat : ndarray, shape (N, C, H, W)
+        The normalised input ``(x - mean) * inv_std`` (batch statistics in training mode, running
+        statistics in evaluation mode).
+    inv_std : ndarray, shape (C,)
+        ``1 / sqrt(var + eps)`` with the variance that normalised ``x``.
+    weight : ndarray, shape (C,)
+        The scale ``gamma``.
+    train : bool
+        Whether batch statistics were used (then the gradient flows through them too).
+    """
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    weight: np.ndarray
+    train: bool
+
+
+class BatchNorm2dGrads(NamedTuple):
+    """Gradients with respect to the inputs of :func:`batchnorm2d_forward`.
+
+    Attributes
+    ----------
+    dx : ndarray, shape (N, C, H, W)
+    dweight : ndarray, shape (C,)
+    dbias : ndarray, shape (C,)
+    """
+
+    dx: np.ndarray
+    dweight: np.ndarray
+    dbias: np.ndarray
+
+
+def _per_channel(v: np.ndarray) -> np.ndarray:
+    """View a (C,) vector as (1, C, 1, 1) so that it broadcasts over an NCHW array."""
+    return v[None, :, None, None]
+
+
+def _check_inputs(fn, x, weight, bias, running_mean, running_var, train, momentum, eps):
+    """Validate the arguments of :func:`batchnorm2d_forward`; return ``(momentum, eps)`` as floats."""
+    arrays = {"x": x, "weight": weight, "bias": bias}
+    arrays.update(running_mean=running_mean, running_var=running_var)
+    for name, a in arrays.items():
+        _checks.check_float(a, name, fn)
+    _checks.check_same_dtype(fn, **arrays)
+    _checks.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    for axis, size in enumerate(x.shape):
+        _checks.check_int(size, f"x.shape[{axis}]", fn, low=1)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        _checks.check_shape(arrays[name], name, fn, (x.shape[1],))
+    if not isinstance(train, (bool, np.bool_)):
+        raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
+    momentum = _checks.check_real(momentum, "momentum", fn)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum!r}")
+    eps = _checks.check_real(eps, "eps", fn)
+    if not eps > 0.0:
+        raise ValueError(f"{fn}: eps must be > 0, got {eps!r}")
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if train and count < 2:
+        raise ValueError(
+            f"{fn}: training mode needs more than one value per channel (N*H*W > 1), got N*H*W = {count}"
+        )
+    return momentum, eps
+
+
+def batchnorm2d_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    *,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, BatchNorm2dCache]:
+    """Batch normalisation, like ``torch.nn.functional.batch_norm(x, running_mean, running_var, weight,
+    bias, training=train, momentum=momentum, eps=eps)``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+    weight, bias : ndarray, shape (C,), dtype of ``x``
+        Per-channel scale ``gamma`` and shift ``beta``.
+    running_mean, running_var : ndarray, shape (C,), dtype of ``x``
+        Running statistics (read, never modified).
+    train : bool
+        True: normalise with the batch statistics and update the running ones. False: normalise with
+        the running statistics (evaluation mode).
+    momentum : float in [0, 1]
+        Weight of the new batch statistic in the running average.
+    eps : float > 0
+        Added to the variance before the square root.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, H, W)
+    new_running_mean, new_running_var : ndarray, shape (C,)
+        Updated statistics in training mode; copies of the inputs in evaluation mode.
+    cache : BatchNorm2dCache
+
+    Math
+    ----
+    Training mode, with ``n = N*H*W`` and sums over ``(N, H, W)`` for each channel:
+    ``mean = sum(x) / n``, ``var = sum((x - mean)**2) / n`` (biased),
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias``,
+    ``new_running_mean = (1 - momentum) * running_mean + momentum * mean``,
+    ``new_running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)`` (unbiased).
+    Evaluation mode: ``y = weight * (x - running_mean) / sqrt(running_var + eps) + bias``.
+
+    Notes
+    -----
+    PyTorch's semantics, including the two conventions that often trip people up: the running variance
+    is updated with the *unbiased* batch variance while the output uses the *biased* one, and
+    ``momentum`` weights the *new* statistic (Keras uses the opposite convention). PyTorch's
+    ``momentum=None`` (cumulative average) and ``affine=False`` / ``track_running_stats=False`` are not
+    supported: pass ones, zeros, or the batch statistics explicitly. Training mode needs ``N*H*W > 1``,
+    as in PyTorch. The variance is computed with two passes (mean first), not as ``E[x^2] - E[x]^2``,
+    which cancels catastrophically.
+    """
+    fn = "batchnorm2d"
+    momentum, eps = _check_inputs(fn, x, weight, bias, running_mean, running_var, train, momentum, eps)
+    if train:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = x.mean(axis=(0, 2, 3))
+        centred = x - _per_channel(mean)
+        var = np.mean(centred * centred, axis=(0, 2, 3))  # biased: normalises the batch
+        inv_std = 1.0 / np.sqrt(var + eps)
+        x_hat = centred * _per_channel(inv_std)
+        unbiased = var * (count / (count - 1))
+        new_mean = (1.0 - momentum) * running_mean + momentum * mean
+        new_var = (1.0 - momentum) * running_var + momentum * unbiased
+    else:
+        inv_std = 1.0 / np.sqrt(running_var + eps)
+        x_hat = (x - _per_channel(running_mean)) * _per_channel(inv_std)
+        new_mean, new_var = running_mean.copy(), running_var.copy()
+    y = x_hat * _per_channel(weight) + _per_channel(bias)
+    return y, new_mean, new_var, BatchNorm2dCache(x_hat, inv_std, weight, bool(train))
+
+
+def batchnorm2d_backward(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2dGrads:
+    """Gradients of :func:`batchnorm2d_forward` (what ``torch.autograd`` computes for ``batch_norm``).
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C, H, W), dtype of the forward input
+    cache : BatchNorm2dCache
+
+    Returns
+    -------
+    BatchNorm2dGrads
+        ``dx`` (N, C, H, W), ``dweight`` (C,), ``dbias`` (C,).
+
+    Math
+    ----
+    ``dbias = sum(dy)``, ``dweight = sum(dy * x_hat)`` (sums over ``(N, H, W)``). In training mode the
+    batch statistics depend on ``x``, giving
+
+    ``dx = weight * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat))``;
+
+    in evaluation mode the statistics are constants and ``dx = weight * inv_std * dy``.
+
+    Notes
+    -----
+    No gradient flows to the running statistics (they are buffers, not parameters, in PyTorch).
+    """
+    fn = "batchnorm2d_backward"
+    if not isinstance(cache, BatchNorm2dCache):
+        raise TypeError(
+            f"{fn}: cache must be a BatchNorm2dCache from batchnorm2d_forward, got {type(cache).__name__}"
+        )
+    x_hat, inv_std, weight, train = cache
+    _checks.check_float(dy, "dy", fn)
+    _checks.check_same_dtype(fn, x=x_hat, dy=dy)
+    _checks.check_shape(dy, "dy", fn, x_hat.shape)
+    dbias = dy.sum(axis=(0, 2, 3))
+    dweight = (dy * x_hat).sum(axis=(0, 2, 3))
+    scale = _per_channel(weight * inv_std)
+    if train:
+        count = x_hat.shape[0] * x_hat.shape[2] * x_hat.shape[3]
+        # mean(dy) and mean(dy * x_hat) are dbias / n and dweight / n: reuse the sums.
+        dx = scale * (dy - _per_channel(dbias / count) - x_hat * _per_channel(dweight / count))
+    else:
+        dx = scale * dy
+    return BatchNorm2dGrads(dx, dweight, dbias)
+
+
+def batchnorm2d_vjp(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    dy: np.ndarray,
+    *,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> BatchNorm2dGrads:
+    """Vector-Jacobian product of :func:`batchnorm2d_forward` at its inputs applied to ``dy``.
+
+    Runs the forward pass (discarding the new running statistics) and :func:`batchnorm2d_backward`.
+    """
+    *_, cache = batchnorm2d_forward(
+        x, weight, bias, running_mean, running_var, train=train, momentum=momentum, eps=eps
+    )
+    return batchnorm2d_backward(dy, cache)
