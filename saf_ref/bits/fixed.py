@@ -190,7 +190,7 @@ class FixedPointFormat:
         """
         word = _check_codes(codes, self.nbits, self.container, f"{self.name}.to_int")
         # Sign extension: a set sign bit means the word is k + 2**nbits.
-        return np.where(word > self._int_max, word - (1 << self.nbits), word)
+        return np.asarray(np.where(word > self._int_max, word - (1 << self.nbits), word))
 
     def from_int(self, ints: np.ndarray) -> np.ndarray:
         """The codes (two's complement bit patterns in ``container``) of the signed integers ``ints``.
@@ -210,7 +210,7 @@ class FixedPointFormat:
                 f"got values in [{int(ints.min())}, {int(ints.max())}]"
             )
         # Masking an int64 with 2**nbits - 1 keeps the low nbits bits: the two's complement pattern.
-        return (ints.astype(np.int64) & ((1 << self.nbits) - 1)).astype(self.container)
+        return np.asarray((ints.astype(np.int64) & ((1 << self.nbits) - 1)).astype(self.container))
 
     # ----------------------------------------------------------------------------------------------------
     # The codec
@@ -265,12 +265,14 @@ class FixedPointFormat:
                 raise ValueError(f'{fn}: x must be finite with overflow="wrap", got +-inf')
             # x mod 2**(M+1) (sign of x kept): x * 2**N changes by a multiple of 2**nbits, an even integer.
             x64 = np.fmod(x64, float(1 << (self.int_bits + 1)))
-        scaled = np.ldexp(x64, self.frac_bits)  # x * 2**N, exact (inf past float64's range)
+        with np.errstate(over="ignore"):  # past float64's range x * 2**N is inf, which saturates
+            scaled = np.ldexp(x64, self.frac_bits)  # x * 2**N, exact short of that
         k = _ROUND[rounding](scaled)
         if overflow == "saturate":
             k = np.clip(k, self._int_min, self._int_max)  # also maps +-inf to the extremes
         # |k| < 2**32 here, so the int64 conversion is exact; the mask takes k modulo 2**nbits.
-        return (k.astype(np.int64) & ((1 << self.nbits) - 1)).astype(self.container)
+        # (np.asarray keeps 0-d results arrays; NumPy turns 0-d arithmetic results into scalars.)
+        return np.asarray((k.astype(np.int64) & ((1 << self.nbits) - 1)).astype(self.container))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """The values ``k * 2**-N`` of ``codes``, in ``decode_dtype`` (exact).
@@ -286,11 +288,11 @@ class FixedPointFormat:
         """
         k = self.to_int(codes)
         # k has at most 32 significant bits; in decode_dtype it is exact and ldexp by -N is exact.
-        return np.ldexp(k.astype(self.decode_dtype), -self.frac_bits)
+        return np.asarray(np.ldexp(k.astype(self.decode_dtype), -self.frac_bits))
 
     def classify(self, codes: np.ndarray) -> np.ndarray:
         """``"zero"`` where the value is 0, ``"normal"`` elsewhere (for display beside IEEE formats)."""
-        return np.where(self.to_int(codes) == 0, "zero", "normal").astype("<U9")
+        return np.asarray(np.where(self.to_int(codes) == 0, "zero", "normal").astype("<U9"))
 
 
 def _check_float_input(x: object, fn: str) -> np.ndarray:
