@@ -23,9 +23,9 @@ target precision, rounding to nearest with ties to even using a guard and a stic
 (always exact, because the decode dtype is at least as wide in both exponent range and precision).
 NumPy casts and ml_dtypes are used only in the tests, as independent cross-checks.
 
-PyTorch equivalent: ``torch.tensor(x).to(torch.float16 / torch.bfloat16 / torch.float8_e4m3fn /
-torch.float8_e5m2).view(torch.uint8 or torch.int16)`` for encoding (PyTorch's float8 casts saturate
-differently, see ``IEEEFormat.encode``).
+PyTorch equivalent: ``x.to(torch.float16 / torch.bfloat16 / torch.float8_e4m3fn / torch.float8_e5m2)``
+followed by ``.view(torch.int16 / torch.uint8)`` for encoding; see ``IEEEFormat.encode`` for where
+PyTorch's and ml_dtypes' casts differ from this module.
 """
 
 from __future__ import annotations
@@ -199,9 +199,14 @@ class IEEEFormat:
         - Signed zeros keep their sign, also when a tiny value rounds to zero.
         - NaN becomes the canonical quiet NaN of the input's sign (exponent all ones, mantissa MSB set;
           ``S.1111.111`` for e4m3fn): NaN payloads are not preserved.
-        - ml_dtypes converts float64 to bfloat16/float8 through float32 and so double-rounds (for
-          example ``1 + 2**-8 + 2**-30`` becomes bfloat16 1.0 there and ``1 + 2**-7`` here); NumPy's
-          float64 -> float16 cast rounds once, as here.
+        - Other libraries (checked with ml_dtypes 0.6 and PyTorch 2.13):
+
+          * ml_dtypes and PyTorch convert float64 to bfloat16/float8 through float32 and so
+            double-round (``1 + 2**-8 + 2**-30`` becomes bfloat16 1.0 there and ``1 + 2**-7`` here).
+            NumPy's float64 -> float16 cast rounds once, as here.
+          * ml_dtypes' float8_e4m3fn cast overflows to NaN (above 464, and for +-inf): our ``"ieee"``.
+          * PyTorch's float32 -> float8_e4m3fn cast saturates finite overflow *and* +-inf to +-448:
+            our ``"saturate"``. Its float8_e5m2 cast overflows to inf: our ``"ieee"``.
         """
         fn = f"{self.name}.encode"
         check_choice(overflow, "overflow", fn, OVERFLOW_POLICIES)

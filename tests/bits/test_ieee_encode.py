@@ -374,3 +374,29 @@ def test_nan_is_canonical_with_the_input_sign(name):
         with np.errstate(invalid="ignore"):  # casting a signalling NaN warns
             x32 = x.astype(np.float32)
         np.testing.assert_array_equal(fmt.encode(x32, overflow=overflow), expected)
+
+
+# ------------------------------------------------------------------------------------ PyTorch
+
+
+@pytest.mark.torch
+def test_torch_float32_casts():
+    """PyTorch's float32 casts: float16, bfloat16 and float8_e5m2 overflow IEEE style, float8_e4m3fn
+    saturates (finite overflow and +-inf go to +-448), i.e. our "saturate" policy."""
+    torch = pytest.importorskip("torch")
+    x = np.concatenate(
+        [random_float32_bits(300_000, seed=40), boundary_values(IEEE_FORMATS["float8_e4m3fn"], np.float32)]
+    )
+    cases = [
+        ("float16", torch.float16, torch.int16, "ieee"),
+        ("bfloat16", torch.bfloat16, torch.int16, "ieee"),
+        ("float8_e5m2", torch.float8_e5m2, torch.uint8, "ieee"),
+        ("float8_e4m3fn", torch.float8_e4m3fn, torch.uint8, "saturate"),
+    ]
+    for name, dtype, int_dtype, overflow in cases:
+        fmt = IEEE_FORMATS[name]
+        ref = torch.from_numpy(x).to(dtype).view(int_dtype).numpy().view(fmt.container)
+        got = fmt.encode(x, overflow=overflow)
+        nan = fmt.is_nan(ref)
+        np.testing.assert_array_equal(fmt.is_nan(got), nan, err_msg=name)
+        np.testing.assert_array_equal(got[~nan], ref[~nan], err_msg=name)
