@@ -693,12 +693,12 @@ def resnet_backward(
     grads: dict[str, np.ndarray] = {}
     fc_grads = linear_backward(dlogits, cache.fc)
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
-    dh = global_avgpool_backward(fc_grads.dx, cache.pool)
+    dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for block in reversed(cache.blocks):
         dh, block_grads = basic_block_backward(dh, block)
         grads.update(block_grads)
     if cache.stem.maxpool is not None:
-        dh = maxpool2d_backward(dh, cache.stem.maxpool)
+        dh = maxpool2d_backward(dh, cache.stem.maxpool).dx
     dh = relu_backward(dh, cache.stem.relu).dx
     dx = _conv_bn_backward(dh, cache.stem.conv_bn, grads)
     grads = {k: grads[k] for k in cache.latents}  # params' order

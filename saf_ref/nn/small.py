@@ -222,7 +222,7 @@ def small_cnn_backward(
     grads: dict[str, np.ndarray] = {}
     fc_grads = linear_backward(dlogits, cache.fc)
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
-    dh = global_avgpool_backward(fc_grads.dx, cache.pool)
+    dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for cb, relu_cache in reversed(cache.layers):
         dh = relu_backward(dh, relu_cache).dx
         dh = _conv_bn_backward(dh, cb, grads)
