@@ -91,10 +91,11 @@ def check_image_options(dtype: Any, normalize: Any, fn: str) -> np.dtype:
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"{fn}: normalize must be a bool, got {type(normalize).__name__}")
     try:
-        dt = np.dtype(dtype)
+        # np.dtype(None) is float64: reject None explicitly rather than silently choosing a dtype
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in _IMAGE_DTYPES:
+    if dt is None or dt not in _IMAGE_DTYPES:
         names = ", ".join(str(d) for d in _IMAGE_DTYPES)
         raise TypeError(f"{fn}: dtype must be one of ({names}), got {dtype!r}")
     if dt == np.uint8 and normalize:
