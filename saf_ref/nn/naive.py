@@ -24,6 +24,7 @@ __all__ = [
     "cross_entropy_naive",
     "global_avgpool_naive",
     "linear_naive",
+    "maxpool2d_backward_naive",
     "maxpool2d_naive",
     "relu_clipped_naive",
     "relu_naive",
@@ -162,6 +163,18 @@ def maxpool2d_naive(x, *, kernel_size=3, stride=2, padding=1):
                     best, best_index = v, hi * w_ + wi
         y[n, c, p, q], indices[n, c, p, q] = best, best_index
     return y, indices
+
+
+def maxpool2d_backward_naive(x, dy, *, kernel_size=3, stride=2, padding=1) -> np.ndarray:
+    """``dx``: each ``dy[n, c, p, q]`` added to the element its window selected (see above)."""
+    x = np.asarray(x, np.float64)
+    _, indices = maxpool2d_naive(x, kernel_size=kernel_size, stride=stride, padding=padding)
+    w_ = x.shape[3]
+    dx = np.zeros_like(x)
+    for n, c, p, q in np.ndindex(indices.shape):
+        flat = int(indices[n, c, p, q])
+        dx[n, c, flat // w_, flat % w_] += float(dy[n, c, p, q])
+    return dx
 
 
 def global_avgpool_naive(x) -> np.ndarray:
