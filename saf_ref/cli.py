@@ -1,0 +1,169 @@
+"""The ``saf-ref`` command line (also ``python -m saf_ref``).
+
+Subcommands
+-----------
+``bits VALUE... --format NAME``
+    Show how values are stored: the bit pattern with its fields marked, and a table of what each
+    single-bit flip turns the value into (value, relative change, class).
+``formats``
+    List the number formats with their bit layout and range.
+
+Each subcommand is a small function ``_cmd_<name>(args) -> int`` so that tests can call :func:`main`
+with an argument list and read stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from saf_ref import __version__
+
+# -------------------------------------------------------------------------------------------- bits
+
+
+def _format_from_args(args: argparse.Namespace):
+    """The format (or quantizer) the ``bits`` subcommand shows, built from the parsed options."""
+    from saf_ref.bits import Quantizer, get_format
+
+    if args.quantizer is None:
+        return get_format(args.format)
+    return Quantizer(
+        args.quantizer,
+        scheme=args.scheme,
+        code=args.code,
+        rounding=args.rounding,
+        clip=args.clip,
+        max_abs=args.max_abs,
+        margin=args.margin,
+    )
+
+
+def _bit_string(code: int, fields) -> tuple[str, str]:
+    """The word's bits MSB first, grouped by field, and a line of field letters under them."""
+    bits_line, names_line = [], []
+    for field in fields.values():  # fields are listed most significant first
+        value = (code >> field.lsb) & ((1 << field.width) - 1)
+        bits_line.append(format(value, f"0{field.width}b"))
+        names_line.append(field.name[0] * field.width)
+    return " ".join(bits_line), " ".join(names_line)
+
+
+def _show_value(x: float, args: argparse.Namespace, out) -> None:
+    from saf_ref.bits.teaching import flip_table
+
+    fmt = _format_from_args(args)
+    table = flip_table(x, fmt)
+    bits_line, names_line = _bit_string(table.code, table.fields)
+    width = max(len(bits_line), 8)
+    print(f"{x!r} stored as {table.format_name} ({table.nbits} bits): {table.value!r}", file=out)
+    print(f"  code   0x{table.code:0{(table.nbits + 3) // 4}X}", file=out)
+    msb = table.nbits - 1
+    print(f"  bits   {bits_line:>{width}}   (bit {msb} on the left, bit 0 on the right)", file=out)
+    print(f"  field  {names_line:>{width}}   ({', '.join(table.fields)})", file=out)
+    print("", file=out)
+    header = f"  {'bit':>3}  {'field':<9} {'code':>8}  {'value after flip':>24}  {'rel. change':>12}  class"
+    print(header, file=out)
+    print("  " + "-" * (len(header) - 2), file=out)
+    for row in table.rows:
+        rel = "" if row.relative_change is None else f"{row.relative_change:12.4g}"
+        print(
+            f"  {row.bit:>3}  {row.field:<9} 0x{row.code:0{(table.nbits + 3) // 4}X}".ljust(26)
+            + f"  {row.value!r:>24}  {rel:>12}  {row.value_class}",
+            file=out,
+        )
+    print("", file=out)
+
+
+def _cmd_bits(args: argparse.Namespace) -> int:
+    for text in args.values:
+        try:
+            x = float(text)
+        except ValueError:
+            raise ValueError(f"VALUE must be a decimal number such as 0.1 or -3e-5, got {text!r}") from None
+        _show_value(x, args, sys.stdout)
+    return 0
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from saf_ref.bits import IEEE_FORMATS, get_format
+
+    print(f"{'name':<15} {'bits':>4}  {'layout (MSB first)':<32} {'max finite':>14}  {'min subnormal':>14}")
+    for name in (*IEEE_FORMATS, "q2.5"):
+        fmt = get_format(name)
+        layout = " | ".join(f"{f.name} {f.width}" for f in fmt.fields.values())
+        hi = getattr(fmt, "max_finite", None) or fmt.max_value
+        lo = getattr(fmt, "min_subnormal", None) or fmt.step
+        print(f"{fmt.name:<15} {fmt.nbits:>4}  {layout:<32} {hi:>14.6g}  {lo:>14.6g}")
+    print("\nAny two's complement fixed-point format qM.N works too (1 sign, M integer, N fraction bits).")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saf-ref",
+        description=(
+            "saf_ref: a pure-NumPy, deterministic reference implementation of fault-tolerant neural "
+            "networks (bit-exact formats, fault models, NumPy ResNets, saturated weight transforms)."
+        ),
+        epilog="Run 'saf-ref COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"saf_ref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    bits = sub.add_parser(
+        "bits",
+        help="show a value's stored bits and what every single-bit flip does to it",
+        description=(
+            "Encode each VALUE in a number format, print its bit pattern with the fields marked "
+            "(bit 0 = least significant bit), and a table of what flipping each bit turns it into."
+        ),
+        epilog="examples:  saf-ref bits 0.1 --format float16\n"
+        "           saf-ref bits 1.5 --format q2.5\n"
+        "           saf-ref bits 0.03 --quantizer 8 --scheme symmetric --max-abs 0.1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bits.add_argument("values", nargs="+", metavar="VALUE", help="decimal value(s), e.g. 0.1 or -3e-5")
+    bits.add_argument(
+        "--format",
+        default="float32",
+        help="float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 or qM.N (default: float32)",
+    )
+    quant = bits.add_argument_group("per-tensor quantizer (instead of --format)")
+    quant.add_argument("--quantizer", type=int, metavar="NBITS", help="use a quantizer with NBITS bits")
+    quant.add_argument("--scheme", default="symmetric", choices=("symmetric", "asymmetric"))
+    quant.add_argument("--code", default="offset_binary", choices=("offset_binary", "twos_complement"))
+    quant.add_argument("--rounding", default="nearest_even", choices=("nearest_even", "toward_zero"))
+    quant.add_argument("--max-abs", type=float, default=None, help="fixed range bound q (symmetric)")
+    quant.add_argument("--clip", type=float, default=None, help="clip weights to [-clip, clip]")
+    quant.add_argument("--margin", type=float, default=0.0, help="range margin (reference code: 1e-3)")
+    bits.set_defaults(func=_cmd_bits)
+
+    formats = sub.add_parser("formats", help="list the number formats and their bit layouts")
+    formats.set_defaults(func=_cmd_formats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (TypeError, ValueError) as err:  # bad input: one clear line, no traceback
+        print(f"saf-ref {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The ``saf-ref`` command line: output checked against values computed independently with numpy views."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from saf_ref.cli import main
+
+
+def run(argv, capsys):
+    status = main(argv)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def _flip_rows(out: str) -> dict[int, str]:
+    """Table rows keyed by bit index (rows start with the bit number)."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0].isdigit() and parts[2].startswith("0x"):
+            rows[int(parts[0])] = line
+    return rows
+
+
+def test_bits_float16_matches_numpy_view(capsys):
+    status, out, _ = run(["bits", "0.1", "--format", "float16"], capsys)
+    assert status == 0
+    code = int(np.float16(0.1).view(np.uint16))
+    assert f"0x{code:04X}" in out
+    assert "0 01011 1001100110" in out  # sign | exponent | mantissa of 0x2E66
+    assert "s eeeee mmmmmmmmmm" in out
+    rows = _flip_rows(out)
+    assert sorted(rows) == list(range(16))
+    for bit, line in rows.items():
+        flipped = np.uint16(code ^ (1 << bit)).view(np.float16)
+        assert f"0x{code ^ (1 << bit):04X}" in line
+        assert repr(float(flipped)) in line
+    assert rows[15].split()[1] == "sign" and rows[10].split()[1] == "exponent"
+    assert rows[9].split()[1] == "mantissa"
+
+
+def test_bits_float32_classes(capsys):
+    status, out, _ = run(["bits", "1.0", "--format", "float32"], capsys)
+    assert status == 0
+    rows = _flip_rows(out)
+    # 1.0 = 0x3F800000: flipping bit 30 sets every exponent bit -> exponent 255, mantissa 0 -> +inf.
+    assert rows[30].split()[-1] == "inf"
+    assert rows[31].split()[-1] == "normal" and "-1.0" in rows[31]
+
+
+def test_bits_fixed_point_q25(capsys):
+    status, out, _ = run(["bits", "1.5", "--format", "q2.5"], capsys)
+    assert status == 0
+    # 1.5 = 48 * 2^-5 -> code 0b0_01_10000; flipping the sign bit gives 48 - 128 = -80 -> -2.5.
+    assert "0x30" in out and "0 01 10000" in out
+    assert "-2.5" in _flip_rows(out)[7]
+
+
+def test_bits_quantizer(capsys):
+    status, out, _ = run(["bits", "0.05", "--quantizer", "8", "--max-abs", "0.1"], capsys)
+    assert status == 0
+    # offset binary, step 0.1/127: 0.05/step = 63.5 -> nearest even 64 -> code 128 + 64 = 192 = 0xC0.
+    assert "0xC0" in out
+    assert len(_flip_rows(out)) == 8
+
+
+def test_formats_lists_every_format(capsys):
+    status, out, _ = run(["formats"], capsys)
+    assert status == 0
+    for name in ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "q2.5"):
+        assert name in out
+    assert "448" in out and "57344" in out and "65504" in out
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["bits", "0.1", "--format", "float7"], "get_format: name must be one of"),
+        (["bits", "abc"], "VALUE must be a decimal number"),
+    ],
+)
+def test_bad_input_is_one_line_error(argv, match, capsys):
+    status, _, err = run(argv, capsys)
+    assert status == 2
+    assert match in err
+    assert "Traceback" not in err
+
+
+def test_no_command_prints_help(capsys):
+    status, out, _ = run([], capsys)
+    assert status == 0 and "bits" in out and "usage" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "saf_ref", "bits", "-2", "--format", "bfloat16"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "0xC000" in result.stdout  # -2.0 in bfloat16: sign 1, exponent 128, mantissa 0
