@@ -34,7 +34,8 @@ def make_params(dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     # Different magnitudes per tensor, so the constants differ.
     return {
-        k: (rng.standard_normal(s) * (0.05 + 0.4 * i)).astype(dtype) for i, (k, s) in enumerate(SHAPES.items())
+        k: (rng.standard_normal(shape) * (0.05 + 0.4 * i)).astype(dtype)
+        for i, (k, shape) in enumerate(SHAPES.items())
     }
 
 
