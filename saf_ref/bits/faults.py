@@ -406,10 +406,11 @@ def flip_by_uniform(codes: np.ndarray, uniform: np.ndarray, p: float, *, protect
         )
     p32 = np.float32(_checks.check_probability(p, "p", fn))
     flips = uniform < p32  # a new array; uniform is not touched
-    flips[..., bit_indices(protected, nbits, fn, "protected")] = False
+    if protected is not None:  # (None means "every bit" to bit_indices, "no bit" here)
+        flips[..., bit_indices(protected, nbits, fn, "protected")] = False
     weights = np.left_shift(codes.dtype.type(1), np.arange(nbits, dtype=codes.dtype))  # 2^j, LSB first
     masks = np.bitwise_or.reduce(np.where(flips, weights, codes.dtype.type(0)), axis=-1)
-    return codes ^ masks.astype(codes.dtype)
+    return np.asarray(codes ^ masks.astype(codes.dtype))  # 0-d stays an array
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -564,7 +565,7 @@ class StuckAtMap:
                 f"{fn}: codes must have dtype {self.and_mask.dtype} (the map's), got {codes.dtype}"
             )
         _checks.check_shape(codes, "codes", fn, self.shape)
-        return (codes & self.and_mask) | self.or_mask
+        return np.asarray((codes & self.and_mask) | self.or_mask)  # 0-d stays an array
 
     def to_faultlist(self, *, tensor: str = "", format_name: str | None = None) -> FaultList:
         """The stuck bits as a FaultList (kinds ``"stuck0"`` / ``"stuck1"``), ordered by (index, bit)."""
