@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,16 @@ __all__ = ["CONVERT_MODES", "convert_to_saf"]
 CONVERT_MODES = ("copy", "inverse")
 
 
-def _clip_bound(transform: Transform, clip_eps: float) -> float:
-    """The largest ``|w|`` passed to the inverse: ``(1 - clip_eps) * bound``."""
-    return (1.0 - clip_eps) * transform.bound
+def _clip_interval(transform: Transform, clip_eps: float, dtype: np.dtype) -> tuple[Any, Any]:
+    """``(-b, b)`` with ``b`` the largest value of ``dtype`` not above ``(1 - clip_eps) * bound``.
+
+    Rounding down (not to nearest) keeps the documented cap: float32(0.999) is 1.3e-8 *above* 0.999.
+    """
+    exact = (1.0 - clip_eps) * transform.bound
+    b = dtype.type(exact)
+    if float(b) > exact:
+        b = np.nextafter(b, dtype.type(0))
+    return -b, b
 
 
 def convert_to_saf(
@@ -55,7 +63,8 @@ def convert_to_saf(
         ``"copy"``: ``u = w``. ``"inverse"``: ``u = f^{-1}(w)`` for conv/linear weights.
     clip_eps : float in [0, 1), optional
         ``"inverse"`` only: clip ``|w|`` to ``(1 - clip_eps) * bound`` before inverting, which caps
-        ``|u|`` at ``f^{-1}((1 - clip_eps) * bound)`` (tanh, ``clip_eps = 1e-3``: ``|u| <= 3.8``).
+        ``|u|`` at ``f^{-1}((1 - clip_eps) * bound)`` (tanh, ``clip_eps = 1e-3``: ``|u| <= 3.8``; the clip
+        value is rounded *down* to the dtype, the inverse to nearest).
         None: only the inverse's own clipping (just below the bound; float32 tanh: ``|u| <= 8.7``,
         see :meth:`~saf_ref.protect.transforms.Transform.inverse`).
 
@@ -99,7 +108,6 @@ def convert_to_saf(
             out[name] = w.copy()
             continue
         if clip_eps is not None and math.isfinite(f.bound):
-            b = w.dtype.type(_clip_bound(f, eps))
-            w = np.clip(w, -b, b)  # a new array; NaN stays NaN
+            w = np.clip(w, *_clip_interval(f, eps, w.dtype))  # a new array; NaN stays NaN
         out[name] = f.inverse(w)
     return out
