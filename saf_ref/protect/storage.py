@@ -20,6 +20,26 @@ The network computes with the *effective* weight ``w``::
 Clean latents are never modified: every step allocates new arrays, and the codes held by a stored
 model are read-only.
 
+Conventions
+-----------
+- **Encoding policies** (the formats' documented defaults): IEEE formats round to nearest even with
+  ``overflow="ieee"`` (too large -> inf, NaN for ``float8_e4m3fn``); fixed point ``qM.N`` rounds half to
+  even and saturates; a ``Quantizer`` uses its own settings (float32 latents only).
+- **dtype.** Latents are float32 or float64, one dtype per model. What :func:`load` returns has the
+  latents' dtype whatever the storage format: float32 latents give float32 (a float16 or q2.5 value
+  widens exactly; a float64 word read into float32 is rounded once), float64 latents stored in float64
+  give float64. Clip and scale are computed in the latent dtype; the transform in float64, rounded once.
+- **Gradients** (:func:`effective_weights_backward`): ``du = f'(û / s) · dw``. The middle is a
+  straight-through estimator (Jacobian 1), so ``× s`` and ``÷ s`` cancel and the clip passes the gradient
+  also outside ``[-c, c]`` (as the reference code of Stutz et al., which clips by projection after the
+  optimizer step).
+
+Example::
+
+    spec = default_spec("float16", "tanh")              # SAF: tanh of float16 latents
+    w, cache = effective_weights(u, spec, p=1e-3, rng=0)  # a fresh bit-error pattern (RandBET)
+    du = effective_weights_backward(dw, cache)
+
 There is no single PyTorch equivalent. The pieces are ``torch.clamp``, ``x.to(torch.float16).view(
 torch.int16)`` (encode), an XOR with a random mask (faults), ``.view(torch.float16).float()`` (decode)
 and ``torch.tanh`` (transform), with a straight-through estimator (``u + (w_hat - u).detach()``) around
@@ -66,7 +86,6 @@ __all__ = [
 
 ROLES = ("weight", "bias", "bn", "other")
 NONFINITE_POLICIES = ("propagate", "zero")
-LATENT_DTYPES = _checks.FLOAT_DTYPES
 
 StorageFormat = IEEEFormat | FixedPointFormat | Quantizer
 
