@@ -78,6 +78,11 @@ def dot_bound(magnitude: np.ndarray, k: int, *, u: float, c: float = 1.0) -> np.
     return c * gamma(k, u) * magnitude.astype(np.float64)
 
 
+def _index(flat: np.intp, shape) -> tuple[int, ...]:
+    """A flat index as a tuple of Python ints (prints as ``(1, 2)``)."""
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
 def assert_within_dot_bound(
     got: np.ndarray,
     ref: np.ndarray,
@@ -125,17 +130,20 @@ def assert_within_dot_bound(
     finite = np.isfinite(ref)
     same_special = (got == ref) | (np.isnan(got) & np.isnan(ref))
     if not np.all(same_special[~finite]):
-        idx = np.unravel_index(np.argmax(~finite & ~same_special), ref.shape)
-        raise AssertionError(f"{what}: at {idx} got {got[idx]!r} but the reference is {ref[idx]!r}{tail}")
+        idx = _index(np.argmax(~finite & ~same_special), ref.shape)
+        raise AssertionError(
+            f"{what}: at {idx} got {float(got[idx])!r} but the reference is {float(ref[idx])!r}{tail}"
+        )
     bound = dot_bound(magnitude, k, u=u, c=c)
-    err = np.where(finite, np.abs(got - ref), 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf where both are inf: masked out just below
+        err = np.where(finite, np.abs(got - ref), 0.0)
     bad = ~(err <= bound)  # also catches a NaN in got where ref is finite
     if np.any(bad):
         excess = np.where(bad, np.nan_to_num(err - bound, nan=np.inf), -np.inf)
-        idx = np.unravel_index(np.argmax(excess), ref.shape)
+        idx = _index(np.argmax(excess), ref.shape)
         raise AssertionError(
-            f"{what}: |got - ref64| exceeds c*gamma_K(u)*(|x|.|w|) at index {idx}: got {got[idx]!r}, "
-            f"ref {ref[idx]!r}, |diff| = {err[idx]:.3e} > bound {bound[idx]:.3e} "
+            f"{what}: |got - ref64| exceeds c*gamma_K(u)*(|x|.|w|) at index {idx}: got {float(got[idx])!r}, "
+            f"ref {float(ref[idx])!r}, |diff| = {err[idx]:.3e} > bound {bound[idx]:.3e} "
             f"(c={c}, K={k}, u={u:.3e}, |x|.|w| = {magnitude[idx]:.3e}); "
             f"{int(bad.sum())} of {bad.size} elements fail{tail}"
         )

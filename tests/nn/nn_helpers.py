@@ -87,3 +87,69 @@ def assert_no_alias(outputs, inputs) -> None:
             for a in inputs:
                 if isinstance(a, np.ndarray):
                     assert not np.shares_memory(o, a), "an output aliases an input"
+
+
+U32 = 2.0**-24
+
+
+def bn_bounds(x, weight, bias, running_mean, running_var, dy, *, train, momentum=0.1, eps=1e-5):
+    """Magnitudes (float64) and term counts ``K`` for the float32 error bound of batchnorm2d.
+
+    Batch norm is not a single dot product, but its error follows from the same rounding model (each
+    operation contributes a factor ``1 + delta``, ``|delta| <= u``; sums of ``n`` terms contribute at most
+    ``gamma_n`` times the sum of magnitudes). With ``n = N*H*W`` per channel, ``s = sqrt(var + eps)``,
+    ``x_hat = (x - mean) / s`` and the *cancellation factor* ``a = mean|x| / s`` (large when the data sit far
+    from zero compared with their spread, which is where float32 batch norm loses accuracy):
+
+    - the computed mean is off by at most ``gamma_n * mean|x|``, i.e. ``a * s * gamma_n``;
+    - the variance is a sum of non-negative terms: relative error ``gamma_{n+3}`` plus a second-order
+      term from the mean's error; ``s`` inherits half of it;
+    - so the errors of ``x_hat`` and ``y`` are at most ``gamma_{n+8} * (a + |x_hat|)`` and
+      ``gamma_{n+10} * (|w| (a + |x_hat|) + |b|)``.
+
+    The backward formula ``dx = w/s * (dy - mean(dy) - x_hat * mean(dy * x_hat))`` adds the errors of the
+    two means and of ``x_hat``; with ``T = mean(|dy| (a + |x_hat|))`` its magnitude is
+    ``|w|/s * (|dy| + mean|dy| + 2 (a + |x_hat|) T)``. We allow ``c = 2`` times ``gamma_{n+10}`` times these
+    magnitudes: a rigorous-in-spirit first-order bound that is orders of magnitude below what a wrong
+    formula or a float16 intermediate would produce, and that scales correctly with ``a``.
+
+    Returns ``{name: (magnitude, K)}`` for ``y``, ``mean``, ``var``, ``dx``, ``dweight``, ``dbias``.
+    """
+    x, weight, bias, rm, rv, dy = (
+        np.asarray(v, np.float64) for v in (x, weight, bias, running_mean, running_var, dy)
+    )
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    ch = (0, 2, 3)
+
+    def per(v):
+        return v[None, :, None, None]
+
+    abs_w, abs_dy = per(np.abs(weight)), np.abs(dy)
+    if train:
+        mean, var = x.mean(axis=ch), x.var(axis=ch)
+        s = np.sqrt(var + eps)
+        x_hat = (x - per(mean)) / per(s)
+        a = per(np.abs(x).mean(axis=ch) / s)
+        k = n + 10
+        t = per(np.mean(abs_dy * (a + np.abs(x_hat)), axis=ch))
+        gamma_n = n * U32 / (1 - n * U32)
+        mean_abs = np.abs(x).mean(axis=ch)
+        out = {
+            "y": (abs_w * (a + np.abs(x_hat)) + per(np.abs(bias)), k),
+            "mean": ((1 - momentum) * np.abs(rm) + momentum * mean_abs, k),
+            "var": ((1 - momentum) * rv + momentum * n / (n - 1) * (var + gamma_n * mean_abs**2), k),
+            "dx": (abs_w / per(s) * (abs_dy + per(abs_dy.mean(axis=ch)) + 2 * (a + np.abs(x_hat)) * t), k),
+            "dweight": (np.sum(abs_dy * (a + 2 * np.abs(x_hat)), axis=ch), k),
+        }
+    else:
+        s = np.sqrt(rv + eps)
+        spread = (np.abs(x) + per(np.abs(rm))) / per(s)
+        out = {
+            "y": (abs_w * spread + per(np.abs(bias)), 6),
+            "mean": (np.abs(rm), 1),
+            "var": (np.abs(rv), 1),
+            "dx": (abs_w * abs_dy / per(s), 4),
+            "dweight": (np.sum(abs_dy * spread, axis=ch), n + 6),
+        }
+    out["dbias"] = (np.sum(abs_dy, axis=ch), n)
+    return out
