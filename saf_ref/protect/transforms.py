@@ -188,6 +188,8 @@ class Transform:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"Transform: name must be a str, got {_checks._describe(self.name)}")
         _checks.check_choice(self.name, "name", "Transform", TRANSFORMS)
         scale = _checks.check_real(self.scale, "scale", "Transform")
         if not (math.isfinite(scale) and scale > 0.0):

@@ -508,6 +508,8 @@ def test_dtype_errors(name):
 def test_construction_errors():
     with pytest.raises(ValueError, match=r"Transform: name must be one of \('identity', 'tanh', 'arctan'"):
         Transform("sigmoid")
+    with pytest.raises(TypeError, match="Transform: name must be a str, got int 3"):
+        Transform(3)
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="Transform: scale must be a finite positive number"):
             Transform("tanh", bad)
