@@ -150,6 +150,9 @@ def _distinct_uniform(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return pos
 
 
+_MAX_DRAWS = 1 << 22  # exponential draws per round of _bernoulli_positions
+
+
 def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
     """Sorted positions of an i.i.d. Bernoulli(p) process over ``[0, n)``, in time O(expected count).
 
@@ -174,7 +177,8 @@ def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarr
     while start < n:
         # enough draws to finish in one round with overwhelming probability (mean + 6 sd + 16)
         expect = (n - start) * p
-        m = int(expect + 6.0 * np.sqrt(expect) + 16)
+        # (at most _MAX_DRAWS at a time, which bounds the temporaries at high rates)
+        m = min(int(expect + 6.0 * np.sqrt(expect) + 16), _MAX_DRAWS)
         # failures before each success, computed in place (these arrays are large at high rates);
         # clipping at n keeps int64 sums small and changes nothing, since a gap >= n ends the process
         gaps = rng.standard_exponential(m)
