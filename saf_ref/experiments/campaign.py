@@ -1,0 +1,426 @@
+"""Fault campaigns: sweep bit-error rates x storage formats x methods x trials.
+
+A *subject* is one trained model together with how it is stored (a :class:`~saf_ref.protect.storage.
+StorageSpec`: format, transform, clip, exposure). A campaign evaluates every subject at every bit-error
+rate in every trial:
+
+1. the clean stored model is read back (no faults) and evaluated once: the *clean* predictions;
+2. trial ``t`` draws one nested fault pattern per subject with the generator
+   ``default_rng(SeedSequence(campaign_seed, spawn_key=(t,)))``: the faults at rate ``p1 < p2`` are a
+   subset of those at ``p2`` (one "chip" per trial, see :func:`saf_ref.protect.storage.inject_nested`);
+3. each faulty model is loaded (decode, non-finite policy, transform) and evaluated.
+
+Because a trial's randomness depends only on ``(campaign_seed, trial)``, any single trial can be re-run
+alone (:func:`run_trial`) and gives the same numbers as inside the campaign, and the results do not depend
+on the executor or on the number of workers.
+
+Metrics per (subject, rate, trial): accuracy; robust error ``RErr`` (Stutz et al.: an example counts as
+wrong if the clean *or* the perturbed model misclassifies it); whether any output logit is NaN/inf.
+Per cell they are summarised over trials by :func:`summarize`: means with Student-t intervals, and the
+fraction of trials with non-finite outputs with a Wilson interval.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from saf_ref import _checks
+from saf_ref.experiments.stats import mean_interval, wilson_interval
+from saf_ref.protect.storage import StorageSpec, inject_nested, load, store
+from saf_ref.train.loop import model_fns
+
+__all__ = [
+    "Subject",
+    "CampaignResult",
+    "trial_rng",
+    "predict",
+    "run_trial",
+    "run_campaign",
+    "summarize",
+    "SUMMARY_FIELDS",
+]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One model under test and the way its parameters are stored.
+
+    Attributes
+    ----------
+    method : str
+        Hardening method, e.g. ``"baseline"``, ``"saf"``, ``"robust_quant"``, ``"clipping"``, ``"randbet"``.
+    transform : str
+        Weight transform name (``"identity"`` for none), for the tables.
+    format : str
+        Storage format name, for the tables (the spec is what is used).
+    model : str
+        Model name understood by :func:`saf_ref.train.loop.model_fns` (a string, so it pickles).
+    params, state : dict[str, ndarray]
+        Latents ``u`` and running statistics.
+    spec : StorageSpec
+        How ``params`` are stored and read back.
+    nonfinite : {"propagate", "zero"}
+        Non-finite policy when reading from memory.
+    """
+
+    method: str
+    transform: str
+    format: str
+    model: str
+    params: Mapping[str, np.ndarray]
+    state: Mapping[str, np.ndarray]
+    spec: StorageSpec
+    nonfinite: str = "propagate"
+    label: str = field(default="")
+
+    @property
+    def key(self) -> str:
+        """A short unique label: ``label`` if set, else ``method/transform/format``."""
+        return self.label or f"{self.method}/{self.transform}/{self.format}"
+
+
+def trial_rng(campaign_seed: int, trial: int) -> np.random.Generator:
+    """The generator of trial ``trial``: ``default_rng(SeedSequence(campaign_seed, spawn_key=(trial,)))``.
+
+    It is the ``trial``-th child of ``SeedSequence(campaign_seed)`` (as ``SeedSequence.spawn`` would make
+    it), so trials are statistically independent and each can be reproduced alone.
+    """
+    seed = _checks.check_int(campaign_seed, "campaign_seed", "trial_rng", low=0)
+    trial = _checks.check_int(trial, "trial", "trial_rng", low=0)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(trial,)))
+
+
+def predict(
+    model: str, params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], x: np.ndarray, *,
+    batch_size: int = 500,
+) -> tuple[np.ndarray, bool]:
+    """Eval-mode predictions of ``model`` on ``x``, and whether any logit was NaN or infinite.
+
+    A row whose logits are not all finite is predicted as class ``-1`` (always wrong): ``argmax`` of a
+    row with NaN would otherwise return an arbitrary index.
+    """
+    fns = model_fns(model, "predict")
+    predictions = np.empty(x.shape[0], dtype=np.int64)
+    any_nonfinite = False
+    for start in range(0, x.shape[0], batch_size):
+        # Faulty weights overflow to inf/NaN on purpose; that is measured below, not warned about.
+        with np.errstate(all="ignore"):
+            logits, _, _ = fns.forward(dict(params), dict(state), x[start : start + batch_size], train=False)
+        finite_rows = np.all(np.isfinite(logits), axis=1)
+        any_nonfinite = any_nonfinite or not bool(finite_rows.all())
+        predictions[start : start + batch_size] = np.where(finite_rows, np.argmax(logits, axis=1), -1)
+    return predictions, any_nonfinite
+
+
+def clean_predictions(subject: Subject, x: np.ndarray) -> np.ndarray:
+    """Predictions of the stored model read back without faults (quantization included)."""
+    params = load(store(subject.params, subject.spec), subject.spec, nonfinite=subject.nonfinite)
+    return predict(subject.model, params, subject.state, x)[0]
+
+
+def run_trial(
+    subject: Subject,
+    x: np.ndarray,
+    y: np.ndarray,
+    rates: Sequence[float],
+    *,
+    campaign_seed: int,
+    trial: int,
+    clean: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate one subject in one trial at every rate; one record per rate.
+
+    Parameters
+    ----------
+    subject : Subject
+    x, y : ndarray
+        Evaluation images ``(N, C, H, W)`` (the parameters' dtype) and int labels ``(N,)``.
+    rates : sequence of float
+        Bit-error rates; the fault patterns are nested across them.
+    campaign_seed, trial : int
+        The trial's generator is :func:`trial_rng` ``(campaign_seed, trial)``.
+    clean : ndarray, optional
+        The subject's clean predictions (computed if not given).
+
+    Returns
+    -------
+    list of dict
+        ``{"subject", "method", "transform", "format", "ber", "trial", "accuracy", "rerr", "nonfinite",
+        "n"}`` per rate, in the order of ``rates``.
+    """
+    if clean is None:
+        clean = clean_predictions(subject, x)
+    stored = store(subject.params, subject.spec)
+    faulty_models = inject_nested(stored, list(rates), rng=trial_rng(campaign_seed, trial))
+    clean_wrong = clean != y
+    records = []
+    for rate, faulty in zip(rates, faulty_models, strict=True):
+        params = load(faulty, subject.spec, nonfinite=subject.nonfinite)
+        pred, nonfinite = predict(subject.model, params, subject.state, x)
+        wrong = pred != y
+        records.append(
+            {
+                "subject": subject.key,
+                "method": subject.method,
+                "transform": subject.transform,
+                "format": subject.format,
+                "ber": float(rate),
+                "trial": int(trial),
+                "accuracy": float(np.mean(~wrong)),
+                "rerr": float(np.mean(wrong | clean_wrong)),
+                "nonfinite": bool(nonfinite),
+                "n": int(y.shape[0]),
+            }
+        )
+    return records
+
+
+def _run_unit(args: tuple) -> tuple[int, int, list[dict[str, Any]]]:
+    """Process-pool entry point: one (subject, trial) unit. Module level, so that it pickles."""
+    index, subject, x, y, rates, seed, trial, clean = args
+    return index, trial, run_trial(subject, x, y, rates, campaign_seed=seed, trial=trial, clean=clean)
+
+
+@dataclass
+class CampaignResult:
+    """Per-trial records, per-cell summary, clean accuracies, and whether the run was interrupted."""
+
+    trials: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    clean: list[dict[str, Any]]
+    interrupted: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write ``summary`` (a list of records, one per subject x rate) with the config and clean
+        accuracies, as JSON: ``{"config", "clean", "records", "interrupted"}``."""
+        doc = {"config": self.config, "clean": self.clean, "records": self.summary,
+               "interrupted": self.interrupted}
+        _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write ``summary`` as a tidy CSV table, one row per subject x rate, columns ``SUMMARY_FIELDS``."""
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.summary:
+            writer.writerow({k: row.get(k) for k in SUMMARY_FIELDS})
+        _atomic_write(path, buf.getvalue())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"CampaignResult.to_json: cannot serialise {type(obj).__name__}")
+
+
+def _atomic_write(path: str | os.PathLike, text: str) -> None:
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+SUMMARY_FIELDS = (
+    "subject", "method", "transform", "format", "ber", "trials", "clean_accuracy",
+    "accuracy_mean", "accuracy_ci_low", "accuracy_ci_high", "error_mean",
+    "rerr_mean", "rerr_ci_low", "rerr_ci_high",
+    "nonfinite_fraction", "nonfinite_ci_low", "nonfinite_ci_high",
+)
+
+
+def summarize(
+    trials: Sequence[Mapping[str, Any]], clean: Mapping[str, float] | None = None, *, confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """Summarise per-trial records into one record per (subject, rate).
+
+    Means over trials with Student-t intervals for accuracy and RErr; the fraction of trials whose
+    outputs contained NaN/inf with a Wilson interval. ``clean`` maps subject key -> clean accuracy.
+    Output order: subjects in first-seen order, rates ascending.
+    """
+    cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for rec in trials:
+        cells.setdefault((rec["subject"], rec["ber"]), []).append(rec)
+    order = list(dict.fromkeys(rec["subject"] for rec in trials))
+    rows = []
+    for (subject, ber), recs in sorted(cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        acc, acc_lo, acc_hi = mean_interval([r["accuracy"] for r in recs], confidence=confidence)
+        rerr, rerr_lo, rerr_hi = mean_interval([r["rerr"] for r in recs], confidence=confidence)
+        k = sum(bool(r["nonfinite"]) for r in recs)
+        nf_lo, nf_hi = wilson_interval(k, len(recs), confidence=confidence)
+        first = recs[0]
+        rows.append(
+            {
+                "subject": subject, "method": first["method"], "transform": first["transform"],
+                "format": first["format"], "ber": ber, "trials": len(recs),
+                "clean_accuracy": None if clean is None else clean.get(subject),
+                "accuracy_mean": acc,
+                "accuracy_ci_low": max(0.0, acc_lo),
+                "accuracy_ci_high": min(1.0, acc_hi),
+                "error_mean": 1.0 - acc,
+                "rerr_mean": rerr, "rerr_ci_low": max(0.0, rerr_lo), "rerr_ci_high": min(1.0, rerr_hi),
+                "nonfinite_fraction": k / len(recs), "nonfinite_ci_low": nf_lo, "nonfinite_ci_high": nf_hi,
+            }
+        )
+    return rows
+
+
+def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
+    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or len(rates) == 0:
+        raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
+    return tuple(_checks.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+
+
+def _check_subjects(subjects: Any, fn: str) -> list[Subject]:
+    if not isinstance(subjects, Sequence) or len(subjects) == 0:
+        raise ValueError(f"{fn}: subjects must be a non-empty sequence of Subject, got {subjects!r}")
+    for i, s in enumerate(subjects):
+        if not isinstance(s, Subject):
+            raise TypeError(f"{fn}: subjects[{i}] must be a Subject, got {type(s).__name__}")
+    keys = [s.key for s in subjects]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(
+            f"{fn}: subject keys must be unique (set Subject.label), got duplicates {duplicates}"
+        )
+    return list(subjects)
+
+
+class _Progress:
+    """A one-line progress display on stderr: units done, elapsed time, estimated time left."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        end = "\n" if self.done == self.total else ""
+        print(f"\r  trials {self.done}/{self.total}  {elapsed:6.1f}s elapsed, ~{left:5.1f}s left  ({what})"
+              .ljust(79), end=end, file=self.stream, flush=True)
+
+
+def run_campaign(
+    subjects: Sequence[Subject],
+    x: np.ndarray,
+    y: np.ndarray,
+    rates: Sequence[float],
+    *,
+    trials: int,
+    seed: int,
+    executor: cf.Executor | None | str = "process",
+    max_workers: int | None = None,
+    progress: bool = True,
+    confidence: float = 0.95,
+    on_result: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> CampaignResult:
+    """Evaluate every subject at every rate in ``trials`` trials; see the module docstring.
+
+    Parameters
+    ----------
+    subjects : sequence of Subject
+    x, y : ndarray
+        Evaluation set.
+    rates : sequence of float in [0, 1]
+    trials : int >= 1
+    seed : int >= 0
+        Campaign seed; trial ``t`` uses :func:`trial_rng` ``(seed, t)``.
+    executor : concurrent.futures.Executor, "process", "serial" or None
+        Where the (subject, trial) units run. ``"process"`` (default) makes a
+        ``ProcessPoolExecutor(max_workers)`` for the duration of the call; ``"serial"``/``None`` runs in
+        this process; any ``Executor`` you pass (a dask.distributed ``Client.get_executor()``, a Ray
+        executor, a thread pool) is used as is and not shut down. Results are identical for any executor
+        and worker count.
+    progress : bool
+        Show a one-line progress display on stderr.
+    on_result : callable, optional
+        Called with each unit's records as it completes (e.g. to save partial results).
+
+    Returns
+    -------
+    CampaignResult
+        On Ctrl-C (KeyboardInterrupt) the pending units are cancelled and the completed trials are
+        returned with ``interrupted=True``.
+    """
+    fn = "run_campaign"
+    subjects = _check_subjects(subjects, fn)
+    rates = _check_rates(rates, fn)
+    trials = _checks.check_int(trials, "trials", fn, low=1)
+    seed = _checks.check_int(seed, "seed", fn, low=0)
+    _checks.check_ndarray(x, "x", fn)
+    _checks.check_ndarray(y, "y", fn)
+    _checks.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
+
+    clean = [clean_predictions(s, x) for s in subjects]
+    clean_acc = {s.key: float(np.mean(c == y)) for s, c in zip(subjects, clean, strict=True)}
+    units = [(i, s, x, y, rates, seed, t, clean[i]) for t in range(trials) for i, s in enumerate(subjects)]
+    progress_bar = _Progress(len(units), progress)
+    results: dict[tuple[int, int], list[dict[str, Any]]] = {}
+
+    def collect(index: int, trial: int, records: list[dict[str, Any]]) -> None:
+        results[(index, trial)] = records
+        if on_result is not None:
+            on_result(records)
+        progress_bar.step(f"{subjects[index].key}, trial {trial}")
+
+    interrupted = False
+    own_pool = executor == "process"
+    if executor in ("serial", None):
+        try:
+            for unit in units:
+                collect(*_run_unit(unit))
+        except KeyboardInterrupt:
+            interrupted = True
+    else:
+        if own_pool:
+            executor = cf.ProcessPoolExecutor(max_workers=max_workers)
+        elif not isinstance(executor, cf.Executor):
+            raise TypeError(f"{fn}: executor must be 'process', 'serial', None or a concurrent.futures."
+                            f"Executor, got {type(executor).__name__}")
+        futures = [executor.submit(_run_unit, unit) for unit in units]
+        try:
+            for future in cf.as_completed(futures):
+                collect(*future.result())
+        except KeyboardInterrupt:
+            interrupted = True
+            for future in futures:
+                future.cancel()
+        finally:
+            if own_pool:
+                executor.shutdown(wait=not interrupted, cancel_futures=True)
+    if interrupted and progress:
+        print(f"\n  interrupted: keeping {len(results)} of {len(units)} completed trials", file=sys.stderr)
+
+    # Deterministic order whatever the completion order: by trial, then subject.
+    trial_records = [rec for key in sorted(results, key=lambda k: (k[1], k[0])) for rec in results[key]]
+    config = {"rates": list(rates), "trials": trials, "seed": seed, "n_eval": int(y.shape[0]),
+              "confidence": confidence, "subjects": [s.key for s in subjects]}
+    clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
+                   "clean_accuracy": clean_acc[s.key]} for s in subjects]
+    summary = summarize(trial_records, clean_acc, confidence=confidence) if trial_records else []
+    return CampaignResult(trial_records, summary, clean_rows, interrupted, config)
+
+
+def is_chance_level(accuracy: float, num_classes: int, n: int, *, z: float = 3.0) -> bool:
+    """Whether ``accuracy`` on ``n`` examples is within ``z`` binomial standard errors of chance level,
+    ``1 / num_classes``."""
+    p = 1.0 / num_classes
+    return abs(accuracy - p) <= z * math.sqrt(p * (1 - p) / n)

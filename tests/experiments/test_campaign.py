@@ -1,0 +1,179 @@
+"""Fault campaigns: determinism, executor independence, trial re-runs, metrics against direct computation."""
+
+import concurrent.futures as cf
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from saf_ref.bits import Quantizer
+from saf_ref.data import load_digits
+from saf_ref.experiments.campaign import (
+    SUMMARY_FIELDS,
+    Subject,
+    is_chance_level,
+    run_campaign,
+    run_trial,
+    summarize,
+    trial_rng,
+)
+from saf_ref.nn.small import init_mlp, mlp_forward
+from saf_ref.protect import default_spec, inject_nested, load, store
+from saf_ref.train.loop import train
+
+RATES = (0.0, 1e-4, 1e-3, 1e-2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def subjects(digits):
+    params, state = init_mlp(64, hidden=(32,), num_classes=10, rng=0)
+    params, state, _ = train(params, state, digits, model="mlp", epochs=2, batch_size=64, rng=1,
+                             augment=None, verbose=False)
+    out = []
+    for fmt in ("float32", "float16", "q2.5"):
+        out.append(Subject("baseline", "identity", fmt, "mlp", params, state, default_spec(fmt)))
+    out.append(Subject("saf", "tanh", "float32", "mlp", params, state, default_spec("float32", "tanh")))
+    quant = Quantizer(8, scheme="asymmetric", code="offset_binary", rounding="nearest_even", margin=1e-3)
+    out.append(Subject("robust_quant", "identity", "quant8", "mlp", params, state, default_spec(quant)))
+    return out
+
+
+def _campaign(subjects, digits, **kw):
+    kw.setdefault("progress", False)
+    return run_campaign(subjects, digits.x_test[:120], digits.y_test[:120], RATES, trials=3, seed=11, **kw)
+
+
+def test_results_identical_for_any_executor(subjects, digits):
+    serial = _campaign(subjects, digits, executor="serial")
+    pool = _campaign(subjects, digits, executor="process", max_workers=2)
+    with cf.ThreadPoolExecutor(max_workers=3) as threads:
+        threaded = _campaign(subjects, digits, executor=threads)
+    assert serial.trials == pool.trials == threaded.trials
+    assert serial.summary == pool.summary == threaded.summary
+    assert len(serial.trials) == len(subjects) * 3 * len(RATES)
+
+
+def test_single_trial_rerun_alone_matches_campaign(subjects, digits):
+    result = _campaign(subjects, digits, executor="serial")
+    x, y = digits.x_test[:120], digits.y_test[:120]
+    for subject in (subjects[1], subjects[4]):
+        alone = run_trial(subject, x, y, RATES, campaign_seed=11, trial=2)
+        inside = [r for r in result.trials if r["trial"] == 2 and r["subject"] == subject.key]
+        assert alone == inside
+
+
+def test_trial_metrics_match_direct_computation(subjects, digits):
+    """Recompute one trial by hand: nested faults from the trial's generator, load, forward, compare."""
+    subject = subjects[0]
+    x, y = digits.x_test[:120], digits.y_test[:120]
+    records = run_trial(subject, x, y, RATES, campaign_seed=5, trial=1)
+    clean_params = load(store(subject.params, subject.spec))
+    clean_pred = np.argmax(mlp_forward(clean_params, subject.state, x, train=False)[0], axis=1)
+    faulty = inject_nested(store(subject.params, subject.spec), list(RATES), rng=trial_rng(5, 1))
+    for rec, stored in zip(records, faulty, strict=True):
+        with np.errstate(all="ignore"):
+            logits = mlp_forward(load(stored), subject.state, x, train=False)[0]
+        finite = np.all(np.isfinite(logits), axis=1)
+        pred = np.where(finite, np.argmax(logits, axis=1), -1)
+        assert rec["accuracy"] == pytest.approx(np.mean(pred == y), abs=0)
+        assert rec["rerr"] == pytest.approx(np.mean((pred != y) | (clean_pred != y)), abs=0)
+        assert rec["nonfinite"] == (not finite.all())
+    assert records[0]["accuracy"] == pytest.approx(np.mean(clean_pred == y), abs=0)  # rate 0 = clean
+    assert records[0]["rerr"] == pytest.approx(np.mean(clean_pred != y), abs=0)
+
+
+def test_rerr_is_monotone_in_rate_because_patterns_are_nested(subjects, digits):
+    result = _campaign(subjects[:1], digits, executor="serial")
+    for trial in range(3):
+        rerr = [r["rerr"] for r in result.trials if r["trial"] == trial]
+        assert rerr == sorted(rerr)  # nested faults: an example wrong at p1 stays counted at p2 >= p1
+
+
+def test_summarize_against_hand_computation():
+    trials = [
+        {"subject": "a", "method": "m", "transform": "t", "format": "f", "ber": 0.1, "trial": t,
+         "accuracy": acc, "rerr": rerr, "nonfinite": nf, "n": 10}
+        for t, (acc, rerr, nf) in enumerate([(0.5, 0.6, False), (0.7, 0.7, True), (0.6, 0.8, False)])
+    ]
+    (row,) = summarize(trials, {"a": 0.9})
+    assert row["trials"] == 3 and row["clean_accuracy"] == 0.9
+    assert row["accuracy_mean"] == pytest.approx(0.6)
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t_{0.975, 2} * sample std / sqrt(n)
+    assert row["accuracy_ci_low"] == pytest.approx(0.6 - half)
+    assert row["accuracy_ci_high"] == pytest.approx(min(1.0, 0.6 + half))
+    assert row["rerr_mean"] == pytest.approx(0.7)
+    assert row["nonfinite_fraction"] == pytest.approx(1 / 3)
+    assert 0 < row["nonfinite_ci_low"] < 1 / 3 < row["nonfinite_ci_high"] < 1
+
+
+def test_outputs_csv_and_json(subjects, digits, tmp_path):
+    result = _campaign(subjects[:2], digits, executor="serial")
+    result.to_csv(tmp_path / "r.csv")
+    result.to_json(tmp_path / "r.json")
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == SUMMARY_FIELDS and len(rows) == 2 * len(RATES)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["records"] == json.loads(json.dumps(result.summary))
+    for key in ("method", "transform", "format", "ber", "trials", "accuracy_mean", "accuracy_ci_low",
+                "accuracy_ci_high", "rerr_mean", "nonfinite_fraction", "clean_accuracy"):
+        assert key in doc["records"][0]
+    assert [c["subject"] for c in doc["clean"]] == [s.key for s in subjects[:2]]
+
+
+def test_interrupt_keeps_completed_trials(subjects, digits):
+    seen = []
+
+    def stop_after_two(records):
+        seen.append(records)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    result = _campaign(subjects[:2], digits, executor="serial", on_result=stop_after_two)
+    assert result.interrupted
+    assert len(result.trials) == 2 * len(RATES)
+    full = _campaign(subjects[:2], digits, executor="serial")
+    assert result.trials == [r for r in full.trials if r["trial"] == 0]
+
+
+def test_trial_rng_is_seed_sequence_child():
+    a = trial_rng(3, 4).integers(0, 2**32, size=4)
+    b = np.random.default_rng(np.random.SeedSequence(3).spawn(5)[4]).integers(0, 2**32, size=4)
+    assert np.array_equal(a, b)
+
+
+def test_is_chance_level():
+    assert is_chance_level(0.1, 10, 1000)
+    assert not is_chance_level(0.5, 10, 1000)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"rates": ()}, ValueError, "rates must be a non-empty sequence"),
+        ({"rates": (0.1, 1.5)}, ValueError, r"rates\[1\] must be a probability"),
+        ({"trials": 0}, ValueError, "trials must be in"),
+        ({"seed": -1}, ValueError, "seed must be in"),
+        ({"executor": "gpu"}, TypeError, "executor must be"),
+        ({"subjects": []}, ValueError, "subjects must be a non-empty sequence"),
+        ({"subjects": ["x"]}, TypeError, r"subjects\[0\] must be a Subject"),
+    ],
+)
+def test_bad_input(subjects, digits, kwargs, exc, match):
+    args = {"subjects": subjects[:1], "rates": RATES, "trials": 1, "seed": 0, "executor": "serial"}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        run_campaign(args.pop("subjects"), digits.x_test[:10], digits.y_test[:10], args.pop("rates"),
+                     progress=False, **args)
+
+
+def test_duplicate_subject_keys_rejected(subjects, digits):
+    with pytest.raises(ValueError, match="subject keys must be unique"):
+        run_campaign([subjects[0], subjects[0]], digits.x_test[:10], digits.y_test[:10], RATES, trials=1,
+                     seed=0, executor="serial", progress=False)
