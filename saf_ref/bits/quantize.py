@@ -42,9 +42,15 @@ _UNSIGNED = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint6
 _CONTEXT_KEYS = ("scheme", "code", "nbits", "q", "step", "min", "max")
 
 
+def _to_f32(value: float) -> np.float32:
+    """Round a float64 scalar to float32 once (past float32's range: inf, which callers reject)."""
+    with np.errstate(over="ignore"):
+        return _F32(value)
+
+
 def _is_float32_value(value: float) -> bool:
     """True when the Python float ``value`` is exactly a finite float32 value."""
-    return math.isfinite(value) and float(_F32(value)) == value
+    return math.isfinite(value) and float(_to_f32(value)) == value
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class QuantContext:
             object.__setattr__(self, name, value)
         if self.min > self.max:
             raise ValueError(f"{fn}: min (={self.min!r}) must be <= max (={self.max!r})")
+        if not np.isfinite(_to_f32(self.max - self.min)):
+            raise ValueError(f"{fn}: max - min (={self.max - self.min!r}) must fit in float32")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (floats print exactly with ``repr``, so a JSON round trip is exact)."""
@@ -168,8 +176,13 @@ class Quantizer:
       every value encodes as level 0 (``t = 0``) and decodes to ``min``; if ``delta`` is 0 (an all-zero
       tensor with ``margin = 0``, or ``|x|`` so small that ``q / L`` underflows float32) every value
       encodes as level 0 and decodes to 0.
-    - ``|clip(x, -q, q) / delta| <= L (1 + 2**-22) < L + 1``, so the levels always fit in ``m`` bits
-      and no overflow handling is needed after rounding.
+    - ``|clip(x, -q, q) / delta|`` is at most ``L`` up to a few float32 roundings, so the levels fit in
+      ``m`` bits. The encoder nevertheless saturates the stored integer to the ``m``-bit range
+      (``[0, 2**m - 1]`` for offset binary, ``[-2**(m-1), 2**(m-1) - 1]`` for two's complement); this
+      never binds unless ``delta`` is a subnormal float32 (``max|x| < ~1e-36``), where float32 division is
+      imprecise and ``x / delta`` may exceed ``L + 1``. With ``"offset_binary"`` and
+      ``"toward_zero"``, ``x = -q`` can land just below ``u = 1`` and truncate to code 0 (level
+      ``-2**(m-1)``), which decodes to ``-q`` after the clip; the reference code does the same.
     - Two's complement decode rejects codes with bits set above ``m`` (``ValueError``); offset binary
       decode clamps ``u`` to ``2**m - 1`` as the formula says.
     """
@@ -258,14 +271,18 @@ class Quantizer:
         context : QuantContext
         """
         fn = f"{self.name}.encode"
+        if isinstance(x, np.floating):
+            x = np.asarray(x)  # a NumPy scalar becomes a 0-d array of its dtype
         _checks.check_dtype(x, "x", fn, (np.float32,))
         if not np.isfinite(x).all():
             raise ValueError(f"{fn}: x must be finite, got NaN or inf")
         if x.size == 0 and self.max_abs is None:
             raise ValueError(f"{fn}: x must be non-empty for an adaptive range, got shape {x.shape}")
         if self.scheme == "symmetric":
-            return self._encode_symmetric_scheme(x, fn)
-        return self._encode_asymmetric_scheme(x, fn)
+            codes, context = self._encode_symmetric_scheme(x, fn)
+        else:
+            codes, context = self._encode_asymmetric_scheme(x, fn)
+        return np.asarray(codes), context  # 0-d results stay arrays (NumPy returns scalars for them)
 
     def decode(self, codes: np.ndarray, context: QuantContext) -> np.ndarray:
         """The float32 values of ``codes`` under ``context`` (from :meth:`encode`).
@@ -300,19 +317,19 @@ class Quantizer:
             )
         y = self._decode_levels(codes, _F32(context.q), _F32(context.step))
         if self.scheme == "symmetric":
-            return y
+            return np.asarray(y)
         lo, hi = _F32(context.min), _F32(context.max)
-        width = _F32(context.max - context.min)  # formed in float64 (exact inputs), rounded once
+        width = _to_f32(context.max - context.min)  # formed in float64 (exact inputs), rounded once
         y = (y + _F32(1.0)) / _F32(2.0)
         y = y * width + lo  # two float32 roundings (no fused multiply-add), as in the reference
-        return np.clip(y, lo, hi)
+        return np.asarray(np.clip(y, lo, hi))
 
     # ----------------------------------------------------------------------------------------------------
     # The two schemes
     # ----------------------------------------------------------------------------------------------------
     def _fixed_step(self, bound: float, fn: str) -> np.float32:
         """``(bound + margin) / L`` in float64, rounded to float32 once; must be positive and finite."""
-        step = _F32((bound + self.margin) / self.levels)
+        step = _to_f32((bound + self.margin) / self.levels)
         if not (np.isfinite(step) and step > 0):
             raise ValueError(
                 f"{fn}: (range + margin) / L must be a positive finite float32, got {float(step)!r} "
@@ -329,8 +346,8 @@ class Quantizer:
             q64 = float(np.max(np.abs(x))) + self.margin
             if self.clip is not None:
                 q64 = min(q64, self.clip)
-            step = _F32(q64 / self.levels)
-        q = _F32(q64)
+            step = _to_f32(q64 / self.levels)
+        q = _to_f32(q64)
         if not np.isfinite(q):
             raise ValueError(f"{fn}: max|x| + margin (={q64!r}) must fit in float32")
         codes = self._encode_levels(x, q, step)
@@ -340,7 +357,7 @@ class Quantizer:
         if self.clip is not None:
             x = np.clip(x, -_F32(self.clip), _F32(self.clip))
         lo, hi = x.min(), x.max()
-        width = _F32(float(hi) - float(lo))  # the divisor: formed in float64, rounded to float32 once
+        width = _to_f32(float(hi) - float(lo))  # the divisor: formed in float64, rounded to float32 once
         if not np.isfinite(width):
             raise ValueError(f"{fn}: max(x) - min(x) (={float(hi) - float(lo)!r}) must fit in float32")
         if width == 0:
@@ -365,11 +382,16 @@ class Quantizer:
             s = np.clip(t, -q, q) / step  # true float32 division by the step
         if self.code == "offset_binary":
             half, top = _F32(1 << (self.nbits - 1)), _F32((1 << self.nbits) - 1)
-            u = np.minimum(s + half, top)  # u >= 1 - tiny > 0: no lower clamp needed
+            # The formula's min(., 2**m - 1), plus a clamp at 0 (as in the reference's clipped classes)
+            # that binds only for a subnormal step (see Notes): a negative float -> uint cast is undefined.
+            u = np.clip(s + half, _F32(0.0), top)
             if self.rounding == "nearest_even":
                 u = np.rint(u)
             return u.astype(self.container)  # float -> unsigned truncates toward zero
         v = np.rint(s) if self.rounding == "nearest_even" else np.trunc(s)
+        # Saturate to the m-bit range; binds only for a subnormal step (see Notes), where it prevents a
+        # level of 2**(m-1) from wrapping to -2**(m-1).
+        v = np.clip(v, -(1 << (self.nbits - 1)), (1 << (self.nbits - 1)) - 1)
         # The low nbits bits of the int64 level are its two's complement pattern.
         return (v.astype(np.int64) & ((1 << self.nbits) - 1)).astype(self.container)
 
@@ -389,6 +411,7 @@ class Quantizer:
 def _check_positive_float32(value: Any, name: str, fn: str) -> float:
     """A real scalar that is positive and finite, also after rounding to float32."""
     value = _checks.check_real(value, name, fn)
-    if not (math.isfinite(value) and np.isfinite(_F32(value)) and _F32(value) > 0):
+    as_f32 = _to_f32(value)  # a value past float32's range becomes inf, rejected below
+    if not (math.isfinite(value) and np.isfinite(as_f32) and as_f32 > 0):
         raise ValueError(f"{fn}: {name} must be a positive number that is finite in float32, got {value!r}")
     return value
