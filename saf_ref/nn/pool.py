@@ -136,17 +136,21 @@ def maxpool2d_forward(
     # p*sh), column j0 = max(0, pw - q*sw). Padding cells are -inf and can never win a strict comparison.
     i0 = np.maximum(0, ph - sh * np.arange(ho))[:, None]
     j0 = np.maximum(0, pw - sw * np.arange(wo))[None, :]
-    best_offset = np.broadcast_to(i0 * kw + j0, (n, c, ho, wo)).copy()
+    offset_dtype = np.min_scalar_type(kh * kw)  # uint8 for any usual kernel: less memory traffic
+    best_offset = np.broadcast_to((i0 * kw + j0).astype(offset_dtype), (n, c, ho, wo)).copy()
     best = np.full((n, c, ho, wo), -np.inf, dtype=x.dtype)
+    take = np.empty((n, c, ho, wo), dtype=bool)
     for i in range(kh):
         for j in range(kw):
             v = xp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]
-            take = (v > best) | np.isnan(v)  # PyTorch: strictly greater, or NaN
+            np.greater(v, best, out=take)  # PyTorch's rule: strictly greater, or NaN
+            take |= np.isnan(v)
             np.copyto(best, v, where=take)
             np.copyto(best_offset, i * kw + j, where=take)
+    best_offset = best_offset.astype(np.int64)
     rows = sh * np.arange(ho)[:, None] - ph + best_offset // kw
     cols = sw * np.arange(wo)[None, :] - pw + best_offset % kw
-    indices = (rows * w + cols).astype(np.int64)
+    indices = rows * w + cols
     return best, MaxPool2dCache(indices, (n, c, h, w), x.dtype)
 
 
