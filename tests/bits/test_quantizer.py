@@ -289,6 +289,40 @@ def test_matches_exact_reference(config, x):
     assert fractions_of(qz.decode(all_codes, ctx)) == expected
 
 
+def test_scalars_formed_in_float64_and_cast_once():
+    """q and delta for 600 random ranges and margins against the reference's roundings; the same scalars
+    formed in float32 arithmetic differ in a good fraction of the cases, so this can tell them apart."""
+    rng = np.random.default_rng(11)
+    differs = 0
+    for i in range(600):
+        nbits = int(rng.integers(2, 17))
+        big_l = 2 ** (nbits - 1) - 1
+        margin = float(rng.uniform(0, 0.1)) if i % 3 else 1e-3
+        bound = float(F32(10 ** rng.uniform(-3, 3)))
+        mode = ["fixed", "adaptive", "clipped", "asymmetric"][i % 4]
+        if mode == "fixed":
+            qz = Quantizer(nbits, scheme="symmetric", max_abs=bound, margin=margin)
+            q64, step = Fraction(bound), r32(r64(r64(Fraction(bound) + Fraction(margin)) / big_l))
+            step32 = F32(F32(bound) + F32(margin)) / F32(big_l)
+        elif mode == "asymmetric":
+            qz = Quantizer(nbits, margin=margin)
+            q64, step = Fraction(1), r32(r64(r64(1 + Fraction(margin)) / big_l))
+            step32 = F32(F32(1.0) + F32(margin)) / F32(big_l)
+        else:
+            clip_ = float(rng.uniform(0.5, 1.5)) * bound if mode == "clipped" else None
+            qz = Quantizer(nbits, scheme="symmetric", margin=margin, clip=clip_)
+            q64 = r64(Fraction(bound) + Fraction(margin))  # max|x| = bound, plus the margin in float64
+            if clip_ is not None:
+                q64 = min(q64, Fraction(clip_))
+            step = r32(r64(q64 / big_l))
+            q32 = F32(bound) + F32(margin) if clip_ is None else min(F32(bound) + F32(margin), F32(clip_))
+            step32 = q32 / F32(big_l)
+        _, ctx = qz.encode(np.array([bound, -bound / 3], dtype=np.float32))
+        assert (Fraction(ctx.q), Fraction(ctx.step)) == (r32(q64), step), (mode, nbits, bound, margin)
+        differs += Fraction(float(step32)) != step
+    assert differs > 60, differs
+
+
 @pytest.mark.parametrize("code", CODES)
 @pytest.mark.parametrize("rounding", QUANT_ROUNDINGS)
 @pytest.mark.parametrize(("max_abs", "margin"), [(1.0, 1e-3), (0.1, 1e-3), (1.0, 0.0)])
@@ -457,6 +491,17 @@ def test_offset_binary_decode_clamps_bits_above_nbits():
     assert qz.decode(np.array([0xFF, 0x1F, 15], dtype=np.uint8), ctx).tolist() == [0.875] * 3
     wide = qz.decode(np.array([2**40, 3], dtype=np.uint64), ctx)
     assert wide.tolist() == [0.875, -0.625]  # (3 - 8) * 0.125
+    # Where float32(L * delta) < q (an adaptive range), the clamp is visible through the final clip:
+    # code 16 clamps to 15 and decodes to 7 * delta, not to min(8 * delta, q) = q.
+    qz = Quantizer(4, scheme="symmetric", code="offset_binary")
+    for bound in F32(np.linspace(0.1, 1.0, 200)):
+        _, ctx = qz.encode(np.array([bound], dtype=np.float32))
+        if F32(7) * F32(ctx.step) < F32(ctx.q):
+            break
+    else:
+        pytest.fail("no adaptive range with float32(7 * delta) < q found")
+    got = qz.decode(np.array([16, 0xFF, 15], dtype=np.uint8), ctx)
+    assert fractions_of(got) == [r32(7 * Fraction(ctx.step))] * 3 and got[0] < ctx.q
 
 
 def test_layout_name_fields_and_containers():
