@@ -30,6 +30,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=32, help="batch size N (default 32)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per shape and library")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--openblas-coretype",
+        default=None,
+        help="force OpenBLAS's kernel family (OPENBLAS_CORETYPE, e.g. SkylakeX) where its run-time "
+        "detection falls back to older kernels on an unrecognised CPU; default: leave it alone",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,10 +54,69 @@ SHAPES = [
 ]
 
 
+def _openblas_core() -> str:
+    """The kernel family OpenBLAS picked at run time (``Haswell``, ``SkylakeX``, ...), if it says."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in glob.glob(os.path.join(libdir, "*openblas*")):
+        lib = ctypes.CDLL(path)
+        for symbol in (
+            "scipy_openblas_get_corename64_",
+            "scipy_openblas_get_corename",
+            "openblas_get_corename",
+        ):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return "unknown"
+
+
+def time_shape(shape, args, rng):
+    """Best forward + backward times (seconds) of saf_ref and of torch for one layer shape."""
+    import numpy as np
+    import torch
+
+    from saf_ref.nn.conv import conv2d_backward, conv2d_forward
+
+    _, c, o, size, k, stride, pad = shape
+    dtype = np.dtype(args.dtype)
+    x = rng.standard_normal((args.batch, c, size, size)).astype(dtype)
+    w = (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(dtype)
+    out = (size + 2 * pad - k) // stride + 1
+    dy = rng.standard_normal((args.batch, o, out, out)).astype(dtype)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tw = torch.from_numpy(w).requires_grad_(True)
+    tdy = torch.from_numpy(dy)
+
+    def ours():
+        _, cache = conv2d_forward(x, w, stride=stride, padding=pad)
+        conv2d_backward(dy, cache)
+
+    def theirs():
+        tx.grad = tw.grad = None
+        torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tdy)
+
+    ours(), theirs()  # warm-up (allocator, BLAS and oneDNN initialisation)
+    t_ours, t_theirs = [], []
+    for _ in range(args.repeats):  # alternate, so that both see the same machine conditions
+        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(t_ours), min(t_theirs)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # must happen before NumPy (and its BLAS) is imported
+    if args.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
     import numpy as np
 
     try:
@@ -59,46 +124,22 @@ def main(argv=None) -> int:
     except ImportError:
         print("bench_conv: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 1
-    from saf_ref.nn.conv import conv2d_backward, conv2d_forward
 
     torch.set_num_threads(args.threads)
-    dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     print(
-        f"conv2d forward + backward (dx, dw), N={args.batch}, {dtype}, {args.threads} threads, "
-        f"best of {args.repeats}; numpy {np.__version__}, torch {torch.__version__}"
+        f"conv2d forward + backward (dx, dw), N={args.batch}, {args.dtype}, {args.threads} threads, "
+        f"best of {args.repeats}; numpy {np.__version__} (OpenBLAS kernels: {_openblas_core()}), "
+        f"torch {torch.__version__}"
     )
     print()
     print("| layer | saf_ref (ms) | torch (ms) | saf_ref / torch |")
     print("|---|---:|---:|---:|")
     ratios = []
-    for name, c, o, size, k, stride, pad in SHAPES:
-        x = rng.standard_normal((args.batch, c, size, size)).astype(dtype)
-        w = (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(dtype)
-        out = (size + 2 * pad - k) // stride + 1
-        dy = rng.standard_normal((args.batch, o, out, out)).astype(dtype)
-        tx = torch.from_numpy(x).requires_grad_(True)
-        tw = torch.from_numpy(w).requires_grad_(True)
-        tdy = torch.from_numpy(dy)
-
-        def ours():
-            _, cache = conv2d_forward(x, w, stride=stride, padding=pad)
-            conv2d_backward(dy, cache)
-
-        def theirs():
-            tx.grad = tw.grad = None
-            torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tdy)
-
-        ours(), theirs()  # warm-up (allocator, BLAS and oneDNN initialisation)
-        t_ours, t_theirs = [], []
-        for _ in range(args.repeats):
-            for fn, times in ((ours, t_ours), (theirs, t_theirs)):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-        best_ours, best_theirs = min(t_ours), min(t_theirs)
+    for shape in SHAPES:
+        best_ours, best_theirs = time_shape(shape, args, rng)
         ratios.append(best_ours / best_theirs)
-        print(f"| {name} | {1e3 * best_ours:.2f} | {1e3 * best_theirs:.2f} | {ratios[-1]:.2f} |")
+        print(f"| {shape[0]} | {1e3 * best_ours:.2f} | {1e3 * best_theirs:.2f} | {ratios[-1]:.2f} |")
     geomean = float(np.exp(np.mean(np.log(ratios))))
     print()
     print(f"geometric mean saf_ref / torch: {geomean:.2f}")
