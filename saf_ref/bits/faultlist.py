@@ -6,20 +6,21 @@ A :class:`FaultList` is a list of records ``(tensor, index, bit, kind, format)``
 column        meaning
 ============  =====================================================================================
 ``tensor``    name of the stored array (a ``state_dict`` key such as ``"layer1.0.conv1.weight"``;
-              ``""`` for a single anonymous array)
+              ``""`` for a single anonymous array); no control characters (line breaks, tabs, NUL)
 ``index``     flat index of the word in C order, ``0 <= index < codes.size`` (as ``codes.reshape(-1)``
               or ``np.ravel_multi_index``)
 ``bit``       bit of the word, ``0`` = least significant bit, always; ``0 <= bit < nbits``
 ``kind``      ``"flip"`` (toggle), ``"stuck0"`` (the bit reads 0) or ``"stuck1"`` (the bit reads 1)
 ``format``    name of the number format of the stored word (``"float32"``, ``"q2.5"``, a quantizer
-              name, or ``"raw<nbits>"`` for an undeclared ``nbits``-bit word); never empty
+              name, or ``"raw<nbits>"`` for an undeclared ``nbits``-bit word); never empty, no
+              control characters
 ============  =====================================================================================
 
 It is saved as JSON or CSV, both language-neutral and human-readable, so a fault pattern drawn by saf_ref
 replays bit for bit in any other implementation (and the other way round).
 
-CSV: a header line ``tensor,index,bit,kind,format`` then one record per line, RFC 4180 quoting (a tensor
-name holding a comma or a quote is quoted)::
+CSV: a header line ``tensor,index,bit,kind,format`` then one record per line (written with ``\n``; ``\r\n``
+is read too), RFC 4180 quoting (a name holding a comma or a quote is quoted)::
 
     tensor,index,bit,kind,format
     conv1.weight,12,30,flip,float32
@@ -62,6 +63,8 @@ JSON_SCHEMA = "saf_ref.faultlist"
 JSON_VERSION = 1
 _MAX_BIT = 63
 _DIGITS = re.compile(r"[0-9]+")
+# control characters (line breaks, NUL, ...) are not allowed in names: one record is one line of text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,6 +212,7 @@ class FaultList:
             raise TypeError(
                 f"{fn}: format_name must be a non-empty str, got {_checks._describe(format_name)}"
             )
+        _validate_record((tensor, 0, 0, "flip", format_name), fn)  # the same name rules as records
         if isinstance(kind, str):
             _checks.check_choice(kind, "kind", fn, KINDS)
             kinds = np.full(index.shape[0], KINDS.index(kind), dtype=np.int8)
@@ -529,6 +533,8 @@ def _validate_record(rec: Any, where: str) -> Fault:
     tensor, index, bit, kind, fmt = rec
     if not isinstance(tensor, str):
         raise ValueError(f"{where}, field 'tensor': expected a string, got {tensor!r}")
+    if _CONTROL.search(tensor):
+        raise ValueError(f"{where}, field 'tensor': expected no control characters, got {tensor!r}")
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"{where}, field 'index': expected an integer >= 0, got {index!r}")
     if isinstance(bit, bool) or not isinstance(bit, (int, np.integer)) or not 0 <= bit <= _MAX_BIT:
@@ -537,6 +543,8 @@ def _validate_record(rec: Any, where: str) -> Fault:
         raise ValueError(f"{where}, field 'kind': expected one of {KINDS}, got {kind!r}")
     if not isinstance(fmt, str) or not fmt:
         raise ValueError(f"{where}, field 'format': expected a non-empty string, got {fmt!r}")
+    if _CONTROL.search(fmt):
+        raise ValueError(f"{where}, field 'format': expected no control characters, got {fmt!r}")
     return Fault(tensor, int(index), int(bit), kind, fmt)
 
 
