@@ -7,6 +7,9 @@ Subcommands
     single-bit flip turns the value into (value, relative change, class).
 ``formats``
     List the number formats with their bit layout and range.
+``demo``
+    The main job: train plain, SAF and robust-quantization models on shipped data, sweep bit-error
+    rates, print a table and write results.json, results.csv and results.png.
 
 Each subcommand is a small function ``_cmd_<name>(args) -> int`` so that tests can call :func:`main`
 with an argument list and read stdout.
@@ -100,6 +103,13 @@ def _cmd_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saf_ref.experiments.demo import config_from_args, run_demo
+
+    run_demo(config_from_args(args), args.out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -145,6 +155,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     formats = sub.add_parser("formats", help="list the number formats and their bit layouts")
     formats.set_defaults(func=_cmd_formats)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: train plain, SAF and robust-quantized models, sweep bit-error rates, report",
+        description=(
+            "Train a baseline, SAF models (tanh, arctan) and 8-bit robust-quantization models (plain, "
+            "weight clipping, RandBET) on shipped data; store the float models in float32, float16 and "
+            "q2.5 and the quantized ones in 8 bits; inject random bit errors at rates from 1e-7 upwards "
+            "(nested patterns, several trials); print a table and write results.json, results.csv and "
+            "results.png to --out. Needs no network."
+        ),
+    )
+    demo.add_argument("--out", default="demo_results", help="output directory (default: demo_results)")
+    demo.add_argument(
+        "--quick", action="store_true", help="a one-minute version (fewer epochs, trials, rates)"
+    )
+    demo.add_argument("--dataset", choices=("digits", "mnist5k", "cifar10"), help="default: digits")
+    demo.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
+    demo.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
+    demo.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
+    demo.add_argument("--epochs", type=int, help="training epochs per model")
+    demo.add_argument("--trials", type=int, help="fault patterns per bit-error rate")
+    demo.add_argument("--rates", type=float, nargs="+", metavar="P", help="bit-error rates to sweep")
+    demo.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    demo.add_argument("--seed", type=int, help="seed of training and of the campaign (default: 0)")
+    demo.add_argument("--workers", type=int, help="worker processes for the sweep (default: all cores)")
+    demo.add_argument("--checkpoints", help="directory to save trained models to, and load them from")
+    demo.add_argument("--quiet", action="store_true", help="no progress output (the table still prints)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -102,7 +102,11 @@ def trial_rng(campaign_seed: int, trial: int) -> np.random.Generator:
 
 
 def predict(
-    model: str, params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], x: np.ndarray, *,
+    model: str,
+    params: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    *,
     batch_size: int = 500,
 ) -> tuple[np.ndarray, bool]:
     """Eval-mode predictions of ``model`` on ``x``, and whether any logit was NaN or infinite.
@@ -205,8 +209,12 @@ class CampaignResult:
     def to_json(self, path: str | os.PathLike) -> None:
         """Write ``summary`` (a list of records, one per subject x rate) with the config and clean
         accuracies, as JSON: ``{"config", "clean", "records", "interrupted"}``."""
-        doc = {"config": self.config, "clean": self.clean, "records": self.summary,
-               "interrupted": self.interrupted}
+        doc = {
+            "config": self.config,
+            "clean": self.clean,
+            "records": self.summary,
+            "interrupted": self.interrupted,
+        }
         _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> None:
@@ -235,10 +243,23 @@ def _atomic_write(path: str | os.PathLike, text: str) -> None:
 
 
 SUMMARY_FIELDS = (
-    "subject", "method", "transform", "format", "ber", "trials", "clean_accuracy",
-    "accuracy_mean", "accuracy_ci_low", "accuracy_ci_high", "error_mean",
-    "rerr_mean", "rerr_ci_low", "rerr_ci_high",
-    "nonfinite_fraction", "nonfinite_ci_low", "nonfinite_ci_high",
+    "subject",
+    "method",
+    "transform",
+    "format",
+    "ber",
+    "trials",
+    "clean_accuracy",
+    "accuracy_mean",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "error_mean",
+    "rerr_mean",
+    "rerr_ci_low",
+    "rerr_ci_high",
+    "nonfinite_fraction",
+    "nonfinite_ci_low",
+    "nonfinite_ci_high",
 )
 
 
@@ -264,15 +285,23 @@ def summarize(
         first = recs[0]
         rows.append(
             {
-                "subject": subject, "method": first["method"], "transform": first["transform"],
-                "format": first["format"], "ber": ber, "trials": len(recs),
+                "subject": subject,
+                "method": first["method"],
+                "transform": first["transform"],
+                "format": first["format"],
+                "ber": ber,
+                "trials": len(recs),
                 "clean_accuracy": None if clean is None else clean.get(subject),
                 "accuracy_mean": acc,
                 "accuracy_ci_low": max(0.0, acc_lo),
                 "accuracy_ci_high": min(1.0, acc_hi),
                 "error_mean": 1.0 - acc,
-                "rerr_mean": rerr, "rerr_ci_low": max(0.0, rerr_lo), "rerr_ci_high": min(1.0, rerr_hi),
-                "nonfinite_fraction": k / len(recs), "nonfinite_ci_low": nf_lo, "nonfinite_ci_high": nf_hi,
+                "rerr_mean": rerr,
+                "rerr_ci_low": max(0.0, rerr_lo),
+                "rerr_ci_high": min(1.0, rerr_hi),
+                "nonfinite_fraction": k / len(recs),
+                "nonfinite_ci_low": nf_lo,
+                "nonfinite_ci_high": nf_hi,
             }
         )
     return rows
@@ -313,9 +342,12 @@ class _Progress:
             return
         elapsed = time.perf_counter() - self.start
         left = elapsed / self.done * (self.total - self.done)
-        end = "\n" if self.done == self.total else ""
-        print(f"\r  trials {self.done}/{self.total}  {elapsed:6.1f}s elapsed, ~{left:5.1f}s left  ({what})"
-              .ljust(79), end=end, file=self.stream, flush=True)
+        line = f"  trials {self.done}/{self.total}  {elapsed:6.1f}s elapsed, ~{left:5.1f}s left  ({what})"
+        if getattr(self.stream, "isatty", lambda: False)():  # a terminal: redraw one line in place
+            end = "\n" if self.done == self.total else ""
+            print("\r" + line.ljust(78), end=end, file=self.stream, flush=True)
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:  # a log: ~10 lines
+            print(line, file=self.stream, flush=True)
 
 
 def run_campaign(
@@ -393,8 +425,10 @@ def run_campaign(
         if own_pool:
             executor = cf.ProcessPoolExecutor(max_workers=max_workers)
         elif not isinstance(executor, cf.Executor):
-            raise TypeError(f"{fn}: executor must be 'process', 'serial', None or a concurrent.futures."
-                            f"Executor, got {type(executor).__name__}")
+            raise TypeError(
+                f"{fn}: executor must be 'process', 'serial', None or a concurrent.futures."
+                f"Executor, got {type(executor).__name__}"
+            )
         futures = [executor.submit(_run_unit, unit) for unit in units]
         try:
             for future in cf.as_completed(futures):
@@ -411,10 +445,24 @@ def run_campaign(
 
     # Deterministic order whatever the completion order: by trial, then subject.
     trial_records = [rec for key in sorted(results, key=lambda k: (k[1], k[0])) for rec in results[key]]
-    config = {"rates": list(rates), "trials": trials, "seed": seed, "n_eval": int(y.shape[0]),
-              "confidence": confidence, "subjects": [s.key for s in subjects]}
-    clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
-                   "clean_accuracy": clean_acc[s.key]} for s in subjects]
+    config = {
+        "rates": list(rates),
+        "trials": trials,
+        "seed": seed,
+        "n_eval": int(y.shape[0]),
+        "confidence": confidence,
+        "subjects": [s.key for s in subjects],
+    }
+    clean_rows = [
+        {
+            "subject": s.key,
+            "method": s.method,
+            "transform": s.transform,
+            "format": s.format,
+            "clean_accuracy": clean_acc[s.key],
+        }
+        for s in subjects
+    ]
     summary = summarize(trial_records, clean_acc, confidence=confidence) if trial_records else []
     return CampaignResult(trial_records, summary, clean_rows, interrupted, config)
 

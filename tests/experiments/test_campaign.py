@@ -33,8 +33,9 @@ def digits():
 @pytest.fixture(scope="module")
 def subjects(digits):
     params, state = init_mlp(64, hidden=(32,), num_classes=10, rng=0)
-    params, state, _ = train(params, state, digits, model="mlp", epochs=2, batch_size=64, rng=1,
-                             augment=None, verbose=False)
+    params, state, _ = train(
+        params, state, digits, model="mlp", epochs=2, batch_size=64, rng=1, augment=None, verbose=False
+    )
     out = []
     for fmt in ("float32", "float16", "q2.5"):
         out.append(Subject("baseline", "identity", fmt, "mlp", params, state, default_spec(fmt)))
@@ -97,8 +98,18 @@ def test_rerr_is_monotone_in_rate_because_patterns_are_nested(subjects, digits):
 
 def test_summarize_against_hand_computation():
     trials = [
-        {"subject": "a", "method": "m", "transform": "t", "format": "f", "ber": 0.1, "trial": t,
-         "accuracy": acc, "rerr": rerr, "nonfinite": nf, "n": 10}
+        {
+            "subject": "a",
+            "method": "m",
+            "transform": "t",
+            "format": "f",
+            "ber": 0.1,
+            "trial": t,
+            "accuracy": acc,
+            "rerr": rerr,
+            "nonfinite": nf,
+            "n": 10,
+        }
         for t, (acc, rerr, nf) in enumerate([(0.5, 0.6, False), (0.7, 0.7, True), (0.6, 0.8, False)])
     ]
     (row,) = summarize(trials, {"a": 0.9})
@@ -121,8 +132,19 @@ def test_outputs_csv_and_json(subjects, digits, tmp_path):
     assert tuple(rows[0]) == SUMMARY_FIELDS and len(rows) == 2 * len(RATES)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["records"] == json.loads(json.dumps(result.summary))
-    for key in ("method", "transform", "format", "ber", "trials", "accuracy_mean", "accuracy_ci_low",
-                "accuracy_ci_high", "rerr_mean", "nonfinite_fraction", "clean_accuracy"):
+    for key in (
+        "method",
+        "transform",
+        "format",
+        "ber",
+        "trials",
+        "accuracy_mean",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "rerr_mean",
+        "nonfinite_fraction",
+        "clean_accuracy",
+    ):
         assert key in doc["records"][0]
     assert [c["subject"] for c in doc["clean"]] == [s.key for s in subjects[:2]]
 
@@ -169,11 +191,25 @@ def test_bad_input(subjects, digits, kwargs, exc, match):
     args = {"subjects": subjects[:1], "rates": RATES, "trials": 1, "seed": 0, "executor": "serial"}
     args.update(kwargs)
     with pytest.raises(exc, match=match):
-        run_campaign(args.pop("subjects"), digits.x_test[:10], digits.y_test[:10], args.pop("rates"),
-                     progress=False, **args)
+        run_campaign(
+            args.pop("subjects"),
+            digits.x_test[:10],
+            digits.y_test[:10],
+            args.pop("rates"),
+            progress=False,
+            **args,
+        )
 
 
 def test_duplicate_subject_keys_rejected(subjects, digits):
     with pytest.raises(ValueError, match="subject keys must be unique"):
-        run_campaign([subjects[0], subjects[0]], digits.x_test[:10], digits.y_test[:10], RATES, trials=1,
-                     seed=0, executor="serial", progress=False)
+        run_campaign(
+            [subjects[0], subjects[0]],
+            digits.x_test[:10],
+            digits.y_test[:10],
+            RATES,
+            trials=1,
+            seed=0,
+            executor="serial",
+            progress=False,
+        )

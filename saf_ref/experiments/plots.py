@@ -1,0 +1,103 @@
+"""Plots of campaign results (needs matplotlib: ``pip install "saf_ref[tutorials]"``; the core never does).
+
+:func:`plot_campaign` draws accuracy against bit-error rate (log scale), one line per stored model with
+its confidence band over trials; float models on the left, quantized models on the right.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_campaign"]
+
+_FORMAT_STYLE = {"float32": "-", "float16": "--", "q2.5": ":", "quant8": "-"}
+_TRANSFORM_COLOR = {
+    "identity": "tab:red",
+    "tanh": "tab:blue",
+    "arctan": "tab:green",
+    "softsign": "tab:purple",
+    "hardtanh": "tab:orange",
+}
+_METHOD_COLOR = {"robust_quant": "tab:red", "clipping": "tab:blue", "randbet": "tab:green"}
+
+
+def _series(summary: Sequence[Mapping[str, Any]], subject: str, metric: str):
+    rows = sorted((r for r in summary if r["subject"] == subject and r["ber"] > 0), key=lambda r: r["ber"])
+    x = [r["ber"] for r in rows]
+    if metric == "accuracy":
+        return (
+            x,
+            [r["accuracy_mean"] for r in rows],
+            [r["accuracy_ci_low"] for r in rows],
+            [r["accuracy_ci_high"] for r in rows],
+        )
+    return (
+        x,
+        [r["rerr_mean"] for r in rows],
+        [r["rerr_ci_low"] for r in rows],
+        [r["rerr_ci_high"] for r in rows],
+    )
+
+
+def plot_campaign(
+    result,
+    path: str | os.PathLike,
+    *,
+    metric: str = "accuracy",
+    title: str | None = None,
+    chance: float | None = None,
+) -> None:
+    """Save a PNG of ``metric`` ("accuracy" or "rerr") against bit-error rate for every subject.
+
+    Parameters
+    ----------
+    result : CampaignResult
+    path : path of the PNG to write
+    metric : {"accuracy", "rerr"}
+    title : str, optional
+    chance : float, optional
+        Draw the chance level (default ``1 / num_classes`` when the result's config records it).
+    """
+    if metric not in ("accuracy", "rerr"):
+        raise ValueError(f"plot_campaign: metric must be one of ('accuracy', 'rerr'), got {metric!r}")
+    if chance is None and result.config.get("num_classes"):
+        chance = 1.0 / result.config["num_classes"]
+    groups = {"float models (latents stored, f applied after reading)": [], "8-bit quantized models": []}
+    for c in result.clean:
+        key = "8-bit quantized models" if c["format"] == "quant8" else next(iter(groups))
+        groups[key].append(c)
+    panels = [(name, subs) for name, subs in groups.items() if subs]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False, sharey=True)
+    for ax, (name, subs) in zip(axes[0], panels, strict=True):
+        for c in subs:
+            x, y, lo, hi = _series(result.summary, c["subject"], metric)
+            if c["format"] == "quant8":
+                color, style, label = _METHOD_COLOR.get(c["method"], None), "-", c["method"]
+            else:
+                color = _TRANSFORM_COLOR.get(c["transform"], None)
+                style = _FORMAT_STYLE.get(c["format"], "-")
+                label = f"{c['transform']} / {c['format']}"
+            (line,) = ax.plot(x, [100 * v for v in y], style, color=color, marker="o", ms=3, label=label)
+            ax.fill_between(
+                x, [100 * v for v in lo], [100 * v for v in hi], color=line.get_color(), alpha=0.15
+            )
+        if chance is not None and metric == "accuracy":
+            ax.axhline(100 * chance, color="grey", lw=0.8, ls="-.", label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("bit-error rate p")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("accuracy (%)" if metric == "accuracy" else "robust error RErr (%)")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
