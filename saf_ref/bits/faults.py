@@ -253,10 +253,15 @@ def apply_flips(codes: np.ndarray, flips: FlipPositions, *, nbits: int | None = 
         )
     if bit.size and (bit.min() < 0 or bit.max() >= nbits):
         raise ValueError(f"{fn}: flips.bit must be in [0, nbits={nbits}), got [{bit.min()}, {bit.max()}]")
+    return _xor_copy(codes, FlipPositions(index.astype(np.int64), bit))
+
+
+def _xor_copy(codes: np.ndarray, flips: FlipPositions) -> np.ndarray:
+    """:func:`apply_flips` without the checks, for positions the samplers produced (valid by construction)."""
     out = np.array(codes, order="C", copy=True)
-    masks = np.left_shift(codes.dtype.type(1), bit.astype(codes.dtype))
+    masks = np.left_shift(codes.dtype.type(1), flips.bit.astype(codes.dtype))
     # ufunc.at handles an element hit in several bits (plain `flat[index] ^= masks` would keep one)
-    np.bitwise_xor.at(out.reshape(-1), index.astype(np.int64), masks)
+    np.bitwise_xor.at(out.reshape(-1), flips.index, masks)
     return out
 
 
@@ -349,7 +354,7 @@ def inject_bit_errors(
         keep_prob = np.where(stored == 1, r10 / pmax, r01 / pmax)
         keep = rng.random(flips.index.size) < keep_prob
         flips = FlipPositions(flips.index[keep], flips.bit[keep])
-    return _result(apply_flips(codes, flips, nbits=nbits), flips, return_faults, tensor, fmt_name)
+    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -460,7 +465,7 @@ def inject_exact_k(
     n = codes.size * bits.size
     k = _checks.check_int(k, "k", fn, low=0, high=n)
     flips = _positions_to_flips(_distinct_uniform(n, k, rng), bits)
-    return _result(apply_flips(codes, flips, nbits=nbits), flips, return_faults, tensor, fmt_name)
+    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
 
 
 def flip_bit(
@@ -498,7 +503,7 @@ def flip_bit(
         flat = int(np.ravel_multi_index(multi, codes.shape)) if codes.ndim else 0
     else:
         flat = _checks.check_int(index, "index", fn, low=0, high=codes.size - 1)
-    return apply_flips(codes, FlipPositions(np.array([flat]), np.array([bit])), nbits=nbits)
+    return _xor_copy(codes, FlipPositions(np.array([flat], dtype=np.int64), np.array([bit])))
 
 
 @dataclass(frozen=True, eq=False)
@@ -660,8 +665,8 @@ def sample_stuck_at_map(
     flips = _positions_to_flips(_bernoulli_positions(size * bits.size, p, rng), bits)
     is1 = rng.random(flips.index.size) < p_stuck1
     zeros = np.zeros(shape, dtype=container)
-    stuck0 = apply_flips(zeros, FlipPositions(flips.index[~is1], flips.bit[~is1]))
-    stuck1 = apply_flips(zeros, FlipPositions(flips.index[is1], flips.bit[is1]))
+    stuck0 = _xor_copy(zeros, FlipPositions(flips.index[~is1], flips.bit[~is1]))
+    stuck1 = _xor_copy(zeros, FlipPositions(flips.index[is1], flips.bit[is1]))
     return StuckAtMap(and_mask=~stuck0, or_mask=stuck1, nbits=nbits)
 
 
@@ -717,7 +722,7 @@ def inject_bursts(
     index = np.repeat(words, burst_len)
     bit = (np.repeat(start, burst_len) + np.tile(np.arange(burst_len), words.size)).astype(np.uint8)
     flips = FlipPositions(index, bit)
-    return _result(apply_flips(codes, flips, nbits=nbits), flips, return_faults, tensor, fmt_name)
+    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
 
 
 # ---------------------------------------------------------------------------------------------------------
