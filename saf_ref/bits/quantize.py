@@ -7,13 +7,10 @@ test ``tests/bits/test_golden_quantizer.py`` checks this against vectors produce
 
 With ``m = nbits`` and ``L = 2**(m-1) - 1`` levels on each side of zero:
 
-==========================  ======================================  ==================================
-scheme                      bound ``q``                              step ``delta``
-==========================  ======================================  ==================================
-symmetric, ``max_abs``      ``max_abs``                              ``(max_abs + margin) / L``
-symmetric, adaptive         ``max|x| + margin`` (``min(., clip)``)   ``q / L``
-asymmetric                  ``1`` (on ``t = 2 (x-min)/(max-min) - 1``)  ``(1 + margin) / L``
-==========================  ======================================  ==================================
+- symmetric, fixed range: ``q = max_abs``, ``delta = (max_abs + margin) / L``;
+- symmetric, adaptive: ``q = max|x| + margin`` (or ``min(max|x| + margin, clip)``), ``delta = q / L``;
+- asymmetric: ``t = 2 (x - min) / (max - min) - 1`` is quantized with ``q = 1``,
+  ``delta = (1 + margin) / L``.
 
 The published code uses ``margin = 1e-3``; here the default is ``0.0`` and the margin is explicit.
 
@@ -37,7 +34,6 @@ CODES = ("twos_complement", "offset_binary")
 QUANT_ROUNDINGS = ("nearest_even", "toward_zero")
 
 _F32 = np.float32
-_F32_MAX = float(np.finfo(np.float32).max)
 _UNSIGNED = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64))
 _CONTEXT_KEYS = ("scheme", "code", "nbits", "q", "step", "min", "max")
 
@@ -184,7 +180,11 @@ class Quantizer:
       ``"toward_zero"``, ``x = -q`` can land just below ``u = 1`` and truncate to code 0 (level
       ``-2**(m-1)``), which decodes to ``-q`` after the clip; the reference code does the same.
     - Two's complement decode rejects codes with bits set above ``m`` (``ValueError``); offset binary
-      decode clamps ``u`` to ``2**m - 1`` as the formula says.
+      decode clamps ``u`` to ``2**m - 1`` as the formula says. The level ``-2**(m-1)`` (reachable by bit
+      flips) decodes to ``-q`` after the clip.
+    - ``max - min`` is formed in float64 and rounded to float32 once, as the reference does; for two
+      float32 operands this equals the float32 subtraction (float64 has more than ``2 * 24 + 2`` bits, so
+      the double rounding is innocuous), and likewise ``2 t - 1`` equals ``(t - 1/2) * 2``.
     """
 
     def __init__(
