@@ -248,8 +248,9 @@ class FixedPointFormat:
           ``2**N`` with ``ldexp``, which is exact short of float64 overflow; rounding to an integer is
           exact. So the result is the mathematically defined one, with no double rounding.
         - ``wrap`` first reduces ``x`` modulo ``2**(M+1)`` with ``fmod`` (exact in IEEE arithmetic); this
-          subtracts an even integer multiple of ``2**nbits`` from ``x * 2**N``, which commutes with all three
-          rounding rules, and keeps huge inputs (``1e300``) from overflowing the scaling.
+          subtracts an integer multiple of ``2**nbits`` (an even number) from ``x * 2**N`` without changing
+          its sign, which commutes with all three rounding rules (ties to even included), and keeps huge
+          inputs (``1e300``) from overflowing the scaling.
         - NaN has no code: it raises ``ValueError``. ``+-inf`` saturates to the extreme codes under
           ``"saturate"`` and raises ``ValueError`` under ``"wrap"`` (infinity has no residue).
         """
