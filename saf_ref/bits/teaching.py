@@ -99,9 +99,10 @@ def flip_value(x: Any, bit: int, fmt: Any):
 
     Math
     ----
-    ``decode(encode(x) XOR 2^bit)``. For an IEEE format a mantissa flip changes the value by
-    ``+-2^(bit - m)`` ulp-scaled, an exponent flip multiplies or divides it by ``2^(2^(bit - m))`` (or
-    lands on a subnormal, zero, inf or NaN), and the sign flip negates it. For ``qM.N`` a flip of bit
+    ``decode(encode(x) XOR 2^bit)``. For a normal IEEE value ``(1 + f / 2^m) * 2^(e - bias)`` (``m``
+    mantissa bits) a mantissa flip adds or subtracts ``2^(bit - m) * 2^(e - bias)``; an exponent flip
+    multiplies or divides the value by ``2^(2^(bit - m))`` (or lands on a subnormal, zero, inf or NaN);
+    the sign flip negates it. For ``qM.N`` a flip of bit
     ``b < nbits - 1`` adds ``+-2^(b - N)`` and the sign flip adds ``-+2^M``.
     """
     fn = "flip_value"
