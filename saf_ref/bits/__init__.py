@@ -28,6 +28,7 @@ from saf_ref.bits.fields import BitField, NumberFormat, smallest_container
 from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
 from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
 from saf_ref.bits.quantize import QuantContext, Quantizer
+from saf_ref.bits.teaching import expected_corrupted, flip_table, flip_value, prob_nonfinite
 
 __all__ = [
     "BitField",
@@ -43,7 +44,14 @@ __all__ = [
     "flip_by_uniform",
     "format_names",
     "get_format",
+    "get_ieee_format",
+    "expected_corrupted",
+    "flip_table",
+    "flip_value",
     "inject_bit_errors",
+    "is_fixed_format_name",
+    "parse_fixed_format",
+    "prob_nonfinite",
     "inject_bursts",
     "inject_exact_k",
     "sample_nested_flips",
@@ -83,7 +91,7 @@ def get_format(name: str) -> NumberFormat:
         return name
     if not isinstance(name, str):
         raise TypeError(f"get_format: name must be a format name (str), got {type(name).__name__}")
-    if is_fixed_format_name(name):
+    if name[:1] in ("q", "Q") and "." in name:  # looks like qM.N: its own parser gives the precise error
         return parse_fixed_format(name)
     try:
         return get_ieee_format(name)

@@ -1,0 +1,51 @@
+"""get_format dispatches by name to the IEEE and fixed-point formats, with clear errors."""
+
+import numpy as np
+import pytest
+
+from saf_ref.bits import FixedPointFormat, IEEEFormat, NumberFormat, get_format
+
+
+@pytest.mark.parametrize(
+    "name,canonical,nbits,container",
+    [
+        ("float64", "float64", 64, np.uint64),
+        ("fp32", "float32", 32, np.uint32),
+        ("float16", "float16", 16, np.uint16),
+        ("bf16", "bfloat16", 16, np.uint16),
+        ("e4m3", "float8_e4m3fn", 8, np.uint8),
+        ("float8_e5m2", "float8_e5m2", 8, np.uint8),
+        ("q2.5", "q2.5", 8, np.uint8),
+        ("Q7.8", "q7.8", 16, np.uint16),
+        ("q0.1", "q0.1", 2, np.uint8),
+    ],
+)
+def test_names(name, canonical, nbits, container):
+    fmt = get_format(name)
+    assert isinstance(fmt, NumberFormat)
+    assert fmt.name == canonical and fmt.nbits == nbits and fmt.container == np.dtype(container)
+    # The fields tile the word exactly: every bit belongs to one field.
+    covered = sorted(b for f in fmt.fields.values() for b in f.bits())
+    assert covered == list(range(nbits))
+
+
+def test_format_objects_pass_through():
+    fmt = get_format("float16")
+    assert get_format(fmt) is fmt and isinstance(fmt, IEEEFormat)
+    assert isinstance(get_format("q2.5"), FixedPointFormat)
+
+
+@pytest.mark.parametrize(
+    "name,exc,match",
+    [
+        ("float7", ValueError, "get_format: name must be one of"),
+        ("", ValueError, "get_format: name must be one of"),
+        ("q16.16", ValueError, "33 bits, expected 2..32"),
+        ("q2.x", ValueError, "must have the form 'qM.N'"),
+        (16, TypeError, "get_format: name must be a format name"),
+        (None, TypeError, "get_format: name must be a format name"),
+    ],
+)
+def test_bad_names(name, exc, match):
+    with pytest.raises(exc, match=match):
+        get_format(name)
