@@ -16,9 +16,9 @@ Choices made by measurement (``benchmarks/bench_conv.py``, ResNet-18 CIFAR shape
 matrix products take 60-90% of the time. Rebuilding ``cols`` costs about a tenth of the backward pass,
 while caching it would hold ``kh*kw`` times the input in memory per layer until the backward pass (GBs
 for a ResNet-18 batch), so it is rebuilt. Per-kernel-offset products (``kh*kw`` products with inner
-dimension ``C`` on shifted views) were 1.3-2x slower than one product with inner dimension
-``C*kh*kw``, and a batch-last ``(C, H, W, N)`` layout gained under 10% overall (losing on 1x1
-convolutions) at the price of a less natural cache, so neither is used.
+dimension ``C`` on shifted copies) were as fast on wide layers and up to 20% slower on the others, and
+a batch-last ``(C, H, W, N)`` layout gained under 10% overall (losing on 1x1 convolutions) at the price
+of a less natural cache, so neither is used.
 
 Caches keep references to the caller's arrays (``x_padded`` *is* ``x`` when there is no padding).
 Arrays are treated as immutable: do not modify an input between the forward and the backward call.
