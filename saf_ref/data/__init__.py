@@ -5,6 +5,8 @@ by SHA-256 on every load. CIFAR archives are Python pickles; they are read with 
 that allows only the plain types they contain, so a malicious file cannot run code.
 """
 
+# The generic ``download(name, dest, ...)`` stays in its module, ``saf_ref.data.download``: exporting a
+# function of the same name here would shadow the submodule.
 from saf_ref.data.augment import (
     channel_stats,
     iterate_minibatches,
@@ -16,7 +18,6 @@ from saf_ref.data.augment import (
 from saf_ref.data.cifar import cifar10_label_names, cifar100_label_names, load_cifar10, load_cifar100
 from saf_ref.data.download import (
     ChecksumError,
-    download,
     download_cifar10,
     download_cifar100,
     download_mnist,
@@ -33,7 +34,6 @@ __all__ = [
     "cifar100_label_names",
     "cifar10_label_names",
     "data_dir",
-    "download",
     "download_cifar10",
     "download_cifar100",
     "download_mnist",
