@@ -72,7 +72,9 @@ def _tanh_grad(x: np.ndarray) -> np.ndarray:
     # ulps for every x >= 0. Squaring after the division underflows gradually (cosh(x)**2 would overflow
     # for x > ~355), cosh(inf) = inf gives exactly 0, and cosh(x) >= 1 keeps the result <= 1 (the
     # equivalent 4 t / (1 + t)**2 with t = exp(-2x) can round to 1 + 2**-52 at tiny x).
-    r = 1.0 / np.cosh(x)
+    # cosh overflows to inf for x > ~710 (faulty latents reach 1e38); 1 / inf = 0 is the right answer there.
+    with np.errstate(over="ignore"):
+        r = 1.0 / np.cosh(x)
     return r * r
 
 
