@@ -26,6 +26,7 @@ Usage::
 
     from saf_ref.bits.quantize import Quantizer
     from saf_ref.protect.storage import default_spec
+    from saf_ref.train.optim import SGD
     from saf_ref.train.randbet import RandBETConfig, train_protected
 
     spec = default_spec(Quantizer(8, scheme="asymmetric", code="offset_binary", margin=1e-3))
@@ -141,7 +142,8 @@ class RandBETConfig:
     weight_clip : float or None
         ``w_max``: after every step, and once before training, conv/linear weight latents are projected
         onto ``[-w_max, w_max]`` (Stutz et al. use 0.1, 0.05, ... for their CIFAR-10 networks; scale it to
-        your model's weight range). None: no clipping.
+        your model's weight range). None: no clipping. The latents then never leave the box, so the
+        same clip in the spec (``default_spec(..., weight_clip=w_max)``) is redundant but harmless.
     curriculum_loss : float or None
         If given, bit errors stay off until an epoch's mean clean training loss falls below this value;
         they are on from the next epoch to the end (see :func:`train_protected`). None: on from the start.
