@@ -413,8 +413,17 @@ def train(
 # --------------------------------------------------------------------------------------------------
 
 
+def _json_number(value: Any) -> Any:
+    """``value``, or None where it is a non-finite float (strict JSON cannot hold NaN or inf)."""
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _save_checkpoint(path, params, state, opt_state, model_name, epoch, base_seed, history) -> None:
     """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed and history."""
+    # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored as null.
+    history = [{k: _json_number(v) for k, v in record.items()} for record in history]
     meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history}
     ckpt.save_checkpoint(path, params=params, state=state, optimizer_state=opt_state, metadata=meta)
 

@@ -217,3 +217,15 @@ def test_validation(digits, tmp_path):
         evaluate(params, state, digits[2], digits[3], model="small_cnn", batch_size=0)
     with pytest.raises(ValueError, match="evaluate: x must have a leading sample axis"):
         evaluate(params, state, digits[2][0, 0, 0], digits[3], model="small_cnn")
+
+
+def test_diverged_run_still_checkpoints(digits, tmp_path):
+    """A learning rate that blows the loss up to NaN/inf must not lose the checkpoint (strict JSON)."""
+    from saf_ref.train.checkpoint import load_checkpoint
+
+    path = tmp_path / "diverged.npz"
+    with np.errstate(all="ignore"):
+        _, _, history = _run(digits, epochs=1, model="mlp", checkpoint=path, optimizer=SGD(1e300))
+    assert not np.isfinite(history[-1]["loss"])  # the run really diverged
+    saved = load_checkpoint(path).metadata["history"]
+    assert saved[-1]["loss"] is None and saved[-1]["epoch"] == history[-1]["epoch"]
