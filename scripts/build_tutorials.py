@@ -309,9 +309,16 @@ def main(argv=None) -> int:
             print(line)
         print(f"{len(sources)} tutorial(s) checked, {len(problems)} problem(s)")
         return 1 if problems else 0
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
     for source in sources:
         print(f"{source.stem}: ", end="", flush=True)
-        seconds = build(source, execute=not args.no_execute, timeout=args.timeout)
+        try:
+            seconds = build(source, execute=not args.no_execute, timeout=args.timeout)
+        except (CellExecutionError, CellTimeoutError) as exc:
+            # the message holds the failing cell and its traceback; the .ipynb is left as it was
+            print(f"FAILED, {source.with_suffix('.ipynb').name} not written\n{exc}")
+            return 1
         print(f"{'converted' if args.no_execute else 'executed'} in {seconds:.1f} s")
     return 0
 
