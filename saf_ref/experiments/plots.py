@@ -25,7 +25,12 @@ _TRANSFORM_COLOR = {
     "softsign": "tab:purple",
     "hardtanh": "tab:orange",
 }
-_METHOD_COLOR = {"robust_quant": "tab:red", "clipping": "tab:blue", "randbet": "tab:green"}
+_METHOD_COLOR = {
+    "robust_quant": "tab:red",
+    "clipping": "tab:blue",
+    "randbet": "tab:green",
+    "randbet_noclip": "tab:purple",
+}
 
 
 def _series(summary: Sequence[Mapping[str, Any]], subject: str, metric: str):

@@ -1,0 +1,64 @@
+"""The demo end to end on a tiny budget: files, record fields, checkpoints, determinism."""
+
+import csv
+import json
+
+import pytest
+
+from saf_ref.cli import main
+
+TINY = ["--epochs", "1", "--trials", "2", "--rates", "1e-3", "1e-2", "--eval-limit", "60", "--width", "4",
+        "--workers", "2", "--quiet"]  # fmt: skip
+METHODS = {"baseline", "saf", "robust_quant", "clipping", "randbet", "randbet_noclip"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--checkpoints", str(out / "ckpt"), *TINY]) == 0
+    return out
+
+
+def test_writes_results_with_the_documented_fields(demo_run, capsys):
+    doc = json.loads((demo_run / "results.json").read_text())
+    records = doc["records"]
+    assert {r["method"] for r in records} == METHODS
+    assert {r["format"] for r in records} == {"float32", "float16", "q2.5", "quant8"}
+    assert {r["transform"] for r in records} == {"identity", "tanh", "arctan"}
+    assert {r["ber"] for r in records} == {1e-3, 1e-2}
+    for r in records:
+        for key in ("method", "transform", "format", "ber", "trials", "accuracy_mean", "accuracy_ci_low",
+                    "accuracy_ci_high", "rerr_mean", "nonfinite_fraction", "clean_accuracy"):  # fmt: skip
+            assert key in r
+        assert r["trials"] == 2
+        assert 0.0 <= r["accuracy_ci_low"] <= r["accuracy_mean"] <= r["accuracy_ci_high"] <= 1.0
+        # RErr counts an example wrong if the clean OR the faulty model is wrong: never below the error.
+        assert r["rerr_mean"] >= 1.0 - r["accuracy_mean"] - 1e-12
+    assert len(doc["clean"]) == 3 * 3 + 4
+    with open(demo_run / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(records)
+    table = (demo_run / "table.txt").read_text()
+    assert all(m in table for m in METHODS)
+
+
+def test_plot_written_when_matplotlib_is_installed(demo_run):
+    pytest.importorskip("matplotlib")
+    png = (demo_run / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
+    assert sorted(p.name for p in (demo_run / "ckpt").iterdir()) == sorted(
+        f"{m}.npz" for m in ("baseline_identity", "saf_tanh", "saf_arctan", "robust_quant", "clipping",
+                             "randbet", "randbet_noclip")  # fmt: skip
+    )
+    again = tmp_path / "again"
+    assert main(["demo", "--out", str(again), "--checkpoints", str(demo_run / "ckpt"), *TINY]) == 0
+    first = json.loads((demo_run / "results.json").read_text())
+    second = json.loads((again / "results.json").read_text())
+    assert first["records"] == second["records"] and first["clean"] == second["clean"]
+
+
+def test_cifar10_without_path_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--dataset", "cifar10", "--quiet"]) == 2
+    assert "needs --data-path" in capsys.readouterr().err
