@@ -20,7 +20,8 @@ What a build does, per tutorial:
    of an unchanged tutorial rewrites the same bytes;
 2. executes it with nbclient in a fresh kernel that runs *this* Python interpreter (not whatever
    ``python`` a ``python3`` kernel spec finds on the PATH), with the working directory ``tutorials/``,
-   the inline matplotlib backend and a per-notebook time limit (``--timeout``, default 240 s);
+   the inline matplotlib backend, one BLAS thread (unless ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
+   say otherwise) and a per-notebook time limit (``--timeout``, default 240 s);
    a cell that raises stops the build with the cell's traceback;
 3. writes the ``.ipynb`` with outputs (no timing metadata), and for every code cell whose metadata
    names a figure (``# %% figure="flip_magnitudes"``) writes its PNG output to
@@ -150,6 +151,11 @@ def _kernel_env() -> dict[str, str]:
     # figures go to the notebook as PNG even where the caller set MPLBACKEND=Agg (CI often does)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env["PYTHONHASHSEED"] = "0"
+    # One BLAS thread unless the caller says otherwise: the tutorials' matrices are small, where
+    # OpenBLAS threads cost more than they save (100x slower on a busy 2-core machine), and a fixed
+    # thread count keeps the summation order, hence the stored outputs, the same from build to build.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
     # the kernel imports saf_ref from this checkout even if it is not installed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
