@@ -211,10 +211,10 @@ def format_table(result: CampaignResult, metric: str = "accuracy_mean") -> str:
     """A text table: one row per subject, clean accuracy, then ``metric`` (in %) at each rate."""
     rates = sorted({row["ber"] for row in result.summary})
     cells = {(row["subject"], row["ber"]): row[metric] for row in result.summary}
-    head = f"{'method':<13}{'transform':<10}{'format':<9}{'clean':>7}" + "".join(f"{r:>8.0e}" for r in rates)
+    head = f"{'method':<16}{'transform':<10}{'format':<9}{'clean':>7}" + "".join(f"{r:>8.0e}" for r in rates)
     lines = [head, "-" * len(head)]
     for c in result.clean:
-        row = f"{c['method']:<13}{c['transform']:<10}{c['format']:<9}{100 * c['clean_accuracy']:>7.1f}"
+        row = f"{c['method']:<16}{c['transform']:<10}{c['format']:<9}{100 * c['clean_accuracy']:>7.1f}"
         row += "".join(
             f"{100 * cells[(c['subject'], r)]:>8.1f}" if (c["subject"], r) in cells else f"{'':>8}"
             for r in rates
