@@ -201,7 +201,29 @@ def execute_notebook(nb, *, cwd: Path = TUTORIALS, timeout: float = DEFAULT_TIME
                 raise CellTimeoutError(f"notebook ran past its {timeout:g} s limit before cell {index}")
             client.timeout = math.ceil(left)  # nbclient's limit is per cell: give each what is left
             client.execute_cell(cell, index)
+            _merge_streams(cell)
     return nb
+
+
+def _merge_streams(cell) -> None:
+    """Join consecutive stdout (or stderr) outputs of a cell into one.
+
+    How printed text is split into outputs depends on when the kernel flushed it, i.e. on timing; merged,
+    the stored notebook is the same on every build.
+    """
+    merged = []
+    for out in cell.get("outputs", []):
+        if (
+            merged
+            and out.output_type == "stream"
+            and merged[-1].output_type == "stream"
+            and merged[-1].name == out.name
+        ):
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    if "outputs" in cell:
+        cell.outputs = merged
 
 
 # ---------------------------------------------------------------------------------------------------------

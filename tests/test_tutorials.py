@@ -151,3 +151,21 @@ def test_select_by_number_stem_and_path(tmp_path):
 def test_kernel_runs_this_interpreter():
     spec = build._kernel_manager().kernel_spec
     assert spec.argv[0] == sys.executable and shutil.which(spec.argv[0]) is not None
+
+
+def test_consecutive_stream_outputs_are_merged():
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("print(1); print(2)")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="2\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="warning\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="3\n"),
+    ]
+    build._merge_streams(cell)
+    assert [(o.name, o.text) for o in cell.outputs] == [
+        ("stdout", "1\n2\n"),
+        ("stderr", "warning\n"),
+        ("stdout", "3\n"),
+    ]
