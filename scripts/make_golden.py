@@ -186,7 +186,7 @@ def _boundary_values(fmt, src) -> list[tuple[float, str]]:
     for c in anchors:
         out.append((values[c], "exact"))
         if c < top:
-            mid = (values[c] + nxt[c]) / 2  # exact: both have at most 25 significant bits
+            mid = (values[c] + nxt[c]) / 2  # exact in float64: both have at most 24 significant bits
             out += [(mid, "tie"), (_next(mid, src, +1), "tie+"), (_next(mid, src, -1), "tie-")]
     vmax, vprev = _code_values(fmt, [top, top - 1])
     ulp = vmax - vprev
@@ -278,10 +278,6 @@ def _encode_rows(fmt, src_name: str, rng: np.random.Generator) -> list[list]:
         [hex_code(w, nbits_src), float_text(v), hex_code(a, fmt.nbits), hex_code(b, fmt.nbits), t]
         for w, v, a, b, t in zip(words, x.tolist(), ieee, sat, tags, strict=True)
     ]
-
-
-def _class_name(fmt, code: int) -> str:
-    return str(fmt.classify(np.array([code], dtype=fmt.container))[0])
 
 
 def _format_header(fmt) -> dict:
@@ -379,8 +375,7 @@ def fixed_file() -> bytes:
         "encode": {},
     }  # fmt: skip
     for src_name, xs in _fixed_inputs().items():
-        src, usrc = SOURCE_DTYPES[src_name]
-        x = np.array(xs, dtype=src)
+        x = np.array(xs, dtype=SOURCE_DTYPES[src_name][0])
         cols = [_fixed_encode_or_none(fmt, x, r, o) for r, o in FIXED_MODES]
         doc["encode"][src_name] = [
             [b, float_text(v)] + [col[i] for col in cols]
@@ -433,14 +428,14 @@ def _planted_uniform(rng: np.random.Generator, n: int, nbits: int) -> np.ndarray
     return u
 
 
-def _flip_case(name: str, fmt_name: str, n: int, protected, rng: np.random.Generator) -> dict:
+def _flip_case(fmt_name: str, n: int, protected, rng: np.random.Generator) -> dict:
+    """One case of ``faults_flip_by_uniform.json``: ``n`` words, their uniform array, codes per rate."""
     fmt = get_format(fmt_name)
     if fmt_name.startswith("q"):
-        x = rng.uniform(-4.0, 4.0, n).astype(np.float32)
-        codes = fmt.encode(x)
+        x = rng.uniform(-4.0, 4.0, n).astype(np.float32)  # q2.5 covers [-4, 4)
     else:
         x = (rng.standard_normal(n) * 2.0).astype(np.float32)
-        codes = fmt.encode(x)
+    codes = fmt.encode(x)
     u = _planted_uniform(rng, n, fmt.nbits)
     results = {}
     for p in FLIP_RATES:
@@ -467,7 +462,7 @@ def flip_file(seed: int) -> bytes:
         "schema": f"{SCHEMA}.flip_by_uniform", "version": VERSION,
         "rule": "bit j of word k flips iff uniform[k][j] < float32(p) and j is not protected (bit 0 = LSB)",
         "rates": [repr(p) for p in FLIP_RATES],
-        "cases": {name: _flip_case(name, f, n, prot, rng) for name, f, n, prot in FLIP_CASES},
+        "cases": {name: _flip_case(f, n, prot, rng) for name, f, n, prot in FLIP_CASES},
     }  # fmt: skip
     return json_bytes(doc)
 
