@@ -211,7 +211,7 @@ plt.show()
 # %% [markdown]
 # bfloat16 is as fragile as float32 (same exponent), float16's exponent tops out at
 # $2^{16}$ so the worst flip is "only" $6.5 \cdot 10^4$ times, and FP8 `e4m3fn` has so few mantissa bits
-# that even the mantissa flips are 10-30 % errors.
+# that even the mantissa flips are 8-30 % errors.
 
 # %% [markdown]
 # ## 3. The special values
@@ -291,7 +291,7 @@ ax.set_xscale("log")
 ax.set_yticks([0, 1], ["e4m3fn", "e5m2"])
 ax.set_ylim(-0.6, 1.6)
 ax.set_xlabel("value")
-ax.legend(loc="upper left", ncol=2, fontsize=8)
+ax.legend(loc="lower right", ncol=2, fontsize=8)
 ax.set_title("Every positive FP8 value", fontsize=10)
 fig.tight_layout()
 plt.show()
@@ -310,8 +310,8 @@ assert e4m3.max_finite == 448 and np.sum(e4m3.classify(np.arange(256, dtype=np.u
 # $$P(\text{non-finite}) = p^{\,z} (1 - p)^{E - z}.$$
 #
 # So a value whose exponent is *almost* all ones is in danger: float32 1.0 (`01111111`, $z = 1$) needs
-# one flip, 0.1 (`01111011`) needs two, and $10^{-6}$ needs five. `prob_nonfinite` computes this for any
-# value and format (and splits it into `inf` and `NaN` with `kind=`).
+# one flip, 0.1 (`01111011`) needs two, and $10^{-6}$ (`01101011`) needs three. `prob_nonfinite`
+# computes this for any value and format (and splits it into `inf` and `NaN` with `kind=`).
 
 # %%
 p = 1e-3

@@ -192,7 +192,8 @@ print(f"{np.count_nonzero(flips)} weights hit; decoded values identical under bo
 
 # %% [markdown]
 # What the code *does* change is which bits are 1, and so which weights suffer when faults prefer one
-# direction: memory cells that lose their charge flip $1 \to 0$ far more often than $0 \to 1$. In two's
+# direction (in many memories one direction dominates: a cell that loses its charge, say, reads $1$ as
+# $0$, while a $0$ stays $0$). In two's
 # complement the small negative weights are full of ones (`1111111x`) and the small positive ones full of
 # zeros; in offset binary both signs carry about half ones. With only $1 \to 0$ flips:
 
