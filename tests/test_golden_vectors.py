@@ -96,17 +96,25 @@ def bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).view(UINT[a.dtype.itemsize * 8])
 
 
+SPECIAL_FLOATS = {"nan": math.nan, "-nan": math.copysign(math.nan, -1.0), "inf": math.inf, "-inf": -math.inf}
+
+
 def parse_float_text(s: str) -> float:
-    return {"nan": math.nan, "-nan": -math.nan, "inf": math.inf, "-inf": -math.inf}.get(s) or float.fromhex(s)
+    """The readable float columns: ``float.hex()`` text, or ``[-]inf`` / ``[-]nan``."""
+    return SPECIAL_FLOATS[s] if s in SPECIAL_FLOATS else float.fromhex(s)
 
 
 def assert_codes_equal(got, expected, what: str, inputs=None) -> None:
+    """Reference codes ``got`` equal the file's codes ``expected``; else name the first bad row."""
     got, expected = list(got), list(expected)
     bad = [i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
-    where = "" if inputs is None else f" (input {inputs[bad[0]]})" if bad else ""
-    assert not bad, f"{what}: {len(bad)} mismatches, first at {bad[0] if bad else None}{where}: " + (
-        f"file {expected[bad[0]]:#x} vs reference {got[bad[0]]:#x}" if bad else ""
-    )
+    if bad:
+        i = bad[0]
+        where = "" if inputs is None else f" (input {inputs[i]!r})"
+        pytest.fail(
+            f"{what}: {len(bad)} mismatches, first at row {i}{where}: file {expected[i]:#x}, "
+            f"reference {got[i]:#x}"
+        )
 
 
 # ==========================================================================================================
