@@ -10,6 +10,9 @@ Subcommands
 ``demo``
     The main job: train plain, SAF and robust-quantization models on shipped data, sweep bit-error
     rates, print a table and write results.json, results.csv and results.png.
+``check BACKEND``
+    Run the oracle kit's conformance suite on a backend (``numpy``, ``torch``, ``module:Name`` or
+    ``file.py:Name``) and print a report; see :mod:`saf_ref.testing`.
 
 Each subcommand is a small function ``_cmd_<name>(args) -> int`` so that tests can call :func:`main`
 with an argument list and read stdout.
@@ -110,6 +113,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from saf_ref.testing.runner import run_from_args
+
+    return run_from_args(args)
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -184,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoints", help="directory to save trained models to, and load them from")
     demo.add_argument("--quiet", action="store_true", help="no progress output (the table still prints)")
     demo.set_defaults(func=_cmd_demo)
+
+    from saf_ref.testing.runner import add_arguments as add_check_arguments
+
+    check = sub.add_parser(
+        "check",
+        help="check a backend (numpy, torch, module:Name, file.py:Name) against saf_ref: the oracle kit",
+        description=(
+            "Run the conformance suite of saf_ref.testing on BACKEND: codecs, fault injection, quantizer, "
+            "transforms, layers and their gradients, SGD and whole ResNets, each against its tolerance "
+            "contract. Prints a report; exit status 1 if a check fails."
+        ),
+        epilog="examples:  saf-ref check torch --dtype float64\n"
+        "           saf-ref check torch --device cuda --e4m3-overflow saturate --json report.json\n"
+        "           saf-ref check examples/my_backend/backend.py:MyBackend",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_check_arguments(check)
+    check.set_defaults(func=_cmd_check)
     return parser
 
 

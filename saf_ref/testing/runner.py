@@ -1,0 +1,244 @@
+"""``saf-ref check BACKEND``: load a backend by name, run the conformance suite, print and save the report.
+
+BACKEND is one of
+
+- ``numpy`` - saf_ref itself (:class:`~saf_ref.testing.numpy_backend.NumpyBackend`);
+- ``torch`` - PyTorch (:class:`~saf_ref.testing.torch_backend.TorchBackend`; ``--device cuda`` for a GPU);
+- ``package.module:Name`` - an importable class, factory or instance;
+- ``path/to/file.py:Name`` - the same, from a file (nothing needs installing).
+
+A class or factory is called with the keyword arguments it accepts among ``device`` and ``dtype``
+(``--device``, ``--dtype``); asking for a device or dtype it does not accept is an error. The exit status
+is 0 when every check passes (known divergences included, unless ``--strict``), 1 when one fails, 2 for
+a usage error. ``--json PATH`` writes the report as JSON (schema ``saf_ref.check_report``, version 1).
+
+This module imports nothing heavy at import time, so that ``saf-ref --help`` stays fast; the suite (and
+hypothesis) are imported when a check runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_arguments", "load_backend", "main", "run_from_args"]
+
+_BUILTIN = ("numpy", "torch")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``saf-ref check`` (used by :mod:`saf_ref.cli` and by :func:`main`)."""
+    parser.add_argument(
+        "backend",
+        metavar="BACKEND",
+        help="numpy, torch, package.module:Name or path/to/file.py:Name (a class, factory or instance)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="device passed to the backend (e.g. cpu, cuda, cuda:1)"
+    )
+    parser.add_argument(
+        "--dtype", default=None, choices=("float32", "float64"), help="dtype of the network ops"
+    )
+    parser.add_argument("--examples", type=int, default=30, help="generated examples per check (default: 30)")
+    parser.add_argument(
+        "--model-examples",
+        type=int,
+        default=None,
+        help="examples of the whole-model checks (default: examples/10)",
+    )
+    seed = parser.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=0, help="seed of the example generation (default: 0)")
+    seed.add_argument(
+        "--derandomize", action="store_true", help="hypothesis' derandomized mode instead of a seed"
+    )
+    parser.add_argument(
+        "--only", action="append", metavar="PATTERN", help="run checks matching PATTERN (fnmatch)"
+    )
+    parser.add_argument("--skip", action="append", metavar="PATTERN", help="skip checks matching PATTERN")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument(
+        "--e4m3-overflow",
+        choices=("ieee", "saturate"),
+        default="ieee",
+        help="float8_e4m3fn overflow policy checked: NaN (ieee, default) or +-448 (saturate, PyTorch)",
+    )
+    parser.add_argument(
+        "--narrowing",
+        choices=("direct", "via-float32"),
+        default="direct",
+        help="float64 -> float16/bfloat16/float8 reference: one rounding (default) or through float32",
+    )
+    parser.add_argument(
+        "--nan-payloads",
+        choices=("report", "strict"),
+        default="report",
+        help="NaN bits that differ: a known divergence (default) or a failure",
+    )
+    parser.add_argument(
+        "--rel-factor", type=float, default=32.0, help="factor of the relative tier (default: 32)"
+    )
+    parser.add_argument("--strict", action="store_true", help="known divergences count as failures")
+    parser.add_argument(
+        "--no-boundary-examples",
+        action="store_true",
+        help="generated examples only (no explicit boundary cases)",
+    )
+    parser.add_argument(
+        "--shrink", action="store_true", help="shrink a failing example to a minimal one (slower)"
+    )
+    parser.add_argument("--artifacts", metavar="DIR", help="folder for files saved on failure (FaultLists)")
+    parser.add_argument(
+        "--tf32", choices=("auto", "on", "off"), default="auto", help="torch backend on CUDA: TF32"
+    )
+    parser.add_argument("--deterministic", action="store_true", help="torch backend: deterministic cuDNN")
+    parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress dots")
+
+
+def _import_object(spec: str) -> Any:
+    """The object named by ``module:attr`` or ``path/file.py:attr``."""
+    fn = "load_backend"
+    if ":" not in spec:
+        raise ValueError(
+            f"{fn}: BACKEND must be 'numpy', 'torch', 'package.module:Name' or 'path/to/file.py:Name', "
+            f"got {spec!r}"
+        )
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        if not os.path.isfile(target):
+            raise ValueError(f"{fn}: no such file {target!r} (from BACKEND {spec!r})")
+        name = "saf_ref_check_" + os.path.splitext(os.path.basename(target))[0]
+        module_spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        sys.modules[name] = module  # dataclasses and pickling-free introspection need the module registered
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {err}") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"{fn}: module {target!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load_backend(
+    spec: str, *, device: str | None = None, dtype: str | None = None, **torch_options: Any
+) -> Any:
+    """Build the backend named by ``spec`` (see the module docstring).
+
+    Parameters
+    ----------
+    spec : str
+        ``"numpy"``, ``"torch"``, ``"module:Name"`` or ``"file.py:Name"``.
+    device, dtype : str or None
+        Passed on when given (``None``: the backend's default).
+    **torch_options
+        ``tf32``, ``deterministic`` for the torch backend.
+    """
+    fn = "load_backend"
+    if not isinstance(spec, str):
+        raise TypeError(f"{fn}: spec must be a str, got {type(spec).__name__}")
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    if spec == "numpy":
+        from saf_ref.testing.numpy_backend import NumpyBackend
+
+        return NumpyBackend(**kwargs)
+    if spec == "torch":
+        from saf_ref.testing.torch_backend import TorchBackend
+
+        return TorchBackend(**kwargs, **torch_options)
+    obj = _import_object(spec)
+    if not callable(obj):
+        if kwargs:
+            raise ValueError(f"{fn}: {spec!r} is an instance; it cannot take {sorted(kwargs)}")
+        return obj
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # builtins without a signature: call without arguments
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    rejected = sorted(k for k in kwargs if k not in params and not takes_any)
+    if rejected:
+        raise ValueError(f"{fn}: {spec!r} does not accept {rejected} (its parameters: {list(params)})")
+    names = [k for k in ("tf32", "deterministic") if k in params or takes_any]
+    extra = {k: torch_options[k] for k in names if k in torch_options}
+    return obj(**kwargs, **extra)
+
+
+def _options(args: argparse.Namespace):
+    from saf_ref.testing.checks import SuiteOptions
+
+    return SuiteOptions(
+        examples=args.examples,
+        model_examples=args.model_examples,
+        seed=None if args.derandomize else args.seed,
+        boundary_examples=not args.no_boundary_examples,
+        shrink=args.shrink,
+        e4m3_overflow=args.e4m3_overflow,
+        narrowing=args.narrowing,
+        nan_payloads=args.nan_payloads,
+        rel_factor=args.rel_factor,
+        strict=args.strict,
+        artifacts=args.artifacts,
+    )
+
+
+def _list_checks(args: argparse.Namespace) -> int:
+    from saf_ref.testing.suite import select_checks
+
+    for c in select_checks(args.only, args.skip):
+        print(f"{c.name:<30} {c.contract:<9} {', '.join(c.methods):<24} {c.doc}")
+    return 0
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``saf-ref check`` with parsed arguments; return the exit status (0 ok, 1 a check failed)."""
+    if args.list:
+        return _list_checks(args)
+    try:
+        from saf_ref.testing.suite import run_suite
+    except ImportError as err:  # hypothesis missing
+        raise ValueError(
+            f"the conformance suite needs hypothesis: pip install 'saf_ref[test]' ({err})"
+        ) from None
+    tf32 = {"auto": None, "on": True, "off": False}[args.tf32]
+    backend = load_backend(
+        args.backend, device=args.device, dtype=args.dtype, tf32=tf32, deterministic=args.deterministic
+    )
+    options = _options(args)
+
+    def progress(result) -> None:
+        if not args.quiet:
+            mark = {"pass": ".", "known divergence": "d", "fail": "F", "skip": "s"}[result.status]
+            print(mark, end="", file=sys.stderr, flush=True)
+
+    report = run_suite(backend, options, only=args.only, skip=args.skip, spec=args.backend, progress=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(report.to_json())
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m saf_ref.testing.runner BACKEND ...`` (same as ``saf-ref check``)."""
+    parser = argparse.ArgumentParser(prog="saf-ref check", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except (TypeError, ValueError) as err:
+        print(f"saf-ref check: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
