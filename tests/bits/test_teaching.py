@@ -48,7 +48,8 @@ def ref_flip(x: float, bit: int, name: str) -> float:
     """Store x with the reference dtype (a single rounding from float32-exact x), flip, read back."""
     ftype, utype = ref_dtypes(name)
     word = np.array(x, dtype=ftype).view(utype) ^ utype(1 << bit)
-    return float(np.asarray(word).view(ftype).astype(np.float64))
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns when a NaN pattern is widened; NaN is expected
+        return float(np.asarray(word).view(ftype).astype(np.float64))
 
 
 def same_float(a: float, b: float) -> bool:
@@ -219,7 +220,8 @@ def enumerated_probabilities(x: float, name: str, p: float) -> dict[str, float]:
     nbits = np.dtype(utype).itemsize * 8
     code = np.array(x, dtype=ftype).view(utype)
     patterns = np.arange(2**nbits, dtype=np.uint64).astype(utype)
-    values = (code ^ patterns).view(ftype).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN patterns widened on purpose
+        values = (code ^ patterns).view(ftype).astype(np.float64)
     flips = np.unpackbits(patterns.view(np.uint8).reshape(-1, nbits // 8), axis=1).sum(axis=1)
     weight = np.power(p, flips) * np.power(1 - p, nbits - flips)
     nan, inf = float(weight[np.isnan(values)].sum()), float(weight[np.isinf(values)].sum())
