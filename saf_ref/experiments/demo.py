@@ -26,13 +26,21 @@ from typing import Any
 
 from saf_ref.bits import Quantizer
 from saf_ref.experiments.campaign import CampaignResult, Subject, run_campaign
-from saf_ref.protect import default_spec, get_transform
+from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
 from saf_ref.train.optim import SGD
 from saf_ref.train.schedules import Cosine
 
-__all__ = ["DemoConfig", "QUICK", "run_demo", "format_table", "load_dataset", "quantizer_8bit"]
+__all__ = [
+    "DemoConfig",
+    "QUICK",
+    "run_demo",
+    "format_table",
+    "load_dataset",
+    "quantizer_8bit",
+    "quantized_spec",
+]
 
 DEFAULT_RATES = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -72,6 +80,21 @@ def quantizer_8bit(clip: float | None = None) -> Quantizer:
     round to nearest; ``clip`` additionally bounds the range (weight clipping)."""
     return Quantizer(
         8, scheme="asymmetric", code="offset_binary", rounding="nearest_even", clip=clip, margin=1e-3
+    )
+
+
+def quantized_spec(clip: float | None = None) -> StorageSpec:
+    """Every parameter stored with the 8-bit quantizer; only conv/linear weights with the clipped one.
+
+    Weight clipping bounds the *weights*. Batch-norm scales and shifts and biases are stored with the
+    unclipped quantizer: clipping them too would silently change the network (a batch-norm scale of 11
+    read back as 0.3).
+    """
+    return StorageSpec(
+        (
+            StorageRule("*", format=quantizer_8bit(clip), role="weight"),
+            StorageRule("*", format=quantizer_8bit(None)),
+        )
     )
 
 
@@ -155,7 +178,7 @@ def _train_quantized(cfg, data, init, *, clip: float | None, p_train: float):
     from saf_ref.train.randbet import RandBETConfig, train_protected
 
     optimizer = SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    spec = default_spec(quantizer_8bit(clip))
+    spec = quantized_spec(clip)
     params, state, _ = train_protected(
         *init,
         data,
@@ -199,11 +222,7 @@ def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
         params, state = _cached(
             cfg, method, lambda c=clip, p=p_train: _train_quantized(cfg, data[:4], init, clip=c, p_train=p)
         )
-        subjects.append(
-            Subject(
-                method, "identity", "quant8", cfg.model, params, state, default_spec(quantizer_8bit(clip))
-            )
-        )
+        subjects.append(Subject(method, "identity", "quant8", cfg.model, params, state, quantized_spec(clip)))
     return subjects
 
 

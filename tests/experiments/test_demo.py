@@ -62,3 +62,24 @@ def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
 def test_cifar10_without_path_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--dataset", "cifar10", "--quiet"]) == 2
     assert "needs --data-path" in capsys.readouterr().err
+
+
+def test_quantized_spec_clips_only_conv_and_linear_weights():
+    import numpy as np
+
+    from saf_ref.experiments.demo import quantized_spec
+    from saf_ref.protect import load, store
+
+    params = {
+        "conv1.weight": np.float32([[[[0.9, -0.05]]]]),
+        "bn1.weight": np.float32([11.0, 1.0]),
+        "bn1.bias": np.float32([-2.0, 0.5]),
+        "fc.weight": np.float32([[0.5, -0.02]]),
+        "fc.bias": np.float32([3.0]),
+    }
+    back = load(store(params, quantized_spec(0.3)))
+    assert np.abs(back["conv1.weight"]).max() <= np.float32(0.3)  # clipped to the clip range
+    assert np.abs(back["fc.weight"]).max() <= np.float32(0.3)
+    for name in ("bn1.weight", "bn1.bias", "fc.bias"):  # kept within the 8-bit step of their own range
+        span = params[name].max() - params[name].min()
+        assert np.abs(back[name] - params[name]).max() <= span / 254 * 1.01
