@@ -36,6 +36,15 @@ the transform is any object with the two methods of :class:`WeightTransform`; th
     logits, new_state, cache = resnet_forward(params, state, x, arch="resnet20", train=True,
                                               transform=get_transform("tanh"))
 
+Activation clipping
+-------------------
+``resnet_forward(..., act_clip=c)`` replaces every ReLU (stem, both ReLUs of every block) by a ReLU with
+a ceiling, ``min(max(z, 0), c)`` (PyTorch: ``nn.Hardtanh(0, c)``, ``nn.ReLU6`` for ``c = 6``). This is
+the prior-work baseline that the saturated-transform paper contrasts with: bounded activations limit how
+far a corrupted weight can push the signal, whereas a weight transform bounds the weight itself.
+``act_clip=None`` (the default) is the plain ReLU, bit for bit. The backward pass needs no flag: it
+dispatches on the type of each activation's cache (``ReluCache`` or ``ReluClippedCache``).
+
 Batch-norm ``num_batches_tracked``
 ----------------------------------
 PyTorch keeps an int64 counter per batch-norm layer; it only matters when ``momentum=None`` (cumulative
@@ -46,12 +55,27 @@ averaging), which saf_ref does not implement. saf_ref's state therefore holds on
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from saf_ref._checks import FLOAT_DTYPES, check_choice, check_float, check_int, check_ndim, check_rng
-from saf_ref.nn.activations import relu_backward, relu_forward
+from saf_ref._checks import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_float,
+    check_int,
+    check_ndim,
+    check_real,
+    check_rng,
+)
+from saf_ref.nn.activations import (
+    ReluClippedCache,
+    relu_backward,
+    relu_clipped_backward,
+    relu_clipped_forward,
+    relu_forward,
+)
 from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
 from saf_ref.nn.conv import conv2d_backward, conv2d_forward
 from saf_ref.nn.linear import linear_backward, linear_forward
@@ -71,6 +95,7 @@ __all__ = [
     "WeightTransform",
     "basic_block_backward",
     "basic_block_forward",
+    "check_act_clip",
     "init_resnet",
     "is_transformed_weight",
     "resnet_backward",
@@ -347,6 +372,39 @@ def transform_weights_backward(
 
 
 # --------------------------------------------------------------------------------------------------
+# Activations: ReLU, or ReLU with a ceiling (activation clipping)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_act_clip(act_clip: Any, fn: str) -> float | None:
+    """Validate an activation ceiling: ``None`` (plain ReLU) or a finite real number ``> 0``.
+
+    Returns ``None`` or the ceiling as a Python ``float``. A non-number (a string, a bool, an array) is a
+    ``TypeError``; NaN, an infinity, zero or a negative number is a ``ValueError``.
+    """
+    if act_clip is None:
+        return None
+    c = check_real(act_clip, "act_clip", fn)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"{fn}: act_clip must be None or a finite number > 0, got {act_clip!r}")
+    return c
+
+
+def _act_forward(x: np.ndarray, act_clip: float | None) -> tuple[np.ndarray, Any]:
+    """``relu(x)``, or ``min(max(x, 0), act_clip)`` when a ceiling is given; ``(y, cache)``."""
+    if act_clip is None:
+        return relu_forward(x)
+    return relu_clipped_forward(x, ceiling=act_clip)
+
+
+def _act_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
+    """Backward of :func:`_act_forward`; the cache's type says which activation ran."""
+    if isinstance(cache, ReluClippedCache):
+        return relu_clipped_backward(dy, cache).dx
+    return relu_backward(dy, cache).dx
+
+
+# --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------
 
@@ -364,7 +422,7 @@ class StemCache(NamedTuple):
     """Stem: conv1 -> bn1 -> ReLU [-> 3x3/2 max pooling for the ImageNet layout]."""
 
     conv_bn: ConvBNCache
-    relu: Any
+    relu: Any  # ReluCache, or ReluClippedCache with act_clip
     maxpool: Any  # None for the CIFAR stem
 
 
@@ -392,6 +450,7 @@ class ResNetCache(NamedTuple):
     fc: Any
     latents: dict[str, np.ndarray]  # the params as given (u when a transform is used)
     transform: WeightTransform | None
+    act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
 
 
 def _conv_bn_forward(
@@ -439,6 +498,7 @@ def basic_block_forward(
     *,
     stride: int,
     train: bool,
+    act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], BasicBlockCache]:
     """One residual basic block, as ``torchvision.models.resnet.BasicBlock``.
 
@@ -452,6 +512,8 @@ def basic_block_forward(
         Stride of ``conv1`` and of the shortcut convolution.
     train : bool
         Batch statistics (and running-statistics update) or running statistics.
+    act_clip : float or None
+        Ceiling ``c > 0`` of both ReLUs (activation clipping, ``nn.Hardtanh(0, c)``); ``None``: ReLU.
 
     Returns
     -------
@@ -463,13 +525,15 @@ def basic_block_forward(
     Math
     ----
     ``y = relu(bn2(conv2(relu(bn1(conv1(x))))) + s(x))`` with ``s(x) = x`` or
-    ``s(x) = bn_d(conv1x1(x))`` when the block has ``downsample`` parameters.
+    ``s(x) = bn_d(conv1x1(x))`` when the block has ``downsample`` parameters. With ``act_clip = c``
+    every ``relu`` is ``relu_c(z) = min(max(z, 0), c)``.
     """
+    act_clip = check_act_clip(act_clip, "basic_block_forward")
     new_state: dict[str, np.ndarray] = {}
     h, branch1 = _conv_bn_forward(
         x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, train=train
     )
-    h, relu1 = relu_forward(h)
+    h, relu1 = _act_forward(h, act_clip)
     h, branch2 = _conv_bn_forward(
         h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, train=train
     )
@@ -487,7 +551,7 @@ def basic_block_forward(
         )
     else:
         shortcut, downsample = x, None
-    y, relu_out = relu_forward(h + shortcut)
+    y, relu_out = _act_forward(h + shortcut, act_clip)
     return y, new_state, BasicBlockCache(prefix, branch1, relu1, branch2, downsample, relu_out)
 
 
@@ -496,13 +560,13 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
 
     Math
     ----
-    With ``d = dy * [pre-activation > 0]``: the residual branch and the shortcut both receive ``d``,
-    and ``dx`` is the sum of their input gradients.
+    With ``d = dy * [pre-activation > 0]`` (``[0 < pre-activation < c]`` with a ceiling ``c``): the
+    residual branch and the shortcut both receive ``d``, and ``dx`` is the sum of their input gradients.
     """
     grads: dict[str, np.ndarray] = {}
-    d = relu_backward(dy, cache.relu_out).dx
+    d = _act_backward(dy, cache.relu_out)
     dh = _conv_bn_backward(d, cache.branch2, grads)
-    dh = relu_backward(dh, cache.relu1).dx
+    dh = _act_backward(dh, cache.relu1)
     dx = _conv_bn_backward(dh, cache.branch1, grads)
     if cache.downsample is None:
         dx = dx + d
@@ -570,6 +634,7 @@ def resnet_forward(
     arch: str,
     train: bool,
     transform: WeightTransform | None = None,
+    act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], ResNetCache]:
     """Forward pass of a ResNet; PyTorch equivalent: ``model.train(train); logits = model(x)``.
 
@@ -588,6 +653,9 @@ def resnet_forward(
         unbiased variance), as ``model.train()``. Evaluation mode uses the running statistics.
     transform : WeightTransform or None
         If given, conv and linear weights used in compute are ``transform.forward(u)``.
+    act_clip : float or None
+        Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (``nn.Hardtanh(0, c)``;
+        the ceiling is rounded to ``x.dtype``). ``None`` (default): plain ReLU, bit for bit.
 
     Returns
     -------
@@ -603,13 +671,15 @@ def resnet_forward(
 
     Notes
     -----
-    Never mutates ``params``, ``state`` or ``x``.
+    Never mutates ``params``, ``state`` or ``x``. With ``act_clip`` the gradient is zero at both kinks
+    (``z = 0`` and ``z = c``), PyTorch's ``hardtanh_backward`` convention.
     """
     fn = "resnet_forward"
     spec = _arch_spec(arch, fn)
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
     _check_transform(transform, fn)
+    act_clip = check_act_clip(act_clip, fn)
     check_float(x, "x", fn)
     check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     if not isinstance(params, dict):
@@ -633,7 +703,7 @@ def resnet_forward(
     h, stem_cb = _conv_bn_forward(
         x, weights, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train
     )
-    h, stem_relu = relu_forward(h)
+    h, stem_relu = _act_forward(h, act_clip)
     stem_pool = None
     if spec.stem == "imagenet":
         h, stem_pool = maxpool2d_forward(h, kernel_size=3, stride=2, padding=1)
@@ -641,7 +711,7 @@ def resnet_forward(
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
         h, block_state, block_cache = basic_block_forward(
-            h, weights, state, prefix, stride=stride, train=train
+            h, weights, state, prefix, stride=stride, train=train, act_clip=act_clip
         )
         new_state.update(block_state)
         block_caches.append(block_cache)
@@ -658,6 +728,7 @@ def resnet_forward(
         fc_cache,
         dict(params),
         transform,
+        act_clip,
     )
     return logits, new_state, cache
 
@@ -699,7 +770,7 @@ def resnet_backward(
         grads.update(block_grads)
     if cache.stem.maxpool is not None:
         dh = maxpool2d_backward(dh, cache.stem.maxpool).dx
-    dh = relu_backward(dh, cache.stem.relu).dx
+    dh = _act_backward(dh, cache.stem.relu)
     dx = _conv_bn_backward(dh, cache.stem.conv_bn, grads)
     grads = {k: grads[k] for k in cache.latents}  # params' order
     grads = transform_weights_backward(grads, cache.latents, cache.transform)

@@ -1,9 +1,11 @@
 """Small models for fast tests and tutorials: a 3-layer CNN and an MLP.
 
 They follow the conventions of :mod:`saf_ref.nn.resnet`: parameters and running statistics in two dicts
-keyed by PyTorch ``state_dict`` names, ``*_forward(params, state, x, *, train, transform=None) ->
-(logits, new_state, cache)`` and ``*_backward(dlogits, cache) -> grads`` with the keys of ``params``,
-conv/linear weights computed as ``transform.forward(u)`` when a weight transform is given.
+keyed by PyTorch ``state_dict`` names, ``*_forward(params, state, x, *, train, transform=None,
+act_clip=None) -> (logits, new_state, cache)`` and ``*_backward(dlogits, cache) -> grads`` with the keys
+of ``params``, conv/linear weights computed as ``transform.forward(u)`` when a weight transform is given,
+and every ReLU clipped at ``act_clip`` when a ceiling is given (activation clipping, see
+:mod:`saf_ref.nn.resnet`).
 
 Both work on the shipped 8x8 digits and 28x28 MNIST images (any size, in fact: the CNN ends with global
 average pooling, the MLP flattens its input).
@@ -16,16 +18,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref._checks import check_float, check_int, check_ndim, check_rng
-from saf_ref.nn.activations import relu_backward, relu_forward
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
 from saf_ref.nn.resnet import (
     ConvBNCache,
     WeightTransform,
+    _act_backward,
+    _act_forward,
     _check_dtype_arg,
     _check_transform,
     _conv_bn_backward,
     _conv_bn_forward,
+    check_act_clip,
     check_named_arrays,
     init_from_shapes,
     transform_weights,
@@ -124,6 +128,7 @@ class SmallCNNCache(NamedTuple):
     fc: Any
     latents: dict[str, np.ndarray]
     transform: WeightTransform | None
+    act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
 
 
 def _check_model_inputs(
@@ -152,6 +157,7 @@ def small_cnn_forward(
     *,
     train: bool,
     transform: WeightTransform | None = None,
+    act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], SmallCNNCache]:
     """Forward pass of the small CNN (PyTorch: an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU, then
     ``AdaptiveAvgPool2d(1)``, ``Flatten`` and ``Linear``).
@@ -165,6 +171,9 @@ def small_cnn_forward(
         Batch norm in training mode (batch statistics, running-statistics update) or evaluation mode.
     transform : WeightTransform or None
         Conv/linear weights used in compute are ``transform.forward(u)``.
+    act_clip : float or None
+        Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (PyTorch:
+        ``nn.Hardtanh(0, act_clip)``). ``None`` (default): plain ReLU, bit for bit.
 
     Returns
     -------
@@ -174,10 +183,12 @@ def small_cnn_forward(
 
     Math
     ----
-    ``h_i = relu(bn_i(conv_i(h_{i-1})))`` with strides 1, 2, 2; ``logits = fc(mean_{H,W}(h_3))``.
+    ``h_i = relu(bn_i(conv_i(h_{i-1})))`` with strides 1, 2, 2; ``logits = fc(mean_{H,W}(h_3))``;
+    with a ceiling ``c``, ``relu_c(z) = min(max(z, 0), c)`` in place of ``relu``.
     """
     fn = "small_cnn_forward"
     _check_model_inputs(fn, params, state, x, train, transform, ndim=4)
+    act_clip = check_act_clip(act_clip, fn)
     if params["conv1.weight"].ndim != 4 or params["fc.weight"].ndim != 2:
         raise ValueError(f"{fn}: params['conv1.weight'] must be 4-D and params['fc.weight'] 2-D")
     width, in_channels = params["conv1.weight"].shape[:2]
@@ -199,11 +210,11 @@ def small_cnn_forward(
         h, cb = _conv_bn_forward(
             h, weights, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
         )
-        h, relu_cache = relu_forward(h)
+        h, relu_cache = _act_forward(h, act_clip)
         layers.append((cb, relu_cache))
     h, pool_cache = global_avgpool_forward(h)
     logits, fc_cache = linear_forward(h, weights["fc.weight"], weights["fc.bias"])
-    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, dict(params), transform)
+    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, dict(params), transform, act_clip)
     return logits, new_state, cache
 
 
@@ -224,7 +235,7 @@ def small_cnn_backward(
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
     dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for cb, relu_cache in reversed(cache.layers):
-        dh = relu_backward(dh, relu_cache).dx
+        dh = _act_backward(dh, relu_cache)
         dh = _conv_bn_backward(dh, cb, grads)
     grads = {k: grads[k] for k in cache.latents}
     grads = transform_weights_backward(grads, cache.latents, cache.transform)
@@ -293,6 +304,7 @@ class MLPCache(NamedTuple):
     layers: tuple[tuple[Any, Any], ...]
     latents: dict[str, np.ndarray]
     transform: WeightTransform | None
+    act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
 
 
 def mlp_forward(
@@ -302,6 +314,7 @@ def mlp_forward(
     *,
     train: bool,
     transform: WeightTransform | None = None,
+    act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], MLPCache]:
     """Forward pass of the MLP (PyTorch: ``Flatten`` then ``Linear``/``ReLU`` layers).
 
@@ -316,6 +329,8 @@ def mlp_forward(
     train : bool
         Unused (no batch norm or dropout); accepted for a uniform interface.
     transform : WeightTransform or None
+    act_clip : float or None
+        Ceiling of every hidden ReLU, ``min(max(z, 0), act_clip)``; ``None`` (default): plain ReLU.
 
     Returns
     -------
@@ -325,10 +340,12 @@ def mlp_forward(
 
     Math
     ----
-    ``h_0 = flatten(x)``, ``h_i = relu(h_{i-1} W_i^T + b_i)``, ``logits = h_{L-1} W_L^T + b_L``.
+    ``h_0 = flatten(x)``, ``h_i = relu(h_{i-1} W_i^T + b_i)``, ``logits = h_{L-1} W_L^T + b_L``; with a
+    ceiling ``c``, ``relu_c(z) = min(max(z, 0), c)`` in place of ``relu``.
     """
     fn = "mlp_forward"
     _check_model_inputs(fn, params, state, x, train, transform, ndim=None)
+    act_clip = check_act_clip(act_clip, fn)
     if x.ndim < 2:
         raise ValueError(f"{fn}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
     n_layers = len(params) // 2
@@ -352,9 +369,9 @@ def mlp_forward(
         h, lin_cache = linear_forward(h, weights[f"fc{i}.weight"], weights[f"fc{i}.bias"])
         relu_cache = None
         if i < n_layers:
-            h, relu_cache = relu_forward(h)
+            h, relu_cache = _act_forward(h, act_clip)
         layers.append((lin_cache, relu_cache))
-    return h, {}, MLPCache(x.shape, tuple(layers), dict(params), transform)
+    return h, {}, MLPCache(x.shape, tuple(layers), dict(params), transform, act_clip)
 
 
 def mlp_backward(
@@ -372,7 +389,7 @@ def mlp_backward(
     for i in range(len(cache.layers), 0, -1):
         lin_cache, relu_cache = cache.layers[i - 1]
         if relu_cache is not None:
-            dh = relu_backward(dh, relu_cache).dx
+            dh = _act_backward(dh, relu_cache)
         g = linear_backward(dh, lin_cache)
         grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = g.dw, g.db
         dh = g.dx
