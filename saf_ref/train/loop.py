@@ -114,6 +114,8 @@ def format_model_name(base: str, *, act_clip: float | None = None) -> str:
     written with ``repr(float)``, which round-trips exactly, so ``parse_model_name`` gives it back.
     """
     fn = "format_model_name"
+    if not isinstance(base, str):
+        raise TypeError(f"{fn}: base must be a str, got {type(base).__name__}")
     if base not in MODEL_NAMES:
         raise ValueError(f"{fn}: base must be one of {MODEL_NAMES}, got {base!r}")
     c = check_act_clip(act_clip, fn)

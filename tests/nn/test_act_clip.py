@@ -590,6 +590,8 @@ def test_bad_model_names_other_errors():
             TypeError, match=r"model_fns: model must be a model name \(str\) or a ModelFns, got"
         ):
             model_fns(bad)
+    with pytest.raises(TypeError, match=r"format_model_name: base must be a str, got int"):
+        format_model_name(3)
     with pytest.raises(ValueError, match=r"format_model_name: base must be one of"):
         format_model_name("small_cnn@act_clip=1")
     with pytest.raises(ValueError, match=r"format_model_name: act_clip must be None or a finite number > 0"):
@@ -651,3 +653,16 @@ def test_campaign_subject_with_act_clip_name_in_a_process_pool(digits, trained):
     zero = [r for r in pooled.trials if r["ber"] == 0.0]
     assert len(zero) == 2 and all(r["accuracy"] == clipped_acc for r in zero)
     assert pooled.clean[0]["clean_accuracy"] == clipped_acc
+
+
+def test_model_fns_travel_to_a_worker_process():
+    """The ModelFns of an act-clip name is made of partials, not closures: it crosses a process pool."""
+    import concurrent.futures as cf
+
+    params, state = init_small_cnn(width=2, rng=0)
+    x = np.random.default_rng(12).random((3, 1, 8, 8), dtype=np.float32)
+    fns = model_fns("small_cnn@act_clip=0.25")
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        remote = pool.submit(fns.forward, params, state, x, train=False).result()
+    assert remote[0].tobytes() == fns.forward(params, state, x, train=False)[0].tobytes()
+    assert remote[2].act_clip == 0.25
