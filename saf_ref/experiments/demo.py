@@ -121,12 +121,14 @@ def load_dataset(name: str, path: str | None = None):
 def _init(cfg: DemoConfig, in_channels: int, num_classes: int):
     from saf_ref.nn.resnet import ARCHS, init_resnet
     from saf_ref.nn.small import init_small_cnn
+    from saf_ref.train.loop import parse_model_name
 
-    if cfg.model == "small_cnn":
+    base = parse_model_name(cfg.model, "demo").base  # "small_cnn@act_clip=6" trains a small_cnn
+    if base == "small_cnn":
         return init_small_cnn(in_channels=in_channels, num_classes=num_classes, width=cfg.width, rng=cfg.seed)
-    if cfg.model in ARCHS:
+    if base in ARCHS:
         return init_resnet(
-            cfg.model, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=cfg.seed
+            base, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=cfg.seed
         )
     raise ValueError(f"demo: model must be 'small_cnn' or one of {ARCHS}, got {cfg.model!r}")
 
