@@ -130,7 +130,7 @@ def _init(cfg: DemoConfig, in_channels: int, num_classes: int):
         return init_resnet(
             base, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=cfg.seed
         )
-    raise ValueError(f"demo: model must be 'small_cnn' or one of {ARCHS}, got {cfg.model!r}")
+    raise ValueError(f"demo: model must be 'small_cnn' or one of {tuple(ARCHS)}, got {cfg.model!r}")
 
 
 def _log(cfg: DemoConfig, message: str) -> None:
