@@ -2,7 +2,18 @@
 checkpoints (.npz + JSON, never pickle), and training through the storage pipeline (RandBET)."""
 
 from saf_ref.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from saf_ref.train.loop import EvalResult, ModelFns, evaluate, model_fns, train, train_step
+from saf_ref.train.loop import (
+    MODEL_NAMES,
+    EvalResult,
+    ModelFns,
+    ModelName,
+    evaluate,
+    format_model_name,
+    model_fns,
+    parse_model_name,
+    train,
+    train_step,
+)
 from saf_ref.train.optim import SGD, sgd_init, sgd_step, sgd_update
 from saf_ref.train.randbet import (
     RandBETConfig,
@@ -21,6 +32,8 @@ __all__ = [
     "Constant",
     "Cosine",
     "EvalResult",
+    "MODEL_NAMES",
+    "ModelName",
     "ModelFns",
     "MultiStep",
     "RandBETConfig",
@@ -31,8 +44,10 @@ __all__ = [
     "Warmup",
     "clip_weights",
     "evaluate",
+    "format_model_name",
     "load_checkpoint",
     "model_fns",
+    "parse_model_name",
     "protected_train_step",
     "randbet_gradients",
     "save_checkpoint",
