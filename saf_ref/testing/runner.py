@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tf32", choices=("auto", "on", "off"), default="auto", help="torch backend on CUDA: TF32"
     )
     parser.add_argument("--deterministic", action="store_true", help="torch backend: deterministic cuDNN")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (the suite's tensors are tiny: 1 is fastest)",
+    )
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress dots")
 
@@ -208,6 +214,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"the conformance suite needs hypothesis: pip install 'saf_ref[test]' ({err})"
         ) from None
     tf32 = {"auto": None, "on": True, "off": False}[args.tf32]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     backend = load_backend(
         args.backend, device=args.device, dtype=args.dtype, tf32=tf32, deterministic=args.deterministic
     )

@@ -316,9 +316,12 @@ def quantizer_configs(draw) -> dict[str, Any]:
     rounding = draw(st.sampled_from(["nearest_even", "toward_zero"]))
     margin = draw(st.sampled_from([0.0, 1e-3]))
     positive = st.one_of(st.sampled_from([1.0, 0.5, 0.1]), st.floats(1e-3, 1e3))
+    # L * 2**-e makes the step (max_abs / L) a power of two: then (k + 1/2) * step are exact ties
+    levels = (1 << (nbits - 1)) - 1
+    pow2_step = st.integers(0, 12).map(lambda e: levels * 2.0**-e)
     clip = max_abs = None
     if scheme == "symmetric" and draw(st.booleans()):
-        max_abs = draw(positive)
+        max_abs = draw(st.one_of(pow2_step, positive))
     elif draw(st.booleans()):
         clip = draw(positive)
     return dict(

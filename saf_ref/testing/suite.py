@@ -38,6 +38,14 @@ from saf_ref.testing.protocol import describe_backend, has_method
 __all__ = ["CheckResult", "Report", "SuiteOptions", "run_check", "run_suite", "select_checks"]
 
 STATUSES = ("pass", "known divergence", "fail", "skip")
+#: a check whose first GIVE_UP cases all raise NotImplementedError is skipped without trying more
+GIVE_UP = 10
+
+
+class _NothingSupported(BaseException):
+    """Raised through hypothesis (which lets non-``Exception`` errors pass) to stop an unsupported check."""
+
+
 REPORT_SCHEMA = "saf_ref.check_report"
 
 
@@ -187,15 +195,27 @@ class Report:
 
 
 def select_checks(only: Iterable[str] | None = None, skip: Iterable[str] | None = None) -> list[Check]:
-    """The checks whose names match a pattern of ``only`` (fnmatch; all if None) and none of ``skip``."""
+    """The checks whose names match a pattern of ``only`` (all if None) and none of ``skip``.
+
+    A pattern is a check name or an fnmatch pattern (``"encode*"``, ``"model*"``, ``"*vjp*"``).
+    """
     only, skip = list(only or []), list(skip or [])
+
+    def matches(name: str, pattern: str) -> bool:
+        # an exact name first: "encode[bfloat16]" would be a character class for fnmatch
+        return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
     out = []
     for c in all_checks():
-        if only and not any(fnmatch.fnmatchcase(c.name, p) for p in only):
+        if only and not any(matches(c.name, p) for p in only):
             continue
-        if any(fnmatch.fnmatchcase(c.name, p) for p in skip):
+        if any(matches(c.name, p) for p in skip):
             continue
         out.append(c)
+    if only and not out:
+        raise ValueError(
+            f"select_checks: no check matches only={only}; the checks are {[c.name for c in all_checks()]}"
+        )
     return out
 
 
@@ -240,6 +260,8 @@ def run_check(check: Check, backend: Any, options: SuiteOptions, *, spec: str = 
         except Unsupported as err:
             state["unsupported"] += 1
             state["why"] = str(err)
+            if state["unsupported"] >= GIVE_UP and state["count"] == state["unsupported"]:
+                raise _NothingSupported from None  # do not let hypothesis search for a supported case
             reject()
         except BaseException:
             if state["first"] is None:
@@ -260,8 +282,8 @@ def run_check(check: Check, backend: Any, options: SuiteOptions, *, spec: str = 
     start = time.perf_counter()
     try:
         test()
-    except Unsatisfiable:
-        pass  # every generated case was unsupported: decided below
+    except (Unsatisfiable, _NothingSupported):
+        pass  # every case tried was unsupported: decided below
     except Exception as err:  # the contract failed, or the backend raised
         kind = "" if isinstance(err, AssertionError) else f"{type(err).__name__}: "
         notes = getattr(err, "__notes__", [])

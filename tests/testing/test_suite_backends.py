@@ -1,0 +1,140 @@
+"""The whole suite on saf_ref's own NumPy backend and on PyTorch (CPU): both pass, with exactly the known
+divergences PyTorch is documented to have; the policy options move those divergences as they should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saf_ref.testing.checks import CHECKS
+from saf_ref.testing.contracts import KNOWN_DIVERGENCES
+from saf_ref.testing.numpy_backend import NumpyBackend
+from saf_ref.testing.suite import run_suite
+
+#: examples per check (the command line default); the boundary examples run in addition
+CI_EXAMPLES = 30
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest (and immune to a busy CI box)
+    yield torch
+    torch.set_num_threads(old)
+
+
+def _divergences(report) -> set[str]:
+    return {part for r in report.results for k in r.divergences for part in k.split("+")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_backend_passes_every_check_without_divergences(dtype):
+    report = run_suite(NumpyBackend(dtype=dtype), examples=5)
+    assert report.ok, report.failures_text()
+    assert [r.name for r in report.results] == list(CHECKS)
+    assert {r.status for r in report.results} == {"pass"}
+    assert all(0 <= r.worst_ratio <= 1 for r in report.results)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_backend_passes_the_whole_suite_on_cpu(torch, dtype):
+    from saf_ref.testing.torch_backend import TorchBackend
+
+    report = run_suite(TorchBackend(dtype=dtype), examples=CI_EXAMPLES, seed=0)
+    assert report.ok, report.table()
+    assert report.count("skip") == 0 and report.count("fail") == 0
+    assert len(report.results) == len(CHECKS) == 41
+    # Exactly the divergences documented for PyTorch (see KNOWN_DIVERGENCES), and nothing else.
+    assert _divergences(report) == {
+        "nan-payload",
+        "e4m3fn-overflow",
+        "narrowing-via-float32",
+        "softsign-infinity",
+        "nan-latent-gradient",
+    }
+    assert _divergences(report) <= set(KNOWN_DIVERGENCES)
+    by_name = {r.name: r for r in report.results}
+    assert set(by_name["encode[float8_e4m3fn]"].divergences) >= {"e4m3fn-overflow"}
+    for name in (
+        "encode[float32]",
+        "flip_by_uniform",
+        "apply_faults",
+        "quantize",
+        "dequantize",
+        "relu_vjp",
+        "conv2d_vjp",
+        "batchnorm2d_vjp",
+        "sgd",
+        "model[resnet20]",
+    ):
+        assert by_name[name].status == "pass", name
+    assert all(r.worst_ratio <= 1 for r in report.results)
+
+
+@pytest.mark.torch
+def test_torch_policies_move_the_divergences(torch):
+    from saf_ref.testing.torch_backend import TorchBackend
+
+    backend = TorchBackend()
+    # PyTorch saturates float8_e4m3fn and narrows float64 through float32: checked against those
+    # policies, its codecs are bit-exact (NaN payloads aside).
+    report = run_suite(
+        backend, examples=10, only=["encode*"], e4m3_overflow="saturate", narrowing="via-float32"
+    )
+    assert report.ok
+    assert _divergences(report) <= {"nan-payload"}
+    assert report.result("encode[float8_e4m3fn]").status == "pass"
+    # ... and with strict NaN payloads the bfloat16 codec fails (PyTorch writes 0xFFFF for every NaN).
+    strict = run_suite(backend, examples=3, only=["encode[bfloat16]"], nan_payloads="strict")
+    assert not strict.ok
+    assert "not bit-exact" in strict.result("encode[bfloat16]").message
+    # strict mode turns known divergences into a failed verdict without changing the statuses
+    report = run_suite(backend, examples=3, only=["decode[float8_e5m2]"], strict=True)
+    assert report.result("decode[float8_e5m2]").status == "known divergence" and not report.ok
+
+
+@pytest.mark.torch
+def test_torch_backend_declares_tf32_roundoff(torch):
+    from saf_ref.testing.torch_backend import TorchBackend
+
+    assert TorchBackend().unit_roundoff("float32") == 2.0**-24
+    assert TorchBackend(tf32=True).unit_roundoff("float32") == 2.0**-24  # TF32 exists on CUDA only
+    cuda = TorchBackend(device="cuda", tf32=True)  # a device descriptor: nothing runs on it here
+    assert cuda.unit_roundoff("float32") == 2.0**-11 and cuda.unit_roundoff("float64") == 2.0**-53
+    assert TorchBackend(device="cuda", tf32=False).unit_roundoff("float32") == 2.0**-24
+
+
+@pytest.mark.torch
+def test_torch_backend_does_not_touch_its_inputs_and_copies_outputs(torch):
+    from saf_ref.testing.torch_backend import TorchBackend
+
+    b = TorchBackend()
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    y, new_m, new_v = b.batchnorm2d_forward(x, rv, rm, rm, rv, train=True, momentum=0.5, eps=1e-5)
+    assert (rm == 0).all() and (rv == 1).all()  # F.batch_norm updates its own copies in place
+    assert not np.shares_memory(new_m, rm) and not np.allclose(new_m, 0)
+
+
+def test_backend_validation():
+    with pytest.raises(
+        ValueError, match=r"NumpyBackend: dtype must be one of \('float32', 'float64'\), got 'f16'"
+    ):
+        NumpyBackend(dtype="f16")
+    with pytest.raises(ValueError, match="NumpyBackend: device must be 'cpu'"):
+        NumpyBackend(device="cuda")
+
+
+@pytest.mark.torch
+def test_torch_backend_validation(torch):
+    from saf_ref.testing.torch_backend import TorchBackend
+
+    with pytest.raises(ValueError, match=r"TorchBackend: dtype must be one of \('float32', 'float64'\)"):
+        TorchBackend(dtype="bfloat16")
+    with pytest.raises(TypeError, match="TorchBackend: tf32 must be None or a bool, got str"):
+        TorchBackend(tf32="yes")
+    with pytest.raises(NotImplementedError, match="no torch dtype for format 'q2.5'"):
+        TorchBackend().encode("q2.5", np.zeros(1, np.float32))
