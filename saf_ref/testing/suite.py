@@ -236,6 +236,11 @@ def _settings(options: SuiteOptions, n: int) -> settings:
 def _repro(check: Check, options: SuiteOptions, spec: str, dtype: str, notes: Sequence[str]) -> str:
     cmd = f"saf-ref check {spec} --only '{check.name}' --dtype {dtype} --examples {options.examples}"
     cmd += f" --seed {options.seed}" if options.seed is not None else " --derandomize"
+    defaults = SuiteOptions()
+    for flag, name in (("--e4m3-overflow", "e4m3_overflow"), ("--narrowing", "narrowing"),
+                       ("--nan-payloads", "nan_payloads"), ("--rel-factor", "rel_factor")):  # fmt: skip
+        if getattr(options, name) != getattr(defaults, name):
+            cmd += f" {flag} {getattr(options, name)}"
     if not options.boundary_examples:
         cmd += " --no-boundary-examples"
     text = " ".join(" ".join(str(n).split()) for n in notes)
