@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -133,8 +134,8 @@ class Report:
         }
 
     def to_json(self) -> str:
-        def clean(v):  # JSON has no inf: worst ratios of failures may be inf
-            return None if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) else v
+        def clean(v):  # JSON has no inf or NaN: the worst ratio of a failure is inf, written as null
+            return None if isinstance(v, float) and not math.isfinite(v) else v
 
         d = self.to_dict()
         for r in d["checks"]:
