@@ -37,21 +37,31 @@ def test_check_numpy_writes_json_and_exits_zero(tmp_path, capsys):
     assert report["options"]["examples"] == 3 and report["spec"] == "numpy"
 
 
-def test_check_fails_with_status_one_and_a_reproduction(capsys):
+def test_check_fails_with_status_one_and_a_reproduction(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "report.json"
+    spec = "saf_ref.testing.mutants:ReluGradOneAtZero"
     argv = [
         "check",
-        "saf_ref.testing.mutants:ReluGradOneAtZero",
+        spec,
         "--only",
         "relu*",
         "--examples",
         "3",
         "--quiet",
+        "--threads",
+        "1",
+        "--json",
+        str(path),
     ]
-    pytest.importorskip("torch")
     status, out, _ = run(argv, capsys)
     assert status == 1
     assert "relu_vjp" in out and "FAILED" in out
-    assert "reproduce: saf-ref check saf_ref.testing.mutants:ReluGradOneAtZero --only 'relu_vjp'" in out
+    assert f"reproduce: saf-ref check {spec} --only 'relu_vjp'" in out
+    report = json.loads(path.read_text())
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert report["ok"] is False and [c["name"] for c in failed] == ["relu_vjp"]
+    assert failed[0]["worst_ratio"] is None and failed[0]["first_failure"] == 1  # inf is written as null
 
 
 def test_check_list(capsys):
