@@ -78,7 +78,7 @@ def test_formats_lists_every_format(capsys):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["bits", "0.1", "--format", "float7"], "get_format: name must be one of"),
+        (["bits", "0.1", "--format", "float7"], "get_format: name must be an IEEE format name"),
         (["bits", "abc"], "VALUE must be a decimal number"),
     ],
 )

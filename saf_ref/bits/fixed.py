@@ -43,31 +43,32 @@ def is_fixed_format_name(name: object) -> bool:
     return match is not None and 2 <= 1 + int(match.group(1)) + int(match.group(2)) <= 32
 
 
-def parse_fixed_format(name: str) -> FixedPointFormat:
-    """The :class:`FixedPointFormat` named ``name``, e.g. ``"q2.5"`` (or ``"Q2.5"``).
+def parse_fixed_format(text: str, *, fn: str = "parse_fixed_format", name: str = "name") -> FixedPointFormat:
+    """The :class:`FixedPointFormat` named ``text``, e.g. ``"q2.5"`` (or ``"Q2.5"``).
 
     Parameters
     ----------
-    name : str
+    text : str
         ``"qM.N"``: M integer bits and N fraction bits, ``2 <= 1 + M + N <= 32``.
+    fn, name : str
+        The function and argument named in error messages (for callers that parse on behalf of theirs).
 
     Raises
     ------
     TypeError
-        ``name`` is not a string.
+        ``text`` is not a string.
     ValueError
-        ``name`` is not of the form ``qM.N`` or its width is outside 2..32 bits.
+        ``text`` is not of the form ``qM.N`` or its width is outside 2..32 bits.
     """
-    fn = "parse_fixed_format"
-    if not isinstance(name, str):
-        raise TypeError(f"{fn}: name must be a str like 'q2.5', got {_checks._describe(name)}")
-    match = _NAME_RE.match(name)
+    if not isinstance(text, str):
+        raise TypeError(f"{fn}: {name} must be a str like 'q2.5', got {_checks._describe(text)}")
+    match = _NAME_RE.match(text)
     if match is None:
-        raise ValueError(f"{fn}: name must have the form 'qM.N' (e.g. 'q2.5'), got {name!r}")
+        raise ValueError(f"{fn}: {name} must have the form 'qM.N' (e.g. 'q2.5'), got {text!r}")
     int_bits, frac_bits = int(match.group(1)), int(match.group(2))
     nbits = 1 + int_bits + frac_bits
     if not 2 <= nbits <= 32:
-        raise ValueError(f"{fn}: name {name!r} has 1 + M + N = {nbits} bits, expected 2..32")
+        raise ValueError(f"{fn}: {name} {text!r} has 1 + M + N = {nbits} bits, expected 2..32")
     return FixedPointFormat(int_bits, frac_bits)
 
 

@@ -22,26 +22,16 @@ import numpy as np
 
 from saf_ref import _checks
 from saf_ref.bits.fields import BitField
-from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
-from saf_ref.bits.ieee import IEEEFormat, get_ieee_format
+from saf_ref.bits.formats import resolve_format
+from saf_ref.bits.ieee import IEEEFormat
 from saf_ref.bits.quantize import Quantizer
 
 NONFINITE_KINDS = ("nonfinite", "nan", "inf")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Formats: one small adapter over the three codec interfaces
+# Formats: names and objects are resolved by saf_ref.bits.formats.resolve_format (quantizers included)
 # ---------------------------------------------------------------------------------------------------------
-def resolve_format(fmt: Any, fn: str = "resolve_format") -> IEEEFormat | FixedPointFormat | Quantizer:
-    """A format object from ``fmt``: an IEEE / fixed-point / quantizer object, or a format name."""
-    if isinstance(fmt, (IEEEFormat, FixedPointFormat, Quantizer)):
-        return fmt
-    if isinstance(fmt, str):
-        return parse_fixed_format(fmt) if is_fixed_format_name(fmt) else get_ieee_format(fmt)
-    raise TypeError(
-        f"{fn}: fmt must be a format name or an IEEEFormat, FixedPointFormat or Quantizer, "
-        f"got {_checks._describe(fmt)}"
-    )
 
 
 def _store(fmt: Any, x: Any, fn: str):
@@ -106,7 +96,7 @@ def flip_value(x: Any, bit: int, fmt: Any):
     ``b < nbits - 1`` adds ``+-2^(b - N)`` and the sign flip adds ``-+2^M``.
     """
     fn = "flip_value"
-    fmt = resolve_format(fmt, fn)
+    fmt = resolve_format(fmt, fn=fn)
     bit = _checks.check_int(bit, "bit", fn, low=0, high=fmt.nbits - 1)
     codes, decode, _ = _store(fmt, x, fn)
     flipped = np.asarray(codes ^ codes.dtype.type(1 << bit))  # 0-d stays an array
@@ -175,7 +165,7 @@ def flip_table(x: float, fmt: Any) -> FlipTable:
     ``relative_change = (value_b - value) / |value|``.
     """
     fn = "flip_table"
-    fmt = resolve_format(fmt, fn)
+    fmt = resolve_format(fmt, fn=fn)
     if np.ndim(x) != 0:
         raise ValueError(f"{fn}: x must be a scalar, got shape {np.shape(x)}")
     codes, decode, _ = _store(fmt, x, fn)
@@ -299,7 +289,7 @@ def prob_nonfinite(x: Any, fmt: Any, p: float, *, kind: str = "nonfinite"):
     ``p = 1e-3`` about ``9.9e-4``), while ``0.1`` (``01111011``) needs two flips: ``p^2 (1 - p)^6``.
     """
     fn = "prob_nonfinite"
-    fmt = resolve_format(fmt, fn)
+    fmt = resolve_format(fmt, fn=fn)
     p = _checks.check_probability(p, "p", fn)
     _checks.check_choice(kind, "kind", fn, NONFINITE_KINDS)
     codes, _, _ = _store(fmt, x, fn)

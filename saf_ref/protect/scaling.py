@@ -25,11 +25,11 @@ import numpy as np
 
 from saf_ref import _checks
 from saf_ref.bits.fixed import FixedPointFormat
+from saf_ref.bits.formats import resolve_format
 from saf_ref.protect.storage import (
     StorageRule,
     StorageSpec,
     _check_params,
-    _resolve_format,
     default_spec,
     param_role,
 )
@@ -51,7 +51,7 @@ def scale_target(format: Any) -> float:
         weights fill the range. IEEE formats and quantizers: 1.0 (a quantizer adapts its range to the
         tensor, so scaling changes nothing but the decoding constants).
     """
-    fmt = _resolve_format(format, "scale_target", "the")
+    fmt = resolve_format(format, fn="scale_target", name="format")
     if isinstance(fmt, FixedPointFormat):
         return fmt.max_value
     return 1.0

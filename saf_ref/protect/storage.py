@@ -61,8 +61,9 @@ import numpy as np
 from saf_ref import _checks
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.faults import apply_flips, inject_bit_errors, sample_nested_flips
-from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
-from saf_ref.bits.ieee import IEEEFormat, get_ieee_format
+from saf_ref.bits.fixed import FixedPointFormat
+from saf_ref.bits.formats import resolve_format
+from saf_ref.bits.ieee import IEEEFormat
 from saf_ref.bits.quantize import QuantContext, Quantizer
 from saf_ref.protect.transforms import Transform, get_transform
 
@@ -142,23 +143,11 @@ def param_role(name: str, shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 
 def _resolve_format(fmt: Any, fn: str, where: str) -> StorageFormat:
-    """A format object from a name (IEEE name or alias, ``qM.N``) or a format / Quantizer instance."""
-    if isinstance(fmt, (IEEEFormat, FixedPointFormat, Quantizer)):
-        return fmt
-    if not isinstance(fmt, str):
-        raise TypeError(
-            f"{fn}: {where} format must be a format name (e.g. 'float16', 'q2.5'), an IEEEFormat, a "
-            f"FixedPointFormat or a Quantizer, got {_checks._describe(fmt)}"
-        )
-    if is_fixed_format_name(fmt):
-        return parse_fixed_format(fmt)
-    try:
-        return get_ieee_format(fmt)
-    except ValueError:
-        raise ValueError(
-            f"{fn}: {where} format must be an IEEE format name (float64, float32, float16, bfloat16, "
-            f"float8_e4m3fn, float8_e5m2 or an alias) or a fixed-point name 'qM.N', got {fmt!r}"
-        ) from None
+    """A format object from a name (IEEE name or alias, ``qM.N``) or a format / Quantizer instance.
+
+    The lookup is :func:`saf_ref.bits.formats.resolve_format`; ``where`` names the rule in messages.
+    """
+    return resolve_format(fmt, fn=fn, name=f"{where} format")
 
 
 def _encode(fmt: StorageFormat, x: np.ndarray) -> tuple[np.ndarray, QuantContext | None]:

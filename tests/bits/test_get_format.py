@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from saf_ref.bits import FixedPointFormat, IEEEFormat, NumberFormat, get_format
+from saf_ref.bits import FixedPointFormat, IEEEFormat, NumberFormat, Quantizer, get_format, resolve_format
 
 
 @pytest.mark.parametrize(
@@ -38,8 +38,8 @@ def test_format_objects_pass_through():
 @pytest.mark.parametrize(
     "name,exc,match",
     [
-        ("float7", ValueError, "get_format: name must be one of"),
-        ("", ValueError, "get_format: name must be one of"),
+        ("float7", ValueError, "get_format: name must be an IEEE format name .* got 'float7'"),
+        ("", ValueError, "get_format: name must be an IEEE format name .* got ''"),
         ("q16.16", ValueError, "33 bits, expected 2..32"),
         ("q2.x", ValueError, "must have the form 'qM.N'"),
         (16, TypeError, "get_format: name must be a format name"),
@@ -49,3 +49,27 @@ def test_format_objects_pass_through():
 def test_bad_names(name, exc, match):
     with pytest.raises(exc, match=match):
         get_format(name)
+
+
+def test_get_format_rejects_a_quantizer_which_resolve_format_accepts():
+    q = Quantizer(8)
+    with pytest.raises(TypeError, match="get_format: name must be .* or a FixedPointFormat, got Quantizer"):
+        get_format(q)
+    assert resolve_format(q) is q
+    assert resolve_format("bf16") is get_format("bfloat16")
+    assert resolve_format("Q2.5") == FixedPointFormat(2, 5)
+
+
+@pytest.mark.parametrize(
+    "fmt,exc,match",
+    [
+        ("float12", ValueError, r"caller: rule 'x' format must be an IEEE format name .* got 'float12'"),
+        ("q16.16", ValueError, r"caller: rule 'x' format 'q16.16' has 1 \+ M \+ N = 33 bits, expected 2..32"),
+        ("q2", ValueError, r"caller: rule 'x' format must be an IEEE format name .* got 'q2'"),
+        ("q.5", ValueError, r"caller: rule 'x' format must have the form 'qM.N' \(e.g. 'q2.5'\), got 'q.5'"),
+        (2.5, TypeError, r"caller: rule 'x' format must be a format name .* or a Quantizer, got float 2.5"),
+    ],
+)
+def test_resolve_format_names_the_caller_and_argument(fmt, exc, match):
+    with pytest.raises(exc, match=match):
+        resolve_format(fmt, fn="caller", name="rule 'x' format")

@@ -299,7 +299,7 @@ BAD_CALLS = [
     (lambda: flip_value(1.0, 1.0, "float16"), TypeError, "bit must be an integer"),
     (lambda: flip_value("1.0", 1, "float16"), TypeError, "flip_value: x must be a real number"),
     (lambda: flip_value(True, 1, "float16"), TypeError, "x must be a real number"),
-    (lambda: flip_value(1.0, 1, "float17"), ValueError, "name must be one of"),
+    (lambda: flip_value(1.0, 1, "float17"), ValueError, "flip_value: fmt must be an IEEE format name"),
     (lambda: flip_value(1.0, 1, 16), TypeError, "flip_value: fmt must be a format name"),
     (lambda: flip_table(np.zeros(2), "float16"), ValueError, "flip_table: x must be a scalar"),
     (lambda: flip_table(1.0, None), TypeError, "flip_table: fmt must be"),

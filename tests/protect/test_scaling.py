@@ -191,5 +191,5 @@ def test_validation():
     with pytest.raises(ValueError, match="weight_scaling_spec: parameter 'fc.bias'"):
         weight_scaling_spec(params, 1.0, base=StorageSpec([StorageRule("*", role="weight"),
                                                             StorageRule("bn*")]))
-    with pytest.raises(ValueError, match="scale_target: the format must be an IEEE format name"):
+    with pytest.raises(ValueError, match="scale_target: format must be an IEEE format name"):
         scale_target("float12")

@@ -604,7 +604,7 @@ def test_effective_weights_equals_load_of_store(values, fmt):
         ({"pattern": "fc.*", "format": "float12"}, ValueError,
          r"StorageRule: rule 'fc.\*' format must be an IEEE format name .* got 'float12'"),
         ({"format": 32}, TypeError, "format must be a format name"),
-        ({"format": "q40.5"}, ValueError, "format must be an IEEE format name"),
+        ({"format": "q40.5"}, ValueError, r"format 'q40.5' has 1 \+ M \+ N = 46 bits, expected 2..32"),
         ({"transform": 1.0}, TypeError, "transform must be a transform name or a Transform"),
         ({"transform": "sigmoid"}, ValueError, "name_or_transform must be one of"),
         ({"clip": 0.0}, ValueError, "clip must be None or a finite positive number"),
