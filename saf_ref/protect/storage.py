@@ -591,14 +591,30 @@ def _check_spec(spec: Any, fn: str) -> StorageSpec:
     return spec
 
 
-def _prepare_latent(u: np.ndarray, rule: StorageRule) -> np.ndarray:
+def _rule_constant(value: float, dtype: np.dtype, what: str, name: str, fn: str) -> np.floating:
+    """A rule's clip or scale rounded to the latent dtype; it must stay finite and nonzero there.
+
+    The rule checked ``value`` in float64, but float32 latents use ``float32(value)``: a scale of 1e40
+    would become inf (every stored word inf or NaN) and 1e-50 would become 0 (division by zero on read).
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        c = dtype.type(value)
+    if not (np.isfinite(c) and c > 0):
+        raise ValueError(
+            f"{fn}: the {what} of the rule for {name!r} must be finite and nonzero in {dtype}, the latent "
+            f"dtype, got {value!r}, which rounds to {c!r}"
+        )
+    return c
+
+
+def _prepare_latent(u: np.ndarray, rule: StorageRule, name: str, fn: str) -> np.ndarray:
     """``s * clip(u, -c, c)`` in u's dtype (a new array; u is not touched)."""
     x = u
     if rule.clip is not None:
-        c = u.dtype.type(rule.clip)
+        c = _rule_constant(rule.clip, u.dtype, "clip", name, fn)
         x = np.clip(x, -c, c)  # NaN stays NaN
     if rule.scale is not None:
-        x = x * u.dtype.type(rule.scale)
+        x = x * _rule_constant(rule.scale, u.dtype, "scale", name, fn)
     return x
 
 
@@ -647,7 +663,7 @@ def store(params: Mapping[str, np.ndarray], spec: StorageSpec) -> StoredModel:
                 f"{fn}: params[{name!r}] must be float32 to be stored with the quantizer {fmt.name!r}, got "
                 f"{u.dtype} (cast explicitly)"
             )
-        x = _prepare_latent(u, rule)
+        x = _prepare_latent(u, rule, name, fn)
         try:
             codes, context = _encode(fmt, x)
         except ValueError as err:  # e.g. NaN in fixed point: say which tensor
@@ -857,7 +873,7 @@ def _resolve_for_load(stored: StoredModel, spec: StorageSpec | None, fn: str) ->
     return rules
 
 
-def _read_tensor(t: StoredTensor, rule: StorageRule, nonfinite: str) -> np.ndarray:
+def _read_tensor(t: StoredTensor, rule: StorageRule, nonfinite: str, name: str, fn: str) -> np.ndarray:
     """``û / s`` for one stored tensor, in the latent dtype (the input of the transform)."""
     values = _decode(rule.format, t.codes, t.context)
     # Decoding is exact in the format's decode dtype; the cast to the latent dtype is exact too unless
@@ -867,7 +883,7 @@ def _read_tensor(t: StoredTensor, rule: StorageRule, nonfinite: str) -> np.ndarr
     if nonfinite == "zero":
         x = np.where(np.isfinite(x), x, t.dtype.type(0))
     if rule.scale is not None:
-        x = x / t.dtype.type(rule.scale)
+        x = x / _rule_constant(rule.scale, t.dtype, "scale", name, fn)
     return x
 
 
@@ -875,7 +891,7 @@ def _read(stored: StoredModel, spec: StorageSpec | None, nonfinite: str, fn: str
     _check_stored(stored, fn)
     _checks.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
     rules = _resolve_for_load(stored, spec, fn)
-    u_hat = {name: _read_tensor(stored[name], rules[name], nonfinite) for name in stored}
+    u_hat = {name: _read_tensor(stored[name], rules[name], nonfinite, name, fn) for name in stored}
     eff = {name: rules[name].transform.forward(u_hat[name]) for name in stored}
     return eff, u_hat, rules
 

@@ -661,6 +661,15 @@ def test_store_validation():
         store({"fc.bias": np.zeros(3)}, default_spec(Quantizer(8)))
     with pytest.raises(ValueError, match=r"store: params\['fc.bias'\] cannot be stored as q2.5: .*NaN"):
         store({"fc.bias": np.float32([0.0, np.nan])}, default_spec("q2.5"))
+    # A scale that is finite in float64 but not in float32 would silently store inf (or divide by 0).
+    huge = StorageSpec([StorageRule("*", scale=1e40)])
+    match = r"store: the scale of the rule for 'fc.bias' must be finite and nonzero in float32, the latent "
+    with pytest.raises(ValueError, match=match + r"dtype, got 1e\+40, which rounds to"):
+        store({"fc.bias": np.ones(3, np.float32)}, huge)
+    with pytest.raises(ValueError, match=r"store: the clip of the rule for 'fc.bias' must be finite and"):
+        store({"fc.bias": np.ones(3, np.float32)}, StorageSpec([StorageRule("*", clip=1e-50)]))
+    wide = StorageSpec([StorageRule("*", format="float64", scale=1e40)])  # float64 latents hold 1e40
+    np.testing.assert_array_equal(load(store({"fc.bias": np.ones(3)}, wide))["fc.bias"], np.ones(3))
 
 
 def test_with_codes_validation():
@@ -743,6 +752,10 @@ def test_load_and_effective_weights_validation():
         load(stored, default_spec("bfloat16"))
     with pytest.raises(ValueError, match="effective_weights: rng must be None when no faults are requested"):
         effective_weights(params, default_spec(), rng=0)
+    # The spec given to load may differ from the storing one in its scale: checked in the latent dtype too.
+    stored32 = store({"fc.bias": np.ones(3, np.float32)}, default_spec())
+    with pytest.raises(ValueError, match=r"load: the scale of the rule for 'fc.bias' must be finite and"):
+        load(stored32, StorageSpec([StorageRule("*", scale=1e-50)]))
 
 
 def test_backward_validation():
@@ -759,6 +772,8 @@ def test_backward_validation():
         effective_weights_backward(missing, cache)
     with pytest.raises(ValueError, match=r"got missing \[\] and extra \['x'\]"):
         effective_weights_backward({**good, "x": good["fc.bias"]}, cache)
+    with pytest.raises(TypeError, match=r"grads_eff\['fc.bias'\] must have dtype in \(float32, float64\)"):
+        effective_weights_backward({**good, "fc.bias": np.ones(3, np.int64)}, cache)
     with pytest.raises(TypeError, match=r"grads_eff\['fc.bias'\] must have dtype in \(float32\)"):
         effective_weights_backward({**good, "fc.bias": good["fc.bias"].astype(np.float64)}, cache)
     with pytest.raises(ValueError, match=r"grads_eff\['fc.bias'\] must have shape \(3,\)"):
