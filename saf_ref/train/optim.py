@@ -192,6 +192,16 @@ def sgd_update(
         g   = g + mu * buf   (nesterov)   or   g = buf    (otherwise)              }
         p'  = p - eta * g
 
+    Parameters
+    ----------
+    p, grad : ndarray, float32 or float64, same dtype and shape
+        The parameter and its gradient. Never modified.
+    buf : ndarray of ``p``'s dtype and shape, or None
+        The momentum buffer (None before the first momentum step).
+    config : SGD
+    lr : float >= 0
+        The learning rate of this step.
+
     Notes
     -----
     Every product and sum is rounded to the parameter dtype (the scalars ``lambda``, ``mu``,
@@ -200,6 +210,18 @@ def sgd_update(
     the two can therefore differ by about half an ulp of ``alpha * b`` per operation. They agree bit for
     bit whenever those products are exact (e.g. ``eta``, ``mu``, ``lambda``, ``1 - tau`` powers of two).
     """
+    fn = "sgd_update"
+    if not isinstance(config, SGD):
+        raise TypeError(f"{fn}: config must be an SGD, got {type(config).__name__}")
+    _checks.check_float(p, "p", fn)
+    _checks.check_float(grad, "grad", fn)
+    if buf is not None:
+        _checks.check_float(buf, "buf", fn)
+    _checks.check_same_dtype(fn, p=p, grad=grad, buf=buf)  # a float64 grad would promote p silently
+    _checks.check_shape(grad, "grad", fn, p.shape)
+    if buf is not None:
+        _checks.check_shape(buf, "buf", fn, p.shape)
+    lr = _check_nonnegative(lr, "lr", fn)
     t = p.dtype.type
     g = grad
     if config.weight_decay != 0.0:

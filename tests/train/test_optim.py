@@ -325,3 +325,38 @@ def test_state_validation_names_the_tensor():
         sgd_step(params, grads, {**state, key: state[key].astype(np.float64)}, opt)
     with pytest.raises(ValueError, match=r"sgd_step: state\['momentum_buffer/fc.weight'\] must have shape"):
         sgd_step(params, grads, {**state, key: state[key][:2]}, opt)
+
+
+def test_sgd_update_validation():
+    p32, g32, opt = np.ones(3, np.float32), np.ones(3, np.float32), SGD(0.1, momentum=0.9)
+    with pytest.raises(TypeError, match="sgd_update: config must be an SGD, got dict"):
+        sgd_update(p32, g32, None, {"lr": 0.1}, 0.1)
+    with pytest.raises(TypeError, match=r"sgd_update: p must have dtype in \(float32, float64\), got int64"):
+        sgd_update(np.ones(3, np.int64), g32, None, opt, 0.1)
+    with pytest.raises(TypeError, match=r"sgd_update: grad must be a numpy.ndarray, got list"):
+        sgd_update(p32, [1.0, 1.0, 1.0], None, opt, 0.1)
+    with pytest.raises(TypeError, match=r"sgd_update: buf must have dtype in \(float32, float64\)"):
+        sgd_update(p32, g32, np.ones(3, np.float16), opt, 0.1)
+    # A float64 gradient would otherwise turn the float32 parameter into float64 without a word.
+    with pytest.raises(TypeError, match=r"sgd_update: grad.dtype \(=float64\) must equal p.dtype \(=float32"):
+        sgd_update(p32, g32.astype(np.float64), None, opt, 0.1)
+    with pytest.raises(TypeError, match=r"sgd_update: buf.dtype \(=float64\) must equal p.dtype"):
+        sgd_update(p32, g32, np.ones(3), opt, 0.1)
+    with pytest.raises(ValueError, match=r"sgd_update: grad must have shape \(3,\), got \(2,\)"):
+        sgd_update(p32, g32[:2], None, opt, 0.1)
+    with pytest.raises(ValueError, match=r"sgd_update: buf must have shape \(3,\), got \(1,\)"):
+        sgd_update(p32, g32, g32[:1], opt, 0.1)
+    with pytest.raises(ValueError, match="sgd_update: lr must be >= 0, got -0.1"):
+        sgd_update(p32, g32, None, opt, -0.1)
+    with pytest.raises(TypeError, match="sgd_update: lr must be a real number, got NoneType"):
+        sgd_update(p32, g32, None, opt, None)
+
+
+def test_state_buffer_must_be_float():
+    rng = np.random.default_rng(9)
+    params, grads = make(np.float32, rng), make(np.float32, rng)
+    opt = SGD(0.1, momentum=0.9)
+    _, state = sgd_step(params, grads, sgd_init(params), opt)
+    key = BUFFER_PREFIX + "fc.weight"
+    with pytest.raises(TypeError, match=r"sgd_step: state\['momentum_buffer/fc.weight'\] must have dtype in"):
+        sgd_step(params, grads, {**state, key: state[key].astype(np.int32)}, opt)
