@@ -46,11 +46,24 @@ def crop_with_offsets(x: np.ndarray, offsets: np.ndarray, pad: int) -> np.ndarra
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, H, W)
+    x : ndarray, shape (N, C, H, W), any dtype
     offsets : int ndarray, shape (N, 2)
-        ``(top, left)`` of each window in padded coordinates.
-    pad : int
+        ``(top, left)`` of each window in padded coordinates, each in ``[0, 2 * pad]``.
+    pad : int >= 0
     """
+    fn = "crop_with_offsets"
+    x = _check_images(x, fn)
+    pad = check_int(pad, "pad", fn, low=0)
+    check_ndarray(offsets, "offsets", fn)
+    if offsets.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: offsets must have an integer dtype, got {offsets.dtype}")
+    check_shape(offsets, "offsets", fn, (x.shape[0], 2))
+    # Checked, not left to indexing: a negative offset would silently wrap around to the last window.
+    if offsets.size and (offsets.min() < 0 or offsets.max() > 2 * pad):
+        raise ValueError(
+            f"{fn}: offsets must be in [0, 2 * pad] = [0, {2 * pad}], "
+            f"got values in [{offsets.min()}, {offsets.max()}]"
+        )
     n, _, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))  # constant 0 of x's dtype
     # windows[n, c, a, b] is the H x W view of xp[n, c] whose top-left corner is (a, b); no copy is made.
@@ -89,7 +102,19 @@ def random_crop(x: np.ndarray, *, pad: int = 4, rng: Any) -> np.ndarray:
 
 
 def flip_where(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
-    """Mirror the images with ``flip[n]`` true left to right: ``out[n, c, i, j] = x[n, c, i, W - 1 - j]``."""
+    """Mirror the images with ``flip[n]`` true left to right: ``out[n, c, i, j] = x[n, c, i, W - 1 - j]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), any dtype
+    flip : bool ndarray, shape (N,)
+    """
+    fn = "flip_where"
+    x = _check_images(x, fn)
+    check_ndarray(flip, "flip", fn)
+    if flip.dtype != np.bool_:
+        raise TypeError(f"{fn}: flip must have dtype bool, got {flip.dtype}")
+    check_shape(flip, "flip", fn, (x.shape[0],))
     return np.where(flip[:, None, None, None], x[..., ::-1], x)
 
 

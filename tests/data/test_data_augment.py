@@ -325,6 +325,25 @@ X = np.zeros((2, 1, 3, 3), dtype=np.float32)
             TypeError,
             r"iterate_minibatches: rng must be",
         ),
+        (lambda: A.crop_with_offsets(X[0], np.zeros((2, 2), int), 1), ValueError, r"crop_with_offsets: x"),
+        (lambda: A.crop_with_offsets(X, np.zeros((2, 2), int), -1), ValueError, r"pad must be in \[0, inf\]"),
+        (lambda: A.crop_with_offsets(X, [[0, 0], [0, 0]], 1), TypeError, r"offsets must be a numpy.ndarray"),
+        (lambda: A.crop_with_offsets(X, np.zeros((2, 2)), 1), TypeError, r"offsets must have an integer dt"),
+        (
+            lambda: A.crop_with_offsets(X, np.zeros((3, 2), int), 1),
+            ValueError,
+            r"crop_with_offsets: offsets must have shape \(2, 2\), got \(3, 2\)",
+        ),
+        (  # a negative offset would wrap around to the last window if it reached the indexing
+            lambda: A.crop_with_offsets(X, np.array([[0, 0], [-1, 0]]), 1),
+            ValueError,
+            r"crop_with_offsets: offsets must be in \[0, 2 \* pad\] = \[0, 2\], got values in \[-1, 0\]",
+        ),
+        (lambda: A.crop_with_offsets(X, np.array([[0, 3], [0, 0]]), 1), ValueError, r"values in \[0, 3\]"),
+        (lambda: A.flip_where(X, [True, False]), TypeError, r"flip_where: flip must be a numpy.ndarray"),
+        (lambda: A.flip_where(X, np.ones(2)), TypeError, r"flip_where: flip must have dtype bool, got float"),
+        (lambda: A.flip_where(X, np.ones(3, bool)), ValueError, r"flip must have shape \(2,\), got \(3,\)"),
+        (lambda: A.flip_where(X[0], np.ones(2, bool)), ValueError, r"flip_where: x must be 4-dimensional"),
     ],
 )
 def test_errors(call, exc, match):
