@@ -93,15 +93,19 @@ def _parse_batch(raw: bytes, source: str, label_key: str, n_classes: int, fn: st
         got = f"{data.dtype} array of shape {data.shape}" if is_array else type(data).__name__
         raise ValueError(f"{fn}: {source} data must be a uint8 array of shape (n, {_ROW}), got {got}")
     labels = _get(batch, label_key, source, fn)
-    if not isinstance(labels, (list, np.ndarray)) or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels
-    ):
-        raise ValueError(f"{fn}: {source} {label_key} must be a list of ints")
+    if not isinstance(labels, (list, np.ndarray)):
+        raise ValueError(f"{fn}: {source} {label_key} must be a list of ints, got {type(labels).__name__}")
+    bad = [v for v in labels if not isinstance(v, (int, np.integer)) or isinstance(v, bool)]
+    if bad:
+        raise ValueError(f"{fn}: {source} {label_key} must be a list of ints, got an entry {bad[0]!r}")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if labels.shape[0] != data.shape[0]:
         raise ValueError(f"{fn}: {source} has {data.shape[0]} images but {labels.shape[0]} {label_key}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{fn}: {source} {label_key} must be in [0, {n_classes - 1}]")
+        raise ValueError(
+            f"{fn}: {source} {label_key} must be in [0, {n_classes - 1}], "
+            f"got values in [{labels.min()}, {labels.max()}]"
+        )
     # each row is the R plane, G plane, B plane, each 32x32 row-major: exactly C, H, W order
     return data.reshape(-1, 3, _SIDE, _SIDE).copy(), labels
 
@@ -199,7 +203,10 @@ def _label_names(path: Any, folder: str, member: str, key: str, fn: str) -> tupl
         raise ValueError(f"{fn}: {folder}/{member} must unpickle to a dict, got {type(meta).__name__}")
     names = _get(meta, key, f"{folder}/{member}", fn)
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
-        raise ValueError(f"{fn}: {folder}/{member} {key} must be a list of strings")
+        got = type(names).__name__ if not isinstance(names, list) else "a list holding " + ", ".join(
+            sorted({type(n).__name__ for n in names if not isinstance(n, (bytes, str))})
+        )
+        raise ValueError(f"{fn}: {folder}/{member} {key} must be a list of strings, got {got}")
     return tuple(n.decode("ascii") if isinstance(n, bytes) else n for n in names)
 
 

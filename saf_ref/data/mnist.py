@@ -20,6 +20,7 @@ Get the files with :func:`saf_ref.data.download.download_mnist`.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
         raise ValueError(f"{fn}: {source} is truncated: {len(data)} bytes, the header alone needs {header}")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # math.prod of Python ints: a crafted header (sizes up to 2**32 - 1 each) cannot overflow int64 here.
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise ValueError(
             f"{fn}: {source} has {len(data)} bytes, expected {expected} for shape {shape} of {dtype.name}"

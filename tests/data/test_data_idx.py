@@ -115,6 +115,11 @@ HEADER_3D = bytes([0, 0, 8, 3]) + struct.pack(">III", 2, 2, 2)
             ValueError,
             r"expected 20 for shape \(3,\) of int32",
         ),
+        (  # a crafted header whose element count overflows int64: the expected size is still exact
+            bytes([0, 0, 0x0E, 3]) + struct.pack(">III", *(3 * [2**32 - 1])),
+            ValueError,
+            rf"f has 16 bytes, expected {16 + 8 * (2**32 - 1) ** 3} for shape",
+        ),
     ],
 )
 def test_parse_idx_errors(data, exc, match):
