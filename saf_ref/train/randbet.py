@@ -41,7 +41,6 @@ github.com/davidstutz/random-bit-error-robustness (``common/train/average_weight
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +55,8 @@ from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
 from saf_ref.protect.storage import (
     NONFINITE_POLICIES,
     StorageSpec,
+    _check_optional_positive,
+    _check_spec,
     effective_weights,
     effective_weights_backward,
     param_role,
@@ -83,33 +84,15 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation helpers (the _checks message template)
+# Validation helpers (the _checks message template; optional positive numbers and specs are checked by
+# the storage module's helpers, so both modules word those errors alike)
 # --------------------------------------------------------------------------------------------------
-
-
-def _optional_positive(value: Any, name: str, fn: str) -> float | None:
-    """None, or a finite positive real returned as float."""
-    if value is None:
-        return None
-    v = _checks.check_real(value, name, fn)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{fn}: {name} must be None or a finite positive number, got {value!r}")
-    return v
 
 
 def _check_bool(value: Any, name: str, fn: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}: {name} must be a bool, got {_checks._describe(value)}")
     return bool(value)
-
-
-def _check_spec(spec: Any, fn: str) -> StorageSpec:
-    if not isinstance(spec, StorageSpec):
-        raise TypeError(
-            f"{fn}: spec must be a StorageSpec (e.g. saf_ref.protect.storage.default_spec()), "
-            f"got {_checks._describe(spec)}"
-        )
-    return spec
 
 
 def _check_params(params: Any, fn: str) -> dict[str, np.ndarray]:
@@ -159,7 +142,7 @@ class RandBETConfig:
         set_ = object.__setattr__  # frozen dataclass: store the validated plain floats
         set_(self, "p_train", _checks.check_probability(self.p_train, "p_train", fn))
         for name in ("grad_clamp", "weight_clip", "curriculum_loss"):
-            set_(self, name, _optional_positive(getattr(self, name), name, fn))
+            set_(self, name, _check_optional_positive(getattr(self, name), name, fn))
 
 
 class StepInfo(NamedTuple):
@@ -324,7 +307,7 @@ def randbet_gradients(
     _check_params(params, fn)
     _check_spec(spec, fn)
     p_train = _checks.check_probability(p_train, "p_train", fn)
-    grad_clamp = _optional_positive(grad_clamp, "grad_clamp", fn)
+    grad_clamp = _check_optional_positive(grad_clamp, "grad_clamp", fn)
     errors_on = _check_bool(errors_on, "errors_on", fn)
     label_smoothing = _checks.check_real(label_smoothing, "label_smoothing", fn)
     _checks.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
@@ -399,7 +382,7 @@ def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str,
     """
     fn = "clip_weights"
     _check_params(params, fn)
-    weight_clip = _optional_positive(weight_clip, "weight_clip", fn)
+    weight_clip = _check_optional_positive(weight_clip, "weight_clip", fn)
     if weight_clip is None:
         raise ValueError(f"{fn}: weight_clip must be a finite positive number, got None")
     shapes = {k: v.shape for k, v in params.items()}
@@ -479,7 +462,7 @@ def protected_train_step(
         raise TypeError(
             f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {_checks._describe(optimizer)}"
         )
-    weight_clip = _optional_positive(weight_clip, "weight_clip", fn)
+    weight_clip = _check_optional_positive(weight_clip, "weight_clip", fn)
     grads = randbet_gradients(
         params, state, x, y, model=model, spec=spec, p_train=p_train, rng=rng, faults=faults,
         grad_clamp=grad_clamp, errors_on=errors_on, label_smoothing=label_smoothing, nonfinite=nonfinite,
