@@ -134,12 +134,23 @@ def relu_vjp(x: np.ndarray, dy: np.ndarray) -> ReluGrads:
     return relu_backward(dy, cache)
 
 
-def _check_ceiling(ceiling, fn: str) -> float:
-    """A finite real ceiling > 0."""
+def _check_ceiling(ceiling, fn: str, dtype: np.dtype) -> np.floating:
+    """A finite real ceiling > 0, rounded to ``dtype``; it must stay finite and > 0 there too.
+
+    (``float32(1e39)`` is inf, which would silently turn the clipped ReLU into a plain one, and
+    ``float32(1e-50)`` is 0, which would zero every activation.)
+    """
     c = _checks.check_real(ceiling, "ceiling", fn)
     if not (np.isfinite(c) and c > 0):
         raise ValueError(f"{fn}: ceiling must be finite and > 0, got {ceiling!r}")
-    return c
+    with np.errstate(over="ignore", under="ignore"):
+        rounded = dtype.type(c)
+    if not (np.isfinite(rounded) and rounded > 0):
+        raise ValueError(
+            f"{fn}: ceiling must be finite and > 0 in {dtype}, the dtype of x, got {ceiling!r}, "
+            f"which rounds to {rounded!r}"
+        )
+    return rounded
 
 
 def relu_clipped_forward(x: np.ndarray, *, ceiling: float) -> tuple[np.ndarray, ReluClippedCache]:
@@ -171,7 +182,7 @@ def relu_clipped_forward(x: np.ndarray, *, ceiling: float) -> tuple[np.ndarray, 
     """
     fn = "relu_clipped"
     _checks.check_float(x, "x", fn)
-    c = x.dtype.type(_check_ceiling(ceiling, fn))
+    c = _check_ceiling(ceiling, fn, x.dtype)
     zero = x.dtype.type(0)
     y = np.where(x < 0, zero, np.where(x > c, c, x))
     return y, ReluClippedCache(~((x <= 0) | (x >= c)), x.dtype)

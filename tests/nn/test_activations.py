@@ -124,6 +124,13 @@ ERRORS = [
     (lambda: relu_clipped_forward(np.zeros(3), ceiling=-1), ValueError, r"ceiling must be finite and > 0"),
     (lambda: relu_clipped_forward(np.zeros(3), ceiling=np.inf), ValueError, r"ceiling must be finite"),
     (lambda: relu_clipped_forward(np.zeros(3), ceiling=np.nan), ValueError, r"ceiling must be finite"),
+    (  # finite in float64 but inf in float32: it would silently become a plain ReLU
+        lambda: relu_clipped_forward(np.zeros(3, np.float32), ceiling=1e39),
+        ValueError,
+        r"relu_clipped: ceiling must be finite and > 0 in float32, the dtype of x, got 1e\+39, which rounds",
+    ),
+    (lambda: relu_clipped_vjp(np.zeros(3, np.float32), np.zeros(3, np.float32), ceiling=1e-50), ValueError,
+     r"ceiling must be finite and > 0 in float32"),
     (lambda: relu_clipped_backward(np.zeros(3), _cache()), TypeError, r"cache must be a ReluClippedCache"),
     (
         lambda: relu_clipped_backward([0.0], _ccache()),
