@@ -389,7 +389,13 @@ def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str,
     out = {}
     for name, u in params.items():
         if param_role(name, shapes) == "weight":
-            c = u.dtype.type(weight_clip)
+            with np.errstate(over="ignore", under="ignore"):
+                c = u.dtype.type(weight_clip)
+            if not (np.isfinite(c) and c > 0):  # float32(1e-50) = 0 would zero the weights
+                raise ValueError(
+                    f"{fn}: weight_clip must be finite and > 0 in {u.dtype}, the dtype of params[{name!r}], "
+                    f"got {weight_clip!r}, which rounds to {c!r}"
+                )
             out[name] = np.clip(u, -c, c)
         else:
             out[name] = u

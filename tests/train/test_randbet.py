@@ -605,6 +605,9 @@ def test_gradient_and_step_validation(digits32):
         clip_weights(params, float("inf"))
     with pytest.raises(TypeError, match=f"{fn}: params must be a non-empty dict"):
         clip_weights(None, 0.1)
+    match = rf"{fn}: weight_clip must be finite and > 0 in float32, the dtype of params\['conv1.weight'\], "
+    with pytest.raises(ValueError, match=match + "got 1e-50, which rounds to"):
+        clip_weights({k: v.astype(np.float32) for k, v in params.items()}, 1e-50)
 
 
 def test_train_protected_validation(digits32):
