@@ -203,7 +203,8 @@ class IEEEFormat:
 
           * ml_dtypes and PyTorch convert float64 to bfloat16/float8 through float32 and so
             double-round (``1 + 2**-8 + 2**-30`` becomes bfloat16 1.0 there and ``1 + 2**-7`` here).
-            NumPy's float64 -> float16 cast rounds once, as here.
+            PyTorch (2.13, CPU) does the same for float64 -> float16 (``1 + 2**-11 + 2**-40`` gives
+            0x3C00 there, 0x3C01 here). NumPy's float64 -> float16 cast rounds once, as here.
           * ml_dtypes' float8_e4m3fn cast overflows to NaN (above 464, and for +-inf): our ``"ieee"``.
           * PyTorch's float32 -> float8_e4m3fn cast saturates finite overflow *and* +-inf to +-448:
             our ``"saturate"``. Its float8_e5m2 cast overflows to inf: our ``"ieee"``.

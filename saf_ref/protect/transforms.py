@@ -38,8 +38,9 @@ Conventions shared by every method:
   A naive ``x / (1 + |x|)`` gives ``inf / inf = NaN``; softsign handles it explicitly. Derivatives at
   ``+-inf`` are 0 for the saturating transforms and 1 for identity.
 - **NaN** propagates: ``f(NaN)``, ``f'(NaN)`` and ``f^{-1}(NaN)`` are NaN (the sign bit of the NaN is
-  preserved by ``copysign``; the payload is not guaranteed). PyTorch's hardtanh backward returns 0 at
-  NaN instead.
+  preserved by ``copysign``; the payload is not guaranteed). PyTorch's autograd differs at NaN (in
+  2.13 on the CPU the vector-Jacobian product at a NaN latent passes ``dw`` through); the oracle kit
+  lists this as a known divergence.
 """
 
 from __future__ import annotations
