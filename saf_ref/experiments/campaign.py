@@ -37,7 +37,7 @@ import numpy as np
 
 from saf_ref import _checks
 from saf_ref.experiments.stats import mean_interval, wilson_interval
-from saf_ref.protect.storage import StorageSpec, inject_nested, load, store
+from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, _check_params, inject_nested, load, store
 from saf_ref.train.loop import model_fns
 
 __all__ = [
@@ -84,6 +84,21 @@ class Subject:
     nonfinite: str = "propagate"
     label: str = field(default="")
 
+    def __post_init__(self) -> None:
+        fn = "Subject"
+        for name in ("method", "transform", "format", "model", "label"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"{fn}: {name} must be a str, got {_checks._describe(value)}")
+        model_fns(self.model, fn)  # an unknown model name fails here, not in a worker process
+        _check_params(self.params, "params", fn)
+        if not isinstance(self.state, Mapping):
+            got = _checks._describe(self.state)
+            raise TypeError(f"{fn}: state must be a dict of str -> ndarray, got {got}")
+        if not isinstance(self.spec, StorageSpec):
+            raise TypeError(f"{fn}: spec must be a StorageSpec, got {_checks._describe(self.spec)}")
+        _checks.check_choice(self.nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+
     @property
     def key(self) -> str:
         """A short unique label: ``label`` if set, else ``method/transform/format``."""
@@ -114,7 +129,12 @@ def predict(
     A row whose logits are not all finite is predicted as class ``-1`` (always wrong): ``argmax`` of a
     row with NaN would otherwise return an arbitrary index.
     """
-    fns = model_fns(model, "predict")
+    fn = "predict"
+    fns = model_fns(model, fn)
+    _checks.check_ndarray(x, "x", fn)
+    if x.ndim == 0:
+        raise ValueError(f"{fn}: x must have a leading sample axis, got shape {x.shape}")
+    batch_size = _checks.check_int(batch_size, "batch_size", fn, low=1)
     predictions = np.empty(x.shape[0], dtype=np.int64)
     any_nonfinite = False
     for start in range(0, x.shape[0], batch_size):
@@ -163,10 +183,18 @@ def run_trial(
         ``{"subject", "method", "transform", "format", "ber", "trial", "accuracy", "rerr", "nonfinite",
         "n"}`` per rate, in the order of ``rates``.
     """
+    fn = "run_trial"
+    if not isinstance(subject, Subject):
+        raise TypeError(f"{fn}: subject must be a Subject, got {_checks._describe(subject)}")
+    _check_xy(x, y, fn)
+    rates = _check_rates(rates, fn)
+    rng = trial_rng(campaign_seed, trial)  # validates both
     if clean is None:
         clean = clean_predictions(subject, x)
+    _checks.check_ndarray(clean, "clean", fn)
+    _checks.check_shape(clean, "clean", fn, y.shape)
     stored = store(subject.params, subject.spec)
-    faulty_models = inject_nested(stored, list(rates), rng=trial_rng(campaign_seed, trial))
+    faulty_models = inject_nested(stored, list(rates), rng=rng)
     clean_wrong = clean != y
     records = []
     for rate, faulty in zip(rates, faulty_models, strict=True):
@@ -308,9 +336,25 @@ def summarize(
 
 
 def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or len(rates) == 0:
+    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
+        raise TypeError(
+            f"{fn}: rates must be a non-empty sequence of bit-error rates, got {_checks._describe(rates)}"
+        )
+    if len(rates) == 0:
         raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
     return tuple(_checks.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+
+
+def _check_xy(x: Any, y: Any, fn: str) -> None:
+    """Images with a leading sample axis and one integer label per image."""
+    _checks.check_ndarray(x, "x", fn)
+    _checks.check_ndarray(y, "y", fn)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: y must have an integer dtype (class labels), got {y.dtype}")
+    _checks.check_ndim(y, "y", fn, 1, "(N,)")
+    if x.ndim == 0:
+        raise ValueError(f"{fn}: x must have a leading sample axis, got shape {x.shape}")
+    _checks.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
 
 
 def _check_subjects(subjects: Any, fn: str) -> list[Subject]:
@@ -397,9 +441,17 @@ def run_campaign(
     rates = _check_rates(rates, fn)
     trials = _checks.check_int(trials, "trials", fn, low=1)
     seed = _checks.check_int(seed, "seed", fn, low=0)
-    _checks.check_ndarray(x, "x", fn)
-    _checks.check_ndarray(y, "y", fn)
-    _checks.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
+    _check_xy(x, y, fn)
+    if max_workers is not None:
+        max_workers = _checks.check_int(max_workers, "max_workers", fn, low=1)
+    if not isinstance(progress, bool):
+        raise TypeError(f"{fn}: progress must be a bool, got {_checks._describe(progress)}")
+    # Checked now, not by summarize() after every trial has run.
+    confidence = _checks.check_real(confidence, "confidence", fn)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"{fn}: confidence must be in (0, 1), got {confidence!r}")
+    if on_result is not None and not callable(on_result):
+        raise TypeError(f"{fn}: on_result must be callable or None, got {_checks._describe(on_result)}")
 
     clean = [clean_predictions(s, x) for s in subjects]
     clean_acc = {s.key: float(np.mean(c == y)) for s, c in zip(subjects, clean, strict=True)}

@@ -13,6 +13,7 @@ from saf_ref.experiments.campaign import (
     SUMMARY_FIELDS,
     Subject,
     is_chance_level,
+    predict,
     run_campaign,
     run_trial,
     summarize,
@@ -185,20 +186,73 @@ def test_is_chance_level():
         ({"executor": "gpu"}, TypeError, "executor must be"),
         ({"subjects": []}, ValueError, "subjects must be a non-empty sequence"),
         ({"subjects": ["x"]}, TypeError, r"subjects\[0\] must be a Subject"),
+        ({"rates": 0.1}, TypeError, "run_campaign: rates must be a non-empty sequence of .*, got float"),
+        ({"x": [[0.0]] * 10}, TypeError, "run_campaign: x must be a numpy.ndarray, got list"),
+        ({"y": list(range(10))}, TypeError, "run_campaign: y must be a numpy.ndarray, got list"),
+        ({"y": np.zeros(10)}, TypeError, "run_campaign: y must have an integer dtype .*, got float64"),
+        ({"y": np.zeros((10, 1), int)}, ValueError, r"run_campaign: y must be 1-dimensional \(N,\)"),
+        ({"y": np.zeros(9, int)}, ValueError, r"y.shape\[0\] \(=9\) must equal x.shape\[0\] \(=10\)"),
+        ({"max_workers": 0}, ValueError, r"run_campaign: max_workers must be in \[1, inf\], got 0"),
+        ({"progress": 1}, TypeError, "run_campaign: progress must be a bool, got int 1"),
+        ({"confidence": 1.0}, ValueError, r"run_campaign: confidence must be in \(0, 1\), got 1.0"),
+        ({"confidence": "0.9"}, TypeError, "run_campaign: confidence must be a real number"),
+        ({"on_result": "print"}, TypeError, "run_campaign: on_result must be callable or None, got str"),
     ],
 )
 def test_bad_input(subjects, digits, kwargs, exc, match):
-    args = {"subjects": subjects[:1], "rates": RATES, "trials": 1, "seed": 0, "executor": "serial"}
+    args = {"subjects": subjects[:1], "rates": RATES, "trials": 1, "seed": 0, "executor": "serial",
+            "x": digits.x_test[:10], "y": digits.y_test[:10], "progress": False}  # fmt: skip
     args.update(kwargs)
     with pytest.raises(exc, match=match):
-        run_campaign(
-            args.pop("subjects"),
-            digits.x_test[:10],
-            digits.y_test[:10],
-            args.pop("rates"),
-            progress=False,
-            **args,
-        )
+        run_campaign(args.pop("subjects"), args.pop("x"), args.pop("y"), args.pop("rates"), **args)
+
+
+def test_subject_validation(subjects):
+    good = subjects[0]
+    base = dict(method=good.method, transform=good.transform, format=good.format, model=good.model,
+                params=good.params, state=good.state, spec=good.spec)  # fmt: skip
+    for change, exc, match in (
+        ({"method": None}, TypeError, "Subject: method must be a str, got NoneType"),
+        ({"label": 3}, TypeError, "Subject: label must be a str, got int 3"),
+        ({"model": "resnet99"}, ValueError, "Subject: .*resnet99"),  # fails here, not in a worker
+        ({"params": [1.0]}, TypeError, "Subject: params must be a dict"),
+        ({"params": {"fc.weight": np.zeros((2, 2), int)}}, TypeError, r"Subject: params\['fc.weight'\] must"),
+        ({"state": None}, TypeError, "Subject: state must be a dict of str -> ndarray, got NoneType"),
+        ({"spec": "float32"}, TypeError, "Subject: spec must be a StorageSpec, got str"),
+        ({"nonfinite": "nan"}, ValueError, "Subject: nonfinite must be one of"),
+    ):
+        with pytest.raises(exc, match=match):
+            Subject(**{**base, **change})
+
+
+def test_run_trial_and_predict_validation(subjects, digits):
+    x, y = digits.x_test[:10], digits.y_test[:10]
+    with pytest.raises(TypeError, match="run_trial: subject must be a Subject, got dict"):
+        run_trial({}, x, y, RATES, campaign_seed=0, trial=0)
+    with pytest.raises(ValueError, match=r"run_trial: y.shape\[0\] \(=9\) must equal x.shape\[0\] \(=10\)"):
+        run_trial(subjects[0], x, y[:9], RATES, campaign_seed=0, trial=0)
+    with pytest.raises(ValueError, match=r"run_trial: rates\[0\] must be a probability"):
+        run_trial(subjects[0], x, y, [2.0], campaign_seed=0, trial=0)
+    with pytest.raises(ValueError, match=r"trial_rng: campaign_seed must be in \[0, inf\], got -1"):
+        run_trial(subjects[0], x, y, RATES, campaign_seed=-1, trial=0)
+    with pytest.raises(ValueError, match=r"trial_rng: trial must be in \[0, inf\], got -3"):
+        run_trial(subjects[0], x, y, RATES, campaign_seed=0, trial=-3)
+    with pytest.raises(ValueError, match=r"run_trial: clean must have shape \(10,\), got \(9,\)"):
+        run_trial(subjects[0], x, y, RATES, campaign_seed=0, trial=0, clean=np.zeros(9, int))
+    with pytest.raises(TypeError, match="predict: x must be a numpy.ndarray, got list"):
+        predict("mlp", subjects[0].params, subjects[0].state, [[0.0]])
+    with pytest.raises(ValueError, match=r"predict: batch_size must be in \[1, inf\], got 0"):
+        predict("mlp", subjects[0].params, subjects[0].state, x, batch_size=0)
+    with pytest.raises(TypeError, match="trial_rng: trial must be an integer, got float"):
+        trial_rng(0, 1.0)
+
+
+def test_progress_display_on_a_log_stream(subjects, digits, capsys):
+    _campaign(subjects[:1], digits, executor="serial", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # 3 trials of one subject: stderr is not a terminal here, so one line per tenth of the work.
+    assert len(lines) == 3
+    assert lines[-1].startswith("  trials 3/3") and "elapsed" in lines[-1] and "trial 2" in lines[-1]
 
 
 def test_duplicate_subject_keys_rejected(subjects, digits):
