@@ -138,11 +138,42 @@ def _log(cfg: DemoConfig, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+# The DemoConfig fields that decide what training produces. A checkpoint is reused only when they all
+# match: otherwise "--epochs 12" after a run with "--epochs 1" would silently evaluate the 1-epoch model.
+TRAINING_FIELDS = (
+    "dataset", "data_path", "model", "width", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+    "weight_clip", "p_train", "seed",
+)  # fmt: skip
+
+
+def _check_reusable(cfg: DemoConfig, name: str, path: Path, metadata: dict[str, Any]) -> None:
+    """Raise ValueError unless the checkpoint was trained by the demo with this run's training settings."""
+    saved = metadata.get("config") if metadata.get("name") == name else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"demo: checkpoint {path} must have been written by the demo for {name!r}, got "
+                         f"metadata {metadata!r}; delete it or choose another --checkpoints directory")
+    now = _jsonable(cfg)
+    differ = [
+        f"{k}={saved.get(k)!r} there, {now[k]!r} now"
+        for k in TRAINING_FIELDS if saved.get(k) != now[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"demo: checkpoint {path} must have been trained with this run's settings, "
+            f"got {'; '.join(differ)}; delete it or choose another --checkpoints directory"
+        )
+
+
 def _cached(cfg: DemoConfig, name: str, trainer):
-    """Train with ``trainer()``, or load the checkpoint ``<checkpoints>/<name>.npz`` if it exists."""
+    """Train with ``trainer()``, or load the checkpoint ``<checkpoints>/<name>.npz`` if it exists.
+
+    A checkpoint is reused only if it was trained with this run's :data:`TRAINING_FIELDS`
+    (``ValueError`` otherwise).
+    """
     path = None if cfg.checkpoints is None else Path(cfg.checkpoints) / f"{name}.npz"
     if path is not None and path.exists():
         ckpt = load_checkpoint(path)
+        _check_reusable(cfg, name, path, ckpt.metadata)
         _log(cfg, f"[{name}] loaded {path}")
         return ckpt.params, ckpt.state
     start = time.perf_counter()

@@ -59,6 +59,38 @@ def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
     assert first["records"] == second["records"] and first["clean"] == second["clean"]
 
 
+def test_checkpoints_trained_with_other_settings_are_not_reused(demo_run, tmp_path, capsys):
+    longer = [a if a != "1" else "2" for a in TINY]  # --epochs 2: the saved models had 1 epoch
+    assert longer != TINY
+    assert main(["demo", "--out", str(tmp_path), "--checkpoints", str(demo_run / "ckpt"), *longer]) == 2
+    err = capsys.readouterr().err
+    assert "baseline_identity.npz must have been trained with this run's settings, got epochs=1 there" in err
+    assert "epochs=1 there, 2 now" in err
+
+
+def test_checkpoints_from_elsewhere_are_not_reused(tmp_path, capsys):
+    import numpy as np
+
+    from saf_ref.train.checkpoint import save_checkpoint
+
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(tmp_path / "ckpt" / "baseline_identity.npz", params={"w": np.zeros(1)}, state={})
+    assert main(["demo", "--out", str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ckpt"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "must have been written by the demo for 'baseline_identity', got metadata {}" in err
+
+
+def test_unknown_dataset_and_model_are_clear_errors():
+    from saf_ref.experiments.demo import DemoConfig, build_subjects, load_dataset
+
+    match = r"demo: dataset must be one of \('digits', 'mnist5k', 'cifar10'\), got 'svhn'"
+    with pytest.raises(ValueError, match=match):
+        load_dataset("svhn")
+    data = load_dataset("digits")
+    with pytest.raises(ValueError, match=r"demo: model must be 'small_cnn' or one of \('resnet20', .*'mlp'"):
+        build_subjects(DemoConfig(model="mlp", verbose=False), data)  # a loop model, but no conv net
+
+
 def test_cifar10_without_path_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--dataset", "cifar10", "--quiet"]) == 2
     assert "needs --data-path" in capsys.readouterr().err
