@@ -543,11 +543,22 @@ class StuckAtMap:
         nbits = resolve_nbits(self.and_mask, self.nbits, fn)
         dt = self.and_mask.dtype.type
         stuck0 = ~self.and_mask
-        if np.any((stuck0 & self.or_mask) != 0):
-            raise ValueError(f"{fn}: a bit cannot be both stuck-at-0 (and_mask) and stuck-at-1 (or_mask)")
+        both = np.flatnonzero((stuck0 & self.or_mask) != 0)
+        if both.size:
+            i = int(both[0])
+            word = int((stuck0 & self.or_mask).reshape(-1)[i])
+            raise ValueError(
+                f"{fn}: a bit cannot be both stuck-at-0 (and_mask) and stuck-at-1 (or_mask), "
+                f"got element {i}, bits {word:#x}"
+            )
         high = dt(0) if nbits == self.and_mask.dtype.itemsize * 8 else ~dt((1 << nbits) - 1)
-        if np.any(((stuck0 | self.or_mask) & high) != 0):
-            raise ValueError(f"{fn}: stuck bits must be below nbits (={nbits})")
+        above = np.flatnonzero(((stuck0 | self.or_mask) & high) != 0)
+        if above.size:
+            i = int(above[0])
+            word = int(((stuck0 | self.or_mask) & high).reshape(-1)[i])
+            raise ValueError(
+                f"{fn}: stuck bits must be below nbits (={nbits}), got element {i}, bits {word:#x}"
+            )
         object.__setattr__(self, "and_mask", _frozen_copy(self.and_mask))
         object.__setattr__(self, "or_mask", _frozen_copy(self.or_mask))
         object.__setattr__(self, "nbits", nbits)

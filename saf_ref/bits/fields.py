@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from saf_ref import _checks
+
 
 @dataclass(frozen=True)
 class BitField:
@@ -41,11 +43,15 @@ class BitField:
 
 
 def smallest_container(nbits: int) -> np.dtype:
-    """The smallest unsigned NumPy dtype holding ``nbits`` bits (uint8, uint16, uint32 or uint64)."""
-    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+    """The smallest unsigned NumPy dtype holding ``nbits`` bits (uint8, uint16, uint32 or uint64).
+
+    ``nbits`` is an integer in ``[1, 64]``.
+    """
+    nbits = _checks.check_int(nbits, "nbits", "smallest_container", low=1, high=64)
+    for dtype in (np.uint8, np.uint16, np.uint32):
         if nbits <= np.dtype(dtype).itemsize * 8:
             return np.dtype(dtype)
-    raise ValueError(f"smallest_container: nbits must be at most 64, got {nbits}")
+    return np.dtype(np.uint64)  # nbits <= 64 was checked
 
 
 @runtime_checkable

@@ -369,6 +369,11 @@ BAD_CONSTRUCTION = [
         "kind must be one of",
     ),
     (lambda: FaultList.from_arrays([1], [1], kind=["flip"] * 2, format_name="f"), ValueError, r"len\(kind\)"),
+    (
+        lambda: FaultList.from_arrays([1, 2], [1, 1], kind=["flip", "stuck2"], format_name="f"),
+        ValueError,
+        r"FaultList.from_arrays: kind must be one of \('flip', 'stuck0', 'stuck1'\), got 'stuck2'",
+    ),
     (lambda: FaultList(SAMPLE)[4], ValueError, r"i must be in \[-4, 3\]"),
     (lambda: FaultList(SAMPLE).select(3), TypeError, "FaultList.select: tensor must be a str"),
     (lambda: FaultList.from_csv(b"x"), TypeError, "FaultList.from_csv: text must be a str"),

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from saf_ref.bits import FixedPointFormat, IEEEFormat, NumberFormat, Quantizer, get_format, resolve_format
+from saf_ref.bits import (
+    FixedPointFormat,
+    IEEEFormat,
+    NumberFormat,
+    Quantizer,
+    get_format,
+    resolve_format,
+    smallest_container,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +81,22 @@ def test_get_format_rejects_a_quantizer_which_resolve_format_accepts():
 def test_resolve_format_names_the_caller_and_argument(fmt, exc, match):
     with pytest.raises(exc, match=match):
         resolve_format(fmt, fn="caller", name="rule 'x' format")
+
+
+@pytest.mark.parametrize(
+    "nbits,container", [(1, np.uint8), (8, np.uint8), (9, np.uint16), (16, np.uint16), (17, np.uint32),
+                        (32, np.uint32), (33, np.uint64), (64, np.uint64)],
+)  # fmt: skip
+def test_smallest_container(nbits, container):
+    assert smallest_container(nbits) == np.dtype(container)
+
+
+@pytest.mark.parametrize(
+    "nbits,exc,match",
+    [(65, ValueError, r"smallest_container: nbits must be in \[1, 64\], got 65"),
+     (0, ValueError, r"nbits must be in \[1, 64\], got 0"),
+     (8.0, TypeError, "smallest_container: nbits must be an integer, got float")],
+)  # fmt: skip
+def test_smallest_container_errors(nbits, exc, match):
+    with pytest.raises(exc, match=match):
+        smallest_container(nbits)
