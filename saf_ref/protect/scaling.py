@@ -103,8 +103,8 @@ def scale_constants(
         raise TypeError(f"{fn}: power_of_two must be a bool, got {_checks._describe(power_of_two)}")
     if isinstance(roles, str) or not isinstance(roles, (tuple, list)):
         raise TypeError(f"{fn}: roles must be a tuple of role names, got {_checks._describe(roles)}")
-    for r in roles:
-        _checks.check_choice(r, "roles[i]", fn, ("weight", "bias", "bn", "other"))
+    for i, r in enumerate(roles):
+        _checks.check_choice(r, f"roles[{i}]", fn, ("weight", "bias", "bn", "other"))
     shapes = {k: v.shape for k, v in params.items()}
     out = {}
     for name, w in params.items():
@@ -117,11 +117,16 @@ def scale_constants(
             out[name] = 1.0  # nothing to scale: any constant is exact, 1 keeps it obvious
             continue
         s = t / m
+        # Checked before the power-of-two rounding, which would turn inf and 0 into 0.5 (frexp gives
+        # them the exponent 0).
+        if not (math.isfinite(s) and s > 0.0):
+            raise ValueError(
+                f"{fn}: the scale for {name!r}, target / max|W| = {t!r} / {m!r}, must be finite and "
+                f"positive, got {s!r}"
+            )
         if power_of_two:
             # frexp: s = f * 2**e with f in [0.5, 1), so 2**(e - 1) <= s < 2**e.
             s = math.ldexp(1.0, math.frexp(s)[1] - 1)
-        if not (math.isfinite(s) and s > 0.0):
-            raise ValueError(f"{fn}: scale for {name!r} (= {t!r} / {m!r}) must be finite and positive")
         out[name] = s
     return out
 

@@ -172,8 +172,13 @@ def test_validation():
         scale_constants(params, 1.0, power_of_two=1)
     with pytest.raises(TypeError, match="scale_constants: roles must be a tuple of role names"):
         scale_constants(params, 1.0, roles="weight")
-    with pytest.raises(ValueError, match=r"scale_constants: roles\[i\] must be one of"):
-        scale_constants(params, 1.0, roles=("conv",))
+    with pytest.raises(ValueError, match=r"scale_constants: roles\[1\] must be one of .*, got 'conv'"):
+        scale_constants(params, 1.0, roles=("weight", "conv"))
+    tiny = {"fc.weight": np.full((2, 2), 1e-320)}  # a subnormal float64 maximum: 1e10 / 1e-320 overflows
+    for p2 in (False, True):  # the power-of-two rounding used to turn the inf into 0.5
+        match = r"scale_constants: the scale for 'fc.weight', target / max\|W\| = 10000000000.0 / 1e-320, "
+        with pytest.raises(ValueError, match=match + "must be finite and positive, got inf"):
+            scale_constants(tiny, 1e10, power_of_two=p2)
     with pytest.raises(TypeError, match="scale_constants: params must be a dict"):
         scale_constants([params["fc.weight"]], 1.0)
     bad = dict(params)
