@@ -115,3 +115,14 @@ def test_quantized_spec_clips_only_conv_and_linear_weights():
     for name in ("bn1.weight", "bn1.bias", "fc.bias"):  # kept within the 8-bit step of their own range
         span = params[name].max() - params[name].min()
         assert np.abs(back[name] - params[name]).max() <= span / 254 * 1.01
+
+
+def test_plot_rejects_an_unknown_metric(tmp_path):
+    pytest.importorskip("matplotlib")
+    from saf_ref.experiments.campaign import CampaignResult
+    from saf_ref.experiments.plots import plot_campaign
+
+    match = r"plot_campaign: metric must be one of \('accuracy', 'rerr'\), got 'err'"
+    with pytest.raises(ValueError, match=match):
+        plot_campaign(CampaignResult([], [], []), tmp_path / "x.png", metric="err")
+    assert not (tmp_path / "x.png").exists()

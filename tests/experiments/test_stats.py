@@ -52,6 +52,8 @@ def test_wilson_coverage_by_monte_carlo():
         (lambda: clopper_pearson_interval(1, 10, confidence=1.0), ValueError, "confidence"),
         (lambda: mean_interval([]), ValueError, "non-empty"),
         (lambda: mean_interval([1.0], confidence=0.0), ValueError, "confidence"),
+        (lambda: mean_interval([1.0], confidence="95%"), TypeError, "mean_interval: confidence must be a"),
+        (lambda: wilson_interval(1, 10, confidence=None), TypeError, "wilson_interval: confidence must be"),
     ],
 )
 def test_bad_input(call, exc, match):

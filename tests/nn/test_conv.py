@@ -200,6 +200,7 @@ FORWARD_ERRORS = [
     (lambda: conv2d_forward(_x(), _w(), stride=0), ValueError, r"stride must be in \[1, inf\], got 0"),
     (lambda: conv2d_forward(_x(), _w(), stride=(1, 2, 3)), ValueError, r"stride must be an int or a pair"),
     (lambda: conv2d_forward(_x(), _w(), stride=(1, 0)), ValueError, r"stride\[1\] must be in \[1, inf\]"),
+    (lambda: conv2d_forward(_x(), _w(), stride=(0, 1)), ValueError, r"stride\[0\] must be in \[1, inf\]"),
     (lambda: conv2d_forward(_x(), _w(), padding=-1), ValueError, r"padding must be in \[0, inf\], got -1"),
     (lambda: conv2d_forward(_x(), _w(), padding=(0, "1")), TypeError, r"padding\[1\] must be an integer"),
     (

@@ -71,6 +71,7 @@ ERRORS = [
     (lambda: gamma(2**24, 2.0**-24), ValueError, r"k\*u must be < 1"),
     (lambda: dot_bound([1.0], 1, u=0.1), TypeError, r"dot_bound: magnitude must be a numpy.ndarray"),
     (lambda: dot_bound(np.ones(1), 1, u=0.1, c=0), ValueError, r"dot_bound: c must be > 0"),
+    (lambda: dot_bound(np.ones(1), 1, u=0.1, c="2"), TypeError, r"dot_bound: c must be a real number"),
 ]
 
 

@@ -148,6 +148,8 @@ def test_validation():
         MultiStep(0.1, 5)
     with pytest.raises(ValueError, match="MultiStep: gamma must be a finite number > 0, got 0.0"):
         MultiStep(0.1, [1], gamma=0.0)
+    with pytest.raises(TypeError, match="MultiStep: gamma must be a real number, got str"):
+        MultiStep(0.1, [1], gamma="0.1")
     with pytest.raises(ValueError, match="Cosine: t_max must be in \\[1, inf\\], got 0"):
         Cosine(0.1, 0)
     with pytest.raises(TypeError, match="Cosine: t_max must be an integer, got float 10.0"):
@@ -158,6 +160,8 @@ def test_validation():
         Warmup(Constant(0.1), warmup=3, start_factor=0.0)
     with pytest.raises(ValueError, match=r"Warmup: start_factor must be in \(0, 1\], got 1.5"):
         Warmup(Constant(0.1), warmup=3, start_factor=1.5)
+    with pytest.raises(TypeError, match=r"Warmup: start_factor must be a real number, got NoneType"):
+        Warmup(Constant(0.1), warmup=3, start_factor=None)
     with pytest.raises(ValueError, match=r"Warmup: warmup must be in \[1, inf\], got 0"):
         Warmup(Constant(0.1), warmup=0)
     with pytest.raises(TypeError, match="Warmup: after must be a schedule with base_lr and lr_at"):
