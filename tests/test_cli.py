@@ -102,3 +102,34 @@ def test_python_dash_m_entry_point():
         check=True,
     )
     assert "0xC000" in result.stdout  # -2.0 in bfloat16: sign 1, exponent 128, mantissa 0
+
+
+@pytest.mark.parametrize(
+    "fmt,code_dtype,ref",
+    [
+        ("float64", np.uint64, "float64"),
+        ("float32", np.uint32, "float32"),
+        ("bfloat16", np.uint16, "bfloat16"),
+        ("float8_e4m3fn", np.uint8, "float8_e4m3fn"),
+        ("float8_e5m2", np.uint8, "float8_e5m2"),
+    ],
+)
+def test_bits_every_ieee_format_matches_reference_views(fmt, code_dtype, ref, capsys):
+    """-2.75 is exact in every format, so the stored word and each flipped value come from views alone."""
+    if ref in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        ref_dtype = np.dtype(getattr(ml_dtypes, ref))
+    else:
+        ref_dtype = np.dtype(ref)
+    status, out, _ = run(["bits", "-2.75", "--format", fmt], capsys)
+    assert status == 0
+    code = int(np.array([-2.75]).astype(ref_dtype).view(code_dtype)[0])
+    nbits = 8 * np.dtype(code_dtype).itemsize
+    assert f"0x{code:0{nbits // 4}X}" in out
+    rows = _flip_rows(out)
+    assert sorted(rows) == list(range(nbits))
+    for bit, line in rows.items():
+        with np.errstate(invalid="ignore"):
+            flipped = float(np.array([code ^ (1 << bit)], dtype=code_dtype).view(ref_dtype)[0])
+        assert f"0x{code ^ (1 << bit):0{nbits // 4}X}" in line
+        assert line.split()[3] == repr(flipped), (bit, line)
