@@ -165,6 +165,23 @@ def test_interrupt_keeps_completed_trials(subjects, digits):
     assert result.trials == [r for r in full.trials if r["trial"] == 0]
 
 
+def test_interrupt_with_an_executor_cancels_pending_units(subjects, digits):
+    """The executor branch: Ctrl-C while collecting cancels what has not started and keeps what finished."""
+    seen = []
+
+    def stop_after_two(records):
+        seen.append(records)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with cf.ThreadPoolExecutor(max_workers=1) as one_thread:  # completes units in submission order
+        result = _campaign(subjects[:2], digits, executor=one_thread, on_result=stop_after_two)
+    assert result.interrupted
+    full = _campaign(subjects[:2], digits, executor="serial")
+    assert result.trials == [r for r in full.trials if r["trial"] == 0]
+    assert len(result.summary) == 2 * len(RATES) and all(row["trials"] == 1 for row in result.summary)
+
+
 def test_trial_rng_is_seed_sequence_child():
     a = trial_rng(3, 4).integers(0, 2**32, size=4)
     b = np.random.default_rng(np.random.SeedSequence(3).spawn(5)[4]).integers(0, 2**32, size=4)
