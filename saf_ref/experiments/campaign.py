@@ -126,6 +126,26 @@ def predict(
 ) -> tuple[np.ndarray, bool]:
     """Eval-mode predictions of ``model`` on ``x``, and whether any logit was NaN or infinite.
 
+    PyTorch equivalent: ``model.eval(); model(x).argmax(1)`` under ``torch.no_grad()``.
+
+    Parameters
+    ----------
+    model : str
+        A model name understood by :func:`saf_ref.train.loop.model_fns`.
+    params, state : dict[str, ndarray]
+        Effective parameters (what the network computes with) and running statistics.
+    x : ndarray, shape (N, ...)
+        Images in the parameters' dtype.
+    batch_size : int >= 1
+        Images per forward pass (memory only; the result does not depend on it).
+
+    Returns
+    -------
+    predictions : ndarray of int64, shape (N,)
+    any_nonfinite : bool
+
+    Notes
+    -----
     A row whose logits are not all finite is predicted as class ``-1`` (always wrong): ``argmax`` of a
     row with NaN would otherwise return an arbitrary index.
     """
@@ -182,6 +202,19 @@ def run_trial(
     list of dict
         ``{"subject", "method", "transform", "format", "ber", "trial", "accuracy", "rerr", "nonfinite",
         "n"}`` per rate, in the order of ``rates``.
+
+    Math
+    ----
+    With ``c_i`` the clean prediction and ``p_i`` the prediction of the faulty model for example ``i``
+    (``-1`` where its logits are not finite), over the ``n`` examples::
+
+        accuracy  = (1/n) sum_i [p_i == y_i]
+        rerr      = (1/n) sum_i [p_i != y_i  or  c_i != y_i]      (Stutz et al.'s robust error)
+        nonfinite = any logit of any example is NaN or inf
+
+    so ``rerr >= 1 - accuracy`` and ``rerr >= clean error``. The faulty models of one trial come from
+    one nested draw (:func:`saf_ref.protect.storage.inject_nested`), so ``rerr`` is non-decreasing in
+    the rate within a trial.
     """
     fn = "run_trial"
     if not isinstance(subject, Subject):
@@ -296,9 +329,28 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Summarise per-trial records into one record per (subject, rate).
 
-    Means over trials with Student-t intervals for accuracy and RErr; the fraction of trials whose
-    outputs contained NaN/inf with a Wilson interval. ``clean`` maps subject key -> clean accuracy.
-    Output order: subjects in first-seen order, rates ascending.
+    Parameters
+    ----------
+    trials : sequence of dict
+        Records of :func:`run_trial`.
+    clean : dict str -> float, optional
+        Subject key -> clean accuracy, copied into each row (None: ``clean_accuracy`` is None).
+    confidence : float in (0, 1)
+        Level of every interval.
+
+    Returns
+    -------
+    list of dict
+        One row per (subject, rate), with the keys of :data:`SUMMARY_FIELDS`; subjects in first-seen
+        order, rates ascending.
+
+    Math
+    ----
+    Over the ``T`` trials of a cell: ``accuracy_mean`` and ``rerr_mean`` are the sample means with
+    Student-t intervals ``mean +- t_{(1+confidence)/2, T-1} s / sqrt(T)``
+    (:func:`~saf_ref.experiments.stats.mean_interval`, clipped to [0, 1]); ``error_mean = 1 -
+    accuracy_mean``; ``nonfinite_fraction = k / T`` for the ``k`` trials with non-finite outputs, with a
+    Wilson interval (:func:`~saf_ref.experiments.stats.wilson_interval`).
     """
     cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for rec in trials:
@@ -425,8 +477,12 @@ def run_campaign(
         this process; any ``Executor`` you pass (a dask.distributed ``Client.get_executor()``, a Ray
         executor, a thread pool) is used as is and not shut down. Results are identical for any executor
         and worker count.
+    max_workers : int >= 1, optional
+        Worker processes of the ``"process"`` pool (default: the number of CPUs).
     progress : bool
         Show a one-line progress display on stderr.
+    confidence : float in (0, 1)
+        Level of the intervals of the summary (see :func:`summarize`).
     on_result : callable, optional
         Called with each unit's records as it completes (e.g. to save partial results).
 
@@ -520,7 +576,11 @@ def run_campaign(
 
 
 def is_chance_level(accuracy: float, num_classes: int, n: int, *, z: float = 3.0) -> bool:
-    """Whether ``accuracy`` on ``n`` examples is within ``z`` binomial standard errors of chance level,
-    ``1 / num_classes``."""
+    """Whether ``accuracy`` on ``n`` examples is within ``z`` binomial standard errors of chance level.
+
+    Math
+    ----
+    With ``p = 1 / num_classes``: ``|accuracy - p| <= z * sqrt(p (1 - p) / n)``.
+    """
     p = 1.0 / num_classes
     return abs(accuracy - p) <= z * math.sqrt(p * (1 - p) / n)

@@ -750,6 +750,13 @@ def inject(
     -------
     StoredModel, or (StoredModel, FaultList) with ``return_faults=True``.
 
+    Math
+    ----
+    With ``p``: each of the ``nbits * size`` stored bits of every exposed tensor flips independently with
+    probability ``p``, so a tensor's flip count is ``Binomial(nbits * size, p)``; unexposed tensors and
+    the quantizer contexts are never touched. With ``faults``: ``codes' = ((codes XOR F) AND NOT S0) OR
+    S1`` per tensor (:meth:`~saf_ref.bits.faultlist.FaultList.apply`).
+
     Notes
     -----
     - Exposed tensors are visited in the stored order, so the same ``rng`` seed gives the same bits.
