@@ -233,7 +233,8 @@ def expected_corrupted(n_values: int, nbits: int, p: float) -> float:
     p = _checks.check_probability(p, "p", fn)
     if p == 1.0:
         return float(n_values)
-    return -n_values * math.expm1(nbits * math.log1p(-p))
+    # n * (-expm1(...)), not -n * expm1(...): for n = 0 the latter is 0 * (negative) = -0.0.
+    return n_values * -math.expm1(nbits * math.log1p(-p))
 
 
 def _pattern_probability(codes: np.ndarray, must_be_one: int, must_be_zero: int, p: float) -> np.ndarray:

@@ -199,6 +199,8 @@ def test_expected_corrupted_matches_exact_rational_arithmetic(n, nbits, p):
 def test_expected_corrupted_edges():
     assert expected_corrupted(10, 32, 0.0) == 0.0
     assert expected_corrupted(10, 32, 1.0) == 10.0
+    for n, p in ((0, 0.5), (0, 0.0), (10, 0.0)):  # a count is never -0.0
+        assert math.copysign(1.0, expected_corrupted(n, 8, p)) == 1.0, (n, p)
 
 
 @pytest.mark.parametrize(("dtype", "p"), [(np.uint16, 2e-3), (np.uint32, 0.02), (np.uint8, 0.3)])
