@@ -137,6 +137,10 @@ def save_checkpoint(
     anything is written. Bits are stored exactly (signed zeros, NaN payloads, byte order).
     """
     fn = "save_checkpoint"
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or path-like, got {type(path).__name__}")
+    if not isinstance(compress, bool):
+        raise TypeError(f"{fn}: compress must be a bool, got {type(compress).__name__}")
     sections = {"params": params, "state": state, "optimizer_state": optimizer_state}
     members: dict[str, np.ndarray] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -279,6 +283,8 @@ def load_checkpoint(
         the manifest lists or holds one it does not, an array's dtype/shape differs from the manifest,
         an array's SHA-256 does not match, a member would need pickle, or ``expected_params`` differ.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_checkpoint: path must be a str or path-like, got {type(path).__name__}")
     path = Path(path)
     where = f"load_checkpoint: {path}"
     if not path.exists():

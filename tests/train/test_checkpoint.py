@@ -177,6 +177,12 @@ def test_save_rejects_what_would_need_pickle_and_bad_inputs(tmp_path):
         save_checkpoint(path, params=ok, state={}, metadata={"a": np.ones(2)})
     with pytest.raises(ValueError, match=r"save_checkpoint: metadata must be strict JSON \(no NaN or inf\)"):
         save_checkpoint(path, params=ok, state={}, metadata={"loss": float("nan")})
+    with pytest.raises(TypeError, match="save_checkpoint: compress must be a bool, got str"):
+        save_checkpoint(path, params=ok, state={}, compress="zip")
+    with pytest.raises(TypeError, match="save_checkpoint: path must be a str or path-like, got NoneType"):
+        save_checkpoint(None, params=ok, state={})
+    with pytest.raises(TypeError, match="load_checkpoint: path must be a str or path-like, got int"):
+        load_checkpoint(3)
     assert not path.exists() and os.listdir(tmp_path) == []  # nothing written on validation errors
 
 
