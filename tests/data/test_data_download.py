@@ -146,3 +146,18 @@ def test_verify_sha256_names_file_expected_and_got(tmp_path):
 def test_download_argument_errors(tmp_path, kwargs, exc, match, no_network):
     with pytest.raises(exc, match=match):
         D.download(dest=tmp_path, **kwargs)
+
+
+def test_named_helpers_pass_their_file_name_and_options(tmp_path, source, no_network, monkeypatch):
+    """download_cifar10/100 name their archive; download_mnist fetches the four IDX files by name."""
+    src, digest = source
+    for helper, name in ((D.download_cifar10, "cifar-10-python.tar.gz"),
+                         (D.download_cifar100, "cifar-100-python.tar.gz")):  # fmt: skip
+        out = helper(tmp_path / "c", sha256=digest, url=src.as_uri())
+        assert out == tmp_path / "c" / name and out.read_bytes() == src.read_bytes()
+    calls = []
+    monkeypatch.setattr(D, "download", lambda name, dest, **kw: calls.append((name, dest, kw)))
+    assert D.download_mnist(tmp_path / "m", timeout=5.0) == tmp_path / "m"
+    assert [c[0] for c in calls] == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # fmt: skip
+    assert all(c[1] == tmp_path / "m" and c[2] == {"timeout": 5.0} for c in calls)
