@@ -1,4 +1,4 @@
-"""Plots of campaign results (needs matplotlib: ``pip install "saf_ref[tutorials]"``; the core never does).
+"""Plots of campaign results (needs matplotlib: ``pip install "saf_ref[plot]"``; the core never does).
 
 :func:`plot_campaign` draws accuracy against bit-error rate (log scale), one line per stored model with
 its confidence band over trials; float models on the left, quantized models on the right.
