@@ -187,7 +187,13 @@ def _format_from_json(data: Any, fn: str, where: str) -> StorageFormat:
         if set(data) != {"quantizer"} or not isinstance(data["quantizer"], dict):
             raise ValueError(f"{fn}: {where} format must be a name or {{'quantizer': {{...}}}}, got {data!r}")
         kwargs = dict(data["quantizer"])
-        nbits = kwargs.pop("nbits", None)
+        known = ("nbits", "scheme", "code", "rounding", "clip", "max_abs", "margin")
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown or "nbits" not in kwargs:
+            raise ValueError(
+                f"{fn}: {where} quantizer must have 'nbits' and keys among {known}, got keys {sorted(kwargs)}"
+            )
+        nbits = kwargs.pop("nbits")
         return Quantizer(nbits, **kwargs)
     return _resolve_format(data, fn, where)
 

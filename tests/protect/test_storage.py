@@ -636,6 +636,11 @@ def test_spec_and_dict_validation():
         StorageRule.from_dict({"pattern": "*", "fmt": "float16"})
     with pytest.raises(ValueError, match="format must be a name or"):
         StorageRule.from_dict({"format": {"quant": {}}})
+    with pytest.raises(ValueError, match=r"rule '\*' quantizer must have 'nbits' and keys among .*, got keys "
+                                         r"\['bits', 'scheme'\]"):
+        StorageRule.from_dict({"format": {"quantizer": {"bits": 8, "scheme": "symmetric"}}})
+    with pytest.raises(ValueError, match=r"quantizer must have 'nbits' .*, got keys \['margin'\]"):
+        StorageRule.from_dict({"format": {"quantizer": {"margin": 0.1}}})
     with pytest.raises(ValueError, match="transform must be a name or"):
         StorageRule.from_dict({"transform": {"kind": "tanh"}})
     with pytest.raises(TypeError, match="default_spec: expose_non_weights must be a bool"):
