@@ -90,8 +90,15 @@ class ChecksumError(ValueError):
     """A file's SHA-256 is not the expected one (corrupt, truncated, or another file)."""
 
 
+def _check_path(path: object, name: str, fn: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: {name} must be a str or path-like, got {type(path).__name__}")
+    return Path(path)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, as 64 lowercase hex digits (read in 1 MiB chunks)."""
+    path = _check_path(path, "path", "sha256_file")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -173,6 +180,7 @@ def download(
         Every URL failed to download (the message lists each failure).
     """
     fn = "download"
+    _check_path(dest, "dest", fn)
     if not isinstance(name, str):
         raise TypeError(f"{fn}: name must be a str, got {type(name).__name__}")
     if not name or name != os.path.basename(name) or name in (".", ".."):
@@ -190,7 +198,7 @@ def download(
     timeout = check_real(timeout, "timeout", fn)
     if not timeout > 0:
         raise ValueError(f"{fn}: timeout must be > 0 seconds, got {timeout!r}")
-    dest = Path(dest)
+    dest = _check_path(dest, "dest", fn)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / name
     if target.is_file() and sha256_file(target) == expected:
@@ -241,6 +249,7 @@ def download_cifar100(dest: str | os.PathLike, **kwargs) -> Path:
 
 def download_mnist(dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
     """Download the four gzipped MNIST IDX files (11 MiB) into ``dest``; returns ``dest``."""
+    dest = _check_path(dest, "dest", "download_mnist")
     for name in (
         "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz",
@@ -248,7 +257,7 @@ def download_mnist(dest: str | os.PathLike, *, timeout: float = 60.0) -> Path:
         "t10k-labels-idx1-ubyte.gz",
     ):
         download(name, dest, timeout=timeout)
-    return Path(dest)
+    return dest
 
 
 __all__ = [

@@ -352,6 +352,18 @@ def summarize(
     accuracy_mean``; ``nonfinite_fraction = k / T`` for the ``k`` trials with non-finite outputs, with a
     Wilson interval (:func:`~saf_ref.experiments.stats.wilson_interval`).
     """
+    fn = "summarize"
+    if isinstance(trials, (str, bytes)) or not isinstance(trials, Sequence):
+        got = _checks._describe(trials)
+        raise TypeError(f"{fn}: trials must be a sequence of records (dicts), got {got}")
+    needed = ("subject", "method", "transform", "format", "ber", "accuracy", "rerr", "nonfinite")
+    for i, rec in enumerate(trials):
+        if not isinstance(rec, Mapping) or any(k not in rec for k in needed):
+            got = sorted(rec) if isinstance(rec, Mapping) else _checks._describe(rec)
+            raise ValueError(f"{fn}: trials[{i}] must be a record with the keys {needed}, got {got}")
+    if clean is not None and not isinstance(clean, Mapping):
+        got = _checks._describe(clean)
+        raise TypeError(f"{fn}: clean must be a dict of subject -> accuracy or None, got {got}")
     cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for rec in trials:
         cells.setdefault((rec["subject"], rec["ber"]), []).append(rec)

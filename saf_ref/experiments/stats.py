@@ -74,7 +74,10 @@ def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> tuple
     ``mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation
     (``ddof=1``). With a single value the interval is that value (no spread can be estimated).
     """
-    x = np.asarray(values, dtype=np.float64)
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"mean_interval: values must be a sequence of real numbers, got {values!r}") from None
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"mean_interval: values must be a non-empty 1-D sequence, got shape {x.shape}")
     confidence = check_real(confidence, "confidence", "mean_interval")

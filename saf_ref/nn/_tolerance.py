@@ -34,9 +34,13 @@ def unit_roundoff(dtype) -> float:
 
     Other backends declare their own ``u`` (TF32: ``2**-11``, bfloat16: ``2**-8``).
     """
-    dt = np.dtype(dtype)
+    try:  # np.dtype(None) is float64: reject None rather than silently choose
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
     if dt not in _UNIT_ROUNDOFF:
-        raise TypeError(f"unit_roundoff: dtype must be float32 or float64, got {dt}")
+        got = dt if dt is not None else repr(dtype)
+        raise TypeError(f"unit_roundoff: dtype must be float32 or float64, got {got}")
     return _UNIT_ROUNDOFF[dt]
 
 

@@ -127,6 +127,13 @@ def param_role(name: str, shapes: Mapping[str, tuple[int, ...]]) -> str:
     Names alone cannot tell ``fc.bias`` from ``bn1.bias``; the rank of the sibling ``weight`` can: a
     module with a 1-D weight is a (batch) normalisation layer.
     """
+    fn = "param_role"
+    if not isinstance(name, str):
+        raise TypeError(f"{fn}: name must be a str, got {_checks._describe(name)}")
+    if not isinstance(shapes, Mapping):
+        raise TypeError(f"{fn}: shapes must be a dict of name -> shape, got {_checks._describe(shapes)}")
+    if name not in shapes:
+        raise ValueError(f"{fn}: name must be a key of shapes, got {name!r}")
     module, leaf = _module_and_leaf(name)
     ndim = len(shapes[name])
     if leaf == "weight":

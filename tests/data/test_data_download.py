@@ -148,6 +148,17 @@ def test_download_argument_errors(tmp_path, kwargs, exc, match, no_network):
         D.download(dest=tmp_path, **kwargs)
 
 
+def test_paths_are_validated_before_anything_is_fetched(no_network):
+    for call, match in (
+        (lambda: D.download("payload.bin", None, sha256="0" * 64, url="file:///x"), "download: dest must be"),
+        (lambda: D.download_cifar10(3), "download: dest must be a str or path-like, got int"),
+        (lambda: D.download_mnist(None), "download_mnist: dest must be a str or path-like, got NoneType"),
+        (lambda: D.sha256_file(None), "sha256_file: path must be a str or path-like, got NoneType"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            call()
+
+
 def test_named_helpers_pass_their_file_name_and_options(tmp_path, source, no_network, monkeypatch):
     """download_cifar10/100 name their archive; download_mnist fetches the four IDX files by name."""
     src, digest = source

@@ -124,6 +124,21 @@ def test_summarize_against_hand_computation():
     assert 0 < row["nonfinite_ci_low"] < 1 / 3 < row["nonfinite_ci_high"] < 1
 
 
+def test_summarize_validation():
+    with pytest.raises(TypeError, match="summarize: trials must be a sequence of records .*, got NoneType"):
+        summarize(None)
+    with pytest.raises(ValueError, match=r"summarize: trials\[0\] must be a record with the keys .*, got "
+                                         r"\['ber', 'subject'\]"):
+        summarize([{"subject": "a", "ber": 0.1}])
+    with pytest.raises(ValueError, match=r"summarize: trials\[0\] must be a record .*, got str"):
+        summarize(["abc"])
+    rec = {"subject": "a", "method": "m", "transform": "t", "format": "f", "ber": 0.1, "accuracy": 0.5,
+           "rerr": 0.6, "nonfinite": False}  # fmt: skip
+    with pytest.raises(TypeError, match="summarize: clean must be a dict of subject -> accuracy or None"):
+        summarize([rec], [0.9])
+    assert summarize([]) == []
+
+
 def test_outputs_csv_and_json(subjects, digits, tmp_path):
     result = _campaign(subjects[:2], digits, executor="serial")
     result.to_csv(tmp_path / "r.csv")

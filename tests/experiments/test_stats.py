@@ -51,6 +51,7 @@ def test_wilson_coverage_by_monte_carlo():
         (lambda: wilson_interval(1.5, 10), TypeError, "k must be an integer"),
         (lambda: clopper_pearson_interval(1, 10, confidence=1.0), ValueError, "confidence"),
         (lambda: mean_interval([]), ValueError, "non-empty"),
+        (lambda: mean_interval(["a", 0.5]), TypeError, r"mean_interval: values must be a sequence of real"),
         (lambda: mean_interval([1.0], confidence=0.0), ValueError, "confidence"),
         (lambda: mean_interval([1.0], confidence="95%"), TypeError, "mean_interval: confidence must be a"),
         (lambda: wilson_interval(1, 10, confidence=None), TypeError, "wilson_interval: confidence must be"),

@@ -63,7 +63,9 @@ def test_dot_bound_scales_the_magnitude():
 
 
 ERRORS = [
-    (lambda: unit_roundoff(np.float16), TypeError, r"unit_roundoff: dtype must be float32 or float64"),
+    (lambda: unit_roundoff(np.float16), TypeError, r"unit_roundoff: dtype must be float32 .*, got float16"),
+    (lambda: unit_roundoff(None), TypeError, r"unit_roundoff: dtype must be float32 or float64, got None"),
+    (lambda: unit_roundoff("fp99"), TypeError, r"unit_roundoff: dtype must be float32 or .*, got 'fp99'"),
     (lambda: gamma(-1, 0.1), ValueError, r"gamma: k must be in \[0, inf\]"),
     (lambda: gamma(1.5, 0.1), TypeError, r"gamma: k must be an integer"),
     (lambda: gamma(1, "u"), TypeError, r"gamma: u must be a real number"),

@@ -98,6 +98,15 @@ def test_param_role_table():
     assert {k: param_role(k, shapes) for k in shapes} == expected
 
 
+def test_param_role_validation():
+    with pytest.raises(TypeError, match="param_role: name must be a str, got NoneType"):
+        param_role(None, SHAPES)
+    with pytest.raises(TypeError, match="param_role: shapes must be a dict of name -> shape, got list"):
+        param_role("fc.bias", [(3,)])
+    with pytest.raises(ValueError, match="param_role: name must be a key of shapes, got 'fc.gone'"):
+        param_role("fc.gone", SHAPES)
+
+
 def test_default_spec_rules():
     params = make_params()
     spec = default_spec("float16", "tanh")
