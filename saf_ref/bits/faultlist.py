@@ -44,6 +44,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -500,7 +501,7 @@ class FaultList:
 
     def save(self, path: str | Path) -> None:
         """Write to ``path`` as CSV (suffix ``.csv``) or JSON (suffix ``.json``), UTF-8."""
-        path = Path(path)
+        path = _check_path(path, "FaultList.save")
         text = {".csv": self.to_csv, ".json": self.to_json}.get(path.suffix.lower())
         if text is None:
             raise ValueError(f"FaultList.save: path must end in .csv or .json, got {str(path)!r}")
@@ -509,7 +510,7 @@ class FaultList:
     @classmethod
     def load(cls, path: str | Path) -> FaultList:
         """Read a file written by :meth:`save` (CSV or JSON by suffix), validating every record."""
-        path = Path(path)
+        path = _check_path(path, "FaultList.load")
         parse = {".csv": cls.from_csv, ".json": cls.from_json}.get(path.suffix.lower())
         if parse is None:
             raise ValueError(f"FaultList.load: path must end in .csv or .json, got {str(path)!r}")
@@ -520,6 +521,12 @@ class FaultList:
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+def _check_path(path: Any, fn: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or path-like, got {_checks._describe(path)}")
+    return Path(path)
+
+
 def _first_appearance(codes: np.ndarray) -> list[int]:
     """Distinct category codes in order of first appearance."""
     _, first = np.unique(codes, return_index=True)

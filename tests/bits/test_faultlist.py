@@ -378,6 +378,8 @@ BAD_CONSTRUCTION = [
     (lambda: FaultList(SAMPLE).select(3), TypeError, "FaultList.select: tensor must be a str"),
     (lambda: FaultList.from_csv(b"x"), TypeError, "FaultList.from_csv: text must be a str"),
     (lambda: FaultList.from_json(None), TypeError, "FaultList.from_json: text must be a str"),
+    (lambda: FaultList(SAMPLE).save(None), TypeError, "FaultList.save: path must be a str or path-like"),
+    (lambda: FaultList.load(3), TypeError, "FaultList.load: path must be a str or path-like, got int 3"),
 ]
 
 
