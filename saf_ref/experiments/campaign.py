@@ -268,15 +268,22 @@ class CampaignResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, path: str | os.PathLike) -> None:
-        """Write ``summary`` (a list of records, one per subject x rate) with the config and clean
-        accuracies, as JSON: ``{"config", "clean", "records", "interrupted"}``."""
-        doc = {
-            "config": self.config,
-            "clean": self.clean,
-            "records": self.summary,
-            "interrupted": self.interrupted,
-        }
-        _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
+        """Write ``summary`` as a JSON list of records, one per subject x rate (fields ``SUMMARY_FIELDS``,
+        ``clean_accuracy`` included in each record)."""
+        _write_json(path, self.summary)
+
+    def to_run_json(self, path: str | os.PathLike) -> None:
+        """Write everything else a run needs to be understood and re-checked: ``{"config", "clean",
+        "interrupted", "trials"}``, with ``trials`` the per-trial records :func:`summarize` reads."""
+        _write_json(
+            path,
+            {
+                "config": self.config,
+                "clean": self.clean,
+                "interrupted": self.interrupted,
+                "trials": self.trials,
+            },
+        )
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write ``summary`` as a tidy CSV table, one row per subject x rate, columns ``SUMMARY_FIELDS``."""
@@ -288,6 +295,10 @@ class CampaignResult:
         for row in self.summary:
             writer.writerow({k: row.get(k) for k in SUMMARY_FIELDS})
         _atomic_write(path, buf.getvalue())
+
+
+def _write_json(path: str | os.PathLike, doc: Any) -> None:
+    _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

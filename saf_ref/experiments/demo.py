@@ -276,7 +276,8 @@ def format_table(result: CampaignResult, metric: str = "accuracy_mean") -> str:
 
 
 def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
-    """Train, sweep, and write ``results.json``, ``results.csv``, ``results.png`` and ``table.txt``."""
+    """Train, sweep, and write ``results.json`` (a list of records), ``results.csv``, ``results.png``,
+    ``table.txt`` and ``run.json`` (configuration, clean accuracies, per-trial records)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -305,6 +306,7 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
         {"demo": _jsonable(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
     )
     result.to_json(out / "results.json")
+    result.to_run_json(out / "run.json")
     result.to_csv(out / "results.csv")
     table = format_table(result)
     (out / "table.txt").write_text(table + "\n", encoding="utf-8")

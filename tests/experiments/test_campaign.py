@@ -143,11 +143,12 @@ def test_outputs_csv_and_json(subjects, digits, tmp_path):
     result = _campaign(subjects[:2], digits, executor="serial")
     result.to_csv(tmp_path / "r.csv")
     result.to_json(tmp_path / "r.json")
+    result.to_run_json(tmp_path / "run.json")
     with open(tmp_path / "r.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == SUMMARY_FIELDS and len(rows) == 2 * len(RATES)
     doc = json.loads((tmp_path / "r.json").read_text())
-    assert doc["records"] == json.loads(json.dumps(result.summary))
+    assert isinstance(doc, list) and doc == json.loads(json.dumps(result.summary))
     for key in (
         "method",
         "transform",
@@ -161,8 +162,10 @@ def test_outputs_csv_and_json(subjects, digits, tmp_path):
         "nonfinite_fraction",
         "clean_accuracy",
     ):
-        assert key in doc["records"][0]
-    assert [c["subject"] for c in doc["clean"]] == [s.key for s in subjects[:2]]
+        assert key in doc[0]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert [c["subject"] for c in run["clean"]] == [s.key for s in subjects[:2]]
+    assert run["trials"] == json.loads(json.dumps(result.trials)) and run["interrupted"] is False
 
 
 def test_interrupt_keeps_completed_trials(subjects, digits):

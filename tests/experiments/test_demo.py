@@ -20,8 +20,9 @@ def demo_run(tmp_path_factory):
 
 
 def test_writes_results_with_the_documented_fields(demo_run, capsys):
-    doc = json.loads((demo_run / "results.json").read_text())
-    records = doc["records"]
+    records = json.loads((demo_run / "results.json").read_text())
+    assert isinstance(records, list)  # results.json is a list of records, as documented
+    run = json.loads((demo_run / "run.json").read_text())
     assert {r["method"] for r in records} == METHODS
     assert {r["format"] for r in records} == {"float32", "float16", "q2.5", "quant8"}
     assert {r["transform"] for r in records} == {"identity", "tanh", "arctan"}
@@ -34,7 +35,7 @@ def test_writes_results_with_the_documented_fields(demo_run, capsys):
         assert 0.0 <= r["accuracy_ci_low"] <= r["accuracy_mean"] <= r["accuracy_ci_high"] <= 1.0
         # RErr counts an example wrong if the clean OR the faulty model is wrong: never below the error.
         assert r["rerr_mean"] >= 1.0 - r["accuracy_mean"] - 1e-12
-    assert len(doc["clean"]) == 3 * 3 + 4
+    assert len(run["clean"]) == 3 * 3 + 4
     with open(demo_run / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(records)
     table = (demo_run / "table.txt").read_text()
@@ -54,9 +55,9 @@ def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
     )
     again = tmp_path / "again"
     assert main(["demo", "--out", str(again), "--checkpoints", str(demo_run / "ckpt"), *TINY]) == 0
-    first = json.loads((demo_run / "results.json").read_text())
-    second = json.loads((again / "results.json").read_text())
-    assert first["records"] == second["records"] and first["clean"] == second["clean"]
+    assert (demo_run / "results.json").read_text() == (again / "results.json").read_text()
+    first, second = (json.loads((d / "run.json").read_text()) for d in (demo_run, again))
+    assert first["clean"] == second["clean"] and first["trials"] == second["trials"]
 
 
 def test_checkpoints_trained_with_other_settings_are_not_reused(demo_run, tmp_path, capsys):
