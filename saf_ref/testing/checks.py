@@ -1163,64 +1163,36 @@ def all_checks() -> list[Check]:
             doc="spatial mean gradient",
         ),
     ]
+    # Each op has a forward check and a vector-Jacobian-product check under the same contract.
     conv_edge = [sst.ConvCase(*sst.CONV_EDGES[0], True, "normal", 0)]
-    for vjp in (False, True):
-        method = "conv2d_vjp" if vjp else "conv2d_forward"
-        checks.append(
-            _simple(
-                method,
-                "dot",
-                method,
-                lambda ctx: sst.conv_cases(),
-                lambda ctx, case, vjp=vjp: _conv_run(ctx, case, vjp),
-                lambda ctx: conv_edge,
-                "conv2d " + ("dx, dw, db" if vjp else "output"),
-            )
-        )
-    for vjp in (False, True):
-        method = "linear_vjp" if vjp else "linear_forward"
-        checks.append(
-            _simple(
-                method,
-                "dot",
-                method,
-                lambda ctx: sst.linear_cases(),
-                lambda ctx, case, vjp=vjp: _linear_run(ctx, case, vjp),
-                lambda ctx: [sst.LinearCase(4, 16, 5, True, "normal", 0)],
-                "linear " + ("dx, dw, db" if vjp else "output"),
-            )
-        )
+    linear_edge = [sst.LinearCase(4, 16, 5, True, "normal", 0)]
     bn_edge = [
         sst.BNCase((4, 3, 3, 3), True, 0.1, 1e-5, 0.0, 1.0, 0),
         sst.BNCase((2, 2, 2, 2), False, 0.1, 1e-5, 1.0, 1.0, 1),
     ]
-    for vjp in (False, True):
-        method = "batchnorm2d_vjp" if vjp else "batchnorm2d_forward"
-        checks.append(
-            _simple(
-                method,
-                "relative",
-                method,
-                lambda ctx: sst.bn_cases(),
-                lambda ctx, case, vjp=vjp: _bn_run(ctx, case, vjp),
-                lambda ctx: bn_edge,
-                "batch norm " + ("dx, dweight, dbias" if vjp else "output and running statistics"),
-            )
-        )
     ce_edge = [sst.CECase(4, 5, 1.0, 0.0, 1.0, 0), sst.CECase(3, 4, 10.0, 0.1, 1.0, 1)]
-    for vjp in (False, True):
-        method = "cross_entropy_vjp" if vjp else "cross_entropy_forward"
-        checks.append(
-            _simple(
-                method,
-                "relative",
-                method,
-                lambda ctx: sst.ce_cases(),
-                lambda ctx, case, vjp=vjp: _ce_run(ctx, case, vjp),
-                lambda ctx: ce_edge,
-                "mean softmax cross-entropy " + ("gradient" if vjp else "loss"),
+    pairs = [
+        ("conv2d", "dot", sst.conv_cases, _conv_run, conv_edge, "conv2d output", "conv2d dx, dw, db"),
+        ("linear", "dot", sst.linear_cases, _linear_run, linear_edge, "linear output", "linear dx, dw, db"),
+        ("batchnorm2d", "relative", sst.bn_cases, _bn_run, bn_edge,
+         "batch norm output and running statistics", "batch norm dx, dweight, dbias"),
+        ("cross_entropy", "relative", sst.ce_cases, _ce_run, ce_edge,
+         "mean softmax cross-entropy loss", "mean softmax cross-entropy gradient"),
+    ]  # fmt: skip
+    for op, contract, cases, run, edge, doc_forward, doc_vjp in pairs:
+        for vjp, doc in ((False, doc_forward), (True, doc_vjp)):
+            method = f"{op}_vjp" if vjp else f"{op}_forward"
+            checks.append(
+                _simple(
+                    method,
+                    contract,
+                    method,
+                    lambda ctx, cases=cases: cases(),
+                    lambda ctx, case, run=run, vjp=vjp: run(ctx, case, vjp),
+                    lambda ctx, edge=edge: edge,
+                    doc,
+                )
             )
-        )
     sgd_edge = [
         sst.SGDCase(((3, 2), (4,)), 3, 0.1, 0.9, 0.0, 5e-4, False, 0),
         sst.SGDCase(((5,),), 2, 0.05, 0.9, 0.0, 0.0, True, 1),
