@@ -556,11 +556,14 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def _save_checkpoint(path, params, state, opt_state, model_name, epoch, base_seed, history) -> None:
-    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed and history."""
+def _save_checkpoint(
+    path, params, state, opt_state, model_name, epoch, base_seed, history, extra=None
+) -> None:
+    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed and history, plus
+    ``extra`` (JSON-able metadata of another trainer, e.g. :func:`saf_ref.train.randbet.train_protected`)."""
     # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored as null.
     history = [{k: _json_number(v) for k, v in record.items()} for record in history]
-    meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history}
+    meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history, **(extra or {})}
     ckpt.save_checkpoint(path, params=params, state=state, optimizer_state=opt_state, metadata=meta)
 
 

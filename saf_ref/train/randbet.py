@@ -41,6 +41,8 @@ github.com/davidstutz/random-bit-error-robustness (``common/train/average_weight
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +67,8 @@ from saf_ref.train.loop import (
     ModelFns,
     _augment,
     _check_train_args,
+    _load_checkpoint,
+    _save_checkpoint,
     _unpack_data,
     evaluate,
     format_epoch,
@@ -512,6 +516,8 @@ def train_protected(
     nonfinite: str = "propagate",
     callback: Callable[[int, dict, dict, dict], None] | None = None,
     eval_batch_size: int = 500,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]]]:
     """Train through the storage pipeline with :func:`protected_train_step`, evaluating every epoch.
 
@@ -550,6 +556,14 @@ def train_protected(
     callback : callable or None
         ``callback(epoch, params, state, record)`` after every epoch.
     eval_batch_size : int
+    checkpoint : path or None
+        Written after every epoch (.npz + JSON, :mod:`saf_ref.train.checkpoint`): latents, running
+        statistics, optimizer state, and as metadata the epoch, the seed, the history, the spec and the
+        RandBET configuration.
+    resume : bool
+        If ``checkpoint`` exists, continue from it (the given ``params``/``state`` are then ignored); the
+        result is bit-identical to an uninterrupted run. The checkpoint must have been written by
+        ``train_protected`` with the same model, spec and configuration.
 
     Returns
     -------
@@ -596,13 +610,30 @@ def train_protected(
     if callback is not None and not callable(callback):
         raise TypeError(f"{fn}: callback must be callable or None, got {_checks._describe(callback)}")
 
+    _check_bool(resume, "resume", fn)
+    if resume and checkpoint is None:
+        raise ValueError(f"{fn}: resume=True needs a checkpoint path, got checkpoint=None")
+
     base_seed = int(gen.integers(2**63))  # one draw from the caller's generator, as loop.train
     if config.weight_clip is not None:
         params = clip_weights(params, config.weight_clip)
     opt_state = sgd_init(params)
     errors_on = config.p_train > 0.0 and config.curriculum_loss is None
     history: list[dict[str, Any]] = []
-    for epoch in range(epochs):
+    start_epoch = 0
+    # What a checkpoint must agree on to be resumed (JSON-able; compared after a JSON round trip).
+    identity = json.loads(json.dumps({"trainer": fn, "spec": spec.to_dict(), "config": _config_dict(config)}))
+    if resume and os.path.exists(checkpoint):
+        params, state, opt_state, meta = _load_checkpoint(checkpoint, fns.name, fn)
+        for key in ("trainer", "spec", "config"):
+            if meta.get(key) != identity[key]:
+                raise ValueError(
+                    f"{fn}: the checkpoint {checkpoint} has {key} {meta.get(key)!r}, got {identity[key]!r}"
+                )
+        base_seed, history, start_epoch = meta["base_seed"], meta["history"], meta["epoch"] + 1
+        errors_on = _errors_on_after(history[-1], config)
+
+    for epoch in range(start_epoch, epochs):
         epoch_rng = np.random.default_rng([base_seed, epoch])
         fault_rng = np.random.default_rng([base_seed, epoch, 1])
         lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
@@ -644,9 +675,33 @@ def train_protected(
         history.append(record)
         if verbose:
             print(_format_record(record, epochs), flush=True)
+        if checkpoint is not None:
+            _save_checkpoint(
+                checkpoint, params, state, opt_state, fns.name, epoch, base_seed, history, extra=identity
+            )
         if callback is not None:
             callback(epoch, params, state, record)
-        # Curriculum: a latch, decided from this epoch's mean clean loss, effective from the next epoch.
-        if config.p_train > 0.0 and not errors_on and config.curriculum_loss is not None:
-            errors_on = mean_loss < config.curriculum_loss
+        errors_on = _errors_on_after(record, config)
     return params, state, history
+
+
+def _errors_on_after(record: dict[str, Any], config: RandBETConfig) -> bool:
+    """Whether bit errors are on in the epoch after ``record``'s.
+
+    The curriculum is a latch: once on, errors stay on; off, they switch on when the epoch's mean clean
+    loss fell below ``config.curriculum_loss`` (a loss stored as None, i.e. non-finite, never does).
+    """
+    if record["errors_on"] or config.p_train == 0.0 or config.curriculum_loss is None:
+        return bool(record["errors_on"])
+    loss = record["loss"]
+    return loss is not None and loss < config.curriculum_loss
+
+
+def _config_dict(config: RandBETConfig) -> dict[str, Any]:
+    """The configuration as JSON-able numbers (as a checkpoint's metadata stores it)."""
+    return {
+        "p_train": config.p_train,
+        "grad_clamp": config.grad_clamp,
+        "weight_clip": config.weight_clip,
+        "curriculum_loss": config.curriculum_loss,
+    }

@@ -645,3 +645,70 @@ def test_train_protected_validation(digits32):
         train_protected(params, state, digits32, spec=spec, callback=3, **kw)
     with pytest.raises(ValueError, match=f"{fn}: model must be one of"):
         train_protected(params, state, digits32, spec=spec, **{**kw, "model": "lenet"})
+
+
+# ------------------------------------------------------------------------------ checkpoint and resume
+
+
+def _ckpt_run(tmp_path, name, *, epochs, resume=False, init_seed=0, config=None, spec=None):
+    from saf_ref.bits import Quantizer
+    from saf_ref.data import load_digits
+    from saf_ref.nn.small import init_small_cnn
+    from saf_ref.protect import default_spec
+    from saf_ref.train.optim import SGD
+    from saf_ref.train.randbet import RandBETConfig, train_protected
+
+    d = load_digits()
+    data = (d.x_train[:160], d.y_train[:160], d.x_test[:60], d.y_test[:60])
+    params, state = init_small_cnn(in_channels=1, num_classes=10, width=2, rng=init_seed)
+    spec = spec or default_spec(Quantizer(8, margin=1e-3))
+    # A curriculum threshold the first epoch's loss passes, so errors switch on mid-run: resuming must
+    # restore that latch from the checkpoint.
+    config = config or RandBETConfig(p_train=0.02, weight_clip=0.5, curriculum_loss=10.0)
+    return train_protected(params, state, data, model="small_cnn", spec=spec, epochs=epochs, batch_size=32,
+                           optimizer=SGD(0.05, momentum=0.9), config=config, rng=3, verbose=False,
+                           checkpoint=tmp_path / name, resume=resume)  # fmt: skip
+
+
+def _ckpt_bits_equal(a, b):
+    return list(a) == list(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    p_full, s_full, h_full = _ckpt_run(tmp_path, "full.npz", epochs=3)
+    assert [r["errors_on"] for r in h_full] == [False, True, True]  # the curriculum latch switched on
+    _ckpt_run(tmp_path, "part.npz", epochs=2)
+    # The given params (another init) are ignored: the run continues from the checkpoint.
+    p_res, s_res, h_res = _ckpt_run(tmp_path, "part.npz", epochs=3, resume=True, init_seed=9)
+    assert _ckpt_bits_equal(p_full, p_res) and _ckpt_bits_equal(s_full, s_res)
+    drop = ("seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in h_full] == [
+        {k: v for k, v in r.items() if k not in drop} for r in h_res
+    ]
+
+
+def test_resume_refuses_another_spec_or_config(tmp_path):
+    from saf_ref.protect import default_spec
+    from saf_ref.train.randbet import RandBETConfig
+
+    _ckpt_run(tmp_path, "ck.npz", epochs=1)
+    with pytest.raises(ValueError, match="train_protected: the checkpoint .* has spec"):
+        _ckpt_run(tmp_path, "ck.npz", epochs=2, resume=True, spec=default_spec("float16"))
+    with pytest.raises(ValueError, match="train_protected: the checkpoint .* has config"):
+        _ckpt_run(tmp_path, "ck.npz", epochs=2, resume=True, config=RandBETConfig(p_train=0.05))
+
+
+def test_resume_needs_a_checkpoint_path():
+    from saf_ref.data import load_digits
+    from saf_ref.nn.small import init_small_cnn
+    from saf_ref.protect import default_spec
+    from saf_ref.train.randbet import train_protected
+
+    d = load_digits()
+    params, state = init_small_cnn(in_channels=1, num_classes=10, width=2, rng=0)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint path"):
+        train_protected(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0,
+                        verbose=False, resume=True)  # fmt: skip
+    with pytest.raises(TypeError, match="resume must be a bool"):
+        train_protected(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0,
+                        verbose=False, resume=1)  # fmt: skip
