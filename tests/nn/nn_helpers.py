@@ -53,6 +53,33 @@ def assert_gradient(analytic, f, x, dy, *, what: str, h: float = 1e-6, rtol: flo
     assert err <= rtol, f"{what}: analytic vs central differences, relative error {err:.3e} > {rtol:.0e}"
 
 
+def assert_model_gradients(loss, params, x, grads, dx, rng, *, per_tensor, h=1e-6, what="model") -> int:
+    """Central differences of a whole model against its backward pass; returns the coordinates checked.
+
+    ``loss(params, x)`` is a scalar (float64). For ``per_tensor`` random coordinates of every parameter
+    tensor and of the input ``x``, ``(loss(+h) - loss(-h)) / 2h`` must match the analytic gradient
+    (``grads[name]`` or ``dx``) within ``1e-6 + 1e-5 * |analytic|``.
+    """
+    checked = 0
+    targets = [(k, params[k], grads[k]) for k in params] + [("x", x, dx)]
+    for name, value, analytic in targets:
+        for _ in range(per_tensor):
+            idx = tuple(int(rng.integers(n)) for n in value.shape)
+            plus, minus = value.copy(), value.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            if name == "x":
+                fd = (loss(params, plus) - loss(params, minus)) / (2 * h)
+            else:
+                fd = (loss({**params, name: plus}, x) - loss({**params, name: minus}, x)) / (2 * h)
+            an = analytic[idx]
+            assert abs(fd - an) <= 1e-6 + 1e-5 * abs(an), (
+                f"{what}: d/d{name}{list(idx)} analytic {an!r} vs central difference {fd!r}"
+            )
+            checked += 1
+    return checked
+
+
 def float32_and_64(rng: np.random.Generator, *shapes, scale: float = 1.0):
     """Random float32 arrays and their exact float64 copies: ``[(a32, a64), ...]``.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nn_helpers import assert_model_gradients
 
 from saf_ref.nn.resnet import (
     ARCHS,
@@ -255,25 +256,10 @@ def _gradcheck(arch, params, state, x, *, train, transform, coords_per_tensor, r
 
     _, _, cache = resnet_forward(params, state, x, arch=arch, train=train, transform=transform)
     grads, dx = resnet_backward(r, cache, return_input_grad=True)
-    checked = 0
-    targets = [(k, params[k], grads[k]) for k in params] + [("x", x, dx)]
-    for name, value, analytic in targets:
-        for _ in range(coords_per_tensor):
-            idx = tuple(int(rng.integers(n)) for n in value.shape)
-            plus, minus = value.copy(), value.copy()
-            plus[idx] += h
-            minus[idx] -= h
-            if name == "x":
-                fd = (loss(params, plus) - loss(params, minus)) / (2 * h)
-            else:
-                fd = (loss({**params, name: plus}, x) - loss({**params, name: minus}, x)) / (2 * h)
-            an = analytic[idx]
-            assert abs(fd - an) <= 1e-6 + 1e-5 * abs(an), (
-                f"{arch} train={train} transform={transform}: d/d{name}{list(idx)} analytic {an!r} vs "
-                f"central difference {fd!r}"
-            )
-            checked += 1
-    return checked
+    what = f"{arch} train={train} transform={transform}"
+    return assert_model_gradients(
+        loss, params, x, grads, dx, rng, per_tensor=coords_per_tensor, h=h, what=what
+    )
 
 
 @pytest.mark.parametrize("transform_name", [None, *TRANSFORMS, "cube"])

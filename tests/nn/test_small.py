@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nn_helpers import assert_model_gradients
 
 from saf_ref.nn.small import (
     init_mlp,
@@ -15,21 +16,6 @@ from saf_ref.nn.small import (
     small_cnn_forward,
     small_cnn_shapes,
 )
-
-
-def _central_differences(loss, params, x, grads, dx, rng, *, per_tensor=3, h=1e-6):
-    targets = [(k, params[k], grads[k]) for k in params] + [("x", x, dx)]
-    for name, value, analytic in targets:
-        for _ in range(per_tensor):
-            idx = tuple(int(rng.integers(n)) for n in value.shape)
-            plus, minus = value.copy(), value.copy()
-            plus[idx] += h
-            minus[idx] -= h
-            if name == "x":
-                fd = (loss(params, plus) - loss(params, minus)) / (2 * h)
-            else:
-                fd = (loss({**params, name: plus}, x) - loss({**params, name: minus}, x)) / (2 * h)
-            assert abs(fd - analytic[idx]) <= 1e-6 + 1e-5 * abs(analytic[idx]), (name, idx, fd, analytic[idx])
 
 
 def test_shapes():
@@ -96,7 +82,7 @@ def test_small_cnn_finite_differences(transform_name, train):
 
     _, _, cache = small_cnn_forward(params, state, x, train=train, transform=transform)
     grads, dx = small_cnn_backward(r, cache, return_input_grad=True)
-    _central_differences(loss, params, x, grads, dx, rng)
+    assert_model_gradients(loss, params, x, grads, dx, rng, per_tensor=3)
 
 
 @pytest.mark.parametrize("transform_name", [None, "arctan", "softsign"])
@@ -114,7 +100,7 @@ def test_mlp_finite_differences(transform_name):
 
     _, _, cache = mlp_forward(params, state, x, train=True, transform=transform)
     grads, dx = mlp_backward(r, cache, return_input_grad=True)
-    _central_differences(loss, params, x, grads, dx, rng)
+    assert_model_gradients(loss, params, x, grads, dx, rng, per_tensor=3)
 
 
 def test_against_torch():
