@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 #: The kinds of fault a record can hold, in the order of their integer codes.
 KINDS = ("flip", "stuck0", "stuck1")
@@ -73,7 +73,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ---------------------------------------------------------------------------------------------------------
 def check_codes(codes: Any, fn: str, name: str = "codes") -> np.ndarray:
     """Require an array of stored words: an unsigned integer ndarray (uint8/16/32/64)."""
-    return _checks.check_dtype(codes, name, fn, CODE_DTYPES)
+    return validation.check_dtype(codes, name, fn, CODE_DTYPES)
 
 
 def resolve_nbits(codes: np.ndarray, nbits: Any, fn: str) -> int:
@@ -81,7 +81,7 @@ def resolve_nbits(codes: np.ndarray, nbits: Any, fn: str) -> int:
     width = codes.dtype.itemsize * 8
     if nbits is None:
         return width
-    return _checks.check_int(nbits, "nbits", fn, low=1, high=width)
+    return validation.check_int(nbits, "nbits", fn, low=1, high=width)
 
 
 def default_format_name(format_name: Any, nbits: int, fn: str) -> str:
@@ -90,7 +90,7 @@ def default_format_name(format_name: Any, nbits: int, fn: str) -> str:
         return f"raw{nbits}"
     if not isinstance(format_name, str) or not format_name:
         raise TypeError(
-            f"{fn}: format_name must be a non-empty str or None, got {_checks._describe(format_name)}"
+            f"{fn}: format_name must be a non-empty str or None, got {validation.describe(format_name)}"
         )
     return format_name
 
@@ -200,7 +200,7 @@ class FaultList:
                 raise ValueError(f"{fn}: {name} must be 1-dimensional, got shape {a.shape}")
             if a.size and a.dtype.kind not in "iu":
                 raise TypeError(f"{fn}: {name} must hold integers, got dtype {a.dtype}")
-        _checks.check_equal(fn, "bit.shape[0]", bit.shape[0], "index.shape[0]", index.shape[0])
+        validation.check_equal(fn, "bit.shape[0]", bit.shape[0], "index.shape[0]", index.shape[0])
         if index.size and index.min() < 0:
             raise ValueError(f"{fn}: index must be >= 0, got {index.min()}")
         if bit.size and (bit.min() < 0 or bit.max() > _MAX_BIT):
@@ -208,20 +208,20 @@ class FaultList:
                 f"{fn}: bit must be in [0, {_MAX_BIT}], got values in [{bit.min()}, {bit.max()}]"
             )
         if not isinstance(tensor, str):
-            raise TypeError(f"{fn}: tensor must be a str, got {_checks._describe(tensor)}")
+            raise TypeError(f"{fn}: tensor must be a str, got {validation.describe(tensor)}")
         if not isinstance(format_name, str) or not format_name:
             raise TypeError(
-                f"{fn}: format_name must be a non-empty str, got {_checks._describe(format_name)}"
+                f"{fn}: format_name must be a non-empty str, got {validation.describe(format_name)}"
             )
         _validate_record((tensor, 0, 0, "flip", format_name), fn)  # the same name rules as records
         if isinstance(kind, str):
-            _checks.check_choice(kind, "kind", fn, KINDS)
+            validation.check_choice(kind, "kind", fn, KINDS)
             kinds = np.full(index.shape[0], KINDS.index(kind), dtype=np.int8)
         else:
             kind_list = list(kind)
-            _checks.check_equal(fn, "len(kind)", len(kind_list), "index.shape[0]", index.shape[0])
+            validation.check_equal(fn, "len(kind)", len(kind_list), "index.shape[0]", index.shape[0])
             for k in set(kind_list):
-                _checks.check_choice(k, "kind", fn, KINDS)
+                validation.check_choice(k, "kind", fn, KINDS)
             lookup = {k: i for i, k in enumerate(KINDS)}
             kinds = np.array([lookup[k] for k in kind_list], dtype=np.int8)
         out = cls.__new__(cls)
@@ -236,7 +236,7 @@ class FaultList:
         for i, fl in enumerate(lists):
             if not isinstance(fl, FaultList):
                 raise TypeError(
-                    f"FaultList.concat: lists[{i}] must be a FaultList, got {_checks._describe(fl)}"
+                    f"FaultList.concat: lists[{i}] must be a FaultList, got {validation.describe(fl)}"
                 )
         out = cls.__new__(cls)
         out._set_columns(
@@ -295,7 +295,7 @@ class FaultList:
         return int(self._index.shape[0])
 
     def __getitem__(self, i: int) -> Fault:
-        i = _checks.check_int(i, "i", "FaultList.__getitem__", low=-len(self), high=len(self) - 1)
+        i = validation.check_int(i, "i", "FaultList.__getitem__", low=-len(self), high=len(self) - 1)
         return Fault(
             self._tensor_names[self._tensor_codes[i]],
             int(self._index[i]),
@@ -329,7 +329,7 @@ class FaultList:
     def select(self, tensor: str) -> FaultList:
         """The records of one tensor, in order."""
         if not isinstance(tensor, str):
-            raise TypeError(f"FaultList.select: tensor must be a str, got {_checks._describe(tensor)}")
+            raise TypeError(f"FaultList.select: tensor must be a str, got {validation.describe(tensor)}")
         keep = np.array([t == tensor for t in self._tensor_names], dtype=bool)
         rows = keep[self._tensor_codes] if len(self) else np.zeros(0, dtype=bool)
         out = FaultList.__new__(FaultList)
@@ -409,7 +409,8 @@ class FaultList:
         """
         fn = "FaultList.apply_dict"
         if not isinstance(arrays, Mapping):
-            raise TypeError(f"{fn}: arrays must be a mapping str -> ndarray, got {_checks._describe(arrays)}")
+            raise TypeError(f"{fn}: arrays must be a mapping str -> ndarray"
+                f", got {validation.describe(arrays)}")
         missing = [t for t in self.tensors if t not in arrays]
         if missing:
             raise ValueError(f"{fn}: arrays must hold every tensor of the list, missing {missing}")
@@ -438,7 +439,7 @@ class FaultList:
         """
         fn = "FaultList.from_csv"
         if not isinstance(text, str):
-            raise TypeError(f"{fn}: text must be a str, got {_checks._describe(text)}")
+            raise TypeError(f"{fn}: text must be a str, got {validation.describe(text)}")
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         records = []
         header_seen = False
@@ -475,7 +476,7 @@ class FaultList:
         """
         fn = "FaultList.from_json"
         if not isinstance(text, str):
-            raise TypeError(f"{fn}: text must be a str, got {_checks._describe(text)}")
+            raise TypeError(f"{fn}: text must be a str, got {validation.describe(text)}")
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
@@ -523,7 +524,7 @@ class FaultList:
 # ---------------------------------------------------------------------------------------------------------
 def _check_path(path: Any, fn: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{fn}: path must be a str or path-like, got {_checks._describe(path)}")
+        raise TypeError(f"{fn}: path must be a str or path-like, got {validation.describe(path)}")
     return Path(path)
 
 
@@ -536,7 +537,7 @@ def _first_appearance(codes: np.ndarray) -> list[int]:
 def _validate_record(rec: Any, where: str) -> Fault:
     """Check one record's types and values; ``where`` prefixes the message (function and position)."""
     if not isinstance(rec, tuple) or len(rec) != len(COLUMNS):
-        raise ValueError(f"{where}: must be a 5-tuple {COLUMNS}, got {_checks._describe(rec)}")
+        raise ValueError(f"{where}: must be a 5-tuple {COLUMNS}, got {validation.describe(rec)}")
     tensor, index, bit, kind, fmt = rec
     if not isinstance(tensor, str):
         raise ValueError(f"{where}, field 'tensor': expected a string, got {tensor!r}")

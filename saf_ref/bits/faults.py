@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.faultlist import (
     FaultList,
     check_codes,
@@ -69,13 +69,13 @@ def bit_indices(spec: Any, nbits: int, fn: str, name: str = "bit_mask") -> np.nd
             raise ValueError(f"{fn}: {name} must be an integer mask in [0, 2**{nbits}), got {spec:#x}")
         return np.array([b for b in range(nbits) if spec >> b & 1], dtype=np.int64)
     if isinstance(spec, np.ndarray) and spec.dtype == np.bool_:
-        _checks.check_shape(spec, name, fn, (nbits,))
+        validation.check_shape(spec, name, fn, (nbits,))
         return np.flatnonzero(spec).astype(np.int64)
     items = [spec] if isinstance(spec, BitField) else spec
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise TypeError(
             f"{fn}: {name} must be None, an int mask, a BitField, a bool array or an iterable of bit "
-            f"indices, got {_checks._describe(spec)}"
+            f"indices, got {validation.describe(spec)}"
         )
     bits: set[int] = set()
     for item in items:
@@ -86,7 +86,7 @@ def bit_indices(spec: Any, nbits: int, fn: str, name: str = "bit_mask") -> np.nd
                 )
             bits.update(item.bits())
         else:
-            bits.add(_checks.check_int(item, f"{name} entry", fn, low=0, high=nbits - 1))
+            bits.add(validation.check_int(item, f"{name} entry", fn, low=0, high=nbits - 1))
     return np.array(sorted(bits), dtype=np.int64)
 
 
@@ -97,10 +97,11 @@ def field_mask(fmt: Any, *names: str) -> int:
     """
     fields = getattr(fmt, "fields", None)
     if not isinstance(fields, dict):
-        raise TypeError(f"field_mask: fmt must have a dict attribute 'fields', got {_checks._describe(fmt)}")
+        raise TypeError(f"field_mask: fmt must have a dict attribute 'fields'"
+            f", got {validation.describe(fmt)}")
     mask = 0
     for n in names:
-        _checks.check_choice(n, "field name", "field_mask", tuple(fields))
+        validation.check_choice(n, "field name", "field_mask", tuple(fields))
         mask |= fields[n].mask
     return mask
 
@@ -109,12 +110,12 @@ def _check_shape_arg(shape: Any, fn: str) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     if not isinstance(shape, (tuple, list)):
-        raise TypeError(f"{fn}: shape must be a tuple of ints, got {_checks._describe(shape)}")
-    return tuple(_checks.check_int(s, f"shape[{i}]", fn, low=0) for i, s in enumerate(shape))
+        raise TypeError(f"{fn}: shape must be a tuple of ints, got {validation.describe(shape)}")
+    return tuple(validation.check_int(s, f"shape[{i}]", fn, low=0) for i, s in enumerate(shape))
 
 
 def _check_format_nbits(nbits: Any, fn: str) -> int:
-    return _checks.check_int(nbits, "nbits", fn, low=1, high=64)
+    return validation.check_int(nbits, "nbits", fn, low=1, high=64)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _flip_rate_sampler(
     check_codes(codes, fn)
     nbits = resolve_nbits(codes, nbits, fn)
     bits = bit_indices(bit_mask, nbits, fn)
-    rng = _checks.check_rng(rng, fn)
+    rng = validation.check_rng(rng, fn)
     return codes, nbits, bits, rng
 
 
@@ -241,7 +242,7 @@ def apply_flips(codes: np.ndarray, flips: FlipPositions, *, nbits: int | None = 
     check_codes(codes, fn)
     nbits = resolve_nbits(codes, nbits, fn)
     if not isinstance(flips, tuple) or len(flips) != 2:
-        raise TypeError(f"{fn}: flips must be a FlipPositions (index, bit), got {_checks._describe(flips)}")
+        raise TypeError(f"{fn}: flips must be a FlipPositions (index, bit), got {validation.describe(flips)}")
     index = np.asarray(flips[0])
     bit = np.asarray(flips[1])
     if index.shape != bit.shape or index.ndim != 1:
@@ -276,7 +277,7 @@ def _result(out: np.ndarray, flips: FlipPositions, return_faults: bool, tensor: 
 
 def _check_tensor(tensor: Any, fn: str) -> str:
     if not isinstance(tensor, str):
-        raise TypeError(f"{fn}: tensor must be a str, got {_checks._describe(tensor)}")
+        raise TypeError(f"{fn}: tensor must be a str, got {validation.describe(tensor)}")
     return tensor
 
 
@@ -343,9 +344,9 @@ def inject_bit_errors(
     fmt_name = default_format_name(format_name, nbits, fn)
     if p is None and p01 is None and p10 is None:
         raise ValueError(f"{fn}: p must be given (or p01 and/or p10), got p=None, p01=None, p10=None")
-    default = 0.0 if p is None else _checks.check_probability(p, "p", fn)
-    r01 = default if p01 is None else _checks.check_probability(p01, "p01", fn)
-    r10 = default if p10 is None else _checks.check_probability(p10, "p10", fn)
+    default = 0.0 if p is None else validation.check_probability(p, "p", fn)
+    r01 = default if p01 is None else validation.check_probability(p01, "p01", fn)
+    r10 = default if p10 is None else validation.check_probability(p10, "p10", fn)
     pmax = max(r01, r10)
     pos = _bernoulli_positions(codes.size * bits.size, pmax, rng)
     flips = _positions_to_flips(pos, bits)
@@ -397,7 +398,7 @@ def flip_by_uniform(codes: np.ndarray, uniform: np.ndarray, p: float, *, protect
     """
     fn = "flip_by_uniform"
     check_codes(codes, fn)
-    _checks.check_ndarray(uniform, "uniform", fn)
+    validation.check_ndarray(uniform, "uniform", fn)
     if uniform.dtype != np.float32:
         raise TypeError(
             f"{fn}: uniform must have dtype float32 (the comparison is in float32; cast with "
@@ -414,7 +415,7 @@ def flip_by_uniform(codes: np.ndarray, uniform: np.ndarray, p: float, *, protect
         raise ValueError(
             f"{fn}: uniform.shape[-1] (=nbits) must be in [1, {width}] for {codes.dtype} codes, got {nbits}"
         )
-    p32 = np.float32(_checks.check_probability(p, "p", fn))
+    p32 = np.float32(validation.check_probability(p, "p", fn))
     flips = uniform < p32  # a new array; uniform is not touched
     if protected is not None:  # (None means "every bit" to bit_indices, "no bit" here)
         flips[..., bit_indices(protected, nbits, fn, "protected")] = False
@@ -464,7 +465,7 @@ def inject_exact_k(
     tensor = _check_tensor(tensor, fn)
     fmt_name = default_format_name(format_name, nbits, fn)
     n = codes.size * bits.size
-    k = _checks.check_int(k, "k", fn, low=0, high=n)
+    k = validation.check_int(k, "k", fn, low=0, high=n)
     flips = _positions_to_flips(_distinct_uniform(n, k, rng), bits)
     return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
 
@@ -494,16 +495,16 @@ def flip_bit(
     fn = "flip_bit"
     check_codes(codes, fn)
     nbits = resolve_nbits(codes, nbits, fn)
-    bit = _checks.check_int(bit, "bit", fn, low=0, high=nbits - 1)
+    bit = validation.check_int(bit, "bit", fn, low=0, high=nbits - 1)
     if isinstance(index, tuple):
-        _checks.check_equal(fn, "len(index)", len(index), "codes.ndim", codes.ndim)
+        validation.check_equal(fn, "len(index)", len(index), "codes.ndim", codes.ndim)
         multi = tuple(
-            _checks.check_int(i, f"index[{d}]", fn, low=0, high=codes.shape[d] - 1)
+            validation.check_int(i, f"index[{d}]", fn, low=0, high=codes.shape[d] - 1)
             for d, i in enumerate(index)
         )
         flat = int(np.ravel_multi_index(multi, codes.shape)) if codes.ndim else 0
     else:
-        flat = _checks.check_int(index, "index", fn, low=0, high=codes.size - 1)
+        flat = validation.check_int(index, "index", fn, low=0, high=codes.size - 1)
     return _xor_copy(codes, FlipPositions(np.array([flat], dtype=np.int64), np.array([bit])))
 
 
@@ -538,8 +539,8 @@ class StuckAtMap:
         fn = "StuckAtMap"
         check_codes(self.and_mask, fn, "and_mask")
         check_codes(self.or_mask, fn, "or_mask")
-        _checks.check_same_dtype(fn, and_mask=self.and_mask, or_mask=self.or_mask)
-        _checks.check_shape(self.or_mask, "or_mask", fn, self.and_mask.shape)
+        validation.check_same_dtype(fn, and_mask=self.and_mask, or_mask=self.or_mask)
+        validation.check_shape(self.or_mask, "or_mask", fn, self.and_mask.shape)
         nbits = resolve_nbits(self.and_mask, self.nbits, fn)
         dt = self.and_mask.dtype.type
         stuck0 = ~self.and_mask
@@ -585,7 +586,7 @@ class StuckAtMap:
             raise TypeError(
                 f"{fn}: codes must have dtype {self.and_mask.dtype} (the map's), got {codes.dtype}"
             )
-        _checks.check_shape(codes, "codes", fn, self.shape)
+        validation.check_shape(codes, "codes", fn, self.shape)
         return np.asarray((codes & self.and_mask) | self.or_mask)  # 0-d stays an array
 
     def to_faultlist(self, *, tensor: str = "", format_name: str | None = None) -> FaultList:
@@ -669,9 +670,9 @@ def sample_stuck_at_map(
         raise ValueError(
             f"{fn}: nbits must be at most {container.itemsize * 8} for dtype {container}, got {nbits}"
         )
-    p = _checks.check_probability(p, "p", fn)
-    p_stuck1 = _checks.check_probability(p_stuck1, "p_stuck1", fn)
-    rng = _checks.check_rng(rng, fn)
+    p = validation.check_probability(p, "p", fn)
+    p_stuck1 = validation.check_probability(p_stuck1, "p_stuck1", fn)
+    rng = validation.check_rng(rng, fn)
     bits = bit_indices(bit_mask, nbits, fn)
     size = int(np.prod(shape, dtype=np.int64))
     flips = _positions_to_flips(_bernoulli_positions(size * bits.size, p, rng), bits)
@@ -723,9 +724,9 @@ def inject_bursts(
     fn = "inject_bursts"
     check_codes(codes, fn)
     nbits = resolve_nbits(codes, nbits, fn)
-    rate = _checks.check_probability(rate, "rate", fn)
-    burst_len = _checks.check_int(burst_len, "burst_len", fn, low=1, high=nbits)
-    rng = _checks.check_rng(rng, fn)
+    rate = validation.check_probability(rate, "rate", fn)
+    burst_len = validation.check_int(burst_len, "burst_len", fn, low=1, high=nbits)
+    rng = validation.check_rng(rng, fn)
     tensor = _check_tensor(tensor, fn)
     fmt_name = default_format_name(format_name, nbits, fn)
     words = _bernoulli_positions(codes.size, rate, rng)
@@ -781,9 +782,9 @@ def sample_nested_flips(
     shape = _check_shape_arg(shape, fn)
     nbits = _check_format_nbits(nbits, fn)
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Iterable):
-        raise TypeError(f"{fn}: rates must be a sequence of probabilities, got {_checks._describe(rates)}")
-    rates = [_checks.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates)]
-    rng = _checks.check_rng(rng, fn)
+        raise TypeError(f"{fn}: rates must be a sequence of probabilities, got {validation.describe(rates)}")
+    rates = [validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates)]
+    rng = validation.check_rng(rng, fn)
     bits = bit_indices(bit_mask, nbits, fn)
     if not rates:
         return []

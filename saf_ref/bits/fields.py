@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def smallest_container(nbits: int) -> np.dtype:
 
     ``nbits`` is an integer in ``[1, 64]``.
     """
-    nbits = _checks.check_int(nbits, "nbits", "smallest_container", low=1, high=64)
+    nbits = validation.check_int(nbits, "nbits", "smallest_container", low=1, high=64)
     for dtype in (np.uint8, np.uint16, np.uint32):
         if nbits <= np.dtype(dtype).itemsize * 8:
             return np.dtype(dtype)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.fields import BitField, smallest_container
 
 ROUNDINGS = ("nearest_even", "toward_zero", "floor")
@@ -61,7 +61,7 @@ def parse_fixed_format(text: str, *, fn: str = "parse_fixed_format", name: str =
         ``text`` is not of the form ``qM.N`` or its width is outside 2..32 bits.
     """
     if not isinstance(text, str):
-        raise TypeError(f"{fn}: {name} must be a str like 'q2.5', got {_checks._describe(text)}")
+        raise TypeError(f"{fn}: {name} must be a str like 'q2.5', got {validation.describe(text)}")
     match = _NAME_RE.match(text)
     if match is None:
         raise ValueError(f"{fn}: {name} must have the form 'qM.N' (e.g. 'q2.5'), got {text!r}")
@@ -118,8 +118,8 @@ class FixedPointFormat:
 
     def __post_init__(self) -> None:
         fn = "FixedPointFormat"
-        m = _checks.check_int(self.int_bits, "int_bits", fn, low=0, high=31)
-        n = _checks.check_int(self.frac_bits, "frac_bits", fn, low=0, high=31)
+        m = validation.check_int(self.int_bits, "int_bits", fn, low=0, high=31)
+        n = validation.check_int(self.frac_bits, "frac_bits", fn, low=0, high=31)
         if not 2 <= 1 + m + n <= 32:
             raise ValueError(f"{fn}: 1 + int_bits + frac_bits must be in [2, 32], got {1 + m + n}")
         # Frozen dataclass: derived attributes are set once through object.__setattr__.
@@ -202,7 +202,7 @@ class FixedPointFormat:
             Values in ``[-2**(nbits-1), 2**(nbits-1) - 1]``.
         """
         fn = f"{self.name}.from_int"
-        _checks.check_ndarray(ints, "ints", fn)
+        validation.check_ndarray(ints, "ints", fn)
         if not np.issubdtype(ints.dtype, np.integer):
             raise TypeError(f"{fn}: ints must have an integer dtype, got {ints.dtype}")
         if ints.size and (int(ints.min()) < self._int_min or int(ints.max()) > self._int_max):
@@ -257,8 +257,8 @@ class FixedPointFormat:
         """
         fn = f"{self.name}.encode"
         x = _check_float_input(x, fn)
-        _checks.check_choice(rounding, "rounding", fn, ROUNDINGS)
-        _checks.check_choice(overflow, "overflow", fn, OVERFLOWS)
+        validation.check_choice(rounding, "rounding", fn, ROUNDINGS)
+        validation.check_choice(overflow, "overflow", fn, OVERFLOWS)
         if np.isnan(x).any():
             raise ValueError(f"{fn}: x must not contain NaN (fixed point has no NaN code), got NaN")
         x64 = x.astype(np.float64)  # exact widening, and a copy: the caller's array is never touched
@@ -302,8 +302,8 @@ def _check_float_input(x: object, fn: str) -> np.ndarray:
     if isinstance(x, (float, np.floating)):
         x = np.asarray(x)  # Python float -> float64; a NumPy scalar keeps its dtype
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{fn}: x must be a numpy.ndarray of a float dtype, got {_checks._describe(x)}")
-    return _checks.check_dtype(x, "x", fn, FIXED_FLOAT_DTYPES)
+        raise TypeError(f"{fn}: x must be a numpy.ndarray of a float dtype, got {validation.describe(x)}")
+    return validation.check_dtype(x, "x", fn, FIXED_FLOAT_DTYPES)
 
 
 _UNSIGNED = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64))
@@ -311,8 +311,8 @@ _UNSIGNED = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint6
 
 def _check_codes(codes: object, nbits: int, container: np.dtype, fn: str) -> np.ndarray:
     """Require unsigned codes at least as wide as ``container`` and below ``2**nbits``; return int64."""
-    _checks.check_ndarray(codes, "codes", fn)
-    _checks.check_dtype(codes, "codes", fn, [d for d in _UNSIGNED if d.itemsize >= container.itemsize])
+    validation.check_ndarray(codes, "codes", fn)
+    validation.check_dtype(codes, "codes", fn, [d for d in _UNSIGNED if d.itemsize >= container.itemsize])
     if codes.size and int(codes.max()) >> nbits:
         raise ValueError(
             f"{fn}: codes must fit in {nbits} bits (at most {(1 << nbits) - 1:#x}), "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.fields import NumberFormat
 from saf_ref.bits.fixed import FixedPointFormat, parse_fixed_format
 from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
@@ -65,7 +65,7 @@ def resolve_format(
         )
         raise TypeError(
             f"{fn}: {name} must be a format name (e.g. 'float16', 'q2.5') or {kinds}, "
-            f"got {_checks._describe(fmt)}"
+            f"got {validation.describe(fmt)}"
         )
     # A string that looks like qM.N is fixed point: its own parser says precisely what is wrong with it.
     if fmt[:1] in ("q", "Q") and "." in fmt:

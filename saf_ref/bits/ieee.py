@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saf_ref._checks import check_choice, check_dtype, check_ndarray
 from saf_ref.bits.fields import BitField, smallest_container
+from saf_ref.validation import check_choice, check_dtype, check_ndarray
 
 __all__ = ["IEEEFormat", "IEEE_FORMATS", "get_ieee_format", "OVERFLOW_POLICIES"]
 

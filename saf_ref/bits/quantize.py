@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.fields import BitField, smallest_container
 
 SCHEMES = ("symmetric", "asymmetric")
@@ -81,11 +81,11 @@ class QuantContext:
 
     def __post_init__(self) -> None:
         fn = "QuantContext"
-        _checks.check_choice(self.scheme, "scheme", fn, SCHEMES)
-        _checks.check_choice(self.code, "code", fn, CODES)
-        object.__setattr__(self, "nbits", _checks.check_int(self.nbits, "nbits", fn, low=2, high=16))
+        validation.check_choice(self.scheme, "scheme", fn, SCHEMES)
+        validation.check_choice(self.code, "code", fn, CODES)
+        object.__setattr__(self, "nbits", validation.check_int(self.nbits, "nbits", fn, low=2, high=16))
         for name in ("q", "step"):
-            value = _checks.check_real(getattr(self, name), name, fn)
+            value = validation.check_real(getattr(self, name), name, fn)
             if not (_is_float32_value(value) and value >= 0.0):
                 raise ValueError(f"{fn}: {name} must be a finite non-negative float32 value, got {value!r}")
             object.__setattr__(self, name, value)
@@ -96,7 +96,7 @@ class QuantContext:
                 )
             return
         for name in ("min", "max"):
-            value = _checks.check_real(getattr(self, name), name, fn)
+            value = validation.check_real(getattr(self, name), name, fn)
             if not _is_float32_value(value):
                 raise ValueError(f"{fn}: {name} must be a finite float32 value, got {value!r}")
             object.__setattr__(self, name, value)
@@ -114,7 +114,7 @@ class QuantContext:
         """The inverse of :meth:`to_dict`; every key of :meth:`to_dict` is required, no others allowed."""
         fn = "QuantContext.from_dict"
         if not isinstance(data, dict):
-            raise TypeError(f"{fn}: data must be a dict, got {_checks._describe(data)}")
+            raise TypeError(f"{fn}: data must be a dict, got {validation.describe(data)}")
         if set(data) != set(_CONTEXT_KEYS):
             raise ValueError(f"{fn}: data must have exactly the keys {_CONTEXT_KEYS}, got {tuple(data)}")
         return cls(**data)
@@ -199,13 +199,13 @@ class Quantizer:
         margin: float = 0.0,
     ) -> None:
         fn = "Quantizer"
-        self.nbits = _checks.check_int(nbits, "nbits", fn, low=2, high=16)
-        self.scheme = _checks.check_choice(scheme, "scheme", fn, SCHEMES)
-        self.code = _checks.check_choice(code, "code", fn, CODES)
-        self.rounding = _checks.check_choice(rounding, "rounding", fn, QUANT_ROUNDINGS)
+        self.nbits = validation.check_int(nbits, "nbits", fn, low=2, high=16)
+        self.scheme = validation.check_choice(scheme, "scheme", fn, SCHEMES)
+        self.code = validation.check_choice(code, "code", fn, CODES)
+        self.rounding = validation.check_choice(rounding, "rounding", fn, QUANT_ROUNDINGS)
         self.clip = None if clip is None else _check_positive_float32(clip, "clip", fn)
         self.max_abs = None if max_abs is None else _check_positive_float32(max_abs, "max_abs", fn)
-        self.margin = _checks.check_real(margin, "margin", fn)
+        self.margin = validation.check_real(margin, "margin", fn)
         if not (math.isfinite(self.margin) and self.margin >= 0.0):
             raise ValueError(f"{fn}: margin must be a finite number >= 0, got {margin!r}")
         if self.max_abs is not None and scheme == "asymmetric":
@@ -273,7 +273,7 @@ class Quantizer:
         fn = f"{self.name}.encode"
         if isinstance(x, np.floating):
             x = np.asarray(x)  # a NumPy scalar becomes a 0-d array of its dtype
-        _checks.check_dtype(x, "x", fn, (np.float32,))
+        validation.check_dtype(x, "x", fn, (np.float32,))
         if not np.isfinite(x).all():
             raise ValueError(f"{fn}: x must be finite, got NaN or inf")
         if x.size == 0 and self.max_abs is None:
@@ -301,18 +301,18 @@ class Quantizer:
         ndarray of float32, shape of ``codes``
         """
         fn = f"{self.name}.decode"
-        _checks.check_ndarray(codes, "codes", fn)
+        validation.check_ndarray(codes, "codes", fn)
         wide_enough = [d for d in _UNSIGNED if d.itemsize >= self.container.itemsize]
-        _checks.check_dtype(codes, "codes", fn, wide_enough)
+        validation.check_dtype(codes, "codes", fn, wide_enough)
         if self.code == "twos_complement" and codes.size and int(codes.max()) >> self.nbits:
             raise ValueError(
                 f"{fn}: codes must fit in {self.nbits} bits (at most {(1 << self.nbits) - 1:#x}), "
                 f"got a code {int(codes.max()):#x}"
             )
         if not isinstance(context, QuantContext):
-            raise TypeError(f"{fn}: context must be a QuantContext, got {_checks._describe(context)}")
+            raise TypeError(f"{fn}: context must be a QuantContext, got {validation.describe(context)}")
         for attr in ("scheme", "code", "nbits"):
-            _checks.check_equal(
+            validation.check_equal(
                 fn, f"context.{attr}", getattr(context, attr), f"quantizer.{attr}", getattr(self, attr)
             )
         y = self._decode_levels(codes, _F32(context.q), _F32(context.step))
@@ -410,7 +410,7 @@ class Quantizer:
 
 def _check_positive_float32(value: Any, name: str, fn: str) -> float:
     """A real scalar that is positive and finite, also after rounding to float32."""
-    value = _checks.check_real(value, name, fn)
+    value = validation.check_real(value, name, fn)
     as_f32 = _to_f32(value)  # a value past float32's range becomes inf, rejected below
     if not (math.isfinite(value) and np.isfinite(as_f32) and as_f32 > 0):
         raise ValueError(f"{fn}: {name} must be a positive number that is finite in float32, got {value!r}")

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.fields import BitField
 from saf_ref.bits.formats import resolve_format
 from saf_ref.bits.ieee import IEEEFormat
@@ -44,7 +44,7 @@ def _store(fmt: Any, x: Any, fn: str):
     if isinstance(x, (bool, np.bool_)) or not isinstance(
         x, (int, float, np.floating, np.integer, np.ndarray)
     ):
-        raise TypeError(f"{fn}: x must be a real number or a float ndarray, got {_checks._describe(x)}")
+        raise TypeError(f"{fn}: x must be a real number or a float ndarray, got {validation.describe(x)}")
     if not isinstance(x, np.ndarray):
         x = np.asarray(float(x), dtype=np.float64)
     if isinstance(fmt, Quantizer):
@@ -97,7 +97,7 @@ def flip_value(x: Any, bit: int, fmt: Any):
     """
     fn = "flip_value"
     fmt = resolve_format(fmt, fn=fn)
-    bit = _checks.check_int(bit, "bit", fn, low=0, high=fmt.nbits - 1)
+    bit = validation.check_int(bit, "bit", fn, low=0, high=fmt.nbits - 1)
     codes, decode, _ = _store(fmt, x, fn)
     flipped = np.asarray(codes ^ codes.dtype.type(1 << bit))  # 0-d stays an array
     out = decode(flipped)
@@ -228,9 +228,9 @@ def expected_corrupted(n_values: int, nbits: int, p: float) -> float:
     stays accurate for tiny ``p`` (where it is about ``n * nbits * p``).
     """
     fn = "expected_corrupted"
-    n_values = _checks.check_int(n_values, "n_values", fn, low=0)
-    nbits = _checks.check_int(nbits, "nbits", fn, low=1, high=64)
-    p = _checks.check_probability(p, "p", fn)
+    n_values = validation.check_int(n_values, "n_values", fn, low=0)
+    nbits = validation.check_int(nbits, "nbits", fn, low=1, high=64)
+    p = validation.check_probability(p, "p", fn)
     if p == 1.0:
         return float(n_values)
     # n * (-expm1(...)), not -n * expm1(...): for n = 0 the latter is 0 * (negative) = -0.0.
@@ -291,8 +291,8 @@ def prob_nonfinite(x: Any, fmt: Any, p: float, *, kind: str = "nonfinite"):
     """
     fn = "prob_nonfinite"
     fmt = resolve_format(fmt, fn=fn)
-    p = _checks.check_probability(p, "p", fn)
-    _checks.check_choice(kind, "kind", fn, NONFINITE_KINDS)
+    p = validation.check_probability(p, "p", fn)
+    validation.check_choice(kind, "kind", fn, NONFINITE_KINDS)
     codes, _, _ = _store(fmt, x, fn)
     if not isinstance(fmt, IEEEFormat):
         out = np.zeros(codes.shape, dtype=np.float64)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import (
+from ..validation import (
     check_equal,
     check_float,
     check_int,

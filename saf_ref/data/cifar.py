@@ -12,7 +12,7 @@ Each batch is a pickled dict with ``b"data"``, a uint8 array of shape (n, 3072),
 is the 32x32 red plane, then green, then blue, each in row-major order, so ``data.reshape(n, 3, 32, 32)``
 is NCHW directly.
 
-The pickles are read with :class:`saf_ref.data._unpickle.RestrictedUnpickler`, which resolves only the
+The pickles are read with :class:`saf_ref.data.unpickle.RestrictedUnpickler`, which resolves only the
 NumPy names these files use, so a malicious file raises :class:`pickle.UnpicklingError` instead of running
 code. The archive is read in place (members are streamed from the tar file, nothing is extracted to disk).
 Get the archives with :func:`saf_ref.data.download.download_cifar10` / ``download_cifar100``.
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_choice
-from ._unpickle import restricted_loads
+from ..validation import check_choice
 from .shipped import Dataset, Split, check_image_options, convert_images, select_split
+from .unpickle import restricted_loads
 
 _SIDE = 32
 _ROW = 3 * _SIDE * _SIDE  # 3072 bytes per image

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from .._checks import check_real
+from ..validation import check_real
 
 
 class KnownFile(NamedTuple):

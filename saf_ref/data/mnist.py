@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import check_choice
+from ..validation import check_choice
 from .shipped import Dataset, Split, check_image_options, convert_images, select_split
 
 #: IDX element-type code -> big-endian NumPy dtype.

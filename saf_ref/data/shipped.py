@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._checks import check_choice
+from ..validation import check_choice
 from .download import verify_sha256
 
 DATA_ENV = "SAF_REF_DATA"

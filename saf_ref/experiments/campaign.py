@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.experiments.stats import mean_interval, wilson_interval
 from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, _check_params, inject_nested, load, store
 from saf_ref.train.loop import model_fns
@@ -89,15 +89,15 @@ class Subject:
         for name in ("method", "transform", "format", "model", "label"):
             value = getattr(self, name)
             if not isinstance(value, str):
-                raise TypeError(f"{fn}: {name} must be a str, got {_checks._describe(value)}")
+                raise TypeError(f"{fn}: {name} must be a str, got {validation.describe(value)}")
         model_fns(self.model, fn)  # an unknown model name fails here, not in a worker process
         _check_params(self.params, "params", fn)
         if not isinstance(self.state, Mapping):
-            got = _checks._describe(self.state)
+            got = validation.describe(self.state)
             raise TypeError(f"{fn}: state must be a dict of str -> ndarray, got {got}")
         if not isinstance(self.spec, StorageSpec):
-            raise TypeError(f"{fn}: spec must be a StorageSpec, got {_checks._describe(self.spec)}")
-        _checks.check_choice(self.nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+            raise TypeError(f"{fn}: spec must be a StorageSpec, got {validation.describe(self.spec)}")
+        validation.check_choice(self.nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
 
     @property
     def key(self) -> str:
@@ -111,8 +111,8 @@ def trial_rng(campaign_seed: int, trial: int) -> np.random.Generator:
     It is the ``trial``-th child of ``SeedSequence(campaign_seed)`` (as ``SeedSequence.spawn`` would make
     it), so trials are statistically independent and each can be reproduced alone.
     """
-    seed = _checks.check_int(campaign_seed, "campaign_seed", "trial_rng", low=0)
-    trial = _checks.check_int(trial, "trial", "trial_rng", low=0)
+    seed = validation.check_int(campaign_seed, "campaign_seed", "trial_rng", low=0)
+    trial = validation.check_int(trial, "trial", "trial_rng", low=0)
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(trial,)))
 
 
@@ -151,10 +151,10 @@ def predict(
     """
     fn = "predict"
     fns = model_fns(model, fn)
-    _checks.check_ndarray(x, "x", fn)
+    validation.check_ndarray(x, "x", fn)
     if x.ndim == 0:
         raise ValueError(f"{fn}: x must have a leading sample axis, got shape {x.shape}")
-    batch_size = _checks.check_int(batch_size, "batch_size", fn, low=1)
+    batch_size = validation.check_int(batch_size, "batch_size", fn, low=1)
     predictions = np.empty(x.shape[0], dtype=np.int64)
     any_nonfinite = False
     for start in range(0, x.shape[0], batch_size):
@@ -218,14 +218,14 @@ def run_trial(
     """
     fn = "run_trial"
     if not isinstance(subject, Subject):
-        raise TypeError(f"{fn}: subject must be a Subject, got {_checks._describe(subject)}")
+        raise TypeError(f"{fn}: subject must be a Subject, got {validation.describe(subject)}")
     _check_xy(x, y, fn)
     rates = _check_rates(rates, fn)
     rng = trial_rng(campaign_seed, trial)  # validates both
     if clean is None:
         clean = clean_predictions(subject, x)
-    _checks.check_ndarray(clean, "clean", fn)
-    _checks.check_shape(clean, "clean", fn, y.shape)
+    validation.check_ndarray(clean, "clean", fn)
+    validation.check_shape(clean, "clean", fn, y.shape)
     stored = store(subject.params, subject.spec)
     faulty_models = inject_nested(stored, list(rates), rng=rng)
     clean_wrong = clean != y
@@ -365,15 +365,15 @@ def summarize(
     """
     fn = "summarize"
     if isinstance(trials, (str, bytes)) or not isinstance(trials, Sequence):
-        got = _checks._describe(trials)
+        got = validation.describe(trials)
         raise TypeError(f"{fn}: trials must be a sequence of records (dicts), got {got}")
     needed = ("subject", "method", "transform", "format", "ber", "accuracy", "rerr", "nonfinite")
     for i, rec in enumerate(trials):
         if not isinstance(rec, Mapping) or any(k not in rec for k in needed):
-            got = sorted(rec) if isinstance(rec, Mapping) else _checks._describe(rec)
+            got = sorted(rec) if isinstance(rec, Mapping) else validation.describe(rec)
             raise ValueError(f"{fn}: trials[{i}] must be a record with the keys {needed}, got {got}")
     if clean is not None and not isinstance(clean, Mapping):
-        got = _checks._describe(clean)
+        got = validation.describe(clean)
         raise TypeError(f"{fn}: clean must be a dict of subject -> accuracy or None, got {got}")
     cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for rec in trials:
@@ -413,23 +413,23 @@ def summarize(
 def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
         raise TypeError(
-            f"{fn}: rates must be a non-empty sequence of bit-error rates, got {_checks._describe(rates)}"
+            f"{fn}: rates must be a non-empty sequence of bit-error rates, got {validation.describe(rates)}"
         )
     if len(rates) == 0:
         raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
-    return tuple(_checks.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+    return tuple(validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
 
 
 def _check_xy(x: Any, y: Any, fn: str) -> None:
     """Images with a leading sample axis and one integer label per image."""
-    _checks.check_ndarray(x, "x", fn)
-    _checks.check_ndarray(y, "y", fn)
+    validation.check_ndarray(x, "x", fn)
+    validation.check_ndarray(y, "y", fn)
     if y.dtype.kind not in "iu":
         raise TypeError(f"{fn}: y must have an integer dtype (class labels), got {y.dtype}")
-    _checks.check_ndim(y, "y", fn, 1, "(N,)")
+    validation.check_ndim(y, "y", fn, 1, "(N,)")
     if x.ndim == 0:
         raise ValueError(f"{fn}: x must have a leading sample axis, got shape {x.shape}")
-    _checks.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
+    validation.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
 
 
 def _check_subjects(subjects: Any, fn: str) -> list[Subject]:
@@ -518,19 +518,19 @@ def run_campaign(
     fn = "run_campaign"
     subjects = _check_subjects(subjects, fn)
     rates = _check_rates(rates, fn)
-    trials = _checks.check_int(trials, "trials", fn, low=1)
-    seed = _checks.check_int(seed, "seed", fn, low=0)
+    trials = validation.check_int(trials, "trials", fn, low=1)
+    seed = validation.check_int(seed, "seed", fn, low=0)
     _check_xy(x, y, fn)
     if max_workers is not None:
-        max_workers = _checks.check_int(max_workers, "max_workers", fn, low=1)
+        max_workers = validation.check_int(max_workers, "max_workers", fn, low=1)
     if not isinstance(progress, bool):
-        raise TypeError(f"{fn}: progress must be a bool, got {_checks._describe(progress)}")
+        raise TypeError(f"{fn}: progress must be a bool, got {validation.describe(progress)}")
     # Checked now, not by summarize() after every trial has run.
-    confidence = _checks.check_real(confidence, "confidence", fn)
+    confidence = validation.check_real(confidence, "confidence", fn)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"{fn}: confidence must be in (0, 1), got {confidence!r}")
     if on_result is not None and not callable(on_result):
-        raise TypeError(f"{fn}: on_result must be callable or None, got {_checks._describe(on_result)}")
+        raise TypeError(f"{fn}: on_result must be callable or None, got {validation.describe(on_result)}")
 
     clean = [clean_predictions(s, x) for s in subjects]
     clean_acc = {s.key: float(np.mean(c == y)) for s, c in zip(subjects, clean, strict=True)}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from saf_ref._checks import check_int, check_real
+from saf_ref.validation import check_int, check_real
 
 __all__ = ["wilson_interval", "clopper_pearson_interval", "mean_interval"]
 

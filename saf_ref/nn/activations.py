@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = [
     "ReluCache",
@@ -77,13 +77,13 @@ class ReluClippedGrads(NamedTuple):
 
 def _check_backward(fn: str, dy, cache) -> None:
     """Validate ``dy`` against the cached mask shape and input dtype."""
-    _checks.check_float(dy, "dy", fn)
+    validation.check_float(dy, "dy", fn)
     if dy.dtype != cache.dtype:
         raise TypeError(
             f"{fn}: dy.dtype (={dy.dtype}) must equal x.dtype (={cache.dtype}); "
             "mixed dtypes are not promoted, cast explicitly"
         )
-    _checks.check_shape(dy, "dy", fn, cache.passes.shape)
+    validation.check_shape(dy, "dy", fn, cache.passes.shape)
 
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
@@ -107,7 +107,7 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
     ``relu(-0.0)`` is ``-0.0`` and ``relu(nan)`` is ``nan``, matching PyTorch bit for bit.
     """
     fn = "relu"
-    _checks.check_float(x, "x", fn)
+    validation.check_float(x, "x", fn)
     zero = x.dtype.type(0)
     y = np.where(x < 0, zero, x)  # keeps -0.0 and NaN as PyTorch does (np.maximum(-0., 0.) gives +0.)
     return y, ReluCache(~(x <= 0), x.dtype)
@@ -140,7 +140,7 @@ def _check_ceiling(ceiling, fn: str, dtype: np.dtype) -> np.floating:
     (``float32(1e39)`` is inf, which would silently turn the clipped ReLU into a plain one, and
     ``float32(1e-50)`` is 0, which would zero every activation.)
     """
-    c = _checks.check_real(ceiling, "ceiling", fn)
+    c = validation.check_real(ceiling, "ceiling", fn)
     if not (np.isfinite(c) and c > 0):
         raise ValueError(f"{fn}: ceiling must be finite and > 0, got {ceiling!r}")
     with np.errstate(over="ignore", under="ignore"):
@@ -181,7 +181,7 @@ def relu_clipped_forward(x: np.ndarray, *, ceiling: float) -> tuple[np.ndarray, 
     gradient differs: it passes at the bounds).
     """
     fn = "relu_clipped"
-    _checks.check_float(x, "x", fn)
+    validation.check_float(x, "x", fn)
     c = _check_ceiling(ceiling, fn, x.dtype)
     zero = x.dtype.type(0)
     y = np.where(x < 0, zero, np.where(x > c, c, x))

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = [
     "BatchNorm2dCache",
@@ -68,19 +68,19 @@ def _check_inputs(fn, x, weight, bias, running_mean, running_var, train, momentu
     arrays = {"x": x, "weight": weight, "bias": bias}
     arrays.update(running_mean=running_mean, running_var=running_var)
     for name, a in arrays.items():
-        _checks.check_float(a, name, fn)
-    _checks.check_same_dtype(fn, **arrays)
-    _checks.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+        validation.check_float(a, name, fn)
+    validation.check_same_dtype(fn, **arrays)
+    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     for axis, size in enumerate(x.shape):
-        _checks.check_int(size, f"x.shape[{axis}]", fn, low=1)
+        validation.check_int(size, f"x.shape[{axis}]", fn, low=1)
     for name in ("weight", "bias", "running_mean", "running_var"):
-        _checks.check_shape(arrays[name], name, fn, (x.shape[1],))
+        validation.check_shape(arrays[name], name, fn, (x.shape[1],))
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
-    momentum = _checks.check_real(momentum, "momentum", fn)
+    momentum = validation.check_real(momentum, "momentum", fn)
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum!r}")
-    eps = _checks.check_real(eps, "eps", fn)
+    eps = validation.check_real(eps, "eps", fn)
     if not eps > 0.0:
         raise ValueError(f"{fn}: eps must be > 0, got {eps!r}")
     count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -198,9 +198,9 @@ def batchnorm2d_backward(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2d
             f"{fn}: cache must be a BatchNorm2dCache from batchnorm2d_forward, got {type(cache).__name__}"
         )
     x_hat, inv_std, weight, train = cache
-    _checks.check_float(dy, "dy", fn)
-    _checks.check_same_dtype(fn, x=x_hat, dy=dy)
-    _checks.check_shape(dy, "dy", fn, x_hat.shape)
+    validation.check_float(dy, "dy", fn)
+    validation.check_same_dtype(fn, x=x_hat, dy=dy)
+    validation.check_shape(dy, "dy", fn, x_hat.shape)
     dbias = dy.sum(axis=(0, 2, 3))
     dweight = (dy * x_hat).sum(axis=(0, 2, 3))
     scale = _per_channel(weight * inv_std)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = ["Conv2dCache", "Conv2dGrads", "conv2d_backward", "conv2d_forward", "conv2d_vjp"]
 
@@ -82,17 +82,17 @@ def _pair(value, name: str, fn: str, *, low: int) -> tuple[int, int]:
         if len(value) != 2:
             raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
         return (
-            _checks.check_int(value[0], f"{name}[0]", fn, low=low),
-            _checks.check_int(value[1], f"{name}[1]", fn, low=low),
+            validation.check_int(value[0], f"{name}[0]", fn, low=low),
+            validation.check_int(value[1], f"{name}[1]", fn, low=low),
         )
-    v = _checks.check_int(value, name, fn, low=low)
+    v = validation.check_int(value, name, fn, low=low)
     return (v, v)
 
 
 def _check_nonempty(x: np.ndarray, name: str, fn: str) -> None:
     """Require every dimension of ``x`` to be at least 1."""
     for axis, size in enumerate(x.shape):
-        _checks.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
+        validation.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
 
 
 def _output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -200,18 +200,18 @@ def conv2d_forward(
     columns that do not fill a whole window are ignored, as in PyTorch.
     """
     fn = "conv2d"
-    _checks.check_float(x, "x", fn)
-    _checks.check_float(w, "w", fn)
+    validation.check_float(x, "x", fn)
+    validation.check_float(w, "w", fn)
     if b is not None:
-        _checks.check_float(b, "b", fn)
-    _checks.check_same_dtype(fn, x=x, w=w, b=b)
-    _checks.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
-    _checks.check_ndim(w, "w", fn, 4, "(O, C, kh, kw)")
+        validation.check_float(b, "b", fn)
+    validation.check_same_dtype(fn, x=x, w=w, b=b)
+    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    validation.check_ndim(w, "w", fn, 4, "(O, C, kh, kw)")
     _check_nonempty(x, "x", fn)
     _check_nonempty(w, "w", fn)
-    _checks.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input channels")
+    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input channels")
     if b is not None:
-        _checks.check_shape(b, "b", fn, (w.shape[0],))
+        validation.check_shape(b, "b", fn, (w.shape[0],))
     stride = _pair(stride, "stride", fn, low=1)
     padding = _pair(padding, "padding", fn, low=0)
     kernel = (w.shape[2], w.shape[3])
@@ -264,9 +264,9 @@ def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
     o, _, kh, kw = w.shape
     ho = (hp - kh) // stride[0] + 1
     wo = (wp - kw) // stride[1] + 1
-    _checks.check_float(dy, "dy", fn)
-    _checks.check_same_dtype(fn, x=x_padded, dy=dy)
-    _checks.check_shape(dy, "dy", fn, (n, o, ho, wo))
+    validation.check_float(dy, "dy", fn)
+    validation.check_same_dtype(fn, x=x_padded, dy=dy)
+    validation.check_shape(dy, "dy", fn, (n, o, ho, wo))
 
     cols = _im2col(x_padded, (kh, kw), stride)  # rebuilt rather than cached: see the module docstring
     dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)

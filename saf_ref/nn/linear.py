@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = ["LinearCache", "LinearGrads", "linear_backward", "linear_forward", "linear_vjp"]
 
@@ -70,19 +70,19 @@ def linear_forward(
     Only 2-D inputs: flatten first (PyTorch also accepts extra leading dimensions).
     """
     fn = "linear"
-    _checks.check_float(x, "x", fn)
-    _checks.check_float(w, "w", fn)
+    validation.check_float(x, "x", fn)
+    validation.check_float(w, "w", fn)
     if b is not None:
-        _checks.check_float(b, "b", fn)
-    _checks.check_same_dtype(fn, x=x, w=w, b=b)
-    _checks.check_ndim(x, "x", fn, 2, "(N, in_features)")
-    _checks.check_ndim(w, "w", fn, 2, "(out_features, in_features)")
+        validation.check_float(b, "b", fn)
+    validation.check_same_dtype(fn, x=x, w=w, b=b)
+    validation.check_ndim(x, "x", fn, 2, "(N, in_features)")
+    validation.check_ndim(w, "w", fn, 2, "(out_features, in_features)")
     for name, a in (("x", x), ("w", w)):
         for axis, size in enumerate(a.shape):
-            _checks.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
-    _checks.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input features")
+            validation.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
+    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input features")
     if b is not None:
-        _checks.check_shape(b, "b", fn, (w.shape[0],))
+        validation.check_shape(b, "b", fn, (w.shape[0],))
     y = x @ w.T
     if b is not None:
         y += b  # y is a new array: adding in place is safe
@@ -109,9 +109,9 @@ def linear_backward(dy: np.ndarray, cache: LinearCache) -> LinearGrads:
     if not isinstance(cache, LinearCache):
         raise TypeError(f"{fn}: cache must be a LinearCache from linear_forward, got {type(cache).__name__}")
     x, w, has_bias = cache
-    _checks.check_float(dy, "dy", fn)
-    _checks.check_same_dtype(fn, x=x, dy=dy)
-    _checks.check_shape(dy, "dy", fn, (x.shape[0], w.shape[0]))
+    validation.check_float(dy, "dy", fn)
+    validation.check_same_dtype(fn, x=x, dy=dy)
+    validation.check_shape(dy, "dy", fn, (x.shape[0], w.shape[0]))
     db = dy.sum(axis=0) if has_bias else None
     return LinearGrads(dy @ w, dy.T @ x, db)
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = [
     "CrossEntropyCache",
@@ -51,10 +51,10 @@ class CrossEntropyGrads(NamedTuple):
 
 def _check_labels(fn: str, labels, n: int, k: int) -> np.ndarray:
     """Integer labels of shape (N,) with values in [0, K); returned as an int64 copy."""
-    _checks.check_ndarray(labels, "labels", fn)
+    validation.check_ndarray(labels, "labels", fn)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{fn}: labels must have an integer dtype (class indices), got {labels.dtype}")
-    _checks.check_shape(labels, "labels", fn, (n,))
+    validation.check_shape(labels, "labels", fn, (n,))
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         raise ValueError(
@@ -109,13 +109,13 @@ def cross_entropy_forward(
     are not supported. Non-finite logits give a non-finite loss.
     """
     fn = "cross_entropy"
-    _checks.check_float(logits, "logits", fn)
-    _checks.check_ndim(logits, "logits", fn, 2, "(N, K)")
+    validation.check_float(logits, "logits", fn)
+    validation.check_ndim(logits, "logits", fn, 2, "(N, K)")
     for axis, size in enumerate(logits.shape):
-        _checks.check_int(size, f"logits.shape[{axis}]", fn, low=1)
+        validation.check_int(size, f"logits.shape[{axis}]", fn, low=1)
     n, k = logits.shape
     labels = _check_labels(fn, labels, n, k)
-    eps = _checks.check_real(label_smoothing, "label_smoothing", fn)
+    eps = validation.check_real(label_smoothing, "label_smoothing", fn)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
 
@@ -152,7 +152,7 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache) -> CrossEntropyGrads
         raise TypeError(
             f"{fn}: cache must be a CrossEntropyCache from cross_entropy_forward, got {type(cache).__name__}"
         )
-    dloss = _checks.check_real(dloss, "dloss", fn)
+    dloss = validation.check_real(dloss, "dloss", fn)
     probs, labels, eps, dtype = cache
     n, k = probs.shape
     target = np.full((n, k), eps / k)

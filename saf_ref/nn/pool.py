@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.nn.conv import _check_nonempty, _output_size, _pad, _pair
 
 __all__ = [
@@ -110,8 +110,8 @@ def maxpool2d_forward(
     selected (never a padding cell). Dilation and ``ceil_mode`` are not supported.
     """
     fn = "maxpool2d"
-    _checks.check_float(x, "x", fn)
-    _checks.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    validation.check_float(x, "x", fn)
+    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", fn)
     kernel = _pair(kernel_size, "kernel_size", fn, low=1)
     stride = _pair(stride, "stride", fn, low=1)
@@ -181,9 +181,9 @@ def maxpool2d_backward(dy: np.ndarray, cache: MaxPool2dCache) -> MaxPool2dGrads:
             f"{fn}: cache must be a MaxPool2dCache from maxpool2d_forward, got {type(cache).__name__}"
         )
     indices, (n, c, h, w), dtype = cache
-    _checks.check_float(dy, "dy", fn)
+    validation.check_float(dy, "dy", fn)
     _check_cache_dtype(fn, dy, dtype)
-    _checks.check_shape(dy, "dy", fn, indices.shape)
+    validation.check_shape(dy, "dy", fn, indices.shape)
     planes = n * c
     dx = np.zeros((planes, h * w), dtype=dtype)
     plane = np.arange(planes)[:, None]
@@ -215,8 +215,8 @@ def global_avgpool_forward(x: np.ndarray) -> tuple[np.ndarray, GlobalAvgPoolCach
     ``y[n, c] = sum_{h, w} x[n, c, h, w] / (H * W)``.
     """
     fn = "global_avgpool"
-    _checks.check_float(x, "x", fn)
-    _checks.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    validation.check_float(x, "x", fn)
+    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", fn)
     return x.mean(axis=(2, 3)), GlobalAvgPoolCache(tuple(x.shape), x.dtype)
 
@@ -241,9 +241,9 @@ def global_avgpool_backward(dy: np.ndarray, cache: GlobalAvgPoolCache) -> Global
             f"{type(cache).__name__}"
         )
     (n, c, h, w), dtype = cache
-    _checks.check_float(dy, "dy", fn)
+    validation.check_float(dy, "dy", fn)
     _check_cache_dtype(fn, dy, dtype)
-    _checks.check_shape(dy, "dy", fn, (n, c))
+    validation.check_shape(dy, "dy", fn, (n, c))
     share = dy / (h * w)  # a Python int divisor keeps float32 as float32
     return GlobalAvgPoolGrads(np.ascontiguousarray(np.broadcast_to(share[:, :, None, None], (n, c, h, w))))
 

@@ -60,15 +60,6 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from saf_ref._checks import (
-    FLOAT_DTYPES,
-    check_choice,
-    check_float,
-    check_int,
-    check_ndim,
-    check_real,
-    check_rng,
-)
 from saf_ref.nn.activations import (
     ReluClippedCache,
     relu_backward,
@@ -84,6 +75,15 @@ from saf_ref.nn.pool import (
     global_avgpool_forward,
     maxpool2d_backward,
     maxpool2d_forward,
+)
+from saf_ref.validation import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_float,
+    check_int,
+    check_ndim,
+    check_real,
+    check_rng,
 )
 
 __all__ = [

@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref._checks import check_float, check_int, check_ndim, check_rng
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
 from saf_ref.nn.resnet import (
@@ -35,6 +34,7 @@ from saf_ref.nn.resnet import (
     transform_weights,
     transform_weights_backward,
 )
+from saf_ref.validation import check_float, check_int, check_ndim, check_rng
 
 __all__ = [
     "MLPCache",

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref._checks import FLOAT_DTYPES, check_choice
 from saf_ref.nn.resnet import ARCHS, _check_dtype_arg, resnet_shapes
 from saf_ref.nn.small import mlp_shapes, small_cnn_shapes
+from saf_ref.validation import FLOAT_DTYPES, check_choice
 
 __all__ = ["STATE_SUFFIXES", "export_state_dict", "load_torch_state_dict", "split_state_dict"]
 

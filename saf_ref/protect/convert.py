@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.protect.storage import _check_params, param_role
 from saf_ref.protect.transforms import Transform, get_transform
 
@@ -89,16 +89,16 @@ def convert_to_saf(
     _check_params(params, "params", fn)
     if not isinstance(transform, (str, Transform)):
         raise TypeError(
-            f"{fn}: transform must be a transform name or a Transform, got {_checks._describe(transform)}"
+            f"{fn}: transform must be a transform name or a Transform, got {validation.describe(transform)}"
         )
     f = get_transform(transform)
-    _checks.check_choice(mode, "mode", fn, CONVERT_MODES)
+    validation.check_choice(mode, "mode", fn, CONVERT_MODES)
     if clip_eps is not None:
         if mode != "inverse":
             raise ValueError(
                 f"{fn}: clip_eps must be None with mode='copy' (nothing is inverted), got {clip_eps!r}"
             )
-        eps = _checks.check_real(clip_eps, "clip_eps", fn)
+        eps = validation.check_real(clip_eps, "clip_eps", fn)
         if not (0.0 <= eps < 1.0):
             raise ValueError(f"{fn}: clip_eps must be in [0, 1), got {clip_eps!r}")
     shapes = {k: v.shape for k, v in params.items()}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.fixed import FixedPointFormat
 from saf_ref.bits.formats import resolve_format
 from saf_ref.protect.storage import (
@@ -58,7 +58,7 @@ def scale_target(format: Any) -> float:
 
 
 def _check_target(target: Any, fn: str) -> float:
-    t = _checks.check_real(target, "target", fn)
+    t = validation.check_real(target, "target", fn)
     if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"{fn}: target must be a finite positive number or 'auto', got {target!r}")
     return t
@@ -100,11 +100,11 @@ def scale_constants(
     _check_params(params, "params", fn)
     t = _check_target(target, fn)
     if not isinstance(power_of_two, bool):
-        raise TypeError(f"{fn}: power_of_two must be a bool, got {_checks._describe(power_of_two)}")
+        raise TypeError(f"{fn}: power_of_two must be a bool, got {validation.describe(power_of_two)}")
     if isinstance(roles, str) or not isinstance(roles, (tuple, list)):
-        raise TypeError(f"{fn}: roles must be a tuple of role names, got {_checks._describe(roles)}")
+        raise TypeError(f"{fn}: roles must be a tuple of role names, got {validation.describe(roles)}")
     for i, r in enumerate(roles):
-        _checks.check_choice(r, f"roles[{i}]", fn, ("weight", "bias", "bn", "other"))
+        validation.check_choice(r, f"roles[{i}]", fn, ("weight", "bias", "bn", "other"))
     shapes = {k: v.shape for k, v in params.items()}
     out = {}
     for name, w in params.items():
@@ -180,7 +180,7 @@ def weight_scaling_spec(
         )
     else:
         if not isinstance(base, StorageSpec):
-            raise TypeError(f"{fn}: base must be a StorageSpec or None, got {_checks._describe(base)}")
+            raise TypeError(f"{fn}: base must be a StorageSpec or None, got {validation.describe(base)}")
         if format is not None or transform is not None or expose_non_weights is not True:
             raise ValueError(
                 f"{fn}: format, transform and expose_non_weights must be left at their defaults when base is "

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.faults import apply_flips, inject_bit_errors, sample_nested_flips
 from saf_ref.bits.fixed import FixedPointFormat
@@ -129,9 +129,9 @@ def param_role(name: str, shapes: Mapping[str, tuple[int, ...]]) -> str:
     """
     fn = "param_role"
     if not isinstance(name, str):
-        raise TypeError(f"{fn}: name must be a str, got {_checks._describe(name)}")
+        raise TypeError(f"{fn}: name must be a str, got {validation.describe(name)}")
     if not isinstance(shapes, Mapping):
-        raise TypeError(f"{fn}: shapes must be a dict of name -> shape, got {_checks._describe(shapes)}")
+        raise TypeError(f"{fn}: shapes must be a dict of name -> shape, got {validation.describe(shapes)}")
     if name not in shapes:
         raise ValueError(f"{fn}: name must be a key of shapes, got {name!r}")
     module, leaf = _module_and_leaf(name)
@@ -214,7 +214,7 @@ def _check_optional_positive(value: Any, name: str, fn: str) -> float | None:
     """None, or a finite positive real returned as float."""
     if value is None:
         return None
-    v = _checks.check_real(value, name, fn)
+    v = validation.check_real(value, name, fn)
     if not (math.isfinite(v) and v > 0.0):
         raise ValueError(f"{fn}: {name} must be None or a finite positive number, got {value!r}")
     return v
@@ -262,9 +262,9 @@ class StorageRule:
     def __post_init__(self) -> None:
         fn = "StorageRule"
         if not isinstance(self.pattern, str):
-            raise TypeError(f"{fn}: pattern must be a str, got {_checks._describe(self.pattern)}")
+            raise TypeError(f"{fn}: pattern must be a str, got {validation.describe(self.pattern)}")
         if not isinstance(self.regex, bool):
-            raise TypeError(f"{fn}: regex must be a bool, got {_checks._describe(self.regex)}")
+            raise TypeError(f"{fn}: regex must be a bool, got {validation.describe(self.regex)}")
         if self.regex:
             try:
                 re.compile(self.pattern)
@@ -276,15 +276,15 @@ class StorageRule:
         if not isinstance(self.transform, (str, Transform)):
             raise TypeError(
                 f"{fn}: transform must be a transform name or a Transform, "
-                f"got {_checks._describe(self.transform)}"
+                f"got {validation.describe(self.transform)}"
             )
         object.__setattr__(self, "transform", get_transform(self.transform))
         object.__setattr__(self, "clip", _check_optional_positive(self.clip, "clip", fn))
         object.__setattr__(self, "scale", _check_optional_positive(self.scale, "scale", fn))
         if not isinstance(self.exposed, bool):
-            raise TypeError(f"{fn}: exposed must be a bool, got {_checks._describe(self.exposed)}")
+            raise TypeError(f"{fn}: exposed must be a bool, got {validation.describe(self.exposed)}")
         if self.role is not None:
-            _checks.check_choice(self.role, "role", fn, ROLES)
+            validation.check_choice(self.role, "role", fn, ROLES)
 
     @property
     def format_name(self) -> str:
@@ -317,7 +317,7 @@ class StorageRule:
         """The rule described by ``data`` (as written by :meth:`to_dict`; missing keys take defaults)."""
         fn = "StorageRule.from_dict"
         if not isinstance(data, Mapping):
-            raise TypeError(f"{fn}: data must be a dict, got {_checks._describe(data)}")
+            raise TypeError(f"{fn}: data must be a dict, got {validation.describe(data)}")
         known = ("pattern", "regex", "role", "format", "transform", "clip", "scale", "exposed")
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -356,11 +356,11 @@ class StorageSpec:
         rules = self.rules
         if isinstance(rules, StorageRule) or not isinstance(rules, (list, tuple)):
             raise TypeError(
-                f"{fn}: rules must be a list or tuple of StorageRule, got {_checks._describe(rules)}"
+                f"{fn}: rules must be a list or tuple of StorageRule, got {validation.describe(rules)}"
             )
         for i, rule in enumerate(rules):
             if not isinstance(rule, StorageRule):
-                raise TypeError(f"{fn}: rules[{i}] must be a StorageRule, got {_checks._describe(rule)}")
+                raise TypeError(f"{fn}: rules[{i}] must be a StorageRule, got {validation.describe(rule)}")
         if not rules:
             raise ValueError(f"{fn}: rules must contain at least one StorageRule, got an empty sequence")
         object.__setattr__(self, "rules", tuple(rules))
@@ -400,7 +400,7 @@ class StorageSpec:
         """The spec described by ``data`` (as written by :meth:`to_dict`)."""
         fn = "StorageSpec.from_dict"
         if not isinstance(data, Mapping):
-            raise TypeError(f"{fn}: data must be a dict, got {_checks._describe(data)}")
+            raise TypeError(f"{fn}: data must be a dict, got {validation.describe(data)}")
         if set(data) != {"rules"} or not isinstance(data["rules"], (list, tuple)):
             raise ValueError(f"{fn}: data must be {{'rules': [...]}}, got keys {sorted(data)}")
         return cls(tuple(StorageRule.from_dict(r) for r in data["rules"]))
@@ -435,7 +435,7 @@ def default_spec(
     fn = "default_spec"
     if not isinstance(expose_non_weights, bool):
         raise TypeError(
-            f"{fn}: expose_non_weights must be a bool, got {_checks._describe(expose_non_weights)}"
+            f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
         )
     return StorageSpec((
         StorageRule("*", format=format, transform=transform, clip=weight_clip, role="weight"),
@@ -565,15 +565,15 @@ class StoredModel:
         """
         fn = "StoredModel.with_codes"
         if not isinstance(new_codes, Mapping):
-            raise TypeError(f"{fn}: new_codes must be a dict of arrays, got {_checks._describe(new_codes)}")
+            raise TypeError(f"{fn}: new_codes must be a dict of arrays, got {validation.describe(new_codes)}")
         tensors = dict(self.tensors)
         for name, codes in new_codes.items():
             if name not in tensors:
                 raise ValueError(f"{fn}: new_codes key must be a stored tensor name, got {name!r}")
             old = tensors[name]
             where = f"new_codes[{name!r}]"
-            _checks.check_dtype(codes, where, fn, (old.codes.dtype,))
-            _checks.check_shape(codes, where, fn, old.shape)
+            validation.check_dtype(codes, where, fn, (old.codes.dtype,))
+            validation.check_shape(codes, where, fn, old.shape)
             if old.nbits < 8 * codes.itemsize and codes.size and int(codes.max()) >> old.nbits:
                 raise ValueError(
                     f"{fn}: {where} must fit in {old.nbits} bits, got a code {int(codes.max()):#x}"
@@ -586,20 +586,20 @@ class StoredModel:
 def _check_params(params: Any, name: str, fn: str) -> np.dtype | None:
     """A dict of str -> float32/float64 ndarrays, one dtype for all; return that dtype (None if empty)."""
     if not isinstance(params, Mapping):
-        raise TypeError(f"{fn}: {name} must be a dict of str -> ndarray, got {_checks._describe(params)}")
+        raise TypeError(f"{fn}: {name} must be a dict of str -> ndarray, got {validation.describe(params)}")
     for k, v in params.items():
         if not isinstance(k, str):
-            raise TypeError(f"{fn}: {name} keys must be str, got {_checks._describe(k)}")
-        _checks.check_float(v, f"{name}[{k!r}]", fn)
+            raise TypeError(f"{fn}: {name} keys must be str, got {validation.describe(k)}")
+        validation.check_float(v, f"{name}[{k!r}]", fn)
     if not params:
         return None
-    return _checks.check_same_dtype(fn, **{f"{name}[{k!r}]": v for k, v in params.items()})
+    return validation.check_same_dtype(fn, **{f"{name}[{k!r}]": v for k, v in params.items()})
 
 
 def _check_spec(spec: Any, fn: str) -> StorageSpec:
     if not isinstance(spec, StorageSpec):
         raise TypeError(
-            f"{fn}: spec must be a StorageSpec (e.g. default_spec()), got {_checks._describe(spec)}"
+            f"{fn}: spec must be a StorageSpec (e.g. default_spec()), got {validation.describe(spec)}"
         )
     return spec
 
@@ -703,7 +703,8 @@ def _diff_faults(name: str, fmt: str, old: np.ndarray, new: np.ndarray, nbits: i
 
 def _check_stored(stored: Any, fn: str) -> StoredModel:
     if not isinstance(stored, StoredModel):
-        raise TypeError(f"{fn}: stored must be a StoredModel (from store()), got {_checks._describe(stored)}")
+        raise TypeError(f"{fn}: stored must be a StoredModel (from store())"
+            f", got {validation.describe(stored)}")
     return stored
 
 
@@ -783,10 +784,10 @@ def inject(
     if len(given) != 1:
         raise ValueError(f"{fn}: exactly one of p, faults, fault_fn must be given, got {given or 'none'}")
     if not isinstance(return_faults, bool):
-        raise TypeError(f"{fn}: return_faults must be a bool, got {_checks._describe(return_faults)}")
+        raise TypeError(f"{fn}: return_faults must be a bool, got {validation.describe(return_faults)}")
     if faults is not None:
         if not isinstance(faults, FaultList):
-            raise TypeError(f"{fn}: faults must be a FaultList, got {_checks._describe(faults)}")
+            raise TypeError(f"{fn}: faults must be a FaultList, got {validation.describe(faults)}")
         if rng is not None:
             raise ValueError(f"{fn}: rng must be None when faults is given (nothing is drawn), got {rng!r}")
         _check_faultlist_targets(stored, faults, fn)
@@ -794,11 +795,11 @@ def inject(
         new = faults.apply_dict({k: stored[k].codes for k in faults.tensors}, nbits=nbits)
         out = stored.with_codes(new)
         return (out, faults) if return_faults else out
-    gen = _checks.check_rng(rng, fn)
+    gen = validation.check_rng(rng, fn)
     if p is not None:
-        p = _checks.check_probability(p, "p", fn)
+        p = validation.check_probability(p, "p", fn)
     elif not callable(fault_fn):
-        raise TypeError(f"{fn}: fault_fn must be callable, got {_checks._describe(fault_fn)}")
+        raise TypeError(f"{fn}: fault_fn must be callable, got {validation.describe(fault_fn)}")
     new_codes, lists = {}, []
     for name in stored.exposed_names:
         t = stored[name]
@@ -808,8 +809,8 @@ def inject(
             )
         else:
             codes = fault_fn(t.codes, rng=gen, nbits=t.nbits, name=name, format_name=t.format)
-            _checks.check_dtype(codes, f"fault_fn result for {name!r}", fn, (t.codes.dtype,))
-            _checks.check_shape(codes, f"fault_fn result for {name!r}", fn, t.shape)
+            validation.check_dtype(codes, f"fault_fn result for {name!r}", fn, (t.codes.dtype,))
+            validation.check_shape(codes, f"fault_fn result for {name!r}", fn, t.shape)
             fl = _diff_faults(name, t.format, t.codes, codes, t.nbits)
         new_codes[name] = codes
         lists.append(fl)
@@ -854,11 +855,11 @@ def inject_nested(
     fn = "inject_nested"
     _check_stored(stored, fn)
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(f"{fn}: rates must be a sequence of probabilities, got {_checks._describe(rates)}")
-    rates = [_checks.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates)]
-    gen = _checks.check_rng(rng, fn)
+        raise TypeError(f"{fn}: rates must be a sequence of probabilities, got {validation.describe(rates)}")
+    rates = [validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates)]
+    gen = validation.check_rng(rng, fn)
     if not isinstance(return_faults, bool):
-        raise TypeError(f"{fn}: return_faults must be a bool, got {_checks._describe(return_faults)}")
+        raise TypeError(f"{fn}: return_faults must be a bool, got {validation.describe(return_faults)}")
     per_rate_codes: list[dict[str, np.ndarray]] = [{} for _ in rates]
     per_rate_faults: list[list[FaultList]] = [[] for _ in rates]
     for name in stored.exposed_names:
@@ -909,7 +910,7 @@ def _read_tensor(t: StoredTensor, rule: StorageRule, nonfinite: str, name: str, 
 
 def _read(stored: StoredModel, spec: StorageSpec | None, nonfinite: str, fn: str):
     _check_stored(stored, fn)
-    _checks.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+    validation.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
     rules = _resolve_for_load(stored, spec, fn)
     u_hat = {name: _read_tensor(stored[name], rules[name], nonfinite, name, fn) for name in stored}
     eff = {name: rules[name].transform.forward(u_hat[name]) for name in stored}
@@ -1061,9 +1062,9 @@ def effective_weights_backward(
     """
     fn = "effective_weights_backward"
     if not isinstance(cache, EffectiveWeightsCache):
-        raise TypeError(f"{fn}: cache must be an EffectiveWeightsCache, got {_checks._describe(cache)}")
+        raise TypeError(f"{fn}: cache must be an EffectiveWeightsCache, got {validation.describe(cache)}")
     if not isinstance(grads_eff, Mapping):
-        raise TypeError(f"{fn}: grads_eff must be a dict of arrays, got {_checks._describe(grads_eff)}")
+        raise TypeError(f"{fn}: grads_eff must be a dict of arrays, got {validation.describe(grads_eff)}")
     missing = [k for k in cache.u_hat if k not in grads_eff]
     extra = [k for k in grads_eff if k not in cache.u_hat]
     if missing or extra:
@@ -1074,8 +1075,8 @@ def effective_weights_backward(
     for name, u_hat in cache.u_hat.items():
         dw = grads_eff[name]
         where = f"grads_eff[{name!r}]"
-        _checks.check_float(dw, where, fn)
-        _checks.check_dtype(dw, where, fn, (u_hat.dtype,))
-        _checks.check_shape(dw, where, fn, u_hat.shape)
+        validation.check_float(dw, where, fn)
+        validation.check_dtype(dw, where, fn, (u_hat.dtype,))
+        validation.check_shape(dw, where, fn, u_hat.shape)
         out[name] = cache.transforms[name].vjp(u_hat, dw)
     return out

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 TRANSFORMS: tuple[str, ...] = ("identity", "tanh", "arctan", "softsign", "hardtanh")
 _SATURATING = ("tanh", "arctan", "softsign", "hardtanh")
@@ -150,7 +150,7 @@ def _inverse_clip(sup: float, dtype: np.dtype) -> float:
 
 def _prepare(x: np.ndarray, name: str, fn: str) -> tuple[np.ndarray, np.dtype]:
     """Validate a float32/float64 array; return a C-contiguous float64 *copy* and the working dtype."""
-    _checks.check_float(x, name, fn)
+    validation.check_float(x, name, fn)
     # Always a fresh contiguous buffer: never aliases the caller's array, and strided inputs run through
     # exactly the same (contiguous) NumPy kernel as their contiguous copies.
     return np.array(x, dtype=np.float64, order="C", copy=True), x.dtype
@@ -192,9 +192,9 @@ class Transform:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
-            raise TypeError(f"Transform: name must be a str, got {_checks._describe(self.name)}")
-        _checks.check_choice(self.name, "name", "Transform", TRANSFORMS)
-        scale = _checks.check_real(self.scale, "scale", "Transform")
+            raise TypeError(f"Transform: name must be a str, got {validation.describe(self.name)}")
+        validation.check_choice(self.name, "name", "Transform", TRANSFORMS)
+        scale = validation.check_real(self.scale, "scale", "Transform")
         if not (math.isfinite(scale) and scale > 0.0):
             raise ValueError(f"Transform: scale must be a finite positive number, got {self.scale!r}")
         object.__setattr__(self, "scale", scale)  # store a plain float (the dataclass is frozen)
@@ -234,9 +234,9 @@ class Transform:
         """
         fn = self._fn("forward")
         if self.name == "identity":
-            return np.array(_checks.check_float(u, "u", fn), order="C", copy=True)
+            return np.array(validation.check_float(u, "u", fn), order="C", copy=True)
         if self.name == "hardtanh":
-            _checks.check_float(u, "u", fn)
+            validation.check_float(u, "u", fn)
             a = u.dtype.type(self.scale)
             # min(|u|, a) with the sign put back equals a * clip(u / a, -1, 1) exactly, without the
             # rounding of u / a * a; np.minimum propagates NaN.
@@ -281,9 +281,9 @@ class Transform:
         """
         fn = self._fn("vjp")
         x, dtype = _prepare(u, "u", fn)
-        _checks.check_float(dw, "dw", fn)
-        _checks.check_same_dtype(fn, u=u, dw=dw)
-        _checks.check_shape(dw, "dw", fn, u.shape)
+        validation.check_float(dw, "dw", fn)
+        validation.check_same_dtype(fn, u=u, dw=dw)
+        validation.check_shape(dw, "dw", fn, u.shape)
         return _finish(self._grad64(x) * dw.astype(np.float64), dtype)
 
     def _grad64(self, x: np.ndarray) -> np.ndarray:
@@ -329,7 +329,7 @@ class Transform:
         """
         fn = self._fn("inverse")
         if self.name in ("identity", "hardtanh"):
-            return self.forward(_checks.check_float(w, "w", fn))
+            return self.forward(validation.check_float(w, "w", fn))
         y, dtype = _prepare(w, "w", fn)
         _, _, finv, sup = _SMOOTH[self.name]
         m = _inverse_clip(sup, dtype)
@@ -370,5 +370,5 @@ def get_transform(name_or_transform: str | Transform | None, *, scale: float | N
             f"{fn}: name_or_transform must be a str, a Transform or None, got "
             f"{type(name_or_transform).__name__}"
         )
-    _checks.check_choice(name_or_transform, "name_or_transform", fn, TRANSFORMS)
+    validation.check_choice(name_or_transform, "name_or_transform", fn, TRANSFORMS)
     return Transform(name_or_transform, 1.0 if scale is None else scale)

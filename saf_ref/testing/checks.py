@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits import QuantContext, Quantizer, flip_by_uniform, get_ieee_format
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.protect.transforms import TRANSFORMS, Transform
@@ -110,15 +110,15 @@ class SuiteOptions:
 
     def __post_init__(self) -> None:
         fn = "SuiteOptions"
-        _checks.check_int(self.examples, "examples", fn, low=1)
+        validation.check_int(self.examples, "examples", fn, low=1)
         if self.model_examples is not None:
-            _checks.check_int(self.model_examples, "model_examples", fn, low=1)
+            validation.check_int(self.model_examples, "model_examples", fn, low=1)
         if self.seed is not None:
-            _checks.check_int(self.seed, "seed", fn, low=0)
-        _checks.check_choice(self.e4m3_overflow, "e4m3_overflow", fn, OVERFLOW)
-        _checks.check_choice(self.narrowing, "narrowing", fn, NARROWING)
-        _checks.check_choice(self.nan_payloads, "nan_payloads", fn, NAN_POLICIES)
-        factor = _checks.check_real(self.rel_factor, "rel_factor", fn)
+            validation.check_int(self.seed, "seed", fn, low=0)
+        validation.check_choice(self.e4m3_overflow, "e4m3_overflow", fn, OVERFLOW)
+        validation.check_choice(self.narrowing, "narrowing", fn, NARROWING)
+        validation.check_choice(self.nan_payloads, "nan_payloads", fn, NAN_POLICIES)
+        factor = validation.check_real(self.rel_factor, "rel_factor", fn)
         if not (math.isfinite(factor) and factor >= 1.0):
             raise ValueError(f"{fn}: rel_factor must be a finite number >= 1, got {self.rel_factor!r}")
 

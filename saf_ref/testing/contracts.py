@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref.nn._tolerance import dot_bound, gamma
+from saf_ref.testing.tolerance import dot_bound, gamma
 
 __all__ = [
     "ContractFailure",

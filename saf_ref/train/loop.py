@@ -46,13 +46,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref._checks import check_choice, check_float, check_int, check_ndim, check_real, check_rng
 from saf_ref.data.augment import iterate_minibatches, random_crop, random_crop_flip, random_hflip
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
 from saf_ref.nn.resnet import ARCHS, check_act_clip, resnet_backward, resnet_forward
 from saf_ref.nn.small import mlp_backward, mlp_forward, small_cnn_backward, small_cnn_forward
 from saf_ref.train import checkpoint as ckpt
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
+from saf_ref.validation import check_choice, check_float, check_int, check_ndim, check_real, check_rng
 
 __all__ = [
     "AUGMENTATIONS",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 STEP_KEY = "step"
 BUFFER_PREFIX = "momentum_buffer/"
@@ -30,7 +30,7 @@ BUFFER_PREFIX = "momentum_buffer/"
 
 def _check_nonnegative(value: object, name: str, fn: str) -> float:
     """A real number >= 0 (NaN rejected); returned as float."""
-    v = _checks.check_real(value, name, fn)
+    v = validation.check_real(value, name, fn)
     if not v >= 0.0:  # also catches NaN
         raise ValueError(f"{fn}: {name} must be >= 0, got {value!r}")
     return v
@@ -72,7 +72,7 @@ class SGD:
         set_(self, "lr", _check_nonnegative(self.lr, "lr", fn))
         set_(self, "momentum", _check_nonnegative(self.momentum, "momentum", fn))
         set_(self, "weight_decay", _check_nonnegative(self.weight_decay, "weight_decay", fn))
-        dampening = _checks.check_real(self.dampening, "dampening", fn)
+        dampening = validation.check_real(self.dampening, "dampening", fn)
         if not math.isfinite(dampening):
             raise ValueError(f"{fn}: dampening must be finite, got {self.dampening!r}")
         set_(self, "dampening", dampening)
@@ -107,7 +107,7 @@ def _check_params(params: object, name: str, fn: str) -> Mapping[str, np.ndarray
     for key, value in params.items():
         if not isinstance(key, str):
             raise TypeError(f"{fn}: {name} keys must be str, got {type(key).__name__} {key!r}")
-        _checks.check_float(value, f"{name}[{key!r}]", fn)
+        validation.check_float(value, f"{name}[{key!r}]", fn)
     return params
 
 
@@ -134,12 +134,12 @@ def _check_state(state: object, params: Mapping[str, np.ndarray], fn: str) -> in
         raise ValueError(
             f"{fn}: state must have a {STEP_KEY!r} entry (use sgd_init), got keys {sorted(state)}"
         )
-    step = _checks.check_ndarray(state[STEP_KEY], f"state[{STEP_KEY!r}]", fn)
+    step = validation.check_ndarray(state[STEP_KEY], f"state[{STEP_KEY!r}]", fn)
     if step.shape != () or step.dtype.kind not in "iu":
         raise TypeError(
-            f"{fn}: state[{STEP_KEY!r}] must be a 0-d integer array, got {_checks._describe(step)}"
+            f"{fn}: state[{STEP_KEY!r}] must be a 0-d integer array, got {validation.describe(step)}"
         )
-    count = _checks.check_int(step.item(), f"state[{STEP_KEY!r}]", fn, low=0)
+    count = validation.check_int(step.item(), f"state[{STEP_KEY!r}]", fn, low=0)
     for key, buf in state.items():
         if key == STEP_KEY:
             continue
@@ -152,9 +152,9 @@ def _check_state(state: object, params: Mapping[str, np.ndarray], fn: str) -> in
             raise ValueError(
                 f"{fn}: state[{key!r}] is a momentum buffer for {name!r}, which is not in params"
             )
-        _checks.check_float(buf, f"state[{key!r}]", fn)
-        _checks.check_same_dtype(fn, **{f"params[{name!r}]": params[name], f"state[{key!r}]": buf})
-        _checks.check_shape(buf, f"state[{key!r}]", fn, params[name].shape)
+        validation.check_float(buf, f"state[{key!r}]", fn)
+        validation.check_same_dtype(fn, **{f"params[{name!r}]": params[name], f"state[{key!r}]": buf})
+        validation.check_shape(buf, f"state[{key!r}]", fn, params[name].shape)
     return count
 
 
@@ -168,8 +168,8 @@ def _check_grads(grads: object, params: Mapping[str, np.ndarray], fn: str) -> Ma
         if key not in params:
             raise ValueError(f"{fn}: grads has {key!r}, which is not in params")
         p, g = params[key], grads[key]
-        _checks.check_same_dtype(fn, **{f"params[{key!r}]": p, f"grads[{key!r}]": g})
-        _checks.check_shape(g, f"grads[{key!r}]", fn, p.shape)
+        validation.check_same_dtype(fn, **{f"params[{key!r}]": p, f"grads[{key!r}]": g})
+        validation.check_shape(g, f"grads[{key!r}]", fn, p.shape)
     return grads
 
 
@@ -213,14 +213,14 @@ def sgd_update(
     fn = "sgd_update"
     if not isinstance(config, SGD):
         raise TypeError(f"{fn}: config must be an SGD, got {type(config).__name__}")
-    _checks.check_float(p, "p", fn)
-    _checks.check_float(grad, "grad", fn)
+    validation.check_float(p, "p", fn)
+    validation.check_float(grad, "grad", fn)
     if buf is not None:
-        _checks.check_float(buf, "buf", fn)
-    _checks.check_same_dtype(fn, p=p, grad=grad, buf=buf)  # a float64 grad would promote p silently
-    _checks.check_shape(grad, "grad", fn, p.shape)
+        validation.check_float(buf, "buf", fn)
+    validation.check_same_dtype(fn, p=p, grad=grad, buf=buf)  # a float64 grad would promote p silently
+    validation.check_shape(grad, "grad", fn, p.shape)
     if buf is not None:
-        _checks.check_shape(buf, "buf", fn, p.shape)
+        validation.check_shape(buf, "buf", fn, p.shape)
     lr = _check_nonnegative(lr, "lr", fn)
     t = p.dtype.type
     g = grad

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.data.augment import iterate_minibatches
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
@@ -88,24 +88,24 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation helpers (the _checks message template; optional positive numbers and specs are checked by
+# Validation helpers (the validation message template; optional positive numbers and specs are checked by
 # the storage module's helpers, so both modules word those errors alike)
 # --------------------------------------------------------------------------------------------------
 
 
 def _check_bool(value: Any, name: str, fn: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be a bool, got {_checks._describe(value)}")
+        raise TypeError(f"{fn}: {name} must be a bool, got {validation.describe(value)}")
     return bool(value)
 
 
 def _check_params(params: Any, fn: str) -> dict[str, np.ndarray]:
     if not isinstance(params, Mapping) or not params:
         raise TypeError(
-            f"{fn}: params must be a non-empty dict of numpy arrays, got {_checks._describe(params)}"
+            f"{fn}: params must be a non-empty dict of numpy arrays, got {validation.describe(params)}"
         )
     for k, v in params.items():
-        _checks.check_float(v, f"params[{k!r}]", fn)
+        validation.check_float(v, f"params[{k!r}]", fn)
     return params
 
 
@@ -144,7 +144,7 @@ class RandBETConfig:
     def __post_init__(self) -> None:
         fn = "RandBETConfig"
         set_ = object.__setattr__  # frozen dataclass: store the validated plain floats
-        set_(self, "p_train", _checks.check_probability(self.p_train, "p_train", fn))
+        set_(self, "p_train", validation.check_probability(self.p_train, "p_train", fn))
         for name in ("grad_clamp", "weight_clip", "curriculum_loss"):
             set_(self, name, _check_optional_positive(getattr(self, name), name, fn))
 
@@ -310,14 +310,14 @@ def randbet_gradients(
     fns = model_fns(model, fn)
     _check_params(params, fn)
     _check_spec(spec, fn)
-    p_train = _checks.check_probability(p_train, "p_train", fn)
+    p_train = validation.check_probability(p_train, "p_train", fn)
     grad_clamp = _check_optional_positive(grad_clamp, "grad_clamp", fn)
     errors_on = _check_bool(errors_on, "errors_on", fn)
-    label_smoothing = _checks.check_real(label_smoothing, "label_smoothing", fn)
-    _checks.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+    label_smoothing = validation.check_real(label_smoothing, "label_smoothing", fn)
+    validation.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
     if faults is not None:
         if not isinstance(faults, FaultList):
-            raise TypeError(f"{fn}: faults must be None or a FaultList, got {_checks._describe(faults)}")
+            raise TypeError(f"{fn}: faults must be None or a FaultList, got {validation.describe(faults)}")
         if p_train != 0.0:
             raise ValueError(
                 f"{fn}: p_train must be 0 when faults is given (the pattern is replayed, not drawn), "
@@ -325,9 +325,9 @@ def randbet_gradients(
             )
     perturb = errors_on and (p_train > 0.0 or faults is not None)
     if perturb and faults is None:
-        gen = _checks.check_rng(rng, fn)
+        gen = validation.check_rng(rng, fn)
     elif rng is not None:
-        _checks.check_rng(rng, fn)  # unused, but a wrong type is still a mistake worth reporting
+        validation.check_rng(rng, fn)  # unused, but a wrong type is still a mistake worth reporting
 
     du_clean, new_state, loss, logits, _ = _pass(
         fns, params, state, x, y, spec, label_smoothing, {}, nonfinite
@@ -470,7 +470,7 @@ def protected_train_step(
     fn = "protected_train_step"
     if not isinstance(optimizer, SGD):
         raise TypeError(
-            f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {_checks._describe(optimizer)}"
+            f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {validation.describe(optimizer)}"
         )
     weight_clip = _check_optional_positive(weight_clip, "weight_clip", fn)
     grads = randbet_gradients(
@@ -599,16 +599,16 @@ def train_protected(
     _check_spec(spec, fn)
     config = RandBETConfig(0.0) if config is None else config
     if not isinstance(config, RandBETConfig):
-        raise TypeError(f"{fn}: config must be None or a RandBETConfig, got {_checks._describe(config)}")
-    batch_size = _checks.check_int(batch_size, "batch_size", fn, low=1)
-    pad = _checks.check_int(pad, "pad", fn, low=0)
-    _checks.check_real(label_smoothing, "label_smoothing", fn)
-    _checks.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
-    eval_batch_size = _checks.check_int(eval_batch_size, "eval_batch_size", fn, low=1)
-    gen = _checks.check_rng(rng, fn)
+        raise TypeError(f"{fn}: config must be None or a RandBETConfig, got {validation.describe(config)}")
+    batch_size = validation.check_int(batch_size, "batch_size", fn, low=1)
+    pad = validation.check_int(pad, "pad", fn, low=0)
+    validation.check_real(label_smoothing, "label_smoothing", fn)
+    validation.check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+    eval_batch_size = validation.check_int(eval_batch_size, "eval_batch_size", fn, low=1)
+    gen = validation.check_rng(rng, fn)
     _check_bool(verbose, "verbose", fn)
     if callback is not None and not callable(callback):
-        raise TypeError(f"{fn}: callback must be callable or None, got {_checks._describe(callback)}")
+        raise TypeError(f"{fn}: callback must be callable or None, got {validation.describe(callback)}")
 
     _check_bool(resume, "resume", fn)
     if resume and checkpoint is None:

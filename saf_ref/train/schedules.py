@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from saf_ref import _checks
+from saf_ref import validation
 
 
 @runtime_checkable
@@ -35,14 +35,14 @@ class Schedule(Protocol):
 
 
 def _check_lr(value: object, name: str, fn: str) -> float:
-    v = _checks.check_real(value, name, fn)
+    v = validation.check_real(value, name, fn)
     if not (math.isfinite(v) and v >= 0.0):
         raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
     return v
 
 
 def _check_t(t: object, fn: str) -> int:
-    return _checks.check_int(t, "t", fn, low=0)
+    return validation.check_int(t, "t", fn, low=0)
 
 
 class _Values:
@@ -57,7 +57,7 @@ class _Values:
 
     def values(self, n: int) -> list[float]:
         """``[lr_at(0), ..., lr_at(n - 1)]``."""
-        n = _checks.check_int(n, "n", f"{type(self).__name__}.values", low=0)
+        n = validation.check_int(n, "n", f"{type(self).__name__}.values", low=0)
         return [self.lr_at(t) for t in range(n)]
 
 
@@ -115,12 +115,12 @@ class MultiStep(_Values):
             raise TypeError(
                 f"{fn}: milestones must be a sequence of int, got {type(self.milestones).__name__}"
             ) from None
-        ms = tuple(_checks.check_int(m, f"milestones[{i}]", fn, low=0) for i, m in enumerate(ms))
+        ms = tuple(validation.check_int(m, f"milestones[{i}]", fn, low=0) for i, m in enumerate(ms))
         for i in range(1, len(ms)):
             if ms[i] <= ms[i - 1]:
                 raise ValueError(f"{fn}: milestones must be strictly increasing, got {list(ms)}")
         object.__setattr__(self, "milestones", ms)
-        gamma = _checks.check_real(self.gamma, "gamma", fn)
+        gamma = validation.check_real(self.gamma, "gamma", fn)
         if not (math.isfinite(gamma) and gamma > 0.0):
             raise ValueError(f"{fn}: gamma must be a finite number > 0, got {self.gamma!r}")
         object.__setattr__(self, "gamma", gamma)
@@ -162,7 +162,7 @@ class Cosine(_Values):
     def __post_init__(self) -> None:
         fn = "Cosine"
         object.__setattr__(self, "base_lr", _check_lr(self.base_lr, "base_lr", fn))
-        object.__setattr__(self, "t_max", _checks.check_int(self.t_max, "t_max", fn, low=1))
+        object.__setattr__(self, "t_max", validation.check_int(self.t_max, "t_max", fn, low=1))
         object.__setattr__(self, "eta_min", _check_lr(self.eta_min, "eta_min", fn))
 
     def lr_at(self, t: int) -> float:
@@ -208,8 +208,8 @@ class Warmup(_Values):
             raise TypeError(
                 f"{fn}: after must be a schedule with base_lr and lr_at(t), got {type(self.after).__name__}"
             )
-        object.__setattr__(self, "warmup", _checks.check_int(self.warmup, "warmup", fn, low=1))
-        s = _checks.check_real(self.start_factor, "start_factor", fn)
+        object.__setattr__(self, "warmup", validation.check_int(self.warmup, "warmup", fn, low=1))
+        s = validation.check_real(self.start_factor, "start_factor", fn)
         if not 0.0 < s <= 1.0:
             raise ValueError(f"{fn}: start_factor must be in (0, 1], got {self.start_factor!r}")
         object.__setattr__(self, "start_factor", s)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from saf_ref.data import cifar as C
-from saf_ref.data._unpickle import ALLOWED_GLOBALS, RestrictedUnpickler, restricted_loads
+from saf_ref.data.unpickle import ALLOWED_GLOBALS, RestrictedUnpickler, restricted_loads
 
 
 class Py2Pickler(pickle._Pickler):

@@ -17,9 +17,9 @@ from nn_helpers import (
     snapshot,
 )
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.batchnorm import BatchNorm2dCache, batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_vjp
 from saf_ref.nn.naive import batchnorm2d_naive
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 U32 = 2.0**-24
 

@@ -16,9 +16,9 @@ from nn_helpers import (
     snapshot,
 )
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.conv import Conv2dCache, conv2d_backward, conv2d_forward, conv2d_vjp
 from saf_ref.nn.naive import conv2d_backward_naive, conv2d_naive
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 U32 = 2.0**-24
 

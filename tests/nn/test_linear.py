@@ -14,9 +14,9 @@ from nn_helpers import (
     snapshot,
 )
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.linear import LinearCache, linear_backward, linear_forward, linear_vjp
 from saf_ref.nn.naive import linear_naive
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 U32 = 2.0**-24
 

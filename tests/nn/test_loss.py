@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from nn_helpers import NAIVE_RTOL, assert_gradient, assert_unchanged, rel_error, snapshot
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.loss import (
     CrossEntropyCache,
     cross_entropy_backward,
@@ -16,6 +15,7 @@ from saf_ref.nn.loss import (
     cross_entropy_vjp,
 )
 from saf_ref.nn.naive import cross_entropy_backward_naive, cross_entropy_naive
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 U32 = 2.0**-24
 

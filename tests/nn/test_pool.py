@@ -15,7 +15,6 @@ from nn_helpers import (
     snapshot,
 )
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.naive import global_avgpool_naive, maxpool2d_backward_naive, maxpool2d_naive
 from saf_ref.nn.pool import (
     GlobalAvgPoolCache,
@@ -27,6 +26,7 @@ from saf_ref.nn.pool import (
     maxpool2d_forward,
     maxpool2d_vjp,
 )
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 U32 = 2.0**-24
 

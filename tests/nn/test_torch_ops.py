@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from nn_helpers import bn_bounds, rel_error
 
-from saf_ref.nn._tolerance import assert_within_dot_bound
 from saf_ref.nn.activations import relu_clipped_forward, relu_clipped_vjp, relu_forward, relu_vjp
 from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
 from saf_ref.nn.conv import conv2d_forward, conv2d_vjp
 from saf_ref.nn.linear import linear_forward, linear_vjp
 from saf_ref.nn.loss import cross_entropy_forward, cross_entropy_vjp
 from saf_ref.nn.pool import global_avgpool_forward, global_avgpool_vjp, maxpool2d_forward, maxpool2d_vjp
+from saf_ref.testing.tolerance import assert_within_dot_bound
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

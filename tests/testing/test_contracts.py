@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from saf_ref.bits import get_ieee_format
-from saf_ref.nn._tolerance import gamma
 from saf_ref.testing.contracts import (
     KNOWN_DIVERGENCES,
     ContractFailure,
@@ -18,6 +17,7 @@ from saf_ref.testing.contracts import (
     assert_ulp,
     ulp,
 )
+from saf_ref.testing.tolerance import gamma
 
 U32 = 2.0**-24
 

@@ -20,7 +20,7 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _describe(x: Any) -> str:
+def describe(x: Any) -> str:
     """Short description of a value for an error message: type, and dtype/shape for arrays."""
     if isinstance(x, np.ndarray):
         return f"ndarray of dtype {x.dtype} and shape {x.shape}"
@@ -32,7 +32,7 @@ def _describe(x: Any) -> str:
 def check_ndarray(x: Any, name: str, fn: str) -> np.ndarray:
     """Require a NumPy array (not a list, not a scalar); return it unchanged."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {_describe(x)}")
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got {describe(x)}")
     return x
 
 
@@ -102,7 +102,7 @@ def check_choice(value: Any, name: str, fn: str, choices: Iterable[Any]) -> Any:
 def check_int(value: Any, name: str, fn: str, *, low: int | None = None, high: int | None = None) -> int:
     """Require a Python or NumPy integer (not bool) within ``[low, high]``; return it as ``int``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be an integer, got {_describe(value)}")
+        raise TypeError(f"{fn}: {name} must be an integer, got {describe(value)}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
@@ -114,7 +114,7 @@ def check_int(value: Any, name: str, fn: str, *, low: int | None = None, high: i
 def check_real(value: Any, name: str, fn: str) -> float:
     """Require a real scalar (int or float, not bool, not an array); return it as ``float``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got {_describe(value)}")
+        raise TypeError(f"{fn}: {name} must be a real number, got {describe(value)}")
     return float(value)
 
 
@@ -137,5 +137,5 @@ def check_rng(rng: Any, fn: str, name: str = "rng") -> np.random.Generator:
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)) and rng >= 0:
         return np.random.default_rng(int(rng))
     raise TypeError(
-        f"{fn}: {name} must be a numpy.random.Generator or a non-negative integer seed, got {_describe(rng)}"
+        f"{fn}: {name} must be a numpy.random.Generator or a non-negative integer seed, got {describe(rng)}"
     )

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from saf_ref.nn._tolerance import assert_within_dot_bound, dot_bound, gamma, unit_roundoff
+from saf_ref.testing.tolerance import assert_within_dot_bound, dot_bound, gamma, unit_roundoff
 
 
 def test_unit_roundoff_is_half_an_ulp_of_one():

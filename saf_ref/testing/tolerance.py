@@ -14,14 +14,14 @@ convolution, ``conv2d(|x|, |w|, |b|)``; for its input gradient, the input gradie
 float32's.
 
 This module is the reusable piece (the oracle kit builds on it); it is test machinery, so it reports
-failures with ``AssertionError``, and validates its own arguments with :mod:`saf_ref._checks`.
+failures with ``AssertionError``, and validates its own arguments with :mod:`saf_ref.validation`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from saf_ref import _checks
+from saf_ref import validation
 
 __all__ = ["assert_within_dot_bound", "dot_bound", "gamma", "unit_roundoff"]
 
@@ -52,8 +52,8 @@ def gamma(k: int, u: float) -> float:
     A product of ``k`` factors ``(1 + delta_i)^(+-1)`` with ``|delta_i| <= u`` lies within
     ``1 +- gamma_k(u)``: the accumulated relative error of ``k`` roundings.
     """
-    k = _checks.check_int(k, "k", "gamma", low=0)
-    u = _checks.check_real(u, "u", "gamma")
+    k = validation.check_int(k, "k", "gamma", low=0)
+    u = validation.check_real(u, "u", "gamma")
     if not 0.0 < u < 1.0:
         raise ValueError(f"gamma: u must be in (0, 1), got {u!r}")
     if k * u >= 1.0:
@@ -75,8 +75,8 @@ def dot_bound(magnitude: np.ndarray, k: int, *, u: float, c: float = 1.0) -> np.
     c : float
         Safety factor, 1 for a plain dot product (the bound is then rigorous).
     """
-    _checks.check_float(magnitude, "magnitude", "dot_bound")
-    c = _checks.check_real(c, "c", "dot_bound")
+    validation.check_float(magnitude, "magnitude", "dot_bound")
+    c = validation.check_real(c, "c", "dot_bound")
     if not c > 0:
         raise ValueError(f"dot_bound: c must be > 0, got {c!r}")
     return c * gamma(k, u) * magnitude.astype(np.float64)
