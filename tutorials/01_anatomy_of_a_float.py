@@ -25,7 +25,8 @@
 # 3. recognise the special values (zero and `-0`, subnormals, `inf`, `NaN`) and how few flips separate
 #    an ordinary weight from them;
 # 4. compute the *exact* probability that a stored value reads back non-finite when every bit flips
-#    independently with probability $p$, and check it by Monte Carlo.
+#    independently with probability $p$, and check it by exact enumeration and by Monte Carlo (and know
+#    when a Monte Carlo check cannot fail).
 #
 # Everything here uses `saf_ref.bits`; bit 0 is always the least significant bit of the stored word.
 
@@ -58,6 +59,15 @@ def bit_string(code, fmt):
         groups.append(bits[start : start + field.width])
         start += field.width
     return " ".join(groups)
+
+
+def check(test, answer, solution):
+    """Exercises: run ``test`` on your answer; while the TODO cell still says ``None``, on the solution."""
+    if answer is None:
+        print("(no answer in the TODO cell yet: checking the worked solution instead)")
+        answer = solution
+    test(answer)
+    print("correct")
 
 
 def print_table(headers, rows):
@@ -183,9 +193,10 @@ print("mantissa, exponent and sign rules hold for every bit of 0.1, -0.75, 1 and
 
 # %% [markdown]
 # A picture says it faster. Below, each bar is the relative error $|x' - x| / |x|$ after flipping one
-# bit of a stored 0.1, on a log scale, for four formats. Notice the exponent's top bit (30 for float32
-# and bfloat16): one flip turns a weight of 0.1 into $3.4 \cdot 10^{37}$. A network multiplying
-# activations by that weight is finished.
+# bit of a stored 0.1, on a log scale, for four formats. Notice the exponent's top bit (bit 30 of
+# float32, bit 14 of bfloat16: the same eight exponent bits, at the top of a shorter word): one flip
+# turns a weight of 0.1 into $3.4 \cdot 10^{37}$. A network multiplying activations by that weight is
+# finished.
 
 # %% figure="flip_magnitudes"
 fig, axes = plt.subplots(2, 2, figsize=(10, 6.2), sharey=True)
@@ -211,7 +222,17 @@ plt.show()
 # %% [markdown]
 # bfloat16 is as fragile as float32 (same exponent), float16's exponent tops out at
 # $2^{16}$ so the worst flip is "only" $6.5 \cdot 10^4$ times, and FP8 `e4m3fn` has so few mantissa bits
-# that even the mantissa flips are 8-30 % errors.
+# that even the mantissa flips are 8-30 % errors. Where the exponent's top bit sits, per format:
+
+# %%
+rows = []
+for name in ("float32", "bfloat16", "float16", "float8_e4m3fn"):
+    fmt = get_format(name)
+    msb = fmt.fields["exponent"].msb
+    rows.append([name, fmt.nbits, msb, f"{flip_value(0.1, msb, fmt):.4g}"])
+print_table(["format", "bits", "exponent MSB", "0.1 after flipping it"], rows)
+assert [r[2] for r in rows] == [30, 14, 14, 6]  # float32: 31 - 1; the 16-bit formats: 15 - 1; FP8: 7 - 1
+assert flip_value(0.1, 14, "bfloat16") > 1e37 and flip_value(0.1, 30, "float32") > 1e37
 
 # %% [markdown]
 # ## 3. The special values
@@ -345,30 +366,70 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Monte Carlo check
+# ### Checking the formula, two ways
 #
-# Exact formulas deserve an independent check. We store many copies of a value, flip bits at random with
-# `inject_bit_errors` (which knows nothing about exponents), decode, and count the non-finite results.
-# The count is binomial, so its 99.9 % Wilson interval must contain the exact probability. We use
-# float16 and a high rate $p = 0.02$ so that even two-flip events are frequent enough to measure.
+# Exact formulas deserve an independent check, and a check is only worth something if it can fail.
+#
+# **By enumeration.** A float16 word has only $2^{16}$ possible error patterns $F$ (the set of bits that
+# flip), and pattern $F$ occurs with probability $p^{|F|} (1-p)^{16-|F|}$. Adding up the probabilities
+# of the patterns that leave the word non-finite gives the answer with no formula at all: only XOR,
+# NumPy's own float16 decoder, and a correctly rounded sum (`math.fsum`). It must agree with
+# `prob_nonfinite` to rounding (relative $10^{-12}$), including the probabilities far too small to ever
+# observe, such as $P(\text{inf})$ of 0.1, which needs nine particular bits to flip.
 
 # %%
-p_mc, n_copies = 0.02, 200_000
-rng = np.random.default_rng(0)
+p_ex = 1e-3
+patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16)  # every set of flipped bits
+n_flipped = np.array([bin(f).count("1") for f in range(2**16)])
+pattern_prob = p_ex**n_flipped * (1 - p_ex) ** (16 - n_flipped)
+assert math.isclose(math.fsum(pattern_prob), 1.0, rel_tol=1e-12)  # the patterns cover every outcome
 rows = []
-for x in (1.0, 1.5, 0.1, -3.0, 40000.0, 6e-5, 0.0):
+for x in (1.0, 1.5, 0.1, -3.0, 40000.0, 6e-5, 0.0, 65504.0):
+    read_back = (fp16.encode(np.float64(x)) ^ patterns).view(np.float16)  # every possible read-back
+    row = [x, bit_string(fp16.encode(np.float64(x)), fp16).split()[1]]
+    for kind, bad in (("nonfinite", ~np.isfinite(read_back)), ("inf", np.isinf(read_back)),
+                      ("nan", np.isnan(read_back))):
+        by_enumeration = math.fsum(pattern_prob[bad])
+        formula = prob_nonfinite(x, fp16, p_ex, kind=kind)
+        assert math.isclose(formula, by_enumeration, rel_tol=1e-12), (x, kind, formula, by_enumeration)
+        row.append(f"{formula:.3e}")
+    rows.append(row)
+print(f"p = {p_ex:g}: prob_nonfinite == sum over all 2^16 flip patterns, for every value and kind")
+print_table(["x", "exponent", "P(non-finite)", "P(inf)", "P(NaN)"], rows)
+
+# %% [markdown]
+# **By Monte Carlo.** Enumeration trusts our reading of the fault model (each bit independently); a
+# simulation with `inject_bit_errors`, which knows nothing about exponents, checks that reading too. We
+# store many copies of a value, flip bits at random, decode, and count the non-finite results. The
+# count is binomial, so its 99.9 % Wilson interval must contain the exact probability. That can only
+# fail if the event is frequent enough to be counted: with an expected count of $10^{-7}$ the count is
+# 0 and *every* small probability passes. So we use float16, a high rate $p = 0.02$, 200,000 copies,
+# and assert only where at least 50 events are expected (the interval is then at most about $\pm 47\%$
+# of the count wide, so a formula off by a factor 2, let alone by a factor $p$, fails). The rare events were
+# checked by enumeration above.
+
+# %%
+p_mc, n_copies, min_expected = 0.02, 200_000, 50
+rng = np.random.default_rng(0)
+rows, checked = [], 0
+for x in (1.0, 1.5, 0.1, 0.75, 40000.0):
     stored = fp16.encode(np.float64(x))
     hit = fp16.decode(inject_bit_errors(np.full(n_copies, stored, dtype=np.uint16), p_mc, rng=rng))
     for kind, measured in (("nonfinite", ~np.isfinite(hit)), ("inf", np.isinf(hit)), ("nan", np.isnan(hit))):
         k = int(measured.sum())
-        low, high = wilson_interval(k, n_copies, confidence=0.999)
         exact = prob_nonfinite(x, fp16, p_mc, kind=kind)
-        assert low <= exact <= high, (x, kind, k, exact, low, high)
-        if kind == "nonfinite":
-            rows.append([x, bit_string(stored, fp16).split()[1], f"{exact:.3e}", f"{k / n_copies:.3e}",
-                         f"[{low:.2e}, {high:.2e}]"])
-print_table(["x", "exponent", "exact", "measured", "99.9% interval"], rows)
-print("the exact non-finite, inf and NaN probabilities all lie in their Monte Carlo intervals")
+        low, high = wilson_interval(k, n_copies, confidence=0.999)
+        if exact * n_copies >= min_expected:
+            assert low <= exact <= high, (x, kind, k, exact, low, high)
+            checked += 1
+            verdict = "inside"
+        else:
+            verdict = f"not tested: {exact * n_copies:.2g} expected"
+        rows.append([x, kind, f"{exact * n_copies:.4g}", k, f"[{low * n_copies:.0f}, {high * n_copies:.0f}]",
+                     verdict])
+print_table(["x", "event", "expected count", "measured", "99.9% interval", "exact value is"], rows)
+print(f"{checked} exact probabilities tested by Monte Carlo, each inside its interval")
+assert checked >= 8
 
 # %% [markdown]
 # ### How many words are hit at all?
@@ -392,41 +453,84 @@ print(f"ResNet-18 in float32 at p = 1e-6: {expected_corrupted(11_689_512, 32, 1e
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has a **TODO** cell for your answer, a folded **solution** cell (click the `...` to
+# unfold it; try first), and a **check** cell that tests your answer against an independent computation.
+# While a TODO still says `None`, the check tests the worked solution, so the notebook always runs
+# from top to bottom.
+#
 # **Exercise 1.** What does flipping bit 30 do to 2.0 stored in float32? Predict it from the bits
-# before you run the solution.
+# before you compute anything.
 
 # %%
+# TODO: the float32 value of 2.0 after flipping bit 30, as a number (for example answer_1 = 4.0).
+# Hint: bit_string(fp32.encode(np.float32(2.0)), fp32) shows the word.
+answer_1 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. 2.0 = (1 + 0) * 2^1 has exponent field 1 + 127 = 128 = 10000000. Bit 30 is the exponent's
 # top bit: the field becomes 00000000 and the mantissa is 0, so the result is +0: the weight vanishes.
 print("2.0 bits:", bit_string(int(fp32.encode(np.float32(2.0))), fp32))
 print("after flipping bit 30:", flip_value(2.0, 30, "float32"))
-assert flip_value(2.0, 30, "float32") == 0.0
+solution_1 = 0.0
 
-# %% [markdown]
-# **Exercise 2.** Among float16 values in $[0.5, 4)$, which binade is the most likely to become
-# non-finite at $p = 10^{-3}$, and how many times more likely is it than 0.6?
 
 # %%
+def test_1(value):
+    # the reference: NumPy's own float32 bit pattern, XOR, and NumPy's decoding
+    truth = float((np.float32(2.0).view(np.uint32) ^ np.uint32(1 << 30)).view(np.float32))
+    assert value == truth and math.copysign(1, value) == math.copysign(1, truth), f"{value!r} is not {truth!r}"
+
+
+check(test_1, answer_1, solution_1)
+
+# %% [markdown]
+# **Exercise 2.** Among float16 values in $[0.5, 4)$, which binade $[a, b)$ is the most likely to
+# become non-finite at $p = 10^{-3}$, and how many times more likely is it than 0.6?
+
+# %%
+# TODO: (a, b, ratio), for example answer_2 = (0.5, 1.0, 10.0)
+answer_2 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. The float16 exponent fields are 01110 on [0.5, 1), 01111 on [1, 2) and 10000 on [2, 4):
-# z = 2, 1 and 4 zero bits. [1, 2) needs a single flip, 0.6 needs two: about 1/p = 1000 times less likely.
+# z = 2, 1 and 4 zero bits. [1, 2) needs a single flip, 0.6 needs two: P = p (1-p)^4 against
+# p^2 (1-p)^3, a ratio of (1 - p) / p = 999.
 grid = np.linspace(0.5, 4, 701)[:-1]
 probs = prob_nonfinite(grid, "float16", 1e-3)
 worst = grid[probs == probs.max()]
 print(f"most exposed: [{worst.min()}, {worst.max()}]; P = {probs.max():.3e}")
-ratio = prob_nonfinite(1.0, "float16", 1e-3) / prob_nonfinite(0.6, "float16", 1e-3)
-print(f"P(1.x) / P(0.6) = {ratio:.1f}")
-assert worst.min() == 1.0 and worst.max() < 2.0 and math.isclose(ratio, (1 - 1e-3) / 1e-3, rel_tol=1e-12)
+solution_2 = (1.0, 2.0, (1 - 1e-3) / 1e-3)
 
-# %% [markdown]
-# **Exercise 3.** A layer's float32 weights are roughly normal with standard deviation 0.05. At
-# $p = 10^{-5}$, how many of a million such weights do you expect to become non-finite? Which weights
-# contribute most?
 
 # %%
+def test_2(answer):
+    a, b, ratio = answer
+    assert (a, b) == (1.0, 2.0), f"[{a}, {b}) is not the most exposed binade"
+    # the reference: enumeration over all 2^16 flip patterns, as in Section 4 (NumPy decodes)
+    def by_enumeration(x):
+        read_back = (np.float16(x).view(np.uint16) ^ patterns).view(np.float16)
+        return math.fsum(pattern_prob[~np.isfinite(read_back)])
+    assert all(by_enumeration(v) < by_enumeration(1.0) for v in (0.5, 0.75, 2.0, 3.0))
+    truth = by_enumeration(1.0) / by_enumeration(0.6)
+    assert math.isclose(ratio, truth, rel_tol=0.01), f"ratio {ratio} is not {truth:.1f}"
+
+
+check(test_2, answer_2, solution_2)
+
+# %% [markdown]
+# **Exercise 3.** A layer's float32 weights are roughly normal with standard deviation 0.05 (the
+# million weights below). At $p = 10^{-5}$, how many of them do you expect to become non-finite? Which
+# weights contribute most?
+
+# %%
+weights = (np.random.default_rng(2).standard_normal(1_000_000) * 0.05).astype(np.float32)
+# TODO: the expected number of non-finite weights among these (a float)
+answer_3 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. The expected count is the sum of the per-weight probabilities (linearity of expectation).
 # Each weight contributes p^z (1-p)^(8-z), so what matters is z, the number of zero bits of its
 # exponent field, not its size: group the weights by exponent field.
-weights = (np.random.default_rng(2).standard_normal(1_000_000) * 0.05).astype(np.float32)
 pw = prob_nonfinite(weights, "float32", 1e-5)
 print(f"expected non-finite weights among 10^6: {pw.sum():.2e}")
 exponents = fp32.fields["exponent"].extract(fp32.encode(weights)).astype(np.int64)
@@ -443,6 +547,19 @@ print_table(["share", "exponent", "binade of |w|", "zero bits", "weights"],
 # almost all of the risk; the much more numerous weights in between need three flips or more.
 two_zero = sum(share for share, _, zeros, _ in rows if zeros <= 2)
 assert two_zero > 0.99, two_zero
+solution_3 = float(pw.sum())
+
+
+# %%
+def test_3(expected_count):
+    # the reference: the exponent bits straight from NumPy's float32 pattern, and the formula of Section 4
+    exponent = (weights.view(np.uint32) >> 23) & 0xFF
+    zeros = 8 - np.array([bin(e).count("1") for e in range(256)])[exponent]
+    truth = math.fsum(1e-5**zeros * (1 - 1e-5) ** (8 - zeros))
+    assert math.isclose(expected_count, truth, rel_tol=1e-3), f"{expected_count} is not {truth:.4g}"
+
+
+check(test_3, answer_3, solution_3)
 
 # %% [markdown]
 # ## Summary
@@ -451,7 +568,8 @@ assert two_zero > 0.99, two_zero
 #   bits. Fixed point has no exponent: every word is a finite number.
 # * A mantissa flip is a small error, an exponent flip multiplies or divides by $2^{2^k}$, and a single
 #   flip can turn a weight into `inf` or `NaN`.
-# * The probability of that is exact and simple, $p^z (1-p)^{E-z}$, and Monte Carlo agrees.
+# * The probability of that is exact and simple, $p^z (1-p)^{E-z}$; enumerating every flip pattern
+#   agrees to rounding, and Monte Carlo agrees wherever the event is frequent enough to count.
 #
 # Next: [2. Quantization and bit errors](02_quantization_and_bit_errors.ipynb), where the exponent
 # disappears and the damage of a flip becomes bounded.
