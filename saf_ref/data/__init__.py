@@ -1,8 +1,9 @@
 """saf_ref.data: the shipped datasets (offline), loaders for CIFAR/MNIST files on disk, augmentation.
 
-The shipped datasets live in the repository's ``data/`` folder (or ``$SAF_REF_DATA``) and are verified
-by SHA-256 on every load. CIFAR archives are Python pickles; they are read with a restricted unpickler
-that allows only the plain types they contain, so a malicious file cannot run code.
+The shipped datasets are package data (``saf_ref/data/files/``, inside the wheel too; ``$SAF_REF_DATA``
+overrides the folder they are read from) and are verified by SHA-256 on every load. CIFAR archives are
+Python pickles; they are read with a restricted unpickler that allows only the plain types they contain,
+so a malicious file cannot run code.
 """
 
 # The generic ``download(name, dest, ...)`` stays in its module, ``saf_ref.data.download``: exporting a
@@ -24,7 +25,16 @@ from saf_ref.data.download import (
     verify_sha256,
 )
 from saf_ref.data.mnist import load_mnist, parse_idx, read_idx
-from saf_ref.data.shipped import Dataset, Split, data_dir, load_digits, load_mnist5k, load_shipped
+from saf_ref.data.shipped import (
+    Dataset,
+    Split,
+    data_dir,
+    golden_dir,
+    load_digits,
+    load_mnist5k,
+    load_shipped,
+    package_data_dir,
+)
 
 __all__ = [
     "ChecksumError",
@@ -37,6 +47,7 @@ __all__ = [
     "download_cifar10",
     "download_cifar100",
     "download_mnist",
+    "golden_dir",
     "iterate_minibatches",
     "load_cifar10",
     "load_cifar100",
@@ -45,6 +56,7 @@ __all__ = [
     "load_mnist5k",
     "load_shipped",
     "normalize_channels",
+    "package_data_dir",
     "parse_idx",
     "random_crop",
     "random_crop_flip",

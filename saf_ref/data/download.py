@@ -1,7 +1,7 @@
 """Checksums, and an optional download helper for the official CIFAR and MNIST files.
 
 Nothing in saf_ref downloads at import or test time: :func:`download` runs only when a user calls it.
-It needs internet access; the datasets shipped in ``data/`` do not.
+It needs internet access; the datasets shipped inside the package (``saf_ref/data/files/``) do not.
 
 The SHA-256 values below were not computed here (this project is built offline). Each was cross-checked
 against several independent public sources that pin the same file with it: Keras' and torchvision's

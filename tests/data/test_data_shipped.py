@@ -12,7 +12,8 @@ from saf_ref.data import shipped as S
 from saf_ref.data.download import ChecksumError
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "data"
+# package data (shipped in the wheel); the top-level data/ folder is for user-supplied datasets
+DATA = REPO / "saf_ref" / "data" / "files"
 EXPECTED = {  # name: (pixel max, side, train size, test size)
     "digits": (16, 8, 1438, 359),
     "mnist5k": (255, 28, 4000, 1000),
@@ -117,16 +118,45 @@ def test_loader_raw_values_and_single_splits(name):
 
 def test_data_dir_default_and_environment_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(S.DATA_ENV, raising=False)
+    assert S.data_dir() == DATA == S.package_data_dir()
+    assert S.golden_dir() == DATA / "golden" and (S.golden_dir() / "index.json").is_file()
+    monkeypatch.setenv(S.DATA_ENV, "")  # empty: as if unset
     assert S.data_dir() == DATA
     monkeypatch.setenv(S.DATA_ENV, str(tmp_path))
     assert S.data_dir() == tmp_path
-    with pytest.raises(
-        FileNotFoundError,
-        match=rf"load_digits: {re.escape(str(tmp_path))}/digits.npz does not exist; set SAF_REF_DATA",
-    ):
+    assert S.package_data_dir() == DATA and S.golden_dir() == DATA / "golden"  # not moved by the variable
+    with pytest.raises(FileNotFoundError) as info:
         S.load_digits()
+    assert str(info.value) == (
+        f"load_digits: SAF_REF_DATA={str(tmp_path)!r} must be a directory holding digits.npz, got no file "
+        f"{tmp_path}/digits.npz; unset SAF_REF_DATA to use the copy shipped with saf_ref"
+    )
     shutil.copy(DATA / "digits.npz", tmp_path / "digits.npz")
     np.testing.assert_array_equal(S.load_digits(split="test").y, raw_arrays("digits")["test_labels"])
+
+
+def test_missing_file_messages_are_one_line_and_name_the_cause(tmp_path, monkeypatch):
+    monkeypatch.delenv(S.DATA_ENV, raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        S.load_mnist5k(root=empty)
+    assert str(info.value) == (
+        f"load_mnist5k: root {str(empty)!r} must be a directory holding mnist5k.npz, got no file "
+        f"{empty}/mnist5k.npz"
+    )
+    # An installation without its package data (a broken wheel): say so, and how to recover; no script
+    # of the source tree is named, since a wheel does not contain it.
+    monkeypatch.setattr(S, "package_data_dir", lambda: empty)
+    with pytest.raises(FileNotFoundError) as info:
+        S.load_shipped("digits")
+    message = str(info.value)
+    assert message == (
+        f"load_shipped: the shipped file {empty}/digits.npz is missing, so this saf_ref installation is "
+        "incomplete; reinstall it (pip install --force-reinstall saf_ref) or set SAF_REF_DATA to a "
+        "directory holding digits.npz"
+    )
+    assert "\n" not in message and "scripts/" not in message
 
 
 @pytest.mark.parametrize("name", sorted(S.SHIPPED))
