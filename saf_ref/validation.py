@@ -12,6 +12,7 @@ never uses ``assert`` (which ``python -O`` removes).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -139,3 +140,31 @@ def check_rng(rng: Any, fn: str, name: str = "rng") -> np.random.Generator:
     raise TypeError(
         f"{fn}: {name} must be a numpy.random.Generator or a non-negative integer seed, got {describe(rng)}"
     )
+
+
+def check_float_dtype(dtype: Any, fn: str, name: str = "dtype") -> np.dtype:
+    """Require a dtype-like naming float32 or float64; return it as a ``numpy.dtype``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_bool(value: Any, name: str, fn: str) -> bool:
+    """Require a bool (``numpy.bool_`` too; not an int); return it as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {describe(value)}")
+    return bool(value)
+
+
+def check_optional_positive(value: Any, name: str, fn: str) -> float | None:
+    """Require None or a finite real ``> 0``; return None or the value as a Python float."""
+    if value is None:
+        return None
+    v = check_real(value, name, fn)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{fn}: {name} must be None or a finite positive number, got {value!r}")
+    return v

@@ -31,18 +31,22 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.determinism import blas_threads_pinned
 from saf_ref.experiments.stats import mean_interval, wilson_interval
+from saf_ref.nn.registry import model_fns
 from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, _check_params, inject_nested, load, store
-from saf_ref.train.loop import model_fns
 
 __all__ = [
     "Subject",
     "CampaignResult",
+    "Journal",
+    "read_journal",
     "trial_rng",
     "predict",
     "run_trial",
@@ -65,7 +69,7 @@ class Subject:
     format : str
         Storage format name, for the tables (the spec is what is used).
     model : str
-        Model name understood by :func:`saf_ref.train.loop.model_fns` (a string, so it pickles).
+        Model name understood by :func:`saf_ref.nn.registry.model_fns` (a string, so it pickles).
     params, state : dict[str, ndarray]
         Latents ``u`` and running statistics.
     spec : StorageSpec
@@ -131,7 +135,7 @@ def predict(
     Parameters
     ----------
     model : str
-        A model name understood by :func:`saf_ref.train.loop.model_fns`.
+        A model name understood by :func:`saf_ref.nn.registry.model_fns`.
     params, state : dict[str, ndarray]
         Effective parameters (what the network computes with) and running statistics.
     x : ndarray, shape (N, ...)
@@ -159,7 +163,7 @@ def predict(
     any_nonfinite = False
     for start in range(0, x.shape[0], batch_size):
         # Faulty weights overflow to inf/NaN on purpose; that is measured below, not warned about.
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), blas_threads_pinned():
             logits, _, _ = fns.forward(dict(params), dict(state), x[start : start + batch_size], train=False)
         finite_rows = np.all(np.isfinite(logits), axis=1)
         any_nonfinite = any_nonfinite or not bool(finite_rows.all())
@@ -312,6 +316,41 @@ def _atomic_write(path: str | os.PathLike, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+class Journal:
+    """An append-only log of trial records, one JSON object per line (JSON Lines), for ``on_result``.
+
+    ``run_campaign(..., on_result=Journal(path))`` writes each (subject, trial) unit's records the moment
+    it completes, flushed and synced, so that a crash, a failed final write or Ctrl-C loses no finished
+    trial. Creating a journal truncates ``path``. :func:`read_journal` reads it back.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"Journal: path must be a str or path-like, got {validation.describe(path)}")
+        self.path = Path(path)
+        self.path.write_text("", encoding="utf-8")
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> None:
+        # One write of whole lines per unit: a crash mid-write can tear at most the last line.
+        text = "".join(json.dumps(rec, allow_nan=False, default=_json_default) + "\n" for rec in records)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a :class:`Journal` file, in the order written; a torn last line is skipped.
+
+    Pass them to :func:`summarize` to rebuild the summary of an interrupted or failed run.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_journal: path must be a str or path-like, got {validation.describe(path)}")
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    # Every complete line ends with a newline, so the last piece is "" unless a write was torn.
+    return [json.loads(line) for line in lines[:-1] if line]
 
 
 SUMMARY_FIELDS = (
@@ -531,6 +570,11 @@ def run_campaign(
         raise ValueError(f"{fn}: confidence must be in (0, 1), got {confidence!r}")
     if on_result is not None and not callable(on_result):
         raise TypeError(f"{fn}: on_result must be callable or None, got {validation.describe(on_result)}")
+    if executor not in ("process", "serial", None) and not isinstance(executor, cf.Executor):
+        raise TypeError(
+            f"{fn}: executor must be 'process', 'serial', None or a concurrent.futures.Executor, "
+            f"got {validation.describe(executor)}"
+        )
 
     clean = [clean_predictions(s, x) for s in subjects]
     clean_acc = {s.key: float(np.mean(c == y)) for s, c in zip(subjects, clean, strict=True)}
@@ -555,11 +599,6 @@ def run_campaign(
     else:
         if own_pool:
             executor = cf.ProcessPoolExecutor(max_workers=max_workers)
-        elif not isinstance(executor, cf.Executor):
-            raise TypeError(
-                f"{fn}: executor must be 'process', 'serial', None or a concurrent.futures."
-                f"Executor, got {type(executor).__name__}"
-            )
         futures = [executor.submit(_run_unit, unit) for unit in units]
         try:
             for future in cf.as_completed(futures):

@@ -12,20 +12,29 @@ What it does, with no arguments, no network and only the shipped data:
    trial; :mod:`saf_ref.experiments.campaign`);
 4. prints a table and writes ``results.json``, ``results.csv`` and ``results.png`` (when matplotlib is
    installed) to ``--out``.
+
+Every option is checked when the :class:`DemoConfig` is built, before any data is loaded or any model
+trained. ``--out`` must not already hold results (``--force`` overwrites them). While the sweep runs,
+each completed (model, trial) unit is appended to ``trials.jsonl`` in ``--out``, so a late failure or
+Ctrl-C loses no finished trial; once the final files are written the journal is removed (``run.json``
+holds the same records). ``results.json`` holds no timings, so a run is reproducible byte for byte.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from saf_ref.bits import Quantizer
-from saf_ref.experiments.campaign import CampaignResult, Subject, run_campaign
+from saf_ref import validation
+from saf_ref.bits import Quantizer, get_format
+from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign
 from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
@@ -34,7 +43,9 @@ from saf_ref.train.schedules import Cosine
 
 __all__ = [
     "DemoConfig",
+    "OUTPUTS",
     "QUICK",
+    "check_out",
     "run_demo",
     "format_table",
     "load_dataset",
@@ -71,8 +82,171 @@ class DemoConfig:
     verbose: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_fields({f.name: getattr(self, f.name) for f in fields(self)}, "DemoConfig")
+
 
 QUICK = {"epochs": 6, "trials": 4, "rates": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)}
+DATASETS = ("digits", "mnist5k", "cifar10")
+#: What the demo writes to its output directory (``trials.jsonl`` only while a sweep runs).
+OUTPUTS = ("results.json", "run.json", "results.csv", "table.txt", "results.png", "trials.jsonl")
+
+# ------------------------------------------------------------------------------------------ checks
+# One check per DemoConfig field, ``check(value, name, fn)``. DemoConfig reports a bad field by its own
+# name; ``saf-ref demo`` runs the same checks first and reports them by the option's name (--eval-limit).
+
+
+def _positive_int(value: Any, name: str, fn: str) -> None:
+    validation.check_int(value, name, fn, low=1)
+
+
+def _optional(check: Callable[[Any, str, str], None]) -> Callable[[Any, str, str], None]:
+    return lambda value, name, fn: None if value is None else check(value, name, fn)
+
+
+def _real_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """A check for a finite real in the interval between ``low`` and ``high``."""
+
+    def check(value: Any, name: str, fn: str) -> None:
+        x = validation.check_real(value, name, fn)
+        if not (math.isfinite(x) and (low < x if low_open else low <= x) and (x < high if high_open else x <= high)):
+            interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ValueError(f"{fn}: {name} must be a finite number in {interval}, got {value!r}")
+
+    return check
+
+
+def _check_rates(rates: Any, name: str, fn: str) -> None:
+    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
+        raise TypeError(f"{fn}: {name} must be a sequence of bit-error rates, got {validation.describe(rates)}")
+    if len(rates) == 0:
+        raise ValueError(f"{fn}: {name} must list at least one bit-error rate, got none")
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{fn}: {name} must be bit-error rates in [0, 1], got {rate!r}")
+    if len(set(rates)) != len(rates):  # a repeated rate would be counted twice in its cell
+        raise ValueError(f"{fn}: {name} must be distinct, got {list(rates)}")
+
+
+def _check_model(model: Any, name: str, fn: str) -> None:
+    from saf_ref.nn.registry import parse_model_name
+    from saf_ref.nn.resnet import ARCHS
+
+    conv_nets = ("small_cnn", *ARCHS)
+    expected = f"one of {conv_nets}, optionally followed by '@act_clip=<c>' with c > 0"
+    if not isinstance(model, str):
+        raise TypeError(f"{fn}: {name} must be {expected}, got {validation.describe(model)}")
+    try:
+        base = parse_model_name(model).base
+    except ValueError:
+        base = None
+    if base not in conv_nets:  # the loop's "mlp" takes flat vectors, not the demo's images
+        raise ValueError(f"{fn}: {name} must be {expected}, got {model!r}")
+
+
+def _check_names(lookup: Callable[[str], Any]) -> Callable[[Any, str, str], None]:
+    def check(names: Any, name: str, fn: str) -> None:
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise TypeError(f"{fn}: {name} must be a sequence of names, got {validation.describe(names)}")
+        for n in names:
+            lookup(n)  # raises its own templated error for an unknown name
+
+    return check
+
+
+def _check_path(path: Any, name: str, fn: str) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: {name} must be a path (str), got {validation.describe(path)}")
+
+
+def _check_dir(path: Any, name: str, fn: str) -> None:
+    _check_path(path, name, fn)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{fn}: {name} must be a directory, got the file {os.fspath(path)!r}")
+
+
+def _check_bool(value: Any, name: str, fn: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {validation.describe(value)}")
+
+
+def _check_dict(value: Any, name: str, fn: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{fn}: {name} must be a dict, got {validation.describe(value)}")
+
+
+_CHECKS: dict[str, Callable[[Any, str, str], None]] = {
+    "dataset": lambda v, name, fn: validation.check_choice(v, name, fn, DATASETS),
+    "data_path": _optional(_check_path),
+    "model": _check_model,
+    "width": _positive_int,
+    "epochs": _positive_int,
+    "batch_size": _positive_int,
+    "lr": _real_in(0.0, math.inf, low_open=True, high_open=True),
+    "momentum": _real_in(0.0, 1.0, high_open=True),
+    "weight_decay": _real_in(0.0, math.inf, high_open=True),
+    "float_transforms": _check_names(get_transform),
+    "float_formats": _check_names(get_format),
+    "weight_clip": _real_in(0.0, math.inf, low_open=True, high_open=True),
+    "p_train": _real_in(0.0, 1.0),
+    "rates": _check_rates,
+    "trials": _positive_int,
+    "eval_limit": _optional(_positive_int),
+    "seed": lambda v, name, fn: validation.check_int(v, name, fn, low=0),
+    "workers": _optional(_positive_int),
+    "checkpoints": _optional(_check_dir),
+    "verbose": _check_bool,
+    "extra": _check_dict,
+}
+
+
+def flag(field_name: str) -> str:
+    """The ``saf-ref demo`` option of a :class:`DemoConfig` field: ``"eval_limit"`` -> ``"--eval-limit"``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def check_fields(values: Mapping[str, Any], fn: str, name: Callable[[str], str] = str) -> None:
+    """Check the :class:`DemoConfig` field values in ``values``; errors call a field ``name(field)``.
+
+    ``values`` holds all fields (the dataset/data-path rule needs both); each bad value raises the
+    template ``<fn>: <name> <expected>, got <got>`` (TypeError for a wrong type, ValueError otherwise).
+    """
+    for key, value in values.items():
+        _CHECKS[key](value, name(key), fn)
+    dataset, data_path = values["dataset"], values["data_path"]
+    if dataset == "cifar10" and data_path is None:
+        raise ValueError(
+            f"{fn}: {name('data_path')} must be given for {name('dataset')} 'cifar10' (the "
+            "cifar-10-python.tar.gz or its extracted folder; the demo never downloads), got none"
+        )
+    if dataset != "cifar10" and data_path is not None:
+        raise ValueError(
+            f"{fn}: {name('data_path')} must not be given for {name('dataset')} {dataset!r}, which ships "
+            f"with saf_ref (only 'cifar10' is read from a path), got {os.fspath(data_path)!r}"
+        )
+    if data_path is not None and not os.path.exists(data_path):
+        raise ValueError(f"{fn}: {name('data_path')} must be an existing file or folder, got {data_path!r}")
+
+
+def check_out(out: Any, force: Any, fn: str, name: str = "out", force_name: str = "force=True") -> Path:
+    """Check that ``out`` can take the demo's results: a directory (or a path where one can be made) that
+    holds no results unless ``force``. Changes nothing on disk; returns ``Path(out)``."""
+    _check_path(out, name, fn)
+    _check_bool(force, "force", fn)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{fn}: {name} must be a directory, got the file {str(out)!r}")
+    existing = [n for n in OUTPUTS if (out / n).exists()]
+    if existing and not force:
+        raise ValueError(
+            f"{fn}: {name} must not hold results already (use {force_name} to overwrite them, or "
+            f"another directory), got {str(out)!r} with {', '.join(existing)}"
+        )
+    parent = next(p for p in (out, *out.absolute().parents) if p.exists())  # nearest existing ancestor
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{fn}: {name} must be a writable directory, got {str(out)!r} ({parent} is not one)")
+    return out
+
 
 
 def quantizer_8bit(clip: float | None = None) -> Quantizer:
@@ -119,18 +293,15 @@ def load_dataset(name: str, path: str | None = None):
 
 
 def _init(cfg: DemoConfig, in_channels: int, num_classes: int):
-    from saf_ref.nn.resnet import ARCHS, init_resnet
+    from saf_ref.nn.registry import parse_model_name
+    from saf_ref.nn.resnet import init_resnet
     from saf_ref.nn.small import init_small_cnn
-    from saf_ref.train.loop import parse_model_name
 
     base = parse_model_name(cfg.model, "demo").base  # "small_cnn@act_clip=6" trains a small_cnn
     if base == "small_cnn":
         return init_small_cnn(in_channels=in_channels, num_classes=num_classes, width=cfg.width, rng=cfg.seed)
-    if base in ARCHS:
-        return init_resnet(
-            base, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=cfg.seed
-        )
-    raise ValueError(f"demo: model must be 'small_cnn' or one of {tuple(ARCHS)}, got {cfg.model!r}")
+    # DemoConfig admits only small_cnn and the ResNets
+    return init_resnet(base, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=cfg.seed)
 
 
 def _log(cfg: DemoConfig, message: str) -> None:
@@ -199,7 +370,7 @@ def _train_float(cfg, data, init, transform: str):
         batch_size=cfg.batch_size,
         optimizer=optimizer,
         schedule=Cosine(cfg.lr, cfg.epochs),
-        transform=None if transform == "identity" else get_transform(transform),
+        transform=None if transform == "identity" else transform,
         augment=None,
         rng=cfg.seed + 1,
         verbose=False,
@@ -208,11 +379,11 @@ def _train_float(cfg, data, init, transform: str):
 
 
 def _train_quantized(cfg, data, init, *, clip: float | None, p_train: float):
-    from saf_ref.train.randbet import RandBETConfig, train_protected
+    from saf_ref.train.randbet import RandBETConfig
 
     optimizer = SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     spec = quantized_spec(clip)
-    params, state, _ = train_protected(
+    params, state, _ = train(
         *init,
         data,
         model=cfg.model,
@@ -221,7 +392,8 @@ def _train_quantized(cfg, data, init, *, clip: float | None, p_train: float):
         batch_size=cfg.batch_size,
         optimizer=optimizer,
         schedule=Cosine(cfg.lr, cfg.epochs),
-        config=RandBETConfig(p_train=p_train, weight_clip=clip),
+        randbet=RandBETConfig(p_train=p_train, weight_clip=clip),
+        augment=None,
         rng=cfg.seed + 1,
         verbose=False,
     )
@@ -275,11 +447,21 @@ def format_table(result: CampaignResult, metric: str = "accuracy_mean") -> str:
     return "\n".join(lines)
 
 
-def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
+def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) -> CampaignResult:
     """Train, sweep, and write ``results.json`` (a list of records), ``results.csv``, ``results.png``,
-    ``table.txt`` and ``run.json`` (configuration, clean accuracies, per-trial records)."""
-    out = Path(out)
+    ``table.txt`` and ``run.json`` (configuration, clean accuracies, per-trial records) to ``out``.
+
+    ``out`` must not hold results already unless ``force`` (:func:`check_out`); this is checked before
+    anything runs. Completed trials are journaled to ``out/trials.jsonl`` as they finish. On Ctrl-C during
+    the sweep the completed trials are written as usual and the result has ``interrupted=True``; during
+    training, ``KeyboardInterrupt`` propagates with a note on what was kept.
+    """
+    if not isinstance(cfg, DemoConfig):
+        raise TypeError(f"run_demo: cfg must be a DemoConfig, got {validation.describe(cfg)}")
+    out = check_out(out, force, "run_demo")
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # with force: no file of an earlier run is left to mix with this one
+        (out / name).unlink(missing_ok=True)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     _log(
@@ -287,11 +469,17 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
         f"demo: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "
         f"model {cfg.model}, {cfg.epochs} epochs per method",
     )
-    subjects = build_subjects(cfg, data)
+    try:
+        subjects = build_subjects(cfg, data)
+    except KeyboardInterrupt:
+        kept = f"models trained so far are in {cfg.checkpoints}" if cfg.checkpoints else "nothing was written"
+        raise KeyboardInterrupt(f"during training; {kept}") from None
     x_eval, y_eval = data[2], data[3]
     if cfg.eval_limit is not None:
         x_eval, y_eval = x_eval[: cfg.eval_limit], y_eval[: cfg.eval_limit]
-    _log(cfg, f"demo: bit-error sweep, {len(subjects)} models x {len(cfg.rates)} rates x {cfg.trials} trials")
+    _log(cfg, f"demo: bit-error sweep, {len(subjects)} models x {len(cfg.rates)} rates x {cfg.trials} trials "
+              f"on {y_eval.shape[0]} test images")  # fmt: skip
+    journal = Journal(out / "trials.jsonl")
     result = run_campaign(
         subjects,
         x_eval,
@@ -301,16 +489,14 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
         seed=cfg.seed,
         max_workers=cfg.workers,
         progress=cfg.verbose,
+        on_result=journal,
     )
+    # Timings go to run.json only: results.json must be the same bytes in every run with the same config.
     result.config.update(
         {"demo": _jsonable(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
     )
-    result.to_json(out / "results.json")
-    result.to_run_json(out / "run.json")
-    result.to_csv(out / "results.csv")
     table = format_table(result)
-    (out / "table.txt").write_text(table + "\n", encoding="utf-8")
-    plotted = _try_plot(result, out / "results.png", cfg)
+    plotted = _write_outputs(result, out, cfg, table, journal)
     print(table)
     print(
         f"\nwrote {out / 'results.json'}, {out / 'results.csv'}"
@@ -318,6 +504,25 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike) -> CampaignResult:
         + f" in {time.perf_counter() - start:.0f}s"
     )
     return result
+
+
+def _write_outputs(result: CampaignResult, out: Path, cfg: DemoConfig, table: str, journal: Journal) -> bool:
+    """Write the result files (each atomically), then drop the journal; return whether a plot was made.
+
+    If a write fails or is interrupted, the journal stays, and the error says where it is.
+    """
+    try:
+        result.to_json(out / "results.json")
+        result.to_run_json(out / "run.json")
+        result.to_csv(out / "results.csv")
+        (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+        plotted = _try_plot(result, out / "results.png", cfg)
+    except OSError as err:
+        raise OSError(f"{err}; the completed trials are kept in {journal.path}") from err
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"while writing results; the completed trials are kept in {journal.path}") from None
+    journal.path.unlink()  # run.json now holds the same records, in a deterministic order
+    return plotted
 
 
 def _try_plot(result: CampaignResult, path: Path, cfg: DemoConfig) -> bool:
@@ -330,27 +535,16 @@ def _try_plot(result: CampaignResult, path: Path, cfg: DemoConfig) -> bool:
 
 
 def config_from_args(args) -> DemoConfig:
-    """Build a :class:`DemoConfig` from the parsed ``saf-ref demo`` options."""
-    cfg = DemoConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "dataset",
-            "data_path",
-            "model",
-            "width",
-            "epochs",
-            "trials",
-            "seed",
-            "workers",
-            "checkpoints",
-            "eval_limit",
-        )
-        if getattr(args, k, None) is not None
-    }
-    if getattr(args, "rates", None):
-        overrides["rates"] = tuple(args.rates)
-    overrides["verbose"] = not args.quiet
-    return replace(cfg, **overrides)
+    """Build a :class:`DemoConfig` from the parsed ``saf-ref demo`` options.
+
+    Every option is checked here, before any work, and a bad one is named as the user typed it
+    (``--eval-limit``), not by the configuration field behind it.
+    """
+    base = replace(DemoConfig(), **QUICK) if args.quick else DemoConfig()
+    names = ("dataset", "data_path", "model", "width", "epochs", "trials", "rates", "seed", "workers",
+             "checkpoints", "eval_limit")  # fmt: skip
+    values = asdict(base) | {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    values["rates"] = tuple(values["rates"])
+    values["verbose"] = not args.quiet
+    check_fields(values, "saf-ref demo", flag)
+    return DemoConfig(**values)

@@ -4,8 +4,9 @@ Every op is a pair ``*_forward(...) -> (y, cache)`` / ``*_backward(dy, cache) ->
 caches and gradients, plus a ``*_vjp`` wrapper taking primal inputs; :mod:`saf_ref.nn.naive` holds loop
 implementations of every op, the executable specification the tests compare against. Models
 (:mod:`~saf_ref.nn.resnet`, :mod:`~saf_ref.nn.small`) keep parameters in ``dict[str, ndarray]`` keyed by
-torchvision ``state_dict`` names. ``nn`` never imports ``protect``: a weight transform is any object with
-``forward(u)`` and ``vjp(u, dw)``.
+torchvision ``state_dict`` names and compute with the weights they are given: latents become weights
+only in :mod:`saf_ref.protect` (``nn`` never imports ``protect``). :mod:`~saf_ref.nn.blocks` holds the
+composites they are built of (conv + batch norm, clipped ReLU) and :mod:`~saf_ref.nn.registry` names them.
 """
 
 from saf_ref.nn.activations import (
@@ -17,6 +18,7 @@ from saf_ref.nn.activations import (
     relu_vjp,
 )
 from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_vjp
+from saf_ref.nn.blocks import ModelGrads, conv_bn_backward, conv_bn_forward
 from saf_ref.nn.conv import conv2d_backward, conv2d_forward, conv2d_vjp
 from saf_ref.nn.linear import linear_backward, linear_forward, linear_vjp
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_vjp
@@ -28,9 +30,9 @@ from saf_ref.nn.pool import (
     maxpool2d_forward,
     maxpool2d_vjp,
 )
+from saf_ref.nn.registry import ModelFns, model_fns
 from saf_ref.nn.resnet import (
     ARCHS,
-    WeightTransform,
     basic_block_backward,
     basic_block_forward,
     init_resnet,
@@ -50,7 +52,8 @@ from saf_ref.nn.state_dict import export_state_dict, load_torch_state_dict
 
 __all__ = [
     "ARCHS",
-    "WeightTransform",
+    "ModelFns",
+    "ModelGrads",
     "basic_block_backward",
     "basic_block_forward",
     "batchnorm2d_backward",
@@ -59,6 +62,8 @@ __all__ = [
     "conv2d_backward",
     "conv2d_forward",
     "conv2d_vjp",
+    "conv_bn_backward",
+    "conv_bn_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "cross_entropy_vjp",
@@ -78,6 +83,7 @@ __all__ = [
     "maxpool2d_vjp",
     "mlp_backward",
     "mlp_forward",
+    "model_fns",
     "relu_backward",
     "relu_clipped_backward",
     "relu_clipped_forward",

@@ -22,19 +22,11 @@ PyTorch checkpoint loads with one call (:func:`saf_ref.nn.state_dict.load_torch_
     layer2.0.downsample.0.weight  layer2.0.downsample.1.weight ...  (1x1 conv + BN shortcut)
     fc.weight  fc.bias
 
-Weight transforms
------------------
-The hardening method trains *latent* weights ``u`` and computes with ``w = f(u)`` for a saturating
-``f``. ``resnet_forward(..., transform=f)`` does exactly that for the convolution and linear weights
-(every parameter whose name ends in ``.weight`` and that has 2 or 4 dimensions); biases and batch-norm
-parameters are used raw. ``resnet_backward`` then returns the gradient with respect to the latents,
-``du = f'(u) * dw``. Because ``saf_ref.nn`` never imports ``saf_ref.protect`` (DESIGN.md, section 2),
-the transform is any object with the two methods of :class:`WeightTransform`; the transforms of
-:mod:`saf_ref.protect.transforms` are such objects::
-
-    from saf_ref.protect.transforms import get_transform
-    logits, new_state, cache = resnet_forward(params, state, x, arch="resnet20", train=True,
-                                              transform=get_transform("tanh"))
+Weights, not latents
+--------------------
+A ResNet computes with the weights it is given. Saturated weight transforms (``w = f(u)``), weight
+scaling and faulty memory are applied before, by :mod:`saf_ref.protect` (``effective_weights``), and the
+gradient with respect to the latents is taken there (``effective_weights_backward``); DESIGN.md section 1.
 
 Activation clipping
 -------------------
@@ -55,20 +47,21 @@ averaging), which saf_ref does not implement. saf_ref's state therefore holds on
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref.nn.activations import (
-    ReluClippedCache,
-    relu_backward,
-    relu_clipped_backward,
-    relu_clipped_forward,
-    relu_forward,
+from saf_ref.nn.blocks import (
+    ConvBNCache,
+    ModelGrads,
+    act_backward,
+    act_forward,
+    check_act_clip,
+    check_named_arrays,
+    conv_bn_backward,
+    conv_bn_forward,
+    init_from_shapes,
 )
-from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from saf_ref.nn.conv import conv2d_backward, conv2d_forward
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.pool import (
     global_avgpool_backward,
@@ -76,15 +69,7 @@ from saf_ref.nn.pool import (
     maxpool2d_backward,
     maxpool2d_forward,
 )
-from saf_ref.validation import (
-    FLOAT_DTYPES,
-    check_choice,
-    check_float,
-    check_int,
-    check_ndim,
-    check_real,
-    check_rng,
-)
+from saf_ref.validation import check_choice, check_float, check_float_dtype, check_int, check_ndim, check_rng
 
 __all__ = [
     "ARCHS",
@@ -92,17 +77,12 @@ __all__ = [
     "BasicBlockCache",
     "ResNetCache",
     "StemCache",
-    "WeightTransform",
     "basic_block_backward",
     "basic_block_forward",
-    "check_act_clip",
     "init_resnet",
-    "is_transformed_weight",
     "resnet_backward",
     "resnet_forward",
     "resnet_shapes",
-    "transform_weights",
-    "transform_weights_backward",
 ]
 
 
@@ -215,55 +195,6 @@ def _resnet_shapes(arch, num_classes, in_channels, width, fn):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_dtype_arg(dtype: Any, fn: str) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def init_from_shapes(
-    param_shapes: dict[str, tuple[int, ...]],
-    state_shapes: dict[str, tuple[int, ...]],
-    rng: np.random.Generator,
-    dtype: np.dtype,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """torchvision's initialization, chosen per parameter by its name and shape, drawn in the given order.
-
-    - convolution weights (4-D): ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, i.e.
-      ``N(0, 2 / fan_out)`` with ``fan_out = out_channels * kh * kw``;
-    - linear weights (2-D) ``(out, in)``: PyTorch's ``nn.Linear`` default ``kaiming_uniform_(a=sqrt(5))``,
-      which is ``U(-1/sqrt(in), 1/sqrt(in))``; a linear bias (a ``.bias`` whose ``.weight`` is 2-D) uses
-      the same bound;
-    - batch-norm weights (1-D ``.weight``) 1, biases 0; running means 0, running variances 1.
-
-    Random samples are drawn in float64 from ``rng`` and rounded once to ``dtype``.
-    """
-    params = {}
-    for name, shape in param_shapes.items():
-        stem = name.rsplit(".", 1)[0]
-        linear_weight = param_shapes.get(f"{stem}.weight", ())
-        if len(shape) == 4:
-            fan_out = shape[0] * shape[2] * shape[3]
-            value = rng.normal(0.0, np.sqrt(2.0 / fan_out), size=shape)
-        elif len(linear_weight) == 2:  # a linear layer's weight or bias
-            bound = 1.0 / np.sqrt(linear_weight[1])
-            value = rng.uniform(-bound, bound, size=shape)
-        elif name.endswith(".weight"):
-            value = np.ones(shape)
-        else:
-            value = np.zeros(shape)
-        params[name] = value.astype(dtype)
-    state = {
-        name: (np.zeros(shape, dtype) if name.endswith("running_mean") else np.ones(shape, dtype))
-        for name, shape in state_shapes.items()
-    }
-    return params, state
-
-
 def init_resnet(
     arch: str,
     *,
@@ -307,115 +238,14 @@ def init_resnet(
     """
     fn = "init_resnet"
     gen = check_rng(rng, fn)
-    dt = _check_dtype_arg(dtype, fn)
+    dt = check_float_dtype(dtype, fn)
     param_shapes, state_shapes = _resnet_shapes(arch, num_classes, in_channels, width, fn)
     return init_from_shapes(param_shapes, state_shapes, gen, dt)
 
 
 # --------------------------------------------------------------------------------------------------
-# Weight transforms (duck-typed: saf_ref.nn never imports saf_ref.protect)
-# --------------------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class WeightTransform(Protocol):
-    """What a model needs from a weight transform ``w = f(u)``.
-
-    :class:`saf_ref.protect.transforms.Transform` satisfies it; any object with these two methods does.
-    """
-
-    def forward(self, u: np.ndarray) -> np.ndarray:
-        """``w = f(u)``, same shape and dtype as ``u``."""
-
-    def vjp(self, u: np.ndarray, dw: np.ndarray) -> np.ndarray:
-        """``du = f'(u) * dw`` (elementwise), same shape and dtype as ``u``."""
-
-
-def is_transformed_weight(name: str, value: np.ndarray) -> bool:
-    """True for the parameters a weight transform applies to: convolution and linear weights.
-
-    The rule is by name and rank: ``*.weight`` with 4 dimensions (conv) or 2 (linear). Batch-norm
-    weights are also called ``*.weight`` but are 1-D, so they stay raw, as do all biases.
-    """
-    return name.endswith(".weight") and value.ndim in (2, 4)
-
-
-def _check_transform(transform: Any, fn: str) -> None:
-    if transform is None:
-        return
-    if not (callable(getattr(transform, "forward", None)) and callable(getattr(transform, "vjp", None))):
-        raise TypeError(
-            f"{fn}: transform must be None or an object with .forward(u) and .vjp(u, dw) methods "
-            f"(e.g. saf_ref.protect.transforms.get_transform('tanh')), got {type(transform).__name__}"
-        )
-
-
-def transform_weights(
-    params: dict[str, np.ndarray], transform: WeightTransform | None
-) -> dict[str, np.ndarray]:
-    """Effective parameters: ``f(u)`` for conv/linear weights, the rest unchanged. Returns a new dict."""
-    if transform is None:
-        return dict(params)
-    return {k: (transform.forward(v) if is_transformed_weight(k, v) else v) for k, v in params.items()}
-
-
-def transform_weights_backward(
-    grads: dict[str, np.ndarray], latents: dict[str, np.ndarray], transform: WeightTransform | None
-) -> dict[str, np.ndarray]:
-    """Chain rule through :func:`transform_weights`: ``du = f'(u) * dw`` for transformed weights."""
-    if transform is None:
-        return grads
-    return {
-        k: (transform.vjp(latents[k], g) if is_transformed_weight(k, latents[k]) else g)
-        for k, g in grads.items()
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Activations: ReLU, or ReLU with a ceiling (activation clipping)
-# --------------------------------------------------------------------------------------------------
-
-
-def check_act_clip(act_clip: Any, fn: str) -> float | None:
-    """Validate an activation ceiling: ``None`` (plain ReLU) or a finite real number ``> 0``.
-
-    Returns ``None`` or the ceiling as a Python ``float``. A non-number (a string, a bool, an array) is a
-    ``TypeError``; NaN, an infinity, zero or a negative number is a ``ValueError``.
-    """
-    if act_clip is None:
-        return None
-    c = check_real(act_clip, "act_clip", fn)
-    if not (math.isfinite(c) and c > 0):
-        raise ValueError(f"{fn}: act_clip must be None or a finite number > 0, got {act_clip!r}")
-    return c
-
-
-def _act_forward(x: np.ndarray, act_clip: float | None) -> tuple[np.ndarray, Any]:
-    """``relu(x)``, or ``min(max(x, 0), act_clip)`` when a ceiling is given; ``(y, cache)``."""
-    if act_clip is None:
-        return relu_forward(x)
-    return relu_clipped_forward(x, ceiling=act_clip)
-
-
-def _act_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
-    """Backward of :func:`_act_forward`; the cache's type says which activation ran."""
-    if isinstance(cache, ReluClippedCache):
-        return relu_clipped_backward(dy, cache).dx
-    return relu_backward(dy, cache).dx
-
-
-# --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------
-
-
-class ConvBNCache(NamedTuple):
-    """Caches of one convolution followed by batch norm (``name`` is the BN's parameter prefix)."""
-
-    conv_name: str
-    bn_name: str
-    conv: Any
-    bn: Any
 
 
 class StemCache(NamedTuple):
@@ -441,53 +271,15 @@ class BasicBlockCache(NamedTuple):
 
 
 class ResNetCache(NamedTuple):
-    """The cache of :func:`resnet_forward`: per-stage caches plus what the transform backward needs."""
+    """The cache of :func:`resnet_forward`: per-stage caches, and the parameter names in order."""
 
     arch: str
     stem: StemCache
     blocks: tuple[BasicBlockCache, ...]
     pool: Any
     fc: Any
-    latents: dict[str, np.ndarray]  # the params as given (u when a transform is used)
-    transform: WeightTransform | None
+    param_names: tuple[str, ...]  # the order of the gradients
     act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
-
-
-def _conv_bn_forward(
-    x: np.ndarray,
-    params: dict[str, np.ndarray],
-    state: dict[str, np.ndarray],
-    new_state: dict[str, np.ndarray],
-    conv_name: str,
-    bn_name: str,
-    *,
-    stride: int,
-    padding: int,
-    train: bool,
-) -> tuple[np.ndarray, ConvBNCache]:
-    """conv (no bias) then batch norm; writes the BN's running statistics into ``new_state``."""
-    y, conv_cache = conv2d_forward(x, params[f"{conv_name}.weight"], None, stride=stride, padding=padding)
-    y, mean, var, bn_cache = batchnorm2d_forward(
-        y,
-        params[f"{bn_name}.weight"],
-        params[f"{bn_name}.bias"],
-        state[f"{bn_name}.running_mean"],
-        state[f"{bn_name}.running_var"],
-        train=train,
-    )
-    new_state[f"{bn_name}.running_mean"] = mean
-    new_state[f"{bn_name}.running_var"] = var
-    return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache)
-
-
-def _conv_bn_backward(dy: np.ndarray, cache: ConvBNCache, grads: dict[str, np.ndarray]) -> np.ndarray:
-    """Backward of :func:`_conv_bn_forward`; writes the parameter gradients into ``grads``."""
-    bn_grads = batchnorm2d_backward(dy, cache.bn)
-    grads[f"{cache.bn_name}.weight"] = bn_grads.dweight
-    grads[f"{cache.bn_name}.bias"] = bn_grads.dbias
-    conv_grads = conv2d_backward(bn_grads.dx, cache.conv)
-    grads[f"{cache.conv_name}.weight"] = conv_grads.dw
-    return conv_grads.dx
 
 
 def basic_block_forward(
@@ -530,15 +322,15 @@ def basic_block_forward(
     """
     act_clip = check_act_clip(act_clip, "basic_block_forward")
     new_state: dict[str, np.ndarray] = {}
-    h, branch1 = _conv_bn_forward(
+    h, branch1 = conv_bn_forward(
         x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, train=train
     )
-    h, relu1 = _act_forward(h, act_clip)
-    h, branch2 = _conv_bn_forward(
+    h, relu1 = act_forward(h, act_clip)
+    h, branch2 = conv_bn_forward(
         h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, train=train
     )
     if f"{prefix}downsample.0.weight" in params:
-        shortcut, downsample = _conv_bn_forward(
+        shortcut, downsample = conv_bn_forward(
             x,
             params,
             state,
@@ -551,7 +343,7 @@ def basic_block_forward(
         )
     else:
         shortcut, downsample = x, None
-    y, relu_out = _act_forward(h + shortcut, act_clip)
+    y, relu_out = act_forward(h + shortcut, act_clip)
     return y, new_state, BasicBlockCache(prefix, branch1, relu1, branch2, downsample, relu_out)
 
 
@@ -564,14 +356,14 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
     residual branch and the shortcut both receive ``d``, and ``dx`` is the sum of their input gradients.
     """
     grads: dict[str, np.ndarray] = {}
-    d = _act_backward(dy, cache.relu_out)
-    dh = _conv_bn_backward(d, cache.branch2, grads)
-    dh = _act_backward(dh, cache.relu1)
-    dx = _conv_bn_backward(dh, cache.branch1, grads)
+    d = act_backward(dy, cache.relu_out)
+    dh = conv_bn_backward(d, cache.branch2, grads)
+    dh = act_backward(dh, cache.relu1)
+    dx = conv_bn_backward(dh, cache.branch1, grads)
     if cache.downsample is None:
         dx = dx + d
     else:
-        dx = dx + _conv_bn_backward(d, cache.downsample, grads)
+        dx = dx + conv_bn_backward(d, cache.downsample, grads)
     return dx, grads
 
 
@@ -591,41 +383,6 @@ def _infer_config(params: dict[str, np.ndarray], spec: ArchSpec, fn: str) -> tup
     return params["fc.weight"].shape[0], in_channels, width
 
 
-def check_named_arrays(
-    fn: str,
-    what: str,
-    arrays: Any,
-    shapes: dict[str, tuple[int, ...]],
-    dtype: np.dtype | None = None,
-) -> None:
-    """Require ``arrays`` to have exactly the keys of ``shapes``, with those shapes (and ``dtype``).
-
-    Every missing, unexpected or mis-shaped tensor is named in the one error message.
-    """
-    if not isinstance(arrays, dict):
-        raise TypeError(f"{fn}: {what} must be a dict of numpy arrays, got {type(arrays).__name__}")
-    missing = [k for k in shapes if k not in arrays]
-    unexpected = [k for k in arrays if k not in shapes]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected}")
-    if problems:
-        raise ValueError(f"{fn}: {what} must have the keys of the architecture, got " + "; ".join(problems))
-    for k, shape in shapes.items():
-        v = arrays[k]
-        if not isinstance(v, np.ndarray):
-            raise TypeError(f"{fn}: {what}[{k!r}] must be a numpy.ndarray, got {type(v).__name__}")
-        if dtype is not None and v.dtype != dtype:
-            raise TypeError(
-                f"{fn}: {what}[{k!r}].dtype (={v.dtype}) must equal x.dtype (={dtype}); "
-                "mixed dtypes are not promoted, cast explicitly"
-            )
-        if v.shape != shape:
-            raise ValueError(f"{fn}: {what}[{k!r}] must have shape {shape}, got {v.shape}")
-
-
 def resnet_forward(
     params: dict[str, np.ndarray],
     state: dict[str, np.ndarray],
@@ -633,7 +390,6 @@ def resnet_forward(
     *,
     arch: str,
     train: bool,
-    transform: WeightTransform | None = None,
     act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], ResNetCache]:
     """Forward pass of a ResNet; PyTorch equivalent: ``model.train(train); logits = model(x)``.
@@ -642,7 +398,8 @@ def resnet_forward(
     ----------
     params : dict[str, ndarray]
         As returned by :func:`init_resnet` (any ``width``/``num_classes``/``in_channels``: they are
-        read from the shapes). With a ``transform`` these are the latents ``u``.
+        read from the shapes): the weights computed with (effective weights, see
+        :func:`saf_ref.protect.effective_weights`).
     state : dict[str, ndarray]
         Batch-norm running statistics.
     x : ndarray, shape (N, C_in, H, W)
@@ -651,8 +408,6 @@ def resnet_forward(
     train : bool
         Training mode: batch norm uses batch statistics and updates the running ones (momentum 0.1,
         unbiased variance), as ``model.train()``. Evaluation mode uses the running statistics.
-    transform : WeightTransform or None
-        If given, conv and linear weights used in compute are ``transform.forward(u)``.
     act_clip : float or None
         Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (``nn.Hardtanh(0, c)``;
         the ceiling is rounded to ``x.dtype``). ``None`` (default): plain ReLU, bit for bit.
@@ -678,7 +433,6 @@ def resnet_forward(
     spec = _arch_spec(arch, fn)
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
-    _check_transform(transform, fn)
     act_clip = check_act_clip(act_clip, fn)
     check_float(x, "x", fn)
     check_ndim(x, "x", fn, 4, "(N, C, H, W)")
@@ -696,14 +450,13 @@ def resnet_forward(
             f"(={in_channels}), the input channels"
         )
 
-    weights = transform_weights(params, transform)
     new_state: dict[str, np.ndarray] = {}
     # Stem.
     stem_stride, stem_pad = (1, 1) if spec.stem == "cifar" else (2, 3)
-    h, stem_cb = _conv_bn_forward(
-        x, weights, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train
+    h, stem_cb = conv_bn_forward(
+        x, params, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train
     )
-    h, stem_relu = _act_forward(h, act_clip)
+    h, stem_relu = act_forward(h, act_clip)
     stem_pool = None
     if spec.stem == "imagenet":
         h, stem_pool = maxpool2d_forward(h, kernel_size=3, stride=2, padding=1)
@@ -711,13 +464,13 @@ def resnet_forward(
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
         h, block_state, block_cache = basic_block_forward(
-            h, weights, state, prefix, stride=stride, train=train, act_clip=act_clip
+            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip
         )
         new_state.update(block_state)
         block_caches.append(block_cache)
     # Head.
     h, pool_cache = global_avgpool_forward(h)
-    logits, fc_cache = linear_forward(h, weights["fc.weight"], weights["fc.bias"])
+    logits, fc_cache = linear_forward(h, params["fc.weight"], params["fc.bias"])
     # Same key order as the input state (torchvision's order).
     new_state = {k: new_state[k] for k in state_shapes}
     cache = ResNetCache(
@@ -726,16 +479,13 @@ def resnet_forward(
         tuple(block_caches),
         pool_cache,
         fc_cache,
-        dict(params),
-        transform,
+        tuple(params),
         act_clip,
     )
     return logits, new_state, cache
 
 
-def resnet_backward(
-    dlogits: np.ndarray, cache: ResNetCache, *, return_input_grad: bool = False
-) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+def resnet_backward(dlogits: np.ndarray, cache: ResNetCache) -> ModelGrads:
     """Backward pass of :func:`resnet_forward`; PyTorch equivalent: ``logits.backward(dlogits)``.
 
     Parameters
@@ -743,16 +493,12 @@ def resnet_backward(
     dlogits : ndarray, shape (N, num_classes)
         Gradient of the loss with respect to the logits (same dtype as the forward pass).
     cache : ResNetCache
-    return_input_grad : bool
-        Also return ``dL/dx`` (for input-gradient attacks and gradient checks).
 
     Returns
     -------
-    grads : dict[str, ndarray]
-        Same keys (and order) as ``params``. With a transform, gradients with respect to the latents:
-        ``du = f'(u) * dw`` for conv/linear weights.
-    dx : ndarray, shape (N, C_in, H, W)
-        Only if ``return_input_grad``.
+    ModelGrads
+        ``params``: gradients with the keys (and order) of the forward pass's ``params``;
+        ``x``: ``dL/dx``, shape (N, C_in, H, W).
     """
     fn = "resnet_backward"
     if not isinstance(cache, ResNetCache):
@@ -770,8 +516,6 @@ def resnet_backward(
         grads.update(block_grads)
     if cache.stem.maxpool is not None:
         dh = maxpool2d_backward(dh, cache.stem.maxpool).dx
-    dh = _act_backward(dh, cache.stem.relu)
-    dx = _conv_bn_backward(dh, cache.stem.conv_bn, grads)
-    grads = {k: grads[k] for k in cache.latents}  # params' order
-    grads = transform_weights_backward(grads, cache.latents, cache.transform)
-    return (grads, dx) if return_input_grad else grads
+    dh = act_backward(dh, cache.stem.relu)
+    dx = conv_bn_backward(dh, cache.stem.conv_bn, grads)
+    return ModelGrads({k: grads[k] for k in cache.param_names}, dx)

@@ -1,11 +1,10 @@
 """Small models for fast tests and tutorials: a 3-layer CNN and an MLP.
 
-They follow the conventions of :mod:`saf_ref.nn.resnet`: parameters and running statistics in two dicts
-keyed by PyTorch ``state_dict`` names, ``*_forward(params, state, x, *, train, transform=None,
-act_clip=None) -> (logits, new_state, cache)`` and ``*_backward(dlogits, cache) -> grads`` with the keys
-of ``params``, conv/linear weights computed as ``transform.forward(u)`` when a weight transform is given,
-and every ReLU clipped at ``act_clip`` when a ceiling is given (activation clipping, see
-:mod:`saf_ref.nn.resnet`).
+They follow the conventions of :mod:`saf_ref.nn.blocks`: parameters and running statistics in two dicts
+keyed by PyTorch ``state_dict`` names, ``*_forward(params, state, x, *, train, act_clip=None) ->
+(logits, new_state, cache)`` computing with the weights given, ``*_backward(dlogits, cache) ->
+ModelGrads(params, x)``, and every ReLU clipped at ``act_clip`` when a ceiling is given (activation
+clipping, see :mod:`saf_ref.nn.resnet`).
 
 Both work on the shipped 8x8 digits and 28x28 MNIST images (any size, in fact: the CNN ends with global
 average pooling, the MLP flattens its input).
@@ -17,24 +16,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from saf_ref.nn.linear import linear_backward, linear_forward
-from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
-from saf_ref.nn.resnet import (
+from saf_ref.nn.blocks import (
     ConvBNCache,
-    WeightTransform,
-    _act_backward,
-    _act_forward,
-    _check_dtype_arg,
-    _check_transform,
-    _conv_bn_backward,
-    _conv_bn_forward,
+    ModelGrads,
+    act_backward,
+    act_forward,
     check_act_clip,
     check_named_arrays,
+    conv_bn_backward,
+    conv_bn_forward,
     init_from_shapes,
-    transform_weights,
-    transform_weights_backward,
 )
-from saf_ref.validation import check_float, check_int, check_ndim, check_rng
+from saf_ref.nn.linear import linear_backward, linear_forward
+from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
+from saf_ref.validation import check_float, check_float_dtype, check_int, check_ndim, check_rng
 
 __all__ = [
     "MLPCache",
@@ -115,7 +110,7 @@ def init_small_cnn(
     """
     fn = "init_small_cnn"
     gen = check_rng(rng, fn)
-    dt = _check_dtype_arg(dtype, fn)
+    dt = check_float_dtype(dtype, fn)
     shapes = _small_cnn_shapes(in_channels, num_classes, width, fn)
     return init_from_shapes(*shapes, gen, dt)
 
@@ -126,17 +121,15 @@ class SmallCNNCache(NamedTuple):
     layers: tuple[tuple[ConvBNCache, Any], ...]  # (conv+BN cache, ReLU cache) per layer
     pool: Any
     fc: Any
-    latents: dict[str, np.ndarray]
-    transform: WeightTransform | None
+    param_names: tuple[str, ...]  # the order of the gradients
     act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
 
 
 def _check_model_inputs(
-    fn: str, params: Any, state: Any, x: Any, train: Any, transform: Any, ndim: int | None
+    fn: str, params: Any, state: Any, x: Any, train: Any, ndim: int | None
 ) -> None:
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
-    _check_transform(transform, fn)
     check_float(x, "x", fn)
     if ndim is not None:
         check_ndim(x, "x", fn, ndim, "(N, C, H, W)")
@@ -156,7 +149,6 @@ def small_cnn_forward(
     x: np.ndarray,
     *,
     train: bool,
-    transform: WeightTransform | None = None,
     act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], SmallCNNCache]:
     """Forward pass of the small CNN (PyTorch: an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU, then
@@ -169,8 +161,6 @@ def small_cnn_forward(
     x : ndarray, shape (N, C_in, H, W)
     train : bool
         Batch norm in training mode (batch statistics, running-statistics update) or evaluation mode.
-    transform : WeightTransform or None
-        Conv/linear weights used in compute are ``transform.forward(u)``.
     act_clip : float or None
         Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (PyTorch:
         ``nn.Hardtanh(0, act_clip)``). ``None`` (default): plain ReLU, bit for bit.
@@ -187,7 +177,7 @@ def small_cnn_forward(
     with a ceiling ``c``, ``relu_c(z) = min(max(z, 0), c)`` in place of ``relu``.
     """
     fn = "small_cnn_forward"
-    _check_model_inputs(fn, params, state, x, train, transform, ndim=4)
+    _check_model_inputs(fn, params, state, x, train, ndim=4)
     act_clip = check_act_clip(act_clip, fn)
     if params["conv1.weight"].ndim != 4 or params["fc.weight"].ndim != 2:
         raise ValueError(f"{fn}: params['conv1.weight'] must be 4-D and params['fc.weight'] 2-D")
@@ -202,27 +192,24 @@ def small_cnn_forward(
             f"{fn}: x.shape[1] (={x.shape[1]}) must equal params['conv1.weight'].shape[1] "
             f"(={in_channels}), the input channels"
         )
-    weights = transform_weights(params, transform)
     new_state: dict[str, np.ndarray] = {}
     h = x
     layers = []
     for i, stride in enumerate(SMALL_CNN_STRIDES, start=1):
-        h, cb = _conv_bn_forward(
-            h, weights, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
+        h, cb = conv_bn_forward(
+            h, params, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
         )
-        h, relu_cache = _act_forward(h, act_clip)
+        h, relu_cache = act_forward(h, act_clip)
         layers.append((cb, relu_cache))
     h, pool_cache = global_avgpool_forward(h)
-    logits, fc_cache = linear_forward(h, weights["fc.weight"], weights["fc.bias"])
-    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, dict(params), transform, act_clip)
+    logits, fc_cache = linear_forward(h, params["fc.weight"], params["fc.bias"])
+    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, tuple(params), act_clip)
     return logits, new_state, cache
 
 
-def small_cnn_backward(
-    dlogits: np.ndarray, cache: SmallCNNCache, *, return_input_grad: bool = False
-) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
-    """Backward pass of :func:`small_cnn_forward`: gradients with the keys of ``params`` (latent
-    gradients ``f'(u) * dw`` with a transform), and ``dL/dx`` if ``return_input_grad``."""
+def small_cnn_backward(dlogits: np.ndarray, cache: SmallCNNCache) -> ModelGrads:
+    """Backward pass of :func:`small_cnn_forward`: ``ModelGrads(params, x)``, the gradients with the keys
+    (and order) of ``params`` and ``dL/dx``."""
     fn = "small_cnn_backward"
     if not isinstance(cache, SmallCNNCache):
         raise TypeError(
@@ -235,11 +222,9 @@ def small_cnn_backward(
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
     dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for cb, relu_cache in reversed(cache.layers):
-        dh = _act_backward(dh, relu_cache)
-        dh = _conv_bn_backward(dh, cb, grads)
-    grads = {k: grads[k] for k in cache.latents}
-    grads = transform_weights_backward(grads, cache.latents, cache.transform)
-    return (grads, dh) if return_input_grad else grads
+        dh = act_backward(dh, relu_cache)
+        dh = conv_bn_backward(dh, cb, grads)
+    return ModelGrads({k: grads[k] for k in cache.param_names}, dh)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,7 +276,7 @@ def init_mlp(
     """
     fn = "init_mlp"
     gen = check_rng(rng, fn)
-    dt = _check_dtype_arg(dtype, fn)
+    dt = check_float_dtype(dtype, fn)
     shapes = _mlp_shapes(in_features, hidden, num_classes, fn)
     params, _ = init_from_shapes(shapes, {}, gen, dt)
     return params, {}
@@ -302,8 +287,7 @@ class MLPCache(NamedTuple):
 
     x_shape: tuple[int, ...]
     layers: tuple[tuple[Any, Any], ...]
-    latents: dict[str, np.ndarray]
-    transform: WeightTransform | None
+    param_names: tuple[str, ...]  # the order of the gradients
     act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
 
 
@@ -313,7 +297,6 @@ def mlp_forward(
     x: np.ndarray,
     *,
     train: bool,
-    transform: WeightTransform | None = None,
     act_clip: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], MLPCache]:
     """Forward pass of the MLP (PyTorch: ``Flatten`` then ``Linear``/``ReLU`` layers).
@@ -328,7 +311,6 @@ def mlp_forward(
         Flattened to ``(N, in_features)``.
     train : bool
         Unused (no batch norm or dropout); accepted for a uniform interface.
-    transform : WeightTransform or None
     act_clip : float or None
         Ceiling of every hidden ReLU, ``min(max(z, 0), act_clip)``; ``None`` (default): plain ReLU.
 
@@ -344,7 +326,7 @@ def mlp_forward(
     ceiling ``c``, ``relu_c(z) = min(max(z, 0), c)`` in place of ``relu``.
     """
     fn = "mlp_forward"
-    _check_model_inputs(fn, params, state, x, train, transform, ndim=None)
+    _check_model_inputs(fn, params, state, x, train, ndim=None)
     act_clip = check_act_clip(act_clip, fn)
     if x.ndim < 2:
         raise ValueError(f"{fn}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
@@ -363,22 +345,19 @@ def mlp_forward(
             f"{fn}: x.shape[1:] (={x.shape[1:]}, {h.shape[1]} features) must flatten to "
             f"params['fc1.weight'].shape[1] (={w1.shape[1]}), the input features"
         )
-    weights = transform_weights(params, transform)
     layers = []
     for i in range(1, n_layers + 1):
-        h, lin_cache = linear_forward(h, weights[f"fc{i}.weight"], weights[f"fc{i}.bias"])
+        h, lin_cache = linear_forward(h, params[f"fc{i}.weight"], params[f"fc{i}.bias"])
         relu_cache = None
         if i < n_layers:
-            h, relu_cache = _act_forward(h, act_clip)
+            h, relu_cache = act_forward(h, act_clip)
         layers.append((lin_cache, relu_cache))
-    return h, {}, MLPCache(x.shape, tuple(layers), dict(params), transform, act_clip)
+    return h, {}, MLPCache(x.shape, tuple(layers), tuple(params), act_clip)
 
 
-def mlp_backward(
-    dlogits: np.ndarray, cache: MLPCache, *, return_input_grad: bool = False
-) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
-    """Backward pass of :func:`mlp_forward`: gradients with the keys of ``params``, and ``dL/dx``
-    (in the shape of ``x``) if ``return_input_grad``."""
+def mlp_backward(dlogits: np.ndarray, cache: MLPCache) -> ModelGrads:
+    """Backward pass of :func:`mlp_forward`: ``ModelGrads(params, x)``, the gradients with the keys (and
+    order) of ``params`` and ``dL/dx`` in the shape of ``x``."""
     fn = "mlp_backward"
     if not isinstance(cache, MLPCache):
         raise TypeError(f"{fn}: cache must be the MLPCache of mlp_forward, got {type(cache).__name__}")
@@ -389,10 +368,8 @@ def mlp_backward(
     for i in range(len(cache.layers), 0, -1):
         lin_cache, relu_cache = cache.layers[i - 1]
         if relu_cache is not None:
-            dh = _act_backward(dh, relu_cache)
+            dh = act_backward(dh, relu_cache)
         g = linear_backward(dh, lin_cache)
         grads[f"fc{i}.weight"], grads[f"fc{i}.bias"] = g.dw, g.db
         dh = g.dx
-    grads = {k: grads[k] for k in cache.latents}
-    grads = transform_weights_backward(grads, cache.latents, cache.transform)
-    return (grads, dh.reshape(cache.x_shape)) if return_input_grad else grads
+    return ModelGrads({k: grads[k] for k in cache.param_names}, dh.reshape(cache.x_shape))

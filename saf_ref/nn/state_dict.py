@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from saf_ref.nn.resnet import ARCHS, _check_dtype_arg, resnet_shapes
+from saf_ref.nn.resnet import ARCHS, resnet_shapes
 from saf_ref.nn.small import mlp_shapes, small_cnn_shapes
-from saf_ref.validation import FLOAT_DTYPES, check_choice
+from saf_ref.validation import FLOAT_DTYPES, check_choice, check_float_dtype
 
 __all__ = ["STATE_SUFFIXES", "export_state_dict", "load_torch_state_dict", "split_state_dict"]
 
@@ -188,7 +188,7 @@ def load_torch_state_dict(
             )
         if dtype is None and reference[0]:
             dtype = next(iter(reference[0].values())).dtype
-    target = None if dtype is None else _check_dtype_arg(dtype, fn)
+    target = None if dtype is None else check_float_dtype(dtype, fn)
 
     params, state = split_state_dict(_read_source(state_dict, fn))
     if reference is not None:

@@ -1,5 +1,19 @@
 """The training loop: minibatch SGD with augmentation, per-epoch evaluation, progress lines, checkpoints.
 
+One loop trains every kind of model saf_ref has:
+
+- **plain**: ``train(params, state, data, model=...)``; the network computes with ``w = u``;
+- **SAF** (saturated weight transforms): ``transform="tanh"`` (shorthand for a storage spec that keeps
+  every tensor in the parameters' own dtype and applies ``f`` to the conv/linear weights), or any
+  ``spec``;
+- **through the storage pipeline** (robust quantization, weight clipping, RandBET): ``spec=`` a
+  :class:`~saf_ref.protect.storage.StorageSpec`, ``randbet=`` a
+  :class:`~saf_ref.train.randbet.RandBETConfig`.
+
+With a spec, every step computes with the effective weights ``w = effective_weights(u, spec)``
+(:mod:`saf_ref.protect`, DESIGN.md section 1) and the optimizer updates the latents ``u`` with the
+straight-through gradient; see :mod:`saf_ref.train.randbet` for the RandBET recipe.
+
 Usage::
 
     from saf_ref.data.shipped import load_mnist5k
@@ -15,21 +29,13 @@ Usage::
                                    schedule=Cosine(0.05, t_max=10), augment="crop", pad=2, rng=0)
     print(evaluate(params, state, data.x_test, data.y_test, model="resnet20").accuracy)
 
-Model names
------------
-A model is named by a string, so that it pickles into worker processes (fault campaigns):
-``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"`` or ``"mlp"``, optionally followed
-by ``@`` and options ``key=value`` separated by commas. The one option today is ``act_clip=<c>``, a ReLU
-ceiling ``c > 0`` (activation clipping; see :mod:`saf_ref.nn.resnet`)::
-
-    model_fns("small_cnn@act_clip=6")      # every ReLU is min(max(z, 0), 6), i.e. ReLU6
-    model_fns("resnet20@act_clip=0.5")
-
-See :func:`parse_model_name` for the exact grammar and :func:`format_model_name` to build one.
+Models are named as in :mod:`saf_ref.nn.registry` (``"small_cnn"``, ``"resnet20@act_clip=6"``, ...).
 
 Everything random (initialization aside) comes from ``rng``: the shuffling and the augmentation of epoch
-``e`` use ``np.random.default_rng([base_seed, e])`` with ``base_seed`` drawn once from ``rng``, so a run
-resumed from a checkpoint after epoch ``e`` continues with exactly the draws of an uninterrupted run.
+``e`` use ``np.random.default_rng([base_seed, e])`` with ``base_seed`` drawn once from ``rng``, and the
+bit-error patterns of RandBET a separate stream ``np.random.default_rng([base_seed, e, 1])``; so a run
+resumed from a checkpoint after epoch ``e`` continues with exactly the draws of an uninterrupted run,
+and switching bit errors on or off never changes the batches.
 
 PyTorch equivalent: the usual ``for epoch: model.train(); for x, y in loader: loss.backward();
 opt.step(); scheduler.step()`` loop, with ``model.eval()`` for testing.
@@ -37,8 +43,7 @@ opt.step(); scheduler.step()`` loop, with ``model.eval()`` for testing.
 
 from __future__ import annotations
 
-import functools
-import math
+import json
 import os
 import time
 from collections.abc import Callable
@@ -47,182 +52,34 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref.data.augment import iterate_minibatches, random_crop, random_crop_flip, random_hflip
+from saf_ref.determinism import blas_threads_pinned
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
-from saf_ref.nn.resnet import ARCHS, check_act_clip, resnet_backward, resnet_forward
-from saf_ref.nn.small import mlp_backward, mlp_forward, small_cnn_backward, small_cnn_forward
+from saf_ref.nn.registry import ModelFns, model_fns
+from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, default_spec, effective_weights
 from saf_ref.train import checkpoint as ckpt
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
-from saf_ref.validation import check_choice, check_float, check_int, check_ndim, check_real, check_rng
+from saf_ref.train.randbet import RandBETConfig, StepInfo, clip_weights, errors_on_after, randbet_gradients
+from saf_ref.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_ndim,
+    check_real,
+    check_rng,
+    describe,
+)
 
 __all__ = [
     "AUGMENTATIONS",
-    "MODEL_NAMES",
-    "MODEL_OPTIONS",
     "EvalResult",
-    "ModelFns",
-    "ModelName",
     "evaluate",
     "format_epoch",
-    "format_model_name",
-    "model_fns",
-    "parse_model_name",
     "train",
     "train_step",
 ]
 
 AUGMENTATIONS = ("crop_flip", "crop", "flip", None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Models as (forward, backward) pairs
-# --------------------------------------------------------------------------------------------------
-
-
-class ModelFns(NamedTuple):
-    """A model as two functions, the interface every saf_ref model has.
-
-    ``forward(params, state, x, *, train, transform) -> (logits, new_state, cache)`` and
-    ``backward(dlogits, cache) -> grads`` (keys of ``params``).
-    """
-
-    name: str
-    forward: Callable[..., tuple[np.ndarray, dict[str, np.ndarray], Any]]
-    backward: Callable[..., dict[str, np.ndarray]]
-
-
-MODEL_NAMES: tuple[str, ...] = (*ARCHS, "small_cnn", "mlp")
-#: Options a model name may carry after ``@`` (``"small_cnn@act_clip=6"``).
-MODEL_OPTIONS: tuple[str, ...] = ("act_clip",)
-
-
-class ModelName(NamedTuple):
-    """A parsed model name: the architecture and its options (``act_clip=None``: plain ReLU)."""
-
-    base: str
-    act_clip: float | None = None
-
-    @property
-    def canonical(self) -> str:
-        """The name in canonical form (see :func:`format_model_name`)."""
-        return format_model_name(self.base, act_clip=self.act_clip)
-
-
-def format_model_name(base: str, *, act_clip: float | None = None) -> str:
-    """The canonical model name: ``base``, or ``f"{base}@act_clip={float(act_clip)!r}"``.
-
-    ``format_model_name("small_cnn", act_clip=6)`` is ``"small_cnn@act_clip=6.0"``; the ceiling is
-    written with ``repr(float)``, which round-trips exactly, so ``parse_model_name`` gives it back.
-    """
-    fn = "format_model_name"
-    if not isinstance(base, str):
-        raise TypeError(f"{fn}: base must be a str, got {type(base).__name__}")
-    if base not in MODEL_NAMES:
-        raise ValueError(f"{fn}: base must be one of {MODEL_NAMES}, got {base!r}")
-    c = check_act_clip(act_clip, fn)
-    return base if c is None else f"{base}@act_clip={c!r}"
-
-
-def _name_error(fn: str, name: str, problem: str) -> ValueError:
-    return ValueError(
-        f"{fn}: model {problem}; expected '<base>' or '<base>@act_clip=<c>' with <base> in {MODEL_NAMES} "
-        f"and <c> a finite number > 0 (e.g. 'small_cnn@act_clip=6'), got {name!r}"
-    )
-
-
-def parse_model_name(name: str, fn: str = "parse_model_name") -> ModelName:
-    """Split a model name into its architecture and options.
-
-    Grammar (no whitespace anywhere)::
-
-        name    := base [ "@" option { "," option } ]
-        base    := "resnet20" | "resnet18_cifar" | "resnet18" | "small_cnn" | "mlp"
-        option  := "act_clip=" number        (a Python float literal: 6, 6.0, 0.5, 2e-1)
-
-    Each option may appear at most once. ``act_clip`` must be finite and ``> 0``.
-
-    Parameters
-    ----------
-    name : str
-    fn : str
-        The function name errors are reported under.
-
-    Returns
-    -------
-    ModelName
-        ``ModelName("small_cnn", 6.0)`` for ``"small_cnn@act_clip=6"``.
-
-    Raises
-    ------
-    TypeError
-        ``name`` is not a string.
-    ValueError
-        Unknown architecture or option, malformed ``key=value``, repeated option, whitespace, or an
-        ``act_clip`` that is not a finite number ``> 0``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"{fn}: model must be a model name (str) or a ModelFns, got {type(name).__name__}")
-    base, at, options = name.partition("@")
-    if base not in MODEL_NAMES:
-        # Keeps the historical message prefix "model must be one of" for an unknown architecture.
-        raise ValueError(
-            f"{fn}: model must be one of {MODEL_NAMES}, optionally followed by '@act_clip=<c>', got {name!r}"
-        )
-    if any(ch.isspace() for ch in name):
-        raise _name_error(fn, name, "must not contain whitespace")
-    if not at:
-        return ModelName(base)
-    values: dict[str, str] = {}
-    for item in options.split(","):
-        key, eq, value = item.partition("=")
-        if not (eq and key and value):
-            raise _name_error(fn, name, f"option {item!r} is not of the form key=value")
-        if key not in MODEL_OPTIONS:
-            raise _name_error(fn, name, f"option {key!r} is unknown (known: {MODEL_OPTIONS})")
-        if key in values:
-            raise _name_error(fn, name, f"option {key!r} is given twice")
-        values[key] = value
-    try:
-        act_clip = float(values["act_clip"])
-    except ValueError:
-        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a number") from None
-    if not (math.isfinite(act_clip) and act_clip > 0):
-        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a finite number > 0")
-    return ModelName(base, act_clip)
-
-
-def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
-    """The :class:`ModelFns` of a model name, or ``model`` itself if it already is one.
-
-    Parameters
-    ----------
-    model : str or ModelFns
-        ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"``, ``"mlp"``, optionally with
-        options: ``"small_cnn@act_clip=6"`` (see :func:`parse_model_name`).
-    fn : str
-        The function name errors are reported under.
-
-    Returns
-    -------
-    ModelFns
-        ``name`` is the canonical name (``"small_cnn@act_clip=6.0"`` for ``"small_cnn@act_clip=6"``);
-        with an ``act_clip``, ``forward`` passes it on to the model's forward function. The forward
-        functions are module-level functions or ``functools.partial`` objects (not closures), so a
-        ``ModelFns`` pickles too.
-    """
-    if isinstance(model, ModelFns):
-        return model
-    parsed = parse_model_name(model, fn)
-    name, base, act_clip = parsed.canonical, parsed.base, parsed.act_clip
-    if base == "small_cnn":
-        forward, backward = small_cnn_forward, small_cnn_backward
-    elif base == "mlp":
-        forward, backward = mlp_forward, mlp_backward
-    else:  # a ResNet: the architecture is a keyword of resnet_forward
-        forward, backward = functools.partial(resnet_forward, arch=base), resnet_backward
-    if act_clip is not None:
-        forward = functools.partial(forward, act_clip=act_clip)
-    # Partials, not closures: they pickle, and so does the ModelFns.
-    return ModelFns(name, forward, backward)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,27 +97,78 @@ def train_step(
     model: str | ModelFns,
     optimizer: SGD,
     lr: float | None = None,
-    transform: Any = None,
+    spec: StorageSpec | None = None,
+    randbet: RandBETConfig | None = None,
+    errors_on: bool = True,
+    rng: np.random.Generator | int | None = None,
     label_smoothing: float = 0.0,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], float, int]:
-    """One optimizer step on one batch (train-mode forward, cross-entropy, backward, SGD).
+    nonfinite: str = "propagate",
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], StepInfo]:
+    """One optimizer step on one batch: train-mode forward, cross-entropy, backward, SGD.
+
+    Parameters
+    ----------
+    params, state, opt_state : dict[str, ndarray]
+        Latents (the weights themselves without a spec), running statistics, optimizer state
+        (:func:`saf_ref.train.optim.sgd_init`). Not modified.
+    x, y : ndarray
+        One batch: inputs in the parameters' dtype, int labels ``(N,)``.
+    model : str or ModelFns
+    optimizer : SGD
+    lr : float, optional
+        Learning rate of this step (a schedule's value); default ``optimizer.lr``.
+    spec : StorageSpec or None
+        None: the network computes with ``params`` as they are. Otherwise with the effective weights
+        read back through the storage pipeline (straight-through gradient).
+    randbet : RandBETConfig or None
+        Bit errors in a second, perturbed pass (``p_train``), its gradient clamp, and weight clipping
+        after the step (needs a ``spec``); None: none of them.
+    errors_on : bool
+        Whether the perturbed pass runs (the curriculum switches it).
+    rng : numpy.random.Generator or int or None
+        Source of the perturbed pass's bit-error pattern (needed only when that pass runs).
+    label_smoothing : float
+    nonfinite : {"propagate", "zero"}
+        Read policy for NaN/inf in the stored weights (with a spec).
 
     Returns
     -------
     params, state, opt_state : dict
-        New dicts (the inputs are not modified).
-    loss : float
-        The batch's mean cross-entropy (before the step).
-    n_correct : int
-        Correct train-mode predictions in the batch (before the step).
+        New dicts after the step.
+    info : StepInfo
+        Clean loss and accuracy (before the step), perturbed loss and flips (or None and 0).
+
+    Math
+    ----
+    Without a spec: ``g = dL(u)/du``, ``u' = SGD(u, g)``. With a spec and a RandBET configuration:
+    ``g = (g_clean + clamp(g_pert)) / 2`` (:func:`saf_ref.train.randbet.randbet_gradients`),
+    ``u' = clip(SGD(u, g), -w_max, w_max)`` for conv/linear weights.
     """
     fns = model_fns(model, "train_step")
-    logits, new_state, cache = fns.forward(params, state, x, train=True, transform=transform)
-    loss, loss_cache = cross_entropy_forward(logits, y, label_smoothing=label_smoothing)
-    grads = fns.backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache)
+    if spec is None:
+        grads, new_state, info = _plain_gradients(fns, params, state, x, y, label_smoothing)
+    else:
+        config = randbet or RandBETConfig(0.0)
+        result = randbet_gradients(
+            params, state, x, y, model=fns, spec=spec, p_train=config.p_train, rng=rng,
+            grad_clamp=config.grad_clamp, errors_on=errors_on, label_smoothing=label_smoothing,
+            nonfinite=nonfinite,
+        )  # fmt: skip
+        grads, new_state, info = result.update, result.state, result.info
     new_params, new_opt_state = sgd_step(params, grads, opt_state, optimizer, lr=lr)
+    if randbet is not None and randbet.weight_clip is not None:
+        new_params = clip_weights(new_params, randbet.weight_clip)
+    return new_params, new_state, new_opt_state, info
+
+
+def _plain_gradients(fns, params, state, x, y, label_smoothing):
+    """``dL/dparams`` of a network computing with ``params`` as they are; ``(grads, new_state, info)``."""
+    logits, new_state, cache = fns.forward(params, state, x, train=True)
+    loss, loss_cache = cross_entropy_forward(logits, y, label_smoothing=label_smoothing)
+    grads = fns.backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache).params
     n_correct = int(np.sum(np.argmax(logits, axis=1) == y))
-    return new_params, new_state, new_opt_state, float(loss), n_correct
+    info = StepInfo(float(loss), None, n_correct, n_correct / max(x.shape[0], 1), False, 0)
+    return grads, new_state, info
 
 
 class EvalResult(NamedTuple):
@@ -293,7 +201,6 @@ def evaluate(
     y: np.ndarray,
     *,
     model: str | ModelFns,
-    transform: Any = None,
     batch_size: int = 500,
 ) -> EvalResult:
     """Evaluation-mode accuracy and loss (PyTorch: ``model.eval(); with torch.no_grad(): ...``).
@@ -301,13 +208,13 @@ def evaluate(
     Parameters
     ----------
     params, state : dict[str, ndarray]
+        The weights the network computes with (for a protected model: the effective weights,
+        ``saf_ref.protect.effective_weights(latents, spec)[0]``) and the running statistics.
     x : ndarray, shape (N, ...)
         Same dtype as the parameters.
     y : ndarray of int, shape (N,)
     model : str or ModelFns
         A model name (options included, e.g. ``"small_cnn@act_clip=6"``) or a pair.
-    transform : weight transform or None
-        As in training: conv/linear weights used are ``transform.forward(params[...])``.
     batch_size : int
         Images per forward pass (only memory and speed depend on it; results do not).
 
@@ -322,12 +229,13 @@ def evaluate(
     batch_size = check_int(batch_size, "batch_size", fn, low=1)
     predictions = np.empty(x.shape[0], dtype=np.int64)
     loss_sum = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logits, _, _ = fns.forward(params, state, xb, train=False, transform=transform)
-        loss, _ = cross_entropy_forward(logits, yb)
-        loss_sum += float(loss) * xb.shape[0]
-        predictions[start : start + batch_size] = np.argmax(logits, axis=1)
+    with blas_threads_pinned():
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits, _, _ = fns.forward(params, state, xb, train=False)
+            loss, _ = cross_entropy_forward(logits, yb)
+            loss_sum += float(loss) * xb.shape[0]
+            predictions[start : start + batch_size] = np.argmax(logits, axis=1)
     n = max(x.shape[0], 1)
     return EvalResult(float(np.mean(predictions == y)) if x.shape[0] else 0.0, loss_sum / n, predictions)
 
@@ -349,14 +257,19 @@ def _augment(x: np.ndarray, how: str | None, pad: int, rng: np.random.Generator)
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """One progress line, e.g. ``epoch  3/10  lr 0.05000  loss 0.4312  train 87.20%  test 90.10%
-    1234 img/s  5.2 s``."""
+    1234 img/s  5.2 s``, plus the bit-error state when the record has one."""
     test = "" if record["test_acc"] is None else f"  test {100 * record['test_acc']:6.2f}%"
     width = len(str(epochs))
-    return (
+    line = (
         f"epoch {record['epoch'] + 1:>{width}}/{epochs}  lr {record['lr']:.5f}  loss {record['loss']:.4f}  "
         f"train {100 * record['train_acc']:6.2f}%{test}  {record['images_per_s']:7.0f} img/s  "
         f"{record['seconds']:.1f} s"
     )
+    if "errors_on" not in record:
+        return line
+    if record["errors_on"]:
+        return line + f"  errors on (perturbed loss {record['perturbed_loss']:.4f})"
+    return line + "  errors off"
 
 
 def _unpack_data(data: Any, fn: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -374,7 +287,7 @@ def _unpack_data(data: Any, fn: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return x_train, y_train, x_test, y_test
 
 
-def _check_train_args(params, x_train, x_test, optimizer, schedule, augment, epochs, fn):
+def _check_params(params: Any, x_train: np.ndarray, x_test: np.ndarray | None, fn: str) -> np.dtype:
     if not isinstance(params, dict) or not params:
         raise TypeError(f"{fn}: params must be a non-empty dict of numpy arrays, got {type(params).__name__}")
     dtype = next(iter(params.values())).dtype
@@ -384,18 +297,27 @@ def _check_train_args(params, x_train, x_test, optimizer, schedule, augment, epo
                 f"{fn}: {name}.dtype (={x.dtype}) must equal the parameters' dtype (={dtype}); "
                 "mixed dtypes are not promoted, cast explicitly"
             )
-    if not isinstance(optimizer, SGD):
-        raise TypeError(f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {type(optimizer).__name__}")
-    if schedule is not None and not callable(getattr(schedule, "lr_at", None)):
-        raise TypeError(
-            f"{fn}: schedule must be None or have an lr_at(epoch) method, got {type(schedule).__name__}"
-        )
-    check_choice(augment, "augment", fn, AUGMENTATIONS)
-    if augment is not None and x_train.ndim != 4:
+    return dtype
+
+
+def _resolve_spec(spec: Any, transform: Any, randbet: Any, dtype: np.dtype, fn: str) -> StorageSpec | None:
+    """The storage spec the loop trains through: ``spec``, the shorthand of ``transform``, or None."""
+    if spec is not None and transform is not None:
         raise ValueError(
-            f"{fn}: augment={augment!r} needs images x_train of shape (N, C, H, W), got {x_train.shape}"
+            f"{fn}: give the transform inside the spec or as transform=, not both, got spec={spec!r} "
+            f"and transform={transform!r}"
         )
-    return check_int(epochs, "epochs", fn, low=0)
+    if spec is not None and not isinstance(spec, StorageSpec):
+        raise TypeError(f"{fn}: spec must be None or a StorageSpec, got {describe(spec)}")
+    if randbet is not None and not isinstance(randbet, RandBETConfig):
+        raise TypeError(f"{fn}: randbet must be None or a RandBETConfig, got {describe(randbet)}")
+    if transform is not None:
+        # Stored in the parameters' own float format: encoding and decoding are exact, so this is the
+        # transform alone.
+        spec = default_spec(dtype.name, transform)
+    if randbet is not None and spec is None:
+        raise ValueError(f"{fn}: randbet needs a storage spec (spec=...), got spec=None")
+    return spec
 
 
 def train(
@@ -408,10 +330,13 @@ def train(
     batch_size: int = 128,
     optimizer: SGD | None = None,
     schedule: Any = None,
+    spec: StorageSpec | None = None,
     transform: Any = None,
+    randbet: RandBETConfig | None = None,
     augment: str | None = "crop_flip",
     pad: int = 4,
     label_smoothing: float = 0.0,
+    nonfinite: str = "propagate",
     rng: np.random.Generator | int,
     verbose: bool = True,
     callback: Callable[[int, dict, dict, dict], None] | None = None,
@@ -424,13 +349,13 @@ def train(
     Parameters
     ----------
     params, state : dict[str, ndarray]
-        Initial parameters (latents ``u`` when a ``transform`` is used) and running statistics.
+        Initial parameters (latents ``u`` with a spec or transform) and running statistics.
     data : tuple
         ``(x_train, y_train, x_test, y_test)`` (a :class:`saf_ref.data.shipped.Dataset` is one) or
         ``(x_train, y_train)``. Images ``(N, C, H, W)`` in the parameters' dtype, int labels ``(N,)``.
     model : str or ModelFns
         ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"``, ``"mlp"``, a name with
-        options such as ``"small_cnn@act_clip=6"`` (see :func:`model_fns`), or a pair.
+        options such as ``"small_cnn@act_clip=6"`` (see :mod:`saf_ref.nn.registry`), or a pair.
     epochs : int
         Total number of epochs (a resumed run continues up to this number).
     batch_size : int
@@ -441,8 +366,14 @@ def train(
     schedule : object with ``lr_at(epoch)`` or None
         Learning rate per epoch (e.g. :class:`saf_ref.train.schedules.Cosine`); ``None`` keeps
         ``optimizer.lr``.
-    transform : weight transform or None
-        Train latents ``u`` with conv/linear weights ``f(u)`` (see :mod:`saf_ref.nn.resnet`).
+    spec : StorageSpec or None
+        Train through the storage pipeline: the network computes with ``effective_weights(u, spec)``
+        (format, clip, scale, transform of every tensor). None: with the parameters as they are.
+    transform : str or Transform or None
+        Shorthand for SAF training: ``spec = default_spec(<params' dtype>, transform)``, i.e.
+        conv/linear weights ``f(u)``, every tensor stored exactly. Not together with ``spec``.
+    randbet : RandBETConfig or None
+        Random bit-error training and weight clipping (needs ``spec``); None: neither.
     augment : {"crop_flip", "crop", "flip", None}
         Per-batch augmentation of the training images: random crop with ``pad`` zero padding and/or
         horizontal flip (do not flip digits).
@@ -450,98 +381,159 @@ def train(
         Padding of the random crop.
     label_smoothing : float
         Passed to the cross-entropy.
+    nonfinite : {"propagate", "zero"}
+        With a spec: what a NaN/inf read from memory becomes (training passes and evaluation).
     rng : numpy.random.Generator or int
-        Source of all training randomness (shuffling, augmentation); see the module docstring.
+        Source of all training randomness (shuffling, augmentation, bit errors); see the module docstring.
     verbose : bool
         Print one line per epoch (``False``: print nothing).
     callback : callable or None
         ``callback(epoch, params, state, record)`` after every epoch (``epoch`` counts from 0).
     checkpoint : path or None
-        Save params, running statistics, optimizer state and the history there after every epoch.
+        Save params, running statistics, optimizer state and the history there after every epoch
+        (.npz + JSON, :mod:`saf_ref.train.checkpoint`), with the spec and RandBET configuration.
     resume : bool
         If ``checkpoint`` exists, continue from it (the given ``params``/``state`` are then ignored);
-        the result equals an uninterrupted run with the same ``rng``.
+        the result equals an uninterrupted run with the same ``rng``. The checkpoint must be of the same
+        model, spec and RandBET configuration.
     eval_batch_size : int
         Batch size for the per-epoch evaluation.
 
     Returns
     -------
     params, state : dict[str, ndarray]
-        After the last epoch.
+        After the last epoch (latents with a spec: store them with the same spec).
     history : list of dict
         One record per epoch: ``epoch``, ``lr``, ``loss`` (mean train-mode batch loss), ``train_acc``
-        (train-mode accuracy during the epoch), ``test_acc`` (evaluation mode after the epoch, or None),
-        ``test_loss``, ``seconds`` (training time of the epoch), ``images_per_s``.
+        (train-mode accuracy during the epoch), ``test_acc`` and ``test_loss`` (evaluation mode after
+        the epoch, of the clean stored model with a spec; None without a test split), ``seconds``
+        (training time of the epoch), ``images_per_s``; with an explicit ``spec`` also ``errors_on``,
+        ``perturbed_loss`` (mean over the epoch, None when errors were off) and ``flips``.
 
     Notes
     -----
-    Never mutates its inputs. The result depends only on the arguments (bit for bit on one machine
-    with one BLAS configuration).
+    - **Curriculum.** With ``randbet.curriculum_loss = t`` errors are off in epoch 0; at the start of
+      epoch ``e >= 1`` they are switched on if the mean clean loss of epoch ``e - 1`` was below ``t``,
+      and stay on until the end (:func:`saf_ref.train.randbet.errors_on_after`). (The reference code
+      decides per batch and can switch back off; a per-epoch latch is easier to reproduce and read.)
+    - **Weight clipping** projects the weight latents once before the first step and after every
+      step; the reference code projects before every step, which is the same sequence of weights.
+    - **Determinism.** Never mutates its inputs. The result depends only on the arguments, bit for bit,
+      whatever the number of BLAS threads (see :mod:`saf_ref.determinism`).
     """
     fn = "train"
     fns = model_fns(model, fn)
     x_train, y_train, x_test, y_test = _unpack_data(data, fn)
+    dtype = _check_params(params, x_train, x_test, fn)
+    spec = _resolve_spec(spec, transform, randbet, dtype, fn)
+    records_errors = spec is not None and transform is None
     optimizer = SGD(0.1, momentum=0.9, weight_decay=5e-4) if optimizer is None else optimizer
-    epochs = _check_train_args(params, x_train, x_test, optimizer, schedule, augment, epochs, fn)
+    if not isinstance(optimizer, SGD):
+        raise TypeError(f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {type(optimizer).__name__}")
+    if schedule is not None and not callable(getattr(schedule, "lr_at", None)):
+        raise TypeError(
+            f"{fn}: schedule must be None or have an lr_at(epoch) method, got {type(schedule).__name__}"
+        )
+    check_choice(augment, "augment", fn, AUGMENTATIONS)
+    if augment is not None and x_train.ndim != 4:
+        raise ValueError(
+            f"{fn}: augment={augment!r} needs images x_train of shape (N, C, H, W), got {x_train.shape}"
+        )
+    epochs = check_int(epochs, "epochs", fn, low=0)
     batch_size = check_int(batch_size, "batch_size", fn, low=1)
     pad = check_int(pad, "pad", fn, low=0)
     check_real(label_smoothing, "label_smoothing", fn)
+    check_choice(nonfinite, "nonfinite", fn, NONFINITE_POLICIES)
+    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", fn, low=1)
     gen = check_rng(rng, fn)
-    for flag, name in ((verbose, "verbose"), (resume, "resume")):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{fn}: {name} must be a bool, got {type(flag).__name__}")
+    check_bool(verbose, "verbose", fn)
+    check_bool(resume, "resume", fn)
     if resume and checkpoint is None:
         raise ValueError(f"{fn}: resume=True needs a checkpoint path, got checkpoint=None")
     if callback is not None and not callable(callback):
         raise TypeError(f"{fn}: callback must be callable or None, got {type(callback).__name__}")
 
-    # One draw from the caller's generator; every epoch derives its own generator from it.
+    config = randbet or RandBETConfig(0.0)
+    # One draw from the caller's generator; every epoch derives its own generators from it.
     base_seed = int(gen.integers(2**63))
+    if config.weight_clip is not None:
+        params = clip_weights(params, config.weight_clip)
     opt_state = sgd_init(params)
+    errors_on = config.p_train > 0.0 and config.curriculum_loss is None
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    identity = _run_identity(spec, randbet)
     if resume and os.path.exists(checkpoint):
-        params, state, opt_state, meta = _load_checkpoint(checkpoint, fns.name, fn)
+        params, state, opt_state, meta = _load_checkpoint(checkpoint, fns.name, identity, fn)
         base_seed, history, start_epoch = meta["base_seed"], meta["history"], meta["epoch"] + 1
+        if history and records_errors:
+            errors_on = errors_on_after(history[-1], config)
 
     for epoch in range(start_epoch, epochs):
-        epoch_rng = np.random.default_rng([base_seed, epoch])
-        lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
-        t0 = time.perf_counter()
-        loss_sum, n_correct, n_seen = 0.0, 0, 0
-        for xb, yb in iterate_minibatches(x_train, y_train, batch_size, rng=epoch_rng):
-            xb = _augment(xb, augment, pad, epoch_rng)
-            params, state, opt_state, loss, correct = train_step(
-                params, state, opt_state, xb, yb, model=fns, optimizer=optimizer, lr=lr,
-                transform=transform, label_smoothing=label_smoothing,
+        with blas_threads_pinned():
+            record, params, state, opt_state = _train_epoch(
+                fns, params, state, opt_state, x_train, y_train, epoch, base_seed, spec, randbet,
+                errors_on, optimizer, schedule, batch_size, augment, pad, label_smoothing, nonfinite,
             )  # fmt: skip
-            loss_sum += loss * xb.shape[0]
-            n_correct += correct
-            n_seen += xb.shape[0]
-        seconds = time.perf_counter() - t0
-        test = None
         if x_test is not None:
-            test = evaluate(
-                params, state, x_test, y_test, model=fns, transform=transform, batch_size=eval_batch_size
-            )
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "loss": loss_sum / max(n_seen, 1),
-            "train_acc": n_correct / max(n_seen, 1),
-            "test_acc": None if test is None else test.accuracy,
-            "test_loss": None if test is None else test.loss,
-            "seconds": seconds,
-            "images_per_s": n_seen / seconds if seconds > 0 else float("inf"),
-        }
+            weights = params if spec is None else effective_weights(params, spec, nonfinite=nonfinite)[0]
+            test = evaluate(weights, state, x_test, y_test, model=fns, batch_size=eval_batch_size)
+            record["test_acc"], record["test_loss"] = test.accuracy, test.loss
+        if not records_errors:
+            for key in ("errors_on", "perturbed_loss", "flips"):
+                del record[key]
         history.append(record)
         if verbose:
             print(format_epoch(record, epochs), flush=True)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, params, state, opt_state, fns.name, epoch, base_seed, history)
+            _save_checkpoint(
+                checkpoint, params, state, opt_state, fns.name, epoch, base_seed, history, identity
+            )
         if callback is not None:
             callback(epoch, params, state, record)
+        if records_errors:
+            errors_on = errors_on_after(record, config)
     return params, state, history
+
+
+def _train_epoch(
+    fns, params, state, opt_state, x_train, y_train, epoch, base_seed, spec, randbet, errors_on,
+    optimizer, schedule, batch_size, augment, pad, label_smoothing, nonfinite,
+):  # fmt: skip
+    """One pass over the training set; returns ``(record, params, state, opt_state)``."""
+    epoch_rng = np.random.default_rng([base_seed, epoch])  # batches and augmentation
+    fault_rng = np.random.default_rng([base_seed, epoch, 1])  # bit-error patterns
+    lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
+    t0 = time.perf_counter()
+    loss_sum, pert_sum, n_correct, n_seen, flips = 0.0, 0.0, 0, 0, 0
+    for xb, yb in iterate_minibatches(x_train, y_train, batch_size, rng=epoch_rng):
+        xb = _augment(xb, augment, pad, epoch_rng)
+        params, state, opt_state, info = train_step(
+            params, state, opt_state, xb, yb, model=fns, optimizer=optimizer, lr=lr, spec=spec,
+            randbet=randbet, errors_on=errors_on, rng=fault_rng, label_smoothing=label_smoothing,
+            nonfinite=nonfinite,
+        )  # fmt: skip
+        loss_sum += info.loss * xb.shape[0]
+        if info.errors_on:
+            pert_sum += info.perturbed_loss * xb.shape[0]
+        n_correct += info.n_correct
+        n_seen += xb.shape[0]
+        flips += info.n_flips
+    seconds = time.perf_counter() - t0
+    record = {
+        "epoch": epoch,
+        "lr": lr,
+        "loss": loss_sum / max(n_seen, 1),
+        "train_acc": n_correct / max(n_seen, 1),
+        "test_acc": None,
+        "test_loss": None,
+        "errors_on": errors_on,
+        "perturbed_loss": pert_sum / max(n_seen, 1) if errors_on else None,
+        "flips": flips,
+        "seconds": seconds,
+        "images_per_s": n_seen / seconds if seconds > 0 else float("inf"),
+    }
+    return record, params, state, opt_state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -556,18 +548,26 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def _save_checkpoint(
-    path, params, state, opt_state, model_name, epoch, base_seed, history, extra=None
-) -> None:
-    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed and history, plus
-    ``extra`` (JSON-able metadata of another trainer, e.g. :func:`saf_ref.train.randbet.train_protected`)."""
+def _run_identity(spec: StorageSpec | None, randbet: RandBETConfig | None) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed: the spec and the RandBET configuration, as JSON
+    (compared after a JSON round trip, as they are read back)."""
+    identity = {
+        "spec": None if spec is None else spec.to_dict(),
+        "config": None if randbet is None else randbet.to_dict(),
+    }
+    return json.loads(json.dumps(identity))
+
+
+def _save_checkpoint(path, params, state, opt_state, model_name, epoch, base_seed, history, identity) -> None:
+    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed, history, spec and
+    RandBET configuration."""
     # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored as null.
     history = [{k: _json_number(v) for k, v in record.items()} for record in history]
-    meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history, **(extra or {})}
+    meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history, **identity}
     ckpt.save_checkpoint(path, params=params, state=state, optimizer_state=opt_state, metadata=meta)
 
 
-def _load_checkpoint(path, model_name, fn):
+def _load_checkpoint(path, model_name, identity, fn):
     loaded = ckpt.load_checkpoint(path)
     meta = loaded.metadata
     missing = [k for k in ("model", "epoch", "base_seed", "history") if k not in meta]
@@ -580,4 +580,7 @@ def _load_checkpoint(path, model_name, fn):
         raise ValueError(
             f"{fn}: the checkpoint {path} is of model {meta['model']!r}, got model {model_name!r}"
         )
+    for key, value in identity.items():
+        if meta.get(key) != value:
+            raise ValueError(f"{fn}: the checkpoint {path} has {key} {meta.get(key)!r}, got {value!r}")
     return loaded.params, loaded.state, loaded.optimizer_state, meta

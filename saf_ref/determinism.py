@@ -1,0 +1,130 @@
+"""Determinism: the same bits for any number of BLAS threads.
+
+NumPy hands matrix products to a BLAS library (OpenBLAS in the wheels on PyPI) that splits large
+products over threads. Whether the split changes the order in which a dot product is summed, and with
+it the last bit of the result, is the library's business: for the shapes of a training step it usually
+does not, but some kernels (matrix-vector products, dot products, small-matrix paths) split the sum
+itself, and one flipped last bit early in training grows into a different network. saf_ref promises the
+same bits for a seed whatever ``OPENBLAS_NUM_THREADS`` says, so its hot loops (training epochs,
+evaluation, campaign trials) run inside :func:`blas_threads_pinned`, which limits BLAS to one thread
+and restores the previous setting on exit.
+
+How the limit is set, in order of preference:
+
+1. `threadpoolctl <https://github.com/joblib/threadpoolctl>`_, where it is installed (it is a
+   dependency of scikit-learn, and of saf_ref's ``test`` extra): every BLAS library loaded in the process
+   (OpenBLAS, MKL, BLIS);
+2. otherwise the OpenBLAS that NumPy's wheel bundles (``numpy.libs`` / ``numpy/.dylibs``), through its
+   own ``*_set_num_threads*`` entry point with :mod:`ctypes`;
+3. otherwise nothing: :func:`pinning_method` returns ``None`` and results are deterministic for a fixed
+   thread count only.
+
+The core depends on NumPy and SciPy alone; threadpoolctl is used only when present.
+
+Cost: inside these loops BLAS runs on one thread. Campaigns get their parallelism from worker
+processes instead, which is deterministic by construction (each trial's pattern depends only on the
+campaign seed and the trial number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+__all__ = ["blas_threads_pinned", "pinning_method"]
+
+_lock = threading.Lock()
+_depth = 0  # nesting depth of blas_threads_pinned across threads
+_restore: Callable[[], None] | None = None
+
+
+def _bundled_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """``(get_num_threads, set_num_threads)`` of the OpenBLAS bundled with NumPy's wheel, or None."""
+    numpy_dir = os.path.dirname(np.__file__)
+    folders = (os.path.join(os.path.dirname(numpy_dir), "numpy.libs"), os.path.join(numpy_dir, ".dylibs"))
+    candidates = []
+    for folder in folders:
+        candidates += sorted(glob.glob(os.path.join(folder, "*openblas*")))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: this returns the same library
+        except OSError:
+            continue
+        for get_name, set_name in (
+            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+            ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+            ("openblas_get_num_threads", "openblas_set_num_threads"),
+        ):
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes, set_.restype = ctypes.c_int, [ctypes.c_int], None
+                return get, set_
+    return None
+
+
+def _threadpoolctl_limits():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits
+
+
+def pinning_method() -> str | None:
+    """How :func:`blas_threads_pinned` limits BLAS here: ``"threadpoolctl"``, ``"openblas"`` (NumPy's
+    bundled OpenBLAS through ctypes) or ``None`` (no way found: the context manager does nothing)."""
+    if _threadpoolctl_limits() is not None:
+        return "threadpoolctl"
+    if _bundled_openblas() is not None:
+        return "openblas"
+    return None
+
+
+def _pin_one_thread(method: str | None) -> Callable[[], None] | None:
+    """Limit BLAS to one thread; return the function that undoes it."""
+    if method == "threadpoolctl":
+        limiter = _threadpoolctl_limits()(limits=1, user_api="blas")
+        return limiter.restore_original_limits
+    if method == "openblas":
+        get, set_ = _bundled_openblas()
+        previous = get()
+        set_(1)
+        return lambda: set_(previous)
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads_pinned(method: str | None = "auto") -> Iterator[None]:
+    """Run the body with the BLAS library limited to one thread (re-entrant, thread-safe).
+
+    Parameters
+    ----------
+    method : {"auto", "threadpoolctl", "openblas", None}
+        ``"auto"`` (default): :func:`pinning_method`. The others force one route (for tests); None
+        does nothing.
+
+    Notes
+    -----
+    Nested and concurrent uses share one pin: the first to enter sets it, the last to leave restores
+    the setting found on entry.
+    """
+    global _depth, _restore
+    with _lock:
+        if _depth == 0:
+            _restore = _pin_one_thread(pinning_method() if method == "auto" else method)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _restore is not None:
+                _restore()
+                _restore = None

@@ -1,0 +1,231 @@
+"""Building blocks shared by the models: conv + batch norm, (clipped) ReLU, initialization, checks.
+
+The models of :mod:`saf_ref.nn.resnet` and :mod:`saf_ref.nn.small` are compositions of these. Every model
+has the same interface:
+
+- ``forward(params, state, x, *, train, act_clip=None) -> (logits, new_state, cache)``: computes with the
+  weights it is given (latents become weights only in :mod:`saf_ref.protect`);
+- ``backward(dlogits, cache) -> ModelGrads(params, x)``: the gradients with respect to every parameter
+  (same keys and order as ``params``) and with respect to the input ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from saf_ref.nn.activations import (
+    ReluClippedCache,
+    relu_backward,
+    relu_clipped_backward,
+    relu_clipped_forward,
+    relu_forward,
+)
+from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
+from saf_ref.nn.conv import conv2d_backward, conv2d_forward
+from saf_ref.validation import check_real
+
+__all__ = [
+    "ConvBNCache",
+    "ModelGrads",
+    "act_backward",
+    "act_forward",
+    "check_act_clip",
+    "check_named_arrays",
+    "conv_bn_backward",
+    "conv_bn_forward",
+    "init_from_shapes",
+]
+
+
+class ModelGrads(NamedTuple):
+    """What a model's backward pass returns.
+
+    Attributes
+    ----------
+    params : dict[str, ndarray]
+        ``dL/dparams``, same keys (and order), shapes and dtype as the ``params`` of the forward pass.
+    x : ndarray
+        ``dL/dx``, the shape of the forward input (for input-gradient attacks and gradient checks).
+    """
+
+    params: dict[str, np.ndarray]
+    x: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialization and checks
+# --------------------------------------------------------------------------------------------------
+
+
+def init_from_shapes(
+    param_shapes: dict[str, tuple[int, ...]],
+    state_shapes: dict[str, tuple[int, ...]],
+    rng: np.random.Generator,
+    dtype: np.dtype,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """torchvision's initialization, chosen per parameter by its name and shape, drawn in the given order.
+
+    - convolution weights (4-D): ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, i.e.
+      ``N(0, 2 / fan_out)`` with ``fan_out = out_channels * kh * kw``;
+    - linear weights (2-D) ``(out, in)``: PyTorch's ``nn.Linear`` default ``kaiming_uniform_(a=sqrt(5))``,
+      which is ``U(-1/sqrt(in), 1/sqrt(in))``; a linear bias (a ``.bias`` whose ``.weight`` is 2-D) uses
+      the same bound;
+    - batch-norm weights (1-D ``.weight``) 1, biases 0; running means 0, running variances 1.
+
+    Random samples are drawn in float64 from ``rng`` and rounded once to ``dtype``.
+    """
+    params = {}
+    for name, shape in param_shapes.items():
+        stem = name.rsplit(".", 1)[0]
+        linear_weight = param_shapes.get(f"{stem}.weight", ())
+        if len(shape) == 4:
+            fan_out = shape[0] * shape[2] * shape[3]
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_out), size=shape)
+        elif len(linear_weight) == 2:  # a linear layer's weight or bias
+            bound = 1.0 / np.sqrt(linear_weight[1])
+            value = rng.uniform(-bound, bound, size=shape)
+        elif name.endswith(".weight"):
+            value = np.ones(shape)
+        else:
+            value = np.zeros(shape)
+        params[name] = value.astype(dtype)
+    state = {
+        name: (np.zeros(shape, dtype) if name.endswith("running_mean") else np.ones(shape, dtype))
+        for name, shape in state_shapes.items()
+    }
+    return params, state
+
+
+def check_named_arrays(
+    fn: str,
+    what: str,
+    arrays: Any,
+    shapes: dict[str, tuple[int, ...]],
+    dtype: np.dtype | None = None,
+) -> None:
+    """Require ``arrays`` to have exactly the keys of ``shapes``, with those shapes (and ``dtype``).
+
+    Every missing, unexpected or mis-shaped tensor is named in the one error message.
+    """
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{fn}: {what} must be a dict of numpy arrays, got {type(arrays).__name__}")
+    missing = [k for k in shapes if k not in arrays]
+    unexpected = [k for k in arrays if k not in shapes]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    if problems:
+        raise ValueError(f"{fn}: {what} must have the keys of the architecture, got " + "; ".join(problems))
+    for k, shape in shapes.items():
+        v = arrays[k]
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"{fn}: {what}[{k!r}] must be a numpy.ndarray, got {type(v).__name__}")
+        if dtype is not None and v.dtype != dtype:
+            raise TypeError(
+                f"{fn}: {what}[{k!r}].dtype (={v.dtype}) must equal x.dtype (={dtype}); "
+                "mixed dtypes are not promoted, cast explicitly"
+            )
+        if v.shape != shape:
+            raise ValueError(f"{fn}: {what}[{k!r}] must have shape {shape}, got {v.shape}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations: ReLU, or ReLU with a ceiling (activation clipping)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_act_clip(act_clip: Any, fn: str) -> float | None:
+    """Validate an activation ceiling: ``None`` (plain ReLU) or a finite real number ``> 0``.
+
+    Returns ``None`` or the ceiling as a Python ``float``. A non-number (a string, a bool, an array) is a
+    ``TypeError``; NaN, an infinity, zero or a negative number is a ``ValueError``.
+    """
+    if act_clip is None:
+        return None
+    c = check_real(act_clip, "act_clip", fn)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"{fn}: act_clip must be None or a finite number > 0, got {act_clip!r}")
+    return c
+
+
+def act_forward(x: np.ndarray, act_clip: float | None) -> tuple[np.ndarray, Any]:
+    """``relu(x)``, or ``min(max(x, 0), act_clip)`` when a ceiling is given; ``(y, cache)``."""
+    if act_clip is None:
+        return relu_forward(x)
+    return relu_clipped_forward(x, ceiling=act_clip)
+
+
+def act_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
+    """Backward of :func:`act_forward`; the cache's type says which activation ran."""
+    if isinstance(cache, ReluClippedCache):
+        return relu_clipped_backward(dy, cache).dx
+    return relu_backward(dy, cache).dx
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution + batch norm
+# --------------------------------------------------------------------------------------------------
+
+
+class ConvBNCache(NamedTuple):
+    """Caches of one convolution followed by batch norm, with the two layers' parameter prefixes."""
+
+    conv_name: str
+    bn_name: str
+    conv: Any
+    bn: Any
+
+
+def conv_bn_forward(
+    x: np.ndarray,
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    new_state: dict[str, np.ndarray],
+    conv_name: str,
+    bn_name: str,
+    *,
+    stride: int,
+    padding: int,
+    train: bool,
+) -> tuple[np.ndarray, ConvBNCache]:
+    """Convolution (no bias) then batch norm, the composite every model here is built of.
+
+    PyTorch equivalent: ``bn(conv(x))`` with ``nn.Conv2d(..., bias=False)`` and ``nn.BatchNorm2d``.
+    Reads ``params[f"{conv_name}.weight"]``, ``params[f"{bn_name}.weight"]`` / ``.bias`` and the running
+    statistics ``state[f"{bn_name}.running_mean"]`` / ``.running_var``; writes the updated running
+    statistics into ``new_state`` (a dict the caller owns and builds up layer by layer).
+
+    Math
+    ----
+    ``y = gamma * (conv(x, w) - mu) / sqrt(var + eps) + beta`` with batch statistics (``train``) or
+    running ones; see :func:`saf_ref.nn.conv.conv2d_forward` and
+    :func:`saf_ref.nn.batchnorm.batchnorm2d_forward`.
+    """
+    y, conv_cache = conv2d_forward(x, params[f"{conv_name}.weight"], None, stride=stride, padding=padding)
+    y, mean, var, bn_cache = batchnorm2d_forward(
+        y,
+        params[f"{bn_name}.weight"],
+        params[f"{bn_name}.bias"],
+        state[f"{bn_name}.running_mean"],
+        state[f"{bn_name}.running_var"],
+        train=train,
+    )
+    new_state[f"{bn_name}.running_mean"] = mean
+    new_state[f"{bn_name}.running_var"] = var
+    return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache)
+
+
+def conv_bn_backward(dy: np.ndarray, cache: ConvBNCache, grads: dict[str, np.ndarray]) -> np.ndarray:
+    """Backward of :func:`conv_bn_forward`: returns ``dL/dx``; writes the gradients of the conv weight
+    and the BN scale and shift into ``grads`` (a dict the caller owns, keyed by parameter name)."""
+    bn_grads = batchnorm2d_backward(dy, cache.bn)
+    grads[f"{cache.bn_name}.weight"] = bn_grads.dweight
+    grads[f"{cache.bn_name}.bias"] = bn_grads.dbias
+    conv_grads = conv2d_backward(bn_grads.dx, cache.conv)
+    grads[f"{cache.conv_name}.weight"] = conv_grads.dw
+    return conv_grads.dx

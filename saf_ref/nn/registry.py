@@ -1,0 +1,181 @@
+"""The model registry: models by name, so that a model pickles into worker processes.
+
+A model is named by a string: ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"`` or
+``"mlp"``, optionally followed by ``@`` and options ``key=value`` separated by commas. The one option today
+is ``act_clip=<c>``, a ReLU ceiling ``c > 0`` (activation clipping; see :mod:`saf_ref.nn.resnet`)::
+
+    model_fns("small_cnn@act_clip=6")      # every ReLU is min(max(z, 0), 6), i.e. ReLU6
+    model_fns("resnet20@act_clip=0.5")
+
+See :func:`parse_model_name` for the exact grammar and :func:`format_model_name` to build one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from saf_ref.nn.blocks import ModelGrads, check_act_clip
+from saf_ref.nn.resnet import ARCHS, resnet_backward, resnet_forward
+from saf_ref.nn.small import mlp_backward, mlp_forward, small_cnn_backward, small_cnn_forward
+
+__all__ = [
+    "MODEL_NAMES",
+    "MODEL_OPTIONS",
+    "ModelFns",
+    "ModelName",
+    "format_model_name",
+    "model_fns",
+    "parse_model_name",
+]
+
+
+class ModelFns(NamedTuple):
+    """A model as two functions, the interface every saf_ref model has.
+
+    ``forward(params, state, x, *, train) -> (logits, new_state, cache)`` computes with the weights it is
+    given; ``backward(dlogits, cache) -> ModelGrads(params, x)``.
+    """
+
+    name: str
+    forward: Callable[..., tuple[np.ndarray, dict[str, np.ndarray], Any]]
+    backward: Callable[..., ModelGrads]
+
+
+MODEL_NAMES: tuple[str, ...] = (*ARCHS, "small_cnn", "mlp")
+#: Options a model name may carry after ``@`` (``"small_cnn@act_clip=6"``).
+MODEL_OPTIONS: tuple[str, ...] = ("act_clip",)
+
+
+class ModelName(NamedTuple):
+    """A parsed model name: the architecture and its options (``act_clip=None``: plain ReLU)."""
+
+    base: str
+    act_clip: float | None = None
+
+    @property
+    def canonical(self) -> str:
+        """The name in canonical form (see :func:`format_model_name`)."""
+        return format_model_name(self.base, act_clip=self.act_clip)
+
+
+def format_model_name(base: str, *, act_clip: float | None = None) -> str:
+    """The canonical model name: ``base``, or ``f"{base}@act_clip={float(act_clip)!r}"``.
+
+    ``format_model_name("small_cnn", act_clip=6)`` is ``"small_cnn@act_clip=6.0"``; the ceiling is
+    written with ``repr(float)``, which round-trips exactly, so ``parse_model_name`` gives it back.
+    """
+    fn = "format_model_name"
+    if not isinstance(base, str):
+        raise TypeError(f"{fn}: base must be a str, got {type(base).__name__}")
+    if base not in MODEL_NAMES:
+        raise ValueError(f"{fn}: base must be one of {MODEL_NAMES}, got {base!r}")
+    c = check_act_clip(act_clip, fn)
+    return base if c is None else f"{base}@act_clip={c!r}"
+
+
+def _name_error(fn: str, name: str, problem: str) -> ValueError:
+    return ValueError(
+        f"{fn}: model {problem}; expected '<base>' or '<base>@act_clip=<c>' with <base> in {MODEL_NAMES} "
+        f"and <c> a finite number > 0 (e.g. 'small_cnn@act_clip=6'), got {name!r}"
+    )
+
+
+def parse_model_name(name: str, fn: str = "parse_model_name") -> ModelName:
+    """Split a model name into its architecture and options.
+
+    Grammar (no whitespace anywhere)::
+
+        name    := base [ "@" option { "," option } ]
+        base    := "resnet20" | "resnet18_cifar" | "resnet18" | "small_cnn" | "mlp"
+        option  := "act_clip=" number        (a Python float literal: 6, 6.0, 0.5, 2e-1)
+
+    Each option may appear at most once. ``act_clip`` must be finite and ``> 0``.
+
+    Parameters
+    ----------
+    name : str
+    fn : str
+        The function name errors are reported under.
+
+    Returns
+    -------
+    ModelName
+        ``ModelName("small_cnn", 6.0)`` for ``"small_cnn@act_clip=6"``.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a string.
+    ValueError
+        Unknown architecture or option, malformed ``key=value``, repeated option, whitespace, or an
+        ``act_clip`` that is not a finite number ``> 0``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{fn}: model must be a model name (str) or a ModelFns, got {type(name).__name__}")
+    base, at, options = name.partition("@")
+    if base not in MODEL_NAMES:
+        # Keeps the historical message prefix "model must be one of" for an unknown architecture.
+        raise ValueError(
+            f"{fn}: model must be one of {MODEL_NAMES}, optionally followed by '@act_clip=<c>', got {name!r}"
+        )
+    if any(ch.isspace() for ch in name):
+        raise _name_error(fn, name, "must not contain whitespace")
+    if not at:
+        return ModelName(base)
+    values: dict[str, str] = {}
+    for item in options.split(","):
+        key, eq, value = item.partition("=")
+        if not (eq and key and value):
+            raise _name_error(fn, name, f"option {item!r} is not of the form key=value")
+        if key not in MODEL_OPTIONS:
+            raise _name_error(fn, name, f"option {key!r} is unknown (known: {MODEL_OPTIONS})")
+        if key in values:
+            raise _name_error(fn, name, f"option {key!r} is given twice")
+        values[key] = value
+    try:
+        act_clip = float(values["act_clip"])
+    except ValueError:
+        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a number") from None
+    if not (math.isfinite(act_clip) and act_clip > 0):
+        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a finite number > 0")
+    return ModelName(base, act_clip)
+
+
+def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
+    """The :class:`ModelFns` of a model name, or ``model`` itself if it already is one.
+
+    Parameters
+    ----------
+    model : str or ModelFns
+        ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"``, ``"mlp"``, optionally with
+        options: ``"small_cnn@act_clip=6"`` (see :func:`parse_model_name`).
+    fn : str
+        The function name errors are reported under.
+
+    Returns
+    -------
+    ModelFns
+        ``name`` is the canonical name (``"small_cnn@act_clip=6.0"`` for ``"small_cnn@act_clip=6"``);
+        with an ``act_clip``, ``forward`` passes it on to the model's forward function. The forward
+        functions are module-level functions or ``functools.partial`` objects (not closures), so a
+        ``ModelFns`` pickles too.
+    """
+    if isinstance(model, ModelFns):
+        return model
+    parsed = parse_model_name(model, fn)
+    name, base, act_clip = parsed.canonical, parsed.base, parsed.act_clip
+    if base == "small_cnn":
+        forward, backward = small_cnn_forward, small_cnn_backward
+    elif base == "mlp":
+        forward, backward = mlp_forward, mlp_backward
+    else:  # a ResNet: the architecture is a keyword of resnet_forward
+        forward, backward = functools.partial(resnet_forward, arch=base), resnet_backward
+    if act_clip is not None:
+        forward = functools.partial(forward, act_clip=act_clip)
+    # Partials, not closures: they pickle, and so does the ModelFns.
+    return ModelFns(name, forward, backward)
