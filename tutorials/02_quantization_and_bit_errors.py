@@ -19,7 +19,8 @@
 #
 # 1. encode and decode `q2.5` fixed point and a per-tensor quantizer (symmetric and asymmetric ranges,
 #    two's complement and offset binary codes), and bound their rounding error;
-# 2. state exactly what flipping bit $j$ of an $m$-bit code costs: $2^j$ quantization steps;
+# 2. state exactly what flipping bit $j$ of an $m$-bit code costs ($2^j$ quantization steps), and bound
+#    what any number of flips in one word can cost ($2L$ steps, twice the range);
 # 3. explain why *offset binary* and *two's complement* cost the same under random bit flips, and what
 #    the choice does change when faults prefer one direction;
 # 4. explain why *clipping* the weights before quantizing makes every flip cheaper, and find the clip that
@@ -39,6 +40,15 @@ plt.rcParams.update({"figure.dpi": 110, "figure.facecolor": "white", "axes.grid"
 def bits8(code):
     """An 8-bit code as a bit string, bit 7 on the left."""
     return format(int(code), "08b")
+
+
+def check(test, answer, solution):
+    """Exercises: run ``test`` on your answer; while the TODO cell still says ``None``, on the solution."""
+    if answer is None:
+        print("(no answer in the TODO cell yet: checking the worked solution instead)")
+        answer = solution
+    test(answer)
+    print("correct")
 
 
 def print_table(headers, rows):
@@ -151,6 +161,30 @@ for bit in range(8):
     ok = np.isclose(change, full, rtol=1e-5) | np.isclose(change, full - ctx.step, rtol=1e-5)
     assert ok.all(), bit
 print(f"worst single flip: {2**7 * ctx.step:.4f} (= 128 steps), the largest weight is {np.abs(w).max():.4f}")
+
+# %% [markdown]
+# ### Several flips in one word
+#
+# $2^7$ steps bounds a *single* flip, not the error of a word: flips in one word add up. This quantizer
+# stores the level $k$ as the unsigned word $k + 128$ (offset binary, Section 4), so the level 5 is
+# `10000101`. Flip its bits 7 and 2: the word becomes `00000001`, the level $-127$, an error of
+# $132$ steps. The true bound comes from the range, not from the bits: every code decodes to a level
+# in $[-L, L]$, so no set of flips can move a value by more than $2L = 254$ steps, which is $2q$, twice
+# the largest weight; and the bound is reached (127 to $-127$). All $256 \times 256$ (code, flip
+# pattern) pairs, grouped by the number of flipped bits:
+
+# %%
+patterns = all_codes  # a flip pattern is any 8-bit mask
+n_flipped = np.array([bin(f).count("1") for f in range(256)])
+steps = np.rint(np.abs(ladder[all_codes[:, None] ^ patterns[None, :]] - ladder[:, None]) / ctx.step)
+worst_by_count = [int(steps[:, n_flipped == k].max()) for k in range(1, 9)]
+print_table(["bits flipped in the word"] + list(range(1, 9)), [["worst error (steps)"] + worst_by_count])
+level5 = np.uint8(5 + 128)
+assert quant.code == "offset_binary" and np.rint(ladder[level5] / ctx.step) == 5  # 10000101 is the level 5
+print(f"level 5 with bits 7 and 2 flipped: {bits8(level5)} -> {bits8(level5 ^ np.uint8(0x84))}, "
+      f"{steps[level5, 0x84]:.0f} steps")
+assert worst_by_count[0] == 128 and steps[level5, 0x84] == 132  # one flip: 2^7; two flips: already more
+assert steps.max() == 2 * 127 == max(worst_by_count)  # any flips: 2L steps, never more
 
 # %% [markdown]
 # ## 4. Offset binary or two's complement?
@@ -272,9 +306,10 @@ for clip in (0.3, 0.15):
 #
 # Finally the whole picture at one bit-error rate, $p = 10^{-3}$, for the same layer stored four ways.
 # Each histogram counts the weights that were hit, by the size of their error (log axis). float32
-# errors span fifty orders of magnitude (and can include `inf` and `NaN`, for weights near 1); the
-# quantized errors are bounded by $2^7 \Delta$ (their spikes are the 8 bits, $2^j$ steps each), and
-# clipping moves the whole distribution left.
+# errors span fifty orders of magnitude (and can include `inf` and `NaN`, for weights near 1). A
+# quantized word hit by one flip is off by $2^j \Delta$ (the spikes are the 8 bits); the few words hit
+# twice (about $\binom{8}{2} p^2 n \approx 3$ of 100,000 at this rate) can be off by more, up to
+# $2L \Delta = 254 \Delta$, never further. Clipping moves the whole distribution left.
 
 # %% figure="error_histograms"
 p_hist = 1e-3
@@ -311,8 +346,8 @@ ax.set_xticks([*ticks, 42] if any_bad else ticks,
               [f"1e{k}" for k in ticks] + (["inf/NaN"] if any_bad else []))
 ax.annotate("float32 exponent's top bit:\na weight of 0.05 becomes ~1e37", xy=(36.5, 45), xytext=(22, 150),
             arrowprops={"arrowstyle": "->"}, fontsize=9)
-ax.annotate("8-bit: at most $2^7$ steps", xy=(-0.3, 205), xytext=(4, 300), arrowprops={"arrowstyle": "->"},
-            fontsize=9)
+ax.annotate("8-bit: one flip, at most $2^7$ steps", xy=(-0.3, 205), xytext=(4, 300),
+            arrowprops={"arrowstyle": "->"}, fontsize=9)
 ax.set_xlabel("|error| of a weight that was hit")
 ax.set_ylabel("weights")
 ax.set_title(f"100,000 weights, bit-error rate p = {p_hist:g}", fontsize=11)
@@ -323,52 +358,98 @@ plt.show()
 # the claims of the picture, as numbers
 hit32, clean32 = stores["float32"]
 assert np.nanmax(np.abs(hit32[np.isfinite(hit32)] - clean32[np.isfinite(hit32)])) > 1e30
-for label in ("8-bit, no clip", "8-bit, clip 0.15"):
+for label, clip in (("8-bit, no clip", None), ("8-bit, clip 0.15", 0.15)):
     hit8, clean8 = stores[label]
-    step = Quantizer(8, scheme="symmetric", clip=None if "no" in label else 0.15).encode(w)[1].step
-    assert np.all(np.isfinite(hit8)) and np.max(np.abs(hit8 - clean8)) <= 255 * step * (1 + 1e-6)
+    cc, xc = Quantizer(8, scheme="symmetric", clip=clip).encode(w)
+    flips_per_word = n_flipped[cc ^ inject_bit_errors(cc, p_hist, rng=4)]  # the same draw as above
+    err_steps = np.abs(hit8.astype(np.float64) - clean8) / xc.step
+    assert np.all(np.isfinite(hit8)) and err_steps.max() <= 2 * 127 + 1e-3  # never beyond 2L steps
+    assert np.all(err_steps[flips_per_word == 1] <= 128 + 1e-3)  # one flip: at most 2^7 steps
+    print(f"{label}: {np.sum(flips_per_word >= 2)} words with two or more flips, largest error "
+          f"{err_steps.max():.0f} steps")
 
 # %% [markdown]
 # ## Exercises
+#
+# Each exercise has a **TODO** cell for your answer, a folded **solution** cell (click the `...` to
+# unfold it; try first), and a **check** cell that tests your answer against an independent computation.
+# While a TODO still says `None`, the check tests the worked solution, so the notebook always runs
+# from top to bottom.
 #
 # **Exercise 1.** For a 4-bit symmetric quantizer with a fixed range $q = 1$ (`max_abs=1.0`), what is the
 # largest change a single flip can cause, and which codes suffer it?
 
 # %%
+# TODO: the largest change of the value (a float), for example answer_1 = 0.5
+answer_1 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. L = 2^3 - 1 = 7 levels per side, step 1/7. Bit 3 moves the level by 2^3 = 8 steps = 8/7,
 # except from or to the clamped level -8 (decoded as -7 steps = -q), where it is 7 steps = 1. The worst
-# flip costs 8/7 of the range q.
+# flip costs 8/7 of the range q, and every code whose level is not -8 or 0 (which flips to -8) suffers it
+# when its bit 3 flips.
 q4 = Quantizer(4, scheme="symmetric", max_abs=1.0)
 codes4 = np.arange(16, dtype=np.uint8)
 _, ctx4 = q4.encode(np.zeros(1, dtype=np.float32))  # a fixed range: the context does not depend on x
 v4 = q4.decode(codes4, ctx4).astype(np.float64)
-worst = max(np.abs(q4.decode(codes4 ^ np.uint8(1 << b), ctx4) - v4).max() for b in range(4))
-print(f"step {ctx4.step:.4f}; worst single flip {worst:.4f} = {worst / ctx4.step:.0f} steps")
-assert np.isclose(worst, 8 / 7, rtol=1e-6)
+change4 = np.abs(q4.decode(codes4 ^ np.uint8(8), ctx4) - v4)
+print(f"step {ctx4.step:.4f}; worst single flip {change4.max():.4f} = {change4.max() / ctx4.step:.0f} steps, "
+      f"suffered by codes {[bits8(c)[4:] for c in codes4[np.isclose(change4, change4.max())]]}")
+solution_1 = float(change4.max())
+
+
+# %%
+def test_1(worst):
+    # the reference, by hand: 4-bit two's complement levels -8..7, -8 read as -7, value = level / 7 (the
+    # quantizer stores offset binary; the worst case is the same, Section 4: the codes differ by an XOR)
+    def value(code):
+        level = code - 16 if code >= 8 else code
+        return max(level, -7) / 7
+    truth = max(abs(value(c ^ (1 << b)) - value(c)) for c in range(16) for b in range(4))
+    assert np.isclose(worst, truth, rtol=1e-6), f"{worst} is not the worst single flip ({truth:.4f})"
+
+
+check(test_1, answer_1, solution_1)
 
 # %% [markdown]
 # **Exercise 2.** At $p = 10^{-2}$, what fraction of the layer's weights is hit at least once when they
 # are stored as float32, and as 8-bit codes? Check by simulation.
 
 # %%
+# TODO: (fraction for float32, fraction for 8-bit), for example answer_2 = (0.5, 0.5)
+answer_2 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. A word of b bits is untouched with probability (1 - p)^b: 1 - 0.99^32 = 27.5 % of float32
 # words are hit, 1 - 0.99^8 = 7.7 % of 8-bit words. Fewer bits per weight also means fewer targets.
-for name, store_codes, nbits in (("float32", c32, 32), ("8-bit", codes, 8)):
+solution_2 = (1 - 0.99**32, 1 - 0.99**8)
+for name, store_codes, fraction in (("float32", c32, solution_2[0]), ("8-bit", codes, solution_2[1])):
     k = int(np.count_nonzero(inject_bit_errors(store_codes, 1e-2, rng=5) != store_codes))
-    low, high = wilson_interval(k, n, confidence=0.999)
-    expected = expected_corrupted(n, nbits, 1e-2) / n
-    print(f"{name}: expected {expected:.4f}, measured {k / n:.4f}")
-    assert low <= expected <= high
+    print(f"{name}: predicted {fraction:.4f}, simulated {k / n:.4f}")
+
+
+# %%
+def test_2(fractions):
+    # the reference: a simulation (99.9 % Wilson interval of the hit count) and the library's formula
+    for fraction, store_codes, nbits in zip(fractions, (c32, codes), (32, 8), strict=True):
+        k = int(np.count_nonzero(inject_bit_errors(store_codes, 1e-2, rng=6) != store_codes))
+        low, high = wilson_interval(k, n, confidence=0.999)
+        assert low <= fraction <= high, f"{fraction:.4f} is outside the simulated [{low:.4f}, {high:.4f}]"
+        assert np.isclose(fraction, expected_corrupted(n, nbits, 1e-2) / n, rtol=1e-3)
+
+
+check(test_2, answer_2, solution_2)
 
 # %% [markdown]
 # **Exercise 3.** Clipping trades clipping error for flip damage. At $p = 10^{-2}$, which clip $c$
-# minimises the mean total error $E\,|\mathrm{dec}(\text{flipped}) - w|$ for our layer?
+# minimises the mean total error $E\,|\mathrm{dec}(\text{flipped}) - w|$ for our layer? The function
+# below computes that error exactly (the sum over flip patterns of Section 5, now measured against the
+# *original* weight, so that the clipping and rounding errors count too). A 20,000-weight subset with
+# the same share of outliers keeps it fast.
 
 # %%
-# Solution. For each c, the total expected error is E|dec(c_i XOR F) - w_i| averaged over the weights:
-# the same exact sum over flip patterns, now measured against the *original* weight, so that the
-# clipping and rounding errors count too.
 def expected_total_error(quantizer, weights, p):
+    """Mean over the weights of E|dec(c_i XOR F) - w_i| for independent flips at rate p (exact)."""
     codes_, context = quantizer.encode(weights)
     ladder = quantizer.decode(MASKS, context).astype(np.float64)
     probs = p**POPCOUNT * (1 - p) ** (8 - POPCOUNT)
@@ -378,6 +459,13 @@ def expected_total_error(quantizer, weights, p):
 
 subset = w[:20_000].copy()
 subset[:20] = w[outliers[:20]]  # keep the outlier share (0.1 %) in the subset
+# TODO: the clip c (a float) that minimises expected_total_error(Quantizer(8, scheme="symmetric",
+# clip=c), subset, 1e-2), to within 5 % of the smallest total error
+answer_3 = None
+
+# %% jupyter={"source_hidden": true}
+# Solution. Scan c on a grid and take the minimum: too little clipping wastes the step on outliers,
+# too much clips ordinary weights, so the best clip is inside the grid.
 clips = np.array([0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.45, 0.6])
 totals = np.array([expected_total_error(Quantizer(8, scheme="symmetric", clip=c), subset, 1e-2)
                    for c in clips])
@@ -387,16 +475,34 @@ ax.plot(clips, totals, "o-")
 ax.axvline(best, color="gray", ls="--")
 ax.set_xlabel("clip c")
 ax.set_ylabel("mean |error| at p = 0.01")
-ax.set_title(f"best clip: {best}", fontsize=10)
+ax.set_title(f"best clip on this grid: {best}", fontsize=10)
 fig.tight_layout()
 plt.show()
-# too little clipping wastes the step on outliers, too much clips ordinary weights: the best is inside
 assert clips[0] < best < clips[-1] and totals.min() < 0.5 * totals[-1]
+solution_3 = float(best)
+
+
+# %%
+def test_3(clip):
+    # the reference: a finer scan than the solution's, by Monte Carlo (independent flips, 20 draws of
+    # every weight), which must agree that no clip does more than 5 % better
+    def monte_carlo(c):
+        qc = Quantizer(8, scheme="symmetric", clip=c)
+        cc, xc = qc.encode(subset)
+        draws = inject_bit_errors(np.tile(cc, 20), 1e-2, rng=7)
+        return float(np.abs(qc.decode(draws, xc).astype(np.float64) - np.tile(subset, 20)).mean())
+    fine = np.arange(0.04, 0.31, 0.01)
+    best_total = min(monte_carlo(c) for c in fine)
+    assert monte_carlo(clip) <= 1.05 * best_total, f"clip {clip} is not within 5 % of the best"
+
+
+check(test_3, answer_3, solution_3)
 
 # %% [markdown]
 # ## Summary
 #
-# * Fixed point has no exponent, so a flip of bit $j$ costs exactly $2^j$ steps: bounded by the range.
+# * Fixed point has no exponent, so a flip of bit $j$ costs exactly $2^j$ steps, and any number of flips
+#   in one word at most the width of the range ($2L$ steps): bounded, whatever happens.
 # * Per-tensor quantizers pick the range from the tensor; the step $\Delta = q / L$ sets the cost of every
 #   flip. Clipping shrinks $q$, and the damage with it.
 # * Offset binary is two's complement with the top bit flipped: identical under random flips; under
