@@ -34,10 +34,18 @@
 # when it is installed and is skipped otherwise.
 
 # %%
+import tempfile
+
 import numpy as np
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from saf_ref.bits import get_ieee_format
 from saf_ref.testing import ContractFailure, assert_dot_bound, run_suite
+
+# hypothesis caches what it reads from source files in ./.hypothesis; a tutorial writes no files into the
+# repository, so its home is a temporary directory, removed when the kernel exits
+HYPOTHESIS_HOME = tempfile.TemporaryDirectory(prefix="saf_ref_tutorial_hypothesis_")
+set_hypothesis_home_dir(HYPOTHESIS_HOME.name)
 
 try:
     import torch  # noqa: F401  (only to know whether the PyTorch section can run)
@@ -45,6 +53,15 @@ try:
     HAVE_TORCH = True
 except ImportError:
     HAVE_TORCH = False
+
+
+def check(test, answer, solution):
+    """Exercises: run ``test`` on your answer; while the TODO cell still says ``None``, on the solution."""
+    if answer is None:
+        print("(no answer in the TODO cell yet: checking the worked solution instead)")
+        answer = solution
+    test(answer)
+    print("correct")
 
 
 def first_line(message):
@@ -344,23 +361,13 @@ if HAVE_TORCH:
 #
 # ## Exercises
 #
+# Each exercise has a **TODO** cell for your answer, a folded **solution** cell (click the `...` to
+# unfold it; try first), and a **check** cell that tests your answer. While a TODO still says `None`,
+# the check tests the worked solution, so the notebook always runs from top to bottom.
+#
 # **Exercise 1.** Round half *away from zero* is a classic near miss: `(bits + 0x8000) >> 16`. It
 # differs from the correct encoder only on exact ties. Does the suite catch it with its boundary
-# examples? And without them (`boundary_examples=False`), from 200 random cases?
-#
-# **Exercise 2.** Implement `flip_by_uniform` for your backend (flip bit $j$ of word $k$ iff
-# `uniform[k, j] < float32(p)`, bit 0 = least significant) and run its check.
-#
-# **Exercise 3.** Our float32 ReLU returned $+0$ for $-0$. Write a version that agrees bit for bit and
-# confirm with `strict=True`, which counts known divergences as failures.
-
-# %% [markdown]
-# ### Solution 1
-#
-# With the boundary examples the first tie catches it. Without them it is still caught, after a few
-# cases, because the suite's strategies mix boundary values (ties among them) into the generated
-# arrays. A plain random test would not catch it: a random float32 is an exact tie only if its low 16
-# bits are exactly `0x8000`, a chance of $2^{-16}$.
+# examples? And without them (`boundary_examples=False`), from 200 generated cases?
 
 # %%
 class HalfAway(MyBackend):
@@ -373,24 +380,53 @@ class HalfAway(MyBackend):
             np.uint16)
 
 
-with_boundaries = run_suite(HalfAway(), examples=25, only=["encode[[]bfloat16]"]).result("encode[bfloat16]")
-random_only = run_suite(HalfAway(), examples=200, only=["encode[[]bfloat16]"],
-                        boundary_examples=False).result("encode[bfloat16]")
-print(f"with boundary examples: {with_boundaries.status} at example {with_boundaries.first_failure}")
-print(f"generated cases only:   {random_only.status} after {random_only.examples} examples")
-assert with_boundaries.status == "fail" and with_boundaries.first_failure == 1
+# TODO: predict the two statuses, "pass" or "fail": (with boundary examples, generated cases only)
+answer_1 = None
 
-uniform = np.random.default_rng(0).uniform(-10, 10, 10_000).astype(np.float32)  # a plain random test
+# %% jupyter={"source_hidden": true}
+# Solution. With the boundary examples the first tie catches it. Without them it is still caught, after
+# a few cases, because the suite's strategies mix boundary values (ties among them) into the generated
+# arrays: ("fail", "fail"). A plain random test would not catch it: a random float32 is an exact tie
+# only if its low 16 bits are exactly 0x8000, a chance of 2^-16, and half of those ties are rounded right
+# by luck. Here is such a plain test, and exactly where it finds a difference:
+uniform = np.random.default_rng(0).uniform(-10, 10, 10_000).astype(np.float32)
 wrong = HalfAway().encode("bfloat16", uniform) != bf16.encode(uniform)
 bits = uniform.view(np.uint32)
 even_ties = ((bits & 0xFFFF) == 0x8000) & ((bits >> 16) % 2 == 0)  # where half-away and even differ
 print(f"plain random test: {wrong.sum()} wrong codes among {uniform.size} values")
 assert np.array_equal(wrong, even_ties)
+solution_1 = ("fail", "fail")
 
-# %% [markdown]
-# ### Solution 2
 
 # %%
+def test_1(statuses):
+    with_boundaries = run_suite(HalfAway(), examples=25, only=["encode[[]bfloat16]"])
+    random_only = run_suite(HalfAway(), examples=200, only=["encode[[]bfloat16]"], boundary_examples=False)
+    truth = tuple(r.result("encode[bfloat16]") for r in (with_boundaries, random_only))
+    print(f"with boundary examples: {truth[0].status} at example {truth[0].first_failure}; "
+          f"generated cases only: {truth[1].status} after {truth[1].examples} examples")
+    assert tuple(statuses) == tuple(r.status for r in truth), f"the suite says {[r.status for r in truth]}"
+
+
+check(test_1, answer_1, solution_1)
+
+# %% [markdown]
+# **Exercise 2.** Implement `flip_by_uniform` for your backend (flip bit $j$ of word $k$ iff
+# `uniform[k, j] < float32(p)`, bit 0 = least significant; the bits set in the integer mask `protected`
+# never flip) and run its check.
+
+# %%
+class MyFaults(MyBackend):
+    def flip_by_uniform(self, codes, uniform, p, *, protected=None):
+        raise NotImplementedError("TODO: return codes with the chosen bits flipped")
+
+
+# TODO: once flip_by_uniform is written, set answer_2 = MyFaults
+answer_2 = None
+
+
+# %% jupyter={"source_hidden": true}
+# Solution. One decision per bit, a mask 2^j per bit, OR the chosen masks together, XOR them in.
 class WithFaults(MyBackend):
     def flip_by_uniform(self, codes, uniform, p, *, protected=None):
         nbits = uniform.shape[-1]
@@ -401,23 +437,59 @@ class WithFaults(MyBackend):
         return codes ^ np.bitwise_or.reduce(np.where(flip, masks, codes.dtype.type(0)), axis=-1)
 
 
-r = run_suite(WithFaults(), examples=25, only=["flip_by_uniform"]).result("flip_by_uniform")
-print(r.name, r.status, r.examples, "examples")
-assert r.status == "pass", r.message
+solution_2 = WithFaults
 
-# %% [markdown]
-# ### Solution 3
-#
-# `np.where(x > 0, x, 0)` also gives $+0$ for $-0$ (and turns NaN into 0). Replace $x$ by 0 only where
-# $x < 0$: `-0.0 < 0` and `NaN < 0` are both false, so $-0$ and NaN pass through unchanged, as in
-# saf_ref and PyTorch.
 
 # %%
+def test_2(backend_class):
+    # by hand first: the uniforms of bits 0 and 3 fall below p; then bit 3 is protected
+    uniform = np.full((1, 8), 0.9, dtype=np.float32)
+    uniform[:, [0, 3]] = 0.01
+    backend = backend_class()
+    for protected, expected in ((None, 0b1000), (0b1000, 0b0)):
+        got = int(backend.flip_by_uniform(np.uint8([0b1]), uniform, 0.05, protected=protected)[0])
+        assert got == expected, f"protected={protected}: got {got:#b}, expected {expected:#b}"
+    r = run_suite(backend_class(), examples=25, only=["flip_by_uniform"]).result("flip_by_uniform")
+    print(r.name, r.status, r.examples, "examples")
+    assert r.status == "pass", r.message
+
+
+check(test_2, answer_2, solution_2)
+
+# %% [markdown]
+# **Exercise 3.** Our float32 ReLU returned $+0$ for $-0$. Write a version that agrees bit for bit and
+# confirm with `strict=True`, which counts known divergences as failures.
+
+# %%
+class MyRelu(MyBackend):
+    def relu_forward(self, x):
+        raise NotImplementedError("TODO: a ReLU that keeps -0 and NaN as they are")
+
+
+# TODO: once relu_forward is written, set answer_3 = MyRelu
+answer_3 = None
+
+
+# %% jupyter={"source_hidden": true}
+# Solution. np.where(x > 0, x, 0) also gives +0 for -0 (and turns NaN into 0). Replace x by 0 only where
+# x < 0: -0.0 < 0 and NaN < 0 are both false, so -0 and NaN pass through unchanged, as in saf_ref and
+# PyTorch.
 class ExactRelu(MyBackend):
     def relu_forward(self, x):
         return np.where(x < 0, x.dtype.type(0), x)  # -0 < 0 and NaN < 0 are false: both pass unchanged
 
 
-strict = run_suite(ExactRelu(), examples=25, only=["relu_forward"], strict=True)
-print(strict.table().split("\n\n")[1])
-assert strict.ok
+solution_3 = ExactRelu
+
+
+# %%
+def test_3(backend_class):
+    got = backend_class().relu_forward(np.float32([-0.0, np.nan, -1.0, 2.0]))
+    assert got.view(np.uint32)[0] == 0x80000000, "relu(-0) must be -0 (sign bit set)"
+    assert np.isnan(got[1]) and got[2] == 0 and got[3] == 2
+    strict = run_suite(backend_class(), examples=25, only=["relu_forward"], strict=True)
+    print(strict.table().split("\n\n")[1])
+    assert strict.ok, strict.failures_text()
+
+
+check(test_3, answer_3, solution_3)
