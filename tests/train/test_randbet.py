@@ -6,7 +6,8 @@ References never call the code under test's backward pass:
   the loss: plain NumPy for the MLP, :mod:`saf_ref.nn.naive` loops for the small CNN;
 - bit flips of the reference are XORs on ``u.view(np.uint64)``, ``tanh`` and its derivative come from
   ``np.tanh`` in float64;
-- the fault-free float32 pipeline is compared bit for bit with :mod:`saf_ref.train.loop` (no pipeline).
+- the fault-free float32 pipeline is compared bit for bit with the step without a pipeline
+  (``spec=None``, computing with ``f(u)`` applied by hand and the chain rule by the transform's VJP).
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from saf_ref.train.randbet import (
     RandBETGradients,
     StepInfo,
     clip_weights,
-    protected_train_step,
     randbet_gradients,
-    train_protected,
 )
 from saf_ref.train.schedules import Cosine
 
@@ -213,36 +212,59 @@ def test_gradient_matches_finite_differences_small_cnn():
 # ==================================================================================================
 
 
+def _step_by_hand(params, state, opt_state, x, y, opt, transform):
+    """One SGD step computing with ``w = f(u)`` for conv/linear weights, without the storage pipeline:
+    the model on ``w``, then ``du = f'(u) dw`` by the transform's VJP."""
+    from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
+    from saf_ref.nn.small import small_cnn_backward, small_cnn_forward
+    from saf_ref.train.optim import sgd_step
+
+    is_weight = {k: v.ndim >= 2 for k, v in params.items()}
+    w = {k: (transform.forward(v) if is_weight[k] else v) for k, v in params.items()}
+    logits, new_state, cache = small_cnn_forward(w, state, x, train=True)
+    loss, loss_cache = cross_entropy_forward(logits, y)
+    dw = small_cnn_backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache).params
+    du = {k: (transform.vjp(params[k], g) if is_weight[k] else g) for k, g in dw.items()}
+    new_params, new_opt = sgd_step(params, du, opt_state, opt)
+    return new_params, new_state, new_opt, float(loss), int(np.sum(np.argmax(logits, axis=1) == y))
+
+
 @pytest.mark.parametrize("transform", ["identity", "tanh", "arctan"])
-def test_step_bit_identical_to_loop_train_step(digits32, transform):
-    """float32 storage, p_train = 0, no clip: the protected step is loop.train_step, bit for bit."""
+def test_step_bit_identical_to_step_without_pipeline(digits32, transform):
+    """float32 storage, p_train = 0, no clip: the step through the pipeline is the step computing with
+    f(u) directly, bit for bit (float32 storage of float32 latents is exact)."""
     params, state = _cnn32()
     x, y = digits32[0][:32], digits32[1][:32]
     opt = SGD(0.1, momentum=0.9, weight_decay=5e-4)
-    t = None if transform == "identity" else get_transform(transform)
+    t = get_transform(transform)
     p_ref, s_ref, o_ref = params, state, sgd_init(params)
     p_got, s_got, o_got = params, state, sgd_init(params)
     for _ in range(3):  # a few steps: momentum buffers in play
-        p_ref, s_ref, o_ref, loss_ref, correct_ref = train_step(
-            p_ref, s_ref, o_ref, x, y, model="small_cnn", optimizer=opt, transform=t
-        )
-        p_got, s_got, o_got, info = protected_train_step(
+        p_ref, s_ref, o_ref, loss_ref, correct_ref = _step_by_hand(p_ref, s_ref, o_ref, x, y, opt, t)
+        p_got, s_got, o_got, info = train_step(
             p_got, s_got, o_got, x, y, model="small_cnn", optimizer=opt,
             spec=default_spec("float32", transform),
         )
         assert info.loss == loss_ref and info.n_correct == correct_ref and info.perturbed_loss is None
     assert _same_bits(p_ref, p_got) and _same_bits(s_ref, s_got) and _same_bits(o_ref, o_got)
+    if transform == "identity":  # and the identity pipeline is the step without any spec
+        p_plain, s_plain, o_plain = params, state, sgd_init(params)
+        for _ in range(3):
+            p_plain, s_plain, o_plain, _ = train_step(p_plain, s_plain, o_plain, x, y, model="small_cnn",
+                                                      optimizer=opt)  # fmt: skip
+        assert _same_bits(p_plain, p_got) and _same_bits(o_plain, o_got)
 
 
 @pytest.mark.parametrize("transform", ["identity", "tanh"])
-def test_train_protected_bit_identical_to_loop_train(digits32, transform):
+def test_transform_shorthand_bit_identical_to_spec(digits32, transform):
     params, state = _cnn32()
     opt = SGD(0.05, momentum=0.9, weight_decay=5e-4)
     kw = dict(model="small_cnn", epochs=2, batch_size=32, optimizer=opt, schedule=Cosine(0.05, t_max=2),
               augment="crop", pad=1, rng=11, verbose=False)  # fmt: skip
     t = None if transform == "identity" else get_transform(transform)
     p1, s1, h1 = train(params, state, digits32, transform=t, **kw)
-    p2, s2, h2 = train_protected(params, state, digits32, spec=default_spec("float32", transform), **kw)
+    p2, s2, h2 = train(params, state, digits32, spec=default_spec("float32", transform), **kw)
+    assert all("errors_on" not in r for r in h1)  # the shorthand's records are those of plain training
     assert _same_bits(p1, p2) and _same_bits(s1, s2)
     for a, b in zip(h1, h2, strict=True):
         for key in ("epoch", "lr", "loss", "train_acc", "test_acc", "test_loss"):
@@ -257,10 +279,10 @@ def test_p_train_zero_equals_clean_step(digits32):
     spec = default_spec(QUANT8)
     opt = SGD(0.1, momentum=0.9)
     o = sgd_init(params)
-    zero = protected_train_step(params, state, o, x, y, model="small_cnn", optimizer=opt, spec=spec,
-                                p_train=0.0, rng=5)  # fmt: skip
-    off = protected_train_step(params, state, o, x, y, model="small_cnn", optimizer=opt, spec=spec,
-                               p_train=0.1, rng=5, errors_on=False)  # fmt: skip
+    zero = train_step(params, state, o, x, y, model="small_cnn", optimizer=opt, spec=spec,
+                      randbet=RandBETConfig(0.0), rng=5)  # fmt: skip
+    off = train_step(params, state, o, x, y, model="small_cnn", optimizer=opt, spec=spec,
+                     randbet=RandBETConfig(0.1), rng=5, errors_on=False)  # fmt: skip
     grads = randbet_gradients(params, state, x, y, model="small_cnn", spec=spec)
     manual = opt.step(params, grads.clean, o)
     for got in (zero, off):
@@ -277,10 +299,8 @@ def test_clean_pass_uses_the_quantized_weights(digits32):
     spec = default_spec(QUANT8)
     w, _ = effective_weights(params, spec)
     assert not _same_bits(w, params)  # 8 bits do change the weights
-    quantized_step = protected_train_step(w, state, sgd_init(w), x, y, model="small_cnn",
-                                          optimizer=SGD(0.1), spec=default_spec("float32"))  # fmt: skip
-    got = protected_train_step(params, state, sgd_init(params), x, y, model="small_cnn", optimizer=SGD(0.1),
-                               spec=spec)  # fmt: skip
+    quantized_step = train_step(w, state, sgd_init(w), x, y, model="small_cnn", optimizer=SGD(0.1))
+    got = train_step(params, state, sgd_init(params), x, y, model="small_cnn", optimizer=SGD(0.1), spec=spec)
     assert got[3].loss == quantized_step[3].loss
     assert _same_bits(got[1], quantized_step[1])
 
@@ -298,9 +318,9 @@ def test_perturbed_pass_never_mutates_inputs(digits32):
     gen = np.random.default_rng(0)
     losses = set()
     for _ in range(40):
-        p, s, o2, info = protected_train_step(params, state, o, x, y, model="small_cnn", optimizer=SGD(0.1),
-                                              spec=default_spec(QUANT8), p_train=0.05, rng=gen,
-                                              weight_clip=0.1)  # fmt: skip
+        p, s, o2, info = train_step(params, state, o, x, y, model="small_cnn", optimizer=SGD(0.1),
+                                    spec=default_spec(QUANT8), randbet=RandBETConfig(0.05, weight_clip=0.1),
+                                    rng=gen)  # fmt: skip
         assert info.errors_on and info.n_flips > 0
         losses.add(info.perturbed_loss)
     assert digest(params, state, o, {"x": x, "y": y}) == before
@@ -380,9 +400,9 @@ def test_weight_clipping_bounds_weights_during_training(digits32):
         seen.append(max(float(np.max(np.abs(v))) for k, v in p.items() if v.ndim >= 2))
 
     config = RandBETConfig(p_train=0.01, weight_clip=0.08)
-    p, _, history = train_protected(params, state, digits32, model="small_cnn", spec=default_spec(QUANT8),
-                                    epochs=2, batch_size=64, optimizer=SGD(0.5, momentum=0.9), config=config,
-                                    rng=0, verbose=False, callback=callback)  # fmt: skip
+    p, _, history = train(params, state, digits32, model="small_cnn", spec=default_spec(QUANT8), epochs=2,
+                          batch_size=64, optimizer=SGD(0.5, momentum=0.9), randbet=config, augment=None,
+                          rng=0, verbose=False, callback=callback)  # fmt: skip
     assert seen == [pytest.approx(0.08, rel=1e-7)] * 2  # clipped, and the box is active
     assert all(np.max(np.abs(v)) <= np.float32(0.08) for k, v in p.items() if v.ndim >= 2)
     assert max(float(np.max(np.abs(p[k]))) for k in ("bn1.weight", "fc.bias", "bn2.bias")) > 0.08
@@ -390,31 +410,31 @@ def test_weight_clipping_bounds_weights_during_training(digits32):
 
 
 def test_initial_projection_before_the_first_step(digits32):
-    """train_protected clips the initial latents, so its first step is a step from the projected point."""
+    """train clips the initial latents, so its first step is a step from the projected point."""
     params, state = _cnn32()
     params = {k: v * 3 for k, v in params.items()}
     x, y = digits32[0], digits32[1]
     spec, opt = default_spec(QUANT8), SGD(0.1)
-    p, s, _ = train_protected(params, state, (x, y), model="small_cnn", spec=spec, epochs=1,
-                              batch_size=len(y), optimizer=opt, config=RandBETConfig(0.0, weight_clip=0.05),
-                              rng=0, verbose=False)  # fmt: skip
+    p, s, _ = train(params, state, (x, y), model="small_cnn", spec=spec, epochs=1, batch_size=len(y),
+                    optimizer=opt, randbet=RandBETConfig(0.0, weight_clip=0.05), augment=None, rng=0,
+                    verbose=False)  # fmt: skip
     projected = {k: (np.clip(v, np.float32(-0.05), np.float32(0.05)) if v.ndim >= 2 else v)
                  for k, v in params.items()}  # fmt: skip
     # One full batch: the shuffle only permutes the samples, which changes the float sums; compare
     # with the same permutation.
     order = np.random.default_rng([int(np.random.default_rng(0).integers(2**63)), 0]).permutation(len(y))
-    ref = protected_train_step(projected, state, sgd_init(params), x[order], y[order], model="small_cnn",
-                               optimizer=opt, spec=spec, weight_clip=0.05)  # fmt: skip
+    ref = train_step(projected, state, sgd_init(params), x[order], y[order], model="small_cnn",
+                     optimizer=opt, spec=spec, randbet=RandBETConfig(0.0, weight_clip=0.05))  # fmt: skip
     assert _same_bits(p, ref[0]) and _same_bits(s, ref[1])
 
 
 def test_step_weight_clip_equals_projection_of_unclipped_step(digits32):
     params, state = _cnn32()
     x, y = digits32[0][:32], digits32[1][:32]
-    kw = dict(model="small_cnn", optimizer=SGD(1.0), spec=default_spec(QUANT8), p_train=0.02)
+    kw = dict(model="small_cnn", optimizer=SGD(1.0), spec=default_spec(QUANT8))
     o = sgd_init(params)
-    free = protected_train_step(params, state, o, x, y, rng=9, **kw)
-    clipped = protected_train_step(params, state, o, x, y, rng=9, weight_clip=0.03, **kw)
+    free = train_step(params, state, o, x, y, rng=9, randbet=RandBETConfig(0.02), **kw)
+    clipped = train_step(params, state, o, x, y, rng=9, randbet=RandBETConfig(0.02, weight_clip=0.03), **kw)
     for name, v in free[0].items():
         expected = np.clip(v, np.float32(-0.03), np.float32(0.03)) if v.ndim >= 2 else v
         np.testing.assert_array_equal(clipped[0][name], expected)
@@ -428,9 +448,10 @@ def test_step_weight_clip_equals_projection_of_unclipped_step(digits32):
 
 def _protected_run(data, *, seed=0, epochs=2, config=None, verbose=False, **kw):
     params, state = _cnn32()
-    return train_protected(params, state, data, model="small_cnn", spec=default_spec(QUANT8), epochs=epochs,
-                           batch_size=64, optimizer=SGD(0.05, momentum=0.9, weight_decay=5e-4),
-                           config=config, rng=seed, verbose=verbose, **kw)  # fmt: skip
+    kw.setdefault("augment", None)
+    return train(params, state, data, model="small_cnn", spec=default_spec(QUANT8), epochs=epochs,
+                 batch_size=64, optimizer=SGD(0.05, momentum=0.9, weight_decay=5e-4),
+                 randbet=config or RandBETConfig(0.0), rng=seed, verbose=verbose, **kw)  # fmt: skip
 
 
 def _without_timing(history):
@@ -449,14 +470,14 @@ def test_same_seed_identical_training(digits32):
 
 def test_bit_errors_never_change_the_batches(digits32):
     """The fault patterns come from their own stream: the shuffled, augmented batches are the same."""
+    from saf_ref.nn.registry import ModelFns
     from saf_ref.nn.small import small_cnn_backward, small_cnn_forward
-    from saf_ref.train.loop import ModelFns
 
     def recording(seen):
-        def forward(params, state, x, *, train, transform=None):
+        def forward(params, state, x, *, train):
             if train:
                 seen.append(hashlib.sha256(x.tobytes()).hexdigest())
-            return small_cnn_forward(params, state, x, train=train, transform=transform)
+            return small_cnn_forward(params, state, x, train=train)
 
         return ModelFns("small_cnn", forward, small_cnn_backward)
 
@@ -464,9 +485,9 @@ def test_bit_errors_never_change_the_batches(digits32):
     for p_train in (0.0, 0.05):
         seen = batches.setdefault(p_train, [])
         params, state = _cnn32()
-        train_protected(params, state, digits32[:2], model=recording(seen), spec=default_spec(QUANT8),
-                        epochs=2, batch_size=64, config=RandBETConfig(p_train), augment="crop", pad=1,
-                        rng=0, verbose=False)  # fmt: skip
+        train(params, state, digits32[:2], model=recording(seen), spec=default_spec(QUANT8), epochs=2,
+              batch_size=64, randbet=RandBETConfig(p_train), augment="crop", pad=1, rng=0,
+              verbose=False)  # fmt: skip
     assert len(batches[0.0]) == 6 and batches[0.05] == [b for b in batches[0.0] for _ in range(2)]
 
 
@@ -492,8 +513,8 @@ def test_curriculum_turns_errors_on_at_the_right_epoch(digits32):
 def test_progress_lines_and_no_mutation(digits32, capsys):
     params, state = _cnn32()
     before = digest(params, state, {str(i): a for i, a in enumerate(digits32)})
-    train_protected(params, state, digits32, model="small_cnn", spec=default_spec(QUANT8), epochs=2,
-                    batch_size=64, config=RandBETConfig(0.01, curriculum_loss=100.0), rng=0)  # fmt: skip
+    train(params, state, digits32, model="small_cnn", spec=default_spec(QUANT8), epochs=2, batch_size=64,
+          randbet=RandBETConfig(0.01, curriculum_loss=100.0), augment=None, rng=0)  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("epoch 1/2  lr 0.10000  loss ") and "img/s" in lines[0]
@@ -519,8 +540,8 @@ def test_saf_training_through_the_pipeline_learns(digits32):
     """SAF (tanh, float16 storage, p_train = 0) trains through the pipeline."""
     params, state = init_mlp(64, hidden=(32,), rng=0, dtype=np.float32)
     spec = default_spec("float16", "tanh")
-    _, _, history = train_protected(params, state, digits32, model="mlp", spec=spec, epochs=6, batch_size=32,
-                                    optimizer=SGD(0.1, momentum=0.9), rng=0, verbose=False)  # fmt: skip
+    _, _, history = train(params, state, digits32, model="mlp", spec=spec, epochs=6, batch_size=32,
+                          optimizer=SGD(0.1, momentum=0.9), augment=None, rng=0, verbose=False)  # fmt: skip
     assert history[-1]["loss"] < 0.5 * history[0]["loss"] and history[-1]["test_acc"] > 0.6
 
 
@@ -589,14 +610,6 @@ def test_gradient_and_step_validation(digits32):
     with pytest.raises(ValueError, match="inject: faults must name stored tensors"):
         randbet_gradients(params, state, x, y, faults=bad_fl, **kw)
 
-    fn = "protected_train_step"
-    o = sgd_init(params)
-    with pytest.raises(TypeError, match=f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got float"):
-        protected_train_step(params, state, o, x, y, optimizer=0.1, **kw)
-    with pytest.raises(ValueError, match=f"{fn}: weight_clip must be None or a finite positive number"):
-        protected_train_step(params, state, o, x, y, optimizer=SGD(0.1), weight_clip=-1.0, **kw)
-    with pytest.raises(TypeError, match=f"{fn}: weight_clip must be a real number"):
-        protected_train_step(params, state, o, x, y, optimizer=SGD(0.1), weight_clip="0.1", **kw)
 
     fn = "clip_weights"
     with pytest.raises(ValueError, match=f"{fn}: weight_clip must be a finite positive number, got None"):
@@ -610,41 +623,45 @@ def test_gradient_and_step_validation(digits32):
         clip_weights({k: v.astype(np.float32) for k, v in params.items()}, 1e-50)
 
 
-def test_train_protected_validation(digits32):
+def test_train_validation(digits32):
     params, state = _cnn32()
-    fn = "train_protected"
+    fn = "train"
     spec = default_spec(QUANT8)
     kw = dict(model="small_cnn", epochs=1, rng=0, verbose=False)
-    with pytest.raises(TypeError, match=f"{fn}: spec must be a StorageSpec"):
-        train_protected(params, state, digits32, spec=None, **kw)
-    with pytest.raises(TypeError, match=f"{fn}: config must be None or a RandBETConfig, got dict"):
-        train_protected(params, state, digits32, spec=spec, config={"p_train": 0.1}, **kw)
+    with pytest.raises(TypeError, match=f"{fn}: spec must be None or a StorageSpec, got str"):
+        train(params, state, digits32, spec="float32", **kw)
+    with pytest.raises(ValueError, match=f"{fn}: randbet needs a storage spec"):
+        train(params, state, digits32, randbet=RandBETConfig(0.1), **kw)
+    with pytest.raises(ValueError, match=f"{fn}: give the transform inside the spec or as transform="):
+        train(params, state, digits32, spec=spec, transform="tanh", **kw)
+    with pytest.raises(TypeError, match=f"{fn}: randbet must be None or a RandBETConfig, got dict"):
+        train(params, state, digits32, spec=spec, randbet={"p_train": 0.1}, **kw)
     with pytest.raises(TypeError, match=f"{fn}: data must be a tuple"):
-        train_protected(params, state, list(digits32), spec=spec, **kw)
+        train(params, state, list(digits32), spec=spec, **kw)
     with pytest.raises(ValueError, match=f"{fn}: epochs must be in"):
-        train_protected(params, state, digits32, spec=spec, **{**kw, "epochs": -1})
+        train(params, state, digits32, spec=spec, **{**kw, "epochs": -1})
     with pytest.raises(ValueError, match=f"{fn}: batch_size must be in"):
-        train_protected(params, state, digits32, spec=spec, batch_size=0, **kw)
+        train(params, state, digits32, spec=spec, batch_size=0, **kw)
     with pytest.raises(ValueError, match=f"{fn}: pad must be in"):
-        train_protected(params, state, digits32, spec=spec, pad=-1, **kw)
+        train(params, state, digits32, spec=spec, pad=-1, **kw)
     with pytest.raises(ValueError, match=f"{fn}: eval_batch_size must be in"):
-        train_protected(params, state, digits32, spec=spec, eval_batch_size=0, **kw)
+        train(params, state, digits32, spec=spec, eval_batch_size=0, **kw)
     with pytest.raises(ValueError, match=f"{fn}: nonfinite must be one of"):
-        train_protected(params, state, digits32, spec=spec, nonfinite="nan", **kw)
+        train(params, state, digits32, spec=spec, nonfinite="nan", **kw)
     with pytest.raises(TypeError, match=f"{fn}: label_smoothing must be a real number"):
-        train_protected(params, state, digits32, spec=spec, label_smoothing="0", **kw)
+        train(params, state, digits32, spec=spec, label_smoothing="0", **kw)
     with pytest.raises(ValueError, match=f"{fn}: augment must be one of"):
-        train_protected(params, state, digits32, spec=spec, augment="rotate", **kw)
+        train(params, state, digits32, spec=spec, augment="rotate", **kw)
     with pytest.raises(TypeError, match=f"{fn}: optimizer must be a saf_ref.train.optim.SGD"):
-        train_protected(params, state, digits32, spec=spec, optimizer="sgd", **kw)
+        train(params, state, digits32, spec=spec, optimizer="sgd", **kw)
     with pytest.raises(TypeError, match=f"{fn}: verbose must be a bool, got int"):
-        train_protected(params, state, digits32, spec=spec, **{**kw, "verbose": 1})
+        train(params, state, digits32, spec=spec, **{**kw, "verbose": 1})
     with pytest.raises(TypeError, match=f"{fn}: rng must be a numpy.random.Generator"):
-        train_protected(params, state, digits32, spec=spec, **{**kw, "rng": None})
+        train(params, state, digits32, spec=spec, **{**kw, "rng": None})
     with pytest.raises(TypeError, match=f"{fn}: callback must be callable or None, got int"):
-        train_protected(params, state, digits32, spec=spec, callback=3, **kw)
+        train(params, state, digits32, spec=spec, callback=3, **kw)
     with pytest.raises(ValueError, match=f"{fn}: model must be one of"):
-        train_protected(params, state, digits32, spec=spec, **{**kw, "model": "lenet"})
+        train(params, state, digits32, spec=spec, **{**kw, "model": "lenet"})
 
 
 # ------------------------------------------------------------------------------ checkpoint and resume
@@ -655,8 +672,9 @@ def _ckpt_run(tmp_path, name, *, epochs, resume=False, init_seed=0, config=None,
     from saf_ref.data import load_digits
     from saf_ref.nn.small import init_small_cnn
     from saf_ref.protect import default_spec
+    from saf_ref.train.loop import train
     from saf_ref.train.optim import SGD
-    from saf_ref.train.randbet import RandBETConfig, train_protected
+    from saf_ref.train.randbet import RandBETConfig
 
     d = load_digits()
     data = (d.x_train[:160], d.y_train[:160], d.x_test[:60], d.y_test[:60])
@@ -665,9 +683,9 @@ def _ckpt_run(tmp_path, name, *, epochs, resume=False, init_seed=0, config=None,
     # A curriculum threshold the first epoch's loss passes, so errors switch on mid-run: resuming must
     # restore that latch from the checkpoint.
     config = config or RandBETConfig(p_train=0.02, weight_clip=0.5, curriculum_loss=10.0)
-    return train_protected(params, state, data, model="small_cnn", spec=spec, epochs=epochs, batch_size=32,
-                           optimizer=SGD(0.05, momentum=0.9), config=config, rng=3, verbose=False,
-                           checkpoint=tmp_path / name, resume=resume)  # fmt: skip
+    return train(params, state, data, model="small_cnn", spec=spec, epochs=epochs, batch_size=32,
+                 optimizer=SGD(0.05, momentum=0.9), randbet=config, augment=None, rng=3, verbose=False,
+                 checkpoint=tmp_path / name, resume=resume)  # fmt: skip
 
 
 def _ckpt_bits_equal(a, b):
@@ -692,9 +710,9 @@ def test_resume_refuses_another_spec_or_config(tmp_path):
     from saf_ref.train.randbet import RandBETConfig
 
     _ckpt_run(tmp_path, "ck.npz", epochs=1)
-    with pytest.raises(ValueError, match="train_protected: the checkpoint .* has spec"):
+    with pytest.raises(ValueError, match="train: the checkpoint .* has spec"):
         _ckpt_run(tmp_path, "ck.npz", epochs=2, resume=True, spec=default_spec("float16"))
-    with pytest.raises(ValueError, match="train_protected: the checkpoint .* has config"):
+    with pytest.raises(ValueError, match="train: the checkpoint .* has config"):
         _ckpt_run(tmp_path, "ck.npz", epochs=2, resume=True, config=RandBETConfig(p_train=0.05))
 
 
@@ -702,13 +720,13 @@ def test_resume_needs_a_checkpoint_path():
     from saf_ref.data import load_digits
     from saf_ref.nn.small import init_small_cnn
     from saf_ref.protect import default_spec
-    from saf_ref.train.randbet import train_protected
+    from saf_ref.train.loop import train
 
     d = load_digits()
     params, state = init_small_cnn(in_channels=1, num_classes=10, width=2, rng=0)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint path"):
-        train_protected(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0,
-                        verbose=False, resume=True)  # fmt: skip
+        train(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0, verbose=False,
+              resume=True)  # fmt: skip
     with pytest.raises(TypeError, match="resume must be a bool"):
-        train_protected(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0,
-                        verbose=False, resume=1)  # fmt: skip
+        train(params, state, d, model="small_cnn", spec=default_spec(), epochs=1, rng=0, verbose=False,
+              resume=1)  # fmt: skip

@@ -1,0 +1,119 @@
+"""Same seed, same bits: for any number of BLAS threads (issue: results used to depend on it).
+
+The training runs in subprocesses, because OpenBLAS reads ``OPENBLAS_NUM_THREADS`` once, when NumPy is
+imported. Each subprocess prints a SHA-256 of the trained parameters, running statistics and history
+(timings removed); all must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from saf_ref import determinism
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json
+    import numpy as np
+    from saf_ref.data import load_digits
+    from saf_ref.nn.small import init_small_cnn
+    from saf_ref.protect import default_spec
+    from saf_ref.experiments.demo import quantizer_8bit
+    from saf_ref.train.loop import train
+    from saf_ref.train.optim import SGD
+    from saf_ref.train.randbet import RandBETConfig
+
+    d = load_digits()
+    data = (d.x_train[:256], d.y_train[:256], d.x_test[:128], d.y_test[:128])
+    h = hashlib.sha256()
+    runs = [dict(), dict(transform="tanh"),
+            dict(spec=default_spec(quantizer_8bit()), randbet=RandBETConfig(0.02, weight_clip=0.2))]
+    for kw in runs:
+        params, state = init_small_cnn(in_channels=1, width=8, rng=0)
+        params, state, history = train(params, state, data, model="small_cnn", epochs=2, batch_size=64,
+                                       optimizer=SGD(0.05, momentum=0.9), augment="crop", pad=1, rng=1,
+                                       verbose=False, **kw)
+        for d_ in (params, state):
+            for k in sorted(d_):
+                h.update(k.encode()); h.update(d_[k].tobytes())
+        h.update(json.dumps([{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                             for r in history]).encode())
+    print(h.hexdigest())
+    """
+)
+
+
+def _run_with_threads(threads: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = threads
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.slow
+def test_training_bits_do_not_depend_on_blas_threads():
+    digests = {threads: _run_with_threads(threads) for threads in ("1", "2", None)}
+    assert len(set(digests.values())) == 1, digests
+
+
+def _available_methods() -> list[str]:
+    methods = []
+    try:
+        import threadpoolctl  # noqa: F401
+
+        methods.append("threadpoolctl")
+    except ImportError:
+        pass
+    if determinism._bundled_openblas() is not None:
+        methods.append("openblas")
+    return methods
+
+
+@pytest.mark.parametrize("method", ["threadpoolctl", "openblas"])
+def test_pin_limits_blas_to_one_thread_and_restores(method):
+    if method not in _available_methods():
+        pytest.skip(f"{method} is not available with this NumPy build")
+    get = _openblas_threads_reader()
+    before = get()
+    with determinism.blas_threads_pinned(method):
+        assert get() == 1
+        with determinism.blas_threads_pinned(method):  # nested: still one, and not restored early
+            assert get() == 1
+        assert get() == 1
+    assert get() == before
+
+
+def _openblas_threads_reader():
+    """An independent reader of the BLAS thread count: threadpoolctl's, else OpenBLAS's own getter."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        found = determinism._bundled_openblas()
+        if found is None:
+            pytest.skip("no way to read the BLAS thread count here")
+        return found[0]
+
+    def read() -> int:
+        blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
+        if not blas:
+            pytest.skip("threadpoolctl finds no BLAS library")
+        return blas[0]["num_threads"]
+
+    return read
+
+
+def test_pin_with_no_method_is_a_no_op():
+    with determinism.blas_threads_pinned(None):
+        a = np.ones((4, 4), np.float32) @ np.ones((4, 4), np.float32)
+    assert a[0, 0] == 4
+    assert determinism.pinning_method() in (None, "threadpoolctl", "openblas")
