@@ -76,7 +76,7 @@ class Conv2dGrads(NamedTuple):
     db: np.ndarray | None
 
 
-def _pair(value, name: str, fn: str, *, low: int) -> tuple[int, int]:
+def check_pair(value, name: str, fn: str, *, low: int) -> tuple[int, int]:
     """Turn an int or a pair of ints (each ``>= low``) into ``(height, width)`` values."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -89,13 +89,13 @@ def _pair(value, name: str, fn: str, *, low: int) -> tuple[int, int]:
     return (v, v)
 
 
-def _check_nonempty(x: np.ndarray, name: str, fn: str) -> None:
+def check_nonempty(x: np.ndarray, name: str, fn: str) -> None:
     """Require every dimension of ``x`` to be at least 1."""
     for axis, size in enumerate(x.shape):
         validation.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
 
 
-def _output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+def output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     """Output length along one axis: ``floor((size + 2*pad - kernel) / stride) + 1`` (PyTorch's rule)."""
     return (size + 2 * pad - kernel) // stride + 1
 
@@ -111,7 +111,7 @@ def _check_fits(fn: str, x_shape, kernel: tuple[int, int], padding: tuple[int, i
             )
 
 
-def _pad(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> np.ndarray:
+def pad_spatial(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> np.ndarray:
     """Pad the two spatial axes of an NCHW array with ``value``; return ``x`` itself when no padding."""
     ph, pw = padding
     if ph == 0 and pw == 0:
@@ -207,20 +207,20 @@ def conv2d_forward(
     validation.check_same_dtype(fn, x=x, w=w, b=b)
     validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     validation.check_ndim(w, "w", fn, 4, "(O, C, kh, kw)")
-    _check_nonempty(x, "x", fn)
-    _check_nonempty(w, "w", fn)
+    check_nonempty(x, "x", fn)
+    check_nonempty(w, "w", fn)
     validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input channels")
     if b is not None:
         validation.check_shape(b, "b", fn, (w.shape[0],))
-    stride = _pair(stride, "stride", fn, low=1)
-    padding = _pair(padding, "padding", fn, low=0)
+    stride = check_pair(stride, "stride", fn, low=1)
+    padding = check_pair(padding, "padding", fn, low=0)
     kernel = (w.shape[2], w.shape[3])
     _check_fits(fn, x.shape, kernel, padding)
 
     n, o = x.shape[0], w.shape[0]
-    ho = _output_size(x.shape[2], kernel[0], stride[0], padding[0])
-    wo = _output_size(x.shape[3], kernel[1], stride[1], padding[1])
-    x_padded = _pad(x, padding)
+    ho = output_size(x.shape[2], kernel[0], stride[0], padding[0])
+    wo = output_size(x.shape[3], kernel[1], stride[1], padding[1])
+    x_padded = pad_spatial(x, padding)
     cols = _im2col(x_padded, kernel, stride)  # (C*kh*kw, N*Ho*Wo)
     y = w.reshape(o, -1) @ cols  # (O, N*Ho*Wo): one matrix product does all the work
     if b is not None:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from saf_ref import validation
-from saf_ref.nn.conv import _check_nonempty, _output_size, _pad, _pair
+from saf_ref.nn.conv import check_nonempty, check_pair, output_size, pad_spatial
 
 __all__ = [
     "GlobalAvgPoolCache",
@@ -112,10 +112,10 @@ def maxpool2d_forward(
     fn = "maxpool2d"
     validation.check_float(x, "x", fn)
     validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
-    _check_nonempty(x, "x", fn)
-    kernel = _pair(kernel_size, "kernel_size", fn, low=1)
-    stride = _pair(stride, "stride", fn, low=1)
-    padding = _pair(padding, "padding", fn, low=0)
+    check_nonempty(x, "x", fn)
+    kernel = check_pair(kernel_size, "kernel_size", fn, low=1)
+    stride = check_pair(stride, "stride", fn, low=1)
+    padding = check_pair(padding, "padding", fn, low=0)
     for axis in (0, 1):
         if padding[axis] > kernel[axis] // 2:
             raise ValueError(
@@ -129,9 +129,9 @@ def maxpool2d_forward(
             f"kernel size (={kernel[0]}x{kernel[1]})"
         )
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
+    ho, wo = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
 
-    xp = _pad(x, padding, value=-np.inf)
+    xp = pad_spatial(x, padding, value=-np.inf)
     # The first in-bounds kernel offset of each window (PyTorch's starting index): row i0 = max(0, ph -
     # p*sh), column j0 = max(0, pw - q*sw). Padding cells are -inf and can never win a strict comparison.
     i0 = np.maximum(0, ph - sh * np.arange(ho))[:, None]
@@ -217,7 +217,7 @@ def global_avgpool_forward(x: np.ndarray) -> tuple[np.ndarray, GlobalAvgPoolCach
     fn = "global_avgpool"
     validation.check_float(x, "x", fn)
     validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
-    _check_nonempty(x, "x", fn)
+    check_nonempty(x, "x", fn)
     return x.mean(axis=(2, 3)), GlobalAvgPoolCache(tuple(x.shape), x.dtype)
 
 
