@@ -53,6 +53,15 @@ rng = np.random.default_rng(0)
 EPS64 = np.finfo(np.float64).eps
 
 
+def check(test, answer, solution):
+    """Exercises: run ``test`` on your answer; while the TODO cell still says ``None``, on the solution."""
+    if answer is None:
+        print("(no answer in the TODO cell yet: checking the worked solution instead)")
+        answer = solution
+    test(answer)
+    print("correct")
+
+
 def print_table(headers, rows):
     """Print rows as an aligned text table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
@@ -463,7 +472,7 @@ losses = []
 for _ in range(20):
     logits, s32, net_cache = resnet_forward(p32, s32, xb, arch="resnet20", train=True)
     loss, loss_cache = cross_entropy_forward(logits, yb)
-    net_grads = resnet_backward(cross_entropy_backward(1.0, loss_cache).dlogits, net_cache)
+    net_grads = resnet_backward(cross_entropy_backward(1.0, loss_cache).dlogits, net_cache).params
     p32, opt_state = sgd_step(p32, net_grads, opt_state, opt)
     losses.append(float(loss))
 print(f"{len(p32)} parameter tensors, {sum(v.size for v in p32.values())} weights")
@@ -473,54 +482,103 @@ assert losses[-1] < 0.5 * losses[0] and all(v.dtype == np.float32 for v in p32.v
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has a **TODO** cell for your answer, a folded **solution** cell (click the `...` to
+# unfold it; try first), and a **check** cell that tests your answer against an independent computation.
+# While a TODO still says `None`, the check tests the worked solution, so the notebook always runs
+# from top to bottom.
+#
 # **Exercise 1.** What output sizes do a 3 x 3 convolution with stride 2 produce on an 8 x 8 input with
-# padding 1, and with padding 0? Predict with the formula, then check.
+# padding 1, and with padding 0? Predict with the formula.
 
 # %%
+# TODO: (size with padding 1, size with padding 0), for example answer_1 = (8, 6)
+answer_1 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. floor((8 + 2*1 - 3) / 2) + 1 = 3 + 1 = 4 and floor((8 - 3) / 2) + 1 = 2 + 1 = 3: with no
 # padding the last column and row of the input are never the centre of a window and are simply dropped.
-for pad, expected in ((1, 4), (0, 3)):
-    out, _ = conv2d_forward(x, w1, stride=2, padding=pad)
-    print(f"padding {pad}: {out.shape[2:]}")
-    assert out.shape[2:] == (expected, expected) == ((8 + 2 * pad - 3) // 2 + 1,) * 2
+solution_1 = ((8 + 2 * 1 - 3) // 2 + 1, (8 + 2 * 0 - 3) // 2 + 1)
+print(solution_1)
+
+
+# %%
+def test_1(sizes):
+    for pad, size in zip((1, 0), sizes, strict=True):
+        out = conv2d_naive(x[:1], w1, stride=2, padding=pad)  # the literal loops of the formula
+        assert out.shape[2:] == (size, size), f"padding {pad}: the output is {out.shape[2:]}, not {size}"
+
+
+check(test_1, answer_1, solution_1)
 
 # %% [markdown]
 # **Exercise 2.** In evaluation mode batch norm is a fixed affine map per channel, so it can be *folded*
-# into the convolution before it. Find $w'$ and $b'$ with
-# $\mathrm{conv}(x, w', b') = \mathrm{BN}_{\text{eval}}(\mathrm{conv}(x, w))$ and check it.
+# into the convolution before it. Write `fold` returning $w'$ and $b'$ with
+# $\mathrm{conv}(x, w', b') = \mathrm{BN}_{\text{eval}}(\mathrm{conv}(x, w))$.
 
 # %%
+def my_fold(w, gamma, beta, mu_r, var_r, eps):
+    raise NotImplementedError("TODO: return (w_folded, b_folded)")
+
+
+# TODO: once my_fold is written, set answer_2 = my_fold
+answer_2 = None
+
+
+# %% jupyter={"source_hidden": true}
 # Solution. BN_eval(z) = gamma (z - mu_r) / sqrt(var_r + eps) + beta. With s = gamma / sqrt(var_r + eps)
 # per output channel: w' = s * w (scale each filter), b' = beta - s * mu_r.
-mu_r, var_r = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
-s_fold = gamma_bn / np.sqrt(var_r + eps)
-w_fold = w1 * s_fold[:, None, None, None]
-b_fold = beta_bn - s_fold * mu_r
-z, _ = conv2d_forward(x, w1, padding=1)
-bn_eval, _, _, _ = batchnorm2d_forward(z, gamma_bn, beta_bn, mu_r, var_r, train=False)
-folded, _ = conv2d_forward(x, w_fold, b_fold, padding=1)
-print(f"largest difference {np.abs(folded - bn_eval).max():.1e}")
-assert np.allclose(folded, bn_eval, rtol=1e-12, atol=1e-12)
+def fold(w, gamma, beta, mu_r, var_r, eps):
+    s_fold = gamma / np.sqrt(var_r + eps)
+    return w * s_fold[:, None, None, None], beta - s_fold * mu_r
+
+
+solution_2 = fold
+
+
+# %%
+def test_2(fold_fn):
+    mu_r, var_r = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    w_fold, b_fold = fold_fn(w1, gamma_bn, beta_bn, mu_r, var_r, eps)
+    z = conv2d_naive(x[:4], w1, None, stride=1, padding=1)  # the reference: loops and math.fsum
+    bn_eval, _, _ = batchnorm2d_naive(z, gamma_bn, beta_bn, mu_r, var_r, train=False)
+    folded = conv2d_naive(x[:4], w_fold, b_fold, stride=1, padding=1)
+    print(f"largest difference {np.abs(folded - bn_eval).max():.1e}")
+    assert np.allclose(folded, bn_eval, rtol=1e-12, atol=1e-12)
+
+
+check(test_2, answer_2, solution_2)
 
 # %% [markdown]
 # **Exercise 3.** Set $\gamma = 0$ in the *second* batch norm of a block without downsample
 # (`layer1.0`). What does the block compute, and what is its input gradient? (This "zero-init residual"
-# trick makes very deep ResNets start as shallow ones.)
+# trick makes very deep ResNets start as shallow ones.) Answer with two functions: $y(x)$ and
+# $dx(x, dy)$.
 
 # %%
+# TODO: (lambda x: <the block's output>, lambda x, dy: <its input gradient>)
+answer_3 = None
+
+# %% jupyter={"source_hidden": true}
 # Solution. bn2 then outputs beta2 = 0 (its initial value), so y = relu(0 + x) = x, because the block's
 # input is itself the output of a ReLU (non-negative). The gradient passes through the shortcut
-# unchanged, masked by the final ReLU: dx = dy * [x > 0]. The residual branch receives gradient for its
-# bn2 parameters only: bn2's gamma = 0 blocks everything before it.
-zero_params = {**params, "layer1.0.bn2.weight": np.zeros(4)}
-y0, _, cache0 = basic_block_forward(block_in, zero_params, state, "layer1.0.", stride=1, train=True)
-g0 = rng.standard_normal(y0.shape)
-dx0, grads0 = basic_block_backward(g0, cache0)
-assert np.array_equal(y0, block_in)
-assert np.allclose(dx0, g0 * (block_in > 0), rtol=0, atol=1e-15)
-assert np.all(grads0["layer1.0.conv1.weight"] == 0) and np.any(grads0["layer1.0.bn2.weight"] != 0)
-print("y == x, dx == dy * [x > 0], conv1 gets no gradient; bn2.weight does:",
-      np.round(grads0["layer1.0.bn2.weight"], 3))
+# unchanged, masked by the final ReLU: dx = dy * [x > 0]. (The residual branch receives gradient for its
+# bn2 parameters only: bn2's gamma = 0 blocks everything before it.)
+solution_3 = (lambda x_: x_, lambda x_, dy: dy * (x_ > 0))
+
+
+# %%
+def test_3(answer):
+    y_of, dx_of = answer
+    zero_params = {**params, "layer1.0.bn2.weight": np.zeros(4)}
+    y0, _, cache0 = basic_block_forward(block_in, zero_params, state, "layer1.0.", stride=1, train=True)
+    g0 = rng.standard_normal(y0.shape)
+    dx0, grads0 = basic_block_backward(g0, cache0)
+    assert np.array_equal(y_of(block_in), y0), "the block's output differs"
+    assert np.allclose(dx_of(block_in, g0), dx0, rtol=0, atol=1e-15), "the input gradient differs"
+    assert np.all(grads0["layer1.0.conv1.weight"] == 0) and np.any(grads0["layer1.0.bn2.weight"] != 0)
+
+
+check(test_3, answer_3, solution_3)
 
 # %% [markdown]
 # ## Summary
