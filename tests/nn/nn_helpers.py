@@ -5,6 +5,9 @@ Imported by the test modules of this folder (pytest puts the folder on ``sys.pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import numpy as np
 
 #: Float64 forward results must match the naive loops to this normwise relative error.
@@ -78,6 +81,75 @@ def assert_model_gradients(loss, params, x, grads, dx, rng, *, per_tensor, h=1e-
             )
             checked += 1
     return checked
+
+
+class WeightMap(NamedTuple):
+    """How latents ``u`` become the weights a model computes with, and the chain rule back.
+
+    ``forward(latents) -> (weights, ctx)``; ``backward(weight_grads, ctx) -> latent_grads``. Models in
+    :mod:`saf_ref.nn` compute with the weights they are given; a transform ``w = f(u)`` is applied
+    before them (by :mod:`saf_ref.protect`, or by a test), and its gradient after their backward pass.
+    """
+
+    forward: Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], Any]]
+    backward: Callable[[dict[str, np.ndarray], Any], dict[str, np.ndarray]]
+
+
+#: ``w = u``: the model computes with the latents themselves.
+IDENTITY_MAP = WeightMap(lambda u: (dict(u), None), lambda g, _ctx: g)
+
+
+def protect_map(transform: Any, dtype: Any = np.float64) -> WeightMap:
+    """The storage pipeline of :mod:`saf_ref.protect` with ``f = transform`` on conv/linear weights.
+
+    Everything is stored in ``dtype`` (encode/decode exact), so the weights are ``f(u)`` for the tensors
+    of role ``"weight"`` and ``u`` for the rest: ``effective_weights`` forward, and
+    ``effective_weights_backward`` (``du = f'(u) * dw``) back.
+    """
+    from saf_ref.protect import default_spec, effective_weights, effective_weights_backward
+
+    spec = default_spec(np.dtype(dtype).name, transform)
+    return WeightMap(lambda u: effective_weights(u, spec), effective_weights_backward)
+
+
+def assert_latent_gradients(
+    forward,
+    backward,
+    latents,
+    x,
+    r,
+    rng,
+    *,
+    weights: WeightMap = IDENTITY_MAP,
+    per_tensor,
+    h=1e-6,
+    what="model",
+) -> int:
+    """Central differences of ``L(u, x) = sum(forward(weights(u), x)[0] * r)`` against the chain rule.
+
+    The analytic gradient is the composition under test: ``weights.forward`` (latents to weights), the
+    model's ``forward(w, x)`` and ``backward(r, cache)`` (a :class:`saf_ref.nn.blocks.ModelGrads`), then
+    ``weights.backward`` (weight gradients to latent gradients); the input gradient is
+    ``ModelGrads.x``. Checked with :func:`assert_model_gradients` (same coordinates and tolerance).
+    Returns the number of coordinates checked.
+
+    The weight map is elementwise per tensor, so a perturbed latent tensor is mapped on its own and the
+    other tensors' weights are reused (this saves running the pipeline on every tensor at every point).
+    """
+    base, ctx = weights.forward(latents)
+
+    def loss(u, xx):
+        changed = {k: v for k, v in u.items() if v is not latents[k]}
+        w = {**base, **weights.forward(changed)[0]} if changed else base
+        return float(np.sum(np.asarray(forward(w, xx)[0], np.float64) * r))
+
+    _, _, cache = forward(base, x)
+    model_grads = backward(r, cache)
+    grads = weights.backward(model_grads.params, ctx)
+    assert list(grads) == list(latents), what
+    return assert_model_gradients(
+        loss, latents, x, grads, model_grads.x, rng, per_tensor=per_tensor, h=h, what=what
+    )
 
 
 def float32_and_64(rng: np.random.Generator, *shapes, scale: float = 1.0):

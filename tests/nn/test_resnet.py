@@ -4,14 +4,20 @@ The gradient checks are independent of the code under test: the loss is a fixed 
 of the logits, ``L = sum(logits * R)``, so ``dL/dlogits = R`` exactly, and every analytic gradient
 (parameters, latents through each weight transform, the input) is compared with a float64 central
 difference ``(L(p + h e_i) - L(p - h e_i)) / 2h`` at random coordinates of every tensor.
+
+The models compute with the weights they are given; a weight transform ``w = f(u)`` is applied before
+them by :func:`saf_ref.protect.effective_weights` and its chain rule after them by
+:func:`saf_ref.protect.effective_weights_backward`, so the latent gradients are checked through that
+composition (``nn_helpers.assert_latent_gradients``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from nn_helpers import assert_model_gradients
+from nn_helpers import IDENTITY_MAP, WeightMap, assert_latent_gradients, protect_map
 
+from saf_ref.nn.blocks import ModelGrads
 from saf_ref.nn.resnet import (
     ARCHS,
     BasicBlockCache,
@@ -19,11 +25,12 @@ from saf_ref.nn.resnet import (
     basic_block_backward,
     basic_block_forward,
     init_resnet,
-    is_transformed_weight,
     resnet_backward,
     resnet_forward,
     resnet_shapes,
 )
+from saf_ref.nn.small import mlp_shapes, small_cnn_shapes
+from saf_ref.protect import default_spec, effective_weights, effective_weights_backward, param_role
 
 TRANSFORMS = ["identity", "tanh", "arctan", "softsign", "hardtanh"]
 
@@ -54,17 +61,22 @@ def _random_bn(params, rng):
     return out
 
 
-def _calibrated_state(params, state, x, transform, rng, arch="resnet20"):
+def _calibrated_state(weights, state, x, rng, arch="resnet20"):
     """Running statistics close to (but not equal to) the batch statistics of ``x``.
 
     Eval-mode batch norm does not renormalize, so with arbitrary running statistics the activations of a
     20-layer network grow geometrically and the loss becomes too large for float64 central differences.
-    30 train-mode passes bring the running statistics within ~4% of the batch's; a random factor keeps
-    eval mode distinct from train mode.
+    30 train-mode passes (with the weights the network computes with) bring the running statistics
+    within ~4% of the batch's; a random factor keeps eval mode distinct from train mode.
     """
     for _ in range(30):
-        _, state, _ = resnet_forward(params, state, x, arch=arch, train=True, transform=transform)
+        _, state, _ = resnet_forward(weights, state, x, arch=arch, train=True)
     return {k: v * rng.uniform(0.8, 1.2, v.shape) for k, v in state.items()}
+
+
+def _conv_and_linear_weights(shapes):
+    """The conv/linear weights of a model, by an independent rule: ``*.weight`` of rank 4 or 2."""
+    return {k for k, s in shapes.items() if k.endswith(".weight") and len(s) in (2, 4)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,13 +149,38 @@ def test_init_deterministic_and_dtype():
     assert not np.array_equal(a["conv1.weight"], c["conv1.weight"])
 
 
-def test_is_transformed_weight():
-    params, _ = _tiny()
-    chosen = {k for k, v in params.items() if is_transformed_weight(k, v)}
-    assert chosen == {
-        k for k in params if k.endswith(".weight") and "bn" not in k and "downsample.1" not in k
-    }
-    assert "fc.weight" in chosen and "fc.bias" not in chosen and "bn1.weight" not in chosen
+def _all_model_shapes():
+    """Parameter shapes of every architecture (the ResNets at their own and at a reduced width)."""
+    out = {arch: resnet_shapes(arch)[0] for arch in ARCHS}
+    out["resnet20 width 2"] = resnet_shapes("resnet20", width=2, num_classes=3)[0]
+    out["small_cnn"] = small_cnn_shapes(in_channels=1, num_classes=10, width=8)[0]
+    out["mlp"] = mlp_shapes(64, hidden=(32, 16), num_classes=10)
+    return out
+
+
+@pytest.mark.parametrize("model", list(_all_model_shapes()))
+def test_param_role_picks_exactly_the_conv_and_linear_weights(model):
+    """``param_role == "weight"`` (the tensors a weight transform applies to) is exactly the conv and
+    linear weights: not the batch-norm gammas (also ``*.weight``), not any bias."""
+    shapes = _all_model_shapes()[model]
+    chosen = {k for k in shapes if param_role(k, shapes) == "weight"}
+    assert chosen == _conv_and_linear_weights(shapes)
+    if model.startswith("resnet"):
+        # By name: every weight that is not a batch norm's (bn*, downsample.1).
+        assert chosen == {
+            k for k in shapes if k.endswith(".weight") and "bn" not in k and "downsample.1" not in k
+        }
+        assert "fc.weight" in chosen and "fc.bias" not in chosen and "bn1.weight" not in chosen
+        n_convs = {"resnet20": 21, "resnet18_cifar": 20, "resnet18": 20}[model.split()[0]]
+        assert len(chosen) == n_convs + 1  # + fc
+    elif model == "small_cnn":
+        assert chosen == {"conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"}
+    else:
+        assert chosen == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    # The rest are biases (fc*.bias) and batch-norm parameters, never transformed.
+    others = {param_role(k, shapes) for k in shapes if k not in chosen}
+    assert others <= {"bias", "bn"}
+    assert all(param_role(k, shapes) == "bias" for k in shapes if k.startswith("fc") and k.endswith("bias"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,8 +204,11 @@ def test_forward_shapes_dtype_and_state(arch):
     for k in state:
         np.testing.assert_array_equal(eval_state[k], new_state[k])
     grads = resnet_backward(np.ones_like(logits), cache)
-    assert list(grads) == list(params)
-    assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
+    assert isinstance(grads, ModelGrads) and list(grads.params) == list(params)
+    assert all(
+        grads.params[k].shape == params[k].shape and grads.params[k].dtype == np.float32 for k in params
+    )
+    assert grads.x.shape == x.shape and grads.x.dtype == np.float32
 
 
 def test_input_gradient_shape():
@@ -176,9 +216,9 @@ def test_input_gradient_shape():
         params, state = _tiny(arch)
         x = np.zeros((2, 3, 32, 32))
         _, _, cache = resnet_forward(params, state, x, arch=arch, train=False)
-        grads, dx = resnet_backward(np.ones((2, 3)), cache, return_input_grad=True)
-        assert dx.shape == x.shape and dx.dtype == x.dtype
-        assert list(grads) == list(params)
+        grads = resnet_backward(np.ones((2, 3)), cache)
+        assert grads.x.shape == x.shape and grads.x.dtype == x.dtype
+        assert list(grads.params) == list(params)
 
 
 def test_no_mutation_and_repeatable():
@@ -189,12 +229,17 @@ def test_no_mutation_and_repeatable():
     dl = rng.standard_normal((2, 3)).astype(np.float32)
     copies = ({k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in state.items()}, x.copy())
     dl_copy = dl.copy()
-    from saf_ref.protect.transforms import get_transform
+    spec = default_spec("float32", "tanh")
 
-    out1 = resnet_forward(params, state, x, arch="resnet20", train=True, transform=get_transform("tanh"))
-    g1 = resnet_backward(dl, out1[2])
-    out2 = resnet_forward(params, state, x, arch="resnet20", train=True, transform=get_transform("tanh"))
-    g2 = resnet_backward(dl, out2[2])
+    def run():  # latents -> tanh weights -> model -> latent gradients
+        weights, wcache = effective_weights(params, spec)
+        out = resnet_forward(weights, state, x, arch="resnet20", train=True)
+        grads = resnet_backward(dl, out[2])
+        return out, effective_weights_backward(grads.params, wcache), grads.x
+
+    out1, g1, dx1 = run()
+    out2, g2, dx2 = run()
+    assert dx1.tobytes() == dx2.tobytes()
     for k in params:
         np.testing.assert_array_equal(params[k], copies[0][k])
         assert g1[k].tobytes() == g2[k].tobytes()
@@ -207,15 +252,16 @@ def test_no_mutation_and_repeatable():
 
 def test_transform_is_applied_to_conv_and_linear_weights_only():
     """With a transform, the output equals the plain model run on explicitly transformed weights."""
-    from saf_ref.protect.transforms import get_transform
-
     rng = np.random.default_rng(2)
     params, state = _tiny()
     params = _random_bn(params, rng)
     x = rng.standard_normal((2, 3, 8, 8))
-    t = get_transform("arctan")
     explicit = {k: (np.arctan(v) if (v.ndim in (2, 4)) else v) for k, v in params.items()}
-    y1, _, _ = resnet_forward(params, state, x, arch="resnet20", train=True, transform=t)
+    weights, _ = effective_weights(params, default_spec("float64", "arctan"))
+    for k, v in params.items():  # the raw tensors pass through unchanged
+        if v.ndim not in (2, 4):
+            assert weights[k].tobytes() == v.tobytes(), k
+    y1, _, _ = resnet_forward(weights, state, x, arch="resnet20", train=True)
     y2, _, _ = resnet_forward(explicit, state, x, arch="resnet20", train=True)
     np.testing.assert_allclose(y1, y2, rtol=1e-13, atol=1e-13)
 
@@ -237,91 +283,90 @@ def test_basic_block_pair_shapes():
 # --------------------------------------------------------------------------------------------------
 
 
-class _Cube:
-    """A user-defined transform (duck-typed, not from saf_ref.protect): w = u^3 / 3."""
-
-    def forward(self, u):
-        return u**3 / 3
-
-    def vjp(self, u, dw):
-        return u**2 * dw
+def _on_weights(params, fn):
+    """``fn`` applied to the conv/linear weights (``param_role == "weight"``), the rest unchanged."""
+    shapes = {k: v.shape for k, v in params.items()}
+    return {k: (fn(v) if param_role(k, shapes) == "weight" else v) for k, v in params.items()}
 
 
-def _gradcheck(arch, params, state, x, *, train, transform, coords_per_tensor, rng, h=1e-6):
+def _cube_forward(u):
+    return _on_weights(u, lambda v: v**3 / 3), u
+
+
+def _cube_backward(grads, u):
+    shapes = {k: v.shape for k, v in u.items()}
+    return {k: (u[k] ** 2 * g if param_role(k, shapes) == "weight" else g) for k, g in grads.items()}
+
+
+#: A user-defined transform composed by hand (not from saf_ref.protect): w = u^3 / 3, du = u^2 dw.
+_CUBE = WeightMap(_cube_forward, _cube_backward)
+
+
+def _gradcheck(arch, params, state, x, *, train, weights, coords_per_tensor, rng, what, h=1e-6):
     r = rng.standard_normal((x.shape[0], params["fc.weight"].shape[0]))
 
-    def loss(p, xx):
-        logits, _, _ = resnet_forward(p, state, xx, arch=arch, train=train, transform=transform)
-        return float(np.sum(logits * r))
+    def forward(w, xx):
+        return resnet_forward(w, state, xx, arch=arch, train=train)
 
-    _, _, cache = resnet_forward(params, state, x, arch=arch, train=train, transform=transform)
-    grads, dx = resnet_backward(r, cache, return_input_grad=True)
-    what = f"{arch} train={train} transform={transform}"
-    return assert_model_gradients(
-        loss, params, x, grads, dx, rng, per_tensor=coords_per_tensor, h=h, what=what
-    )
+    return assert_latent_gradients(
+        forward, resnet_backward, params, x, r, rng, weights=weights, per_tensor=coords_per_tensor, h=h,
+        what=f"{arch} train={train} transform={what}",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("transform_name", [None, *TRANSFORMS, "cube"])
 @pytest.mark.parametrize("train", [True, False])
 def test_resnet20_gradients_finite_differences(transform_name, train):
-    from saf_ref.protect.transforms import get_transform
-
     rng = np.random.default_rng(
         10 + 2 * TRANSFORMS.index(transform_name) if transform_name in TRANSFORMS else 7
     )
     params, state = _tiny("resnet20")
     params = _random_bn(params, rng)
     x = rng.standard_normal((2, 3, 8, 8))
-    if transform_name is None:
-        transform = None
+    if transform_name is None:  # no transform: the model computes with the latents themselves
+        weights = IDENTITY_MAP
     elif transform_name == "cube":
-        transform = _Cube()
-    else:
-        transform = get_transform(transform_name)
+        weights = _CUBE
+    else:  # latents -> effective_weights -> model -> effective_weights_backward
+        weights = protect_map(transform_name)
         # Latents of size ~1-2: the saturating transforms are far from linear, and hardtanh clips some.
-        params = {k: (2.5 * v if is_transformed_weight(k, v) else v) for k, v in params.items()}
+        params = _on_weights(params, lambda v: 2.5 * v)
     if not train:
-        state = _calibrated_state(params, state, x, transform, rng)
+        state = _calibrated_state(weights.forward(params)[0], state, x, rng)
     n = _gradcheck(
-        "resnet20", params, state, x, train=train, transform=transform, coords_per_tensor=2, rng=rng
-    )
+        "resnet20", params, state, x, train=train, weights=weights, coords_per_tensor=2, rng=rng,
+        what=transform_name,
+    )  # fmt: skip
     assert n == 2 * (len(params) + 1)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet18_cifar"])
 def test_resnet18_gradients_finite_differences(arch):
     """The ResNet-18 layouts (ImageNet stem with max pooling; CIFAR stem), narrow, train mode, tanh."""
-    from saf_ref.protect.transforms import get_transform
-
     rng = np.random.default_rng(3)
     params, state = _tiny(arch, width=2)
     params = _random_bn(params, rng)
     x = rng.standard_normal((2, 3, 16 if arch == "resnet18" else 8, 16 if arch == "resnet18" else 8))
     # resnet18 at 16x16: 8x8 after the stem, 4x4 after max pooling, 1x1 in layer4 (2 values per channel).
     _gradcheck(
-        arch, params, state, x, train=True, transform=get_transform("tanh"), coords_per_tensor=1, rng=rng
-    )
+        arch, params, state, x, train=True, weights=protect_map("tanh"), coords_per_tensor=1, rng=rng,
+        what="tanh",
+    )  # fmt: skip
 
 
 def test_fd_detects_a_wrong_gradient():
-    """The check itself can fail: a transform with a wrong derivative is caught."""
-
-    class _WrongTanh:
-        def forward(self, u):
-            return np.tanh(u)
-
-        def vjp(self, u, dw):
-            return dw  # missing the factor 1 - tanh(u)^2
-
+    """The check itself can fail: a latent gradient without the transform's derivative is caught."""
+    tanh = protect_map("tanh")
+    wrong_tanh = WeightMap(tanh.forward, lambda grads, _cache: grads)  # missing the factor 1 - tanh(u)^2
     rng = np.random.default_rng(0)
     params, state = _tiny()
-    params = {k: (2.5 * v if is_transformed_weight(k, v) else v) for k, v in params.items()}
+    params = _on_weights(params, lambda v: 2.5 * v)
     x = rng.standard_normal((2, 3, 8, 8))
     with pytest.raises(AssertionError, match="central difference"):
         _gradcheck(
-            "resnet20", params, state, x, train=True, transform=_WrongTanh(), coords_per_tensor=2, rng=rng
-        )
+            "resnet20", params, state, x, train=True, weights=wrong_tanh, coords_per_tensor=2, rng=rng,
+            what="wrong tanh",
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,9 +399,8 @@ def test_validation_forward():
         f(params, state, x, arch="vgg", train=True)
     with pytest.raises(TypeError, match="resnet_forward: train must be a bool, got int"):
         f(params, state, x, arch="resnet20", train=1)
-    with pytest.raises(
-        TypeError, match=r"resnet_forward: transform must be None or an object with \.forward"
-    ):
+    # Models compute with the weights they are given: no transform= (saf_ref.protect.effective_weights).
+    with pytest.raises(TypeError, match="unexpected keyword argument 'transform'"):
         f(params, state, x, arch="resnet20", train=True, transform="tanh")
     with pytest.raises(TypeError, match="resnet_forward: x must have dtype in"):
         f(params, state, x.astype(np.float16), arch="resnet20", train=True)
