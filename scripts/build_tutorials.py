@@ -118,9 +118,39 @@ def script_to_notebook(path: Path):
     return nb
 
 
-def cell_sources(nb) -> list[tuple[str, str]]:
-    """``(cell_type, source)`` of every cell: what must agree between a notebook and its script."""
-    return [(cell.cell_type, cell.source) for cell in nb.cells]
+# Cell metadata the script defines and the notebook must keep: a README figure's name, and the
+# ``jupyter.source_hidden`` flag that folds an exercise's solution away.
+SYNCED_METADATA = ("figure", "jupyter")
+
+
+def cell_sources(nb) -> list[tuple[str, str, dict]]:
+    """``(cell_type, source, metadata)`` of every cell: what must agree between a notebook and its script
+    (``metadata`` restricted to :data:`SYNCED_METADATA`)."""
+    return [
+        (cell.cell_type, cell.source, {k: cell.metadata[k] for k in SYNCED_METADATA if k in cell.metadata})
+        for cell in nb.cells
+    ]
+
+
+def exercise_problems(nb) -> list[str]:
+    """What is wrong with the exercises of ``nb``: one line each; empty when every exercise is real.
+
+    An exercise is a code cell with a ``TODO`` for the learner, later a solution folded away (a code cell
+    with metadata ``jupyter.source_hidden``), then a check cell that calls ``check(...)``. A tutorial needs
+    at least one; every folded solution must sit between a TODO and a check.
+    """
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    hidden = [k for k, (_, c) in enumerate(code) if c.metadata.get("jupyter", {}).get("source_hidden")]
+    if not hidden:
+        return ["no exercise (a TODO cell, a solution cell with jupyter.source_hidden, a check cell)"]
+    problems = []
+    for k in hidden:
+        index = code[k][0]
+        if k == 0 or "TODO" not in code[k - 1][1].source:
+            problems.append(f"cell {index}: a folded solution must follow a code cell with a TODO")
+        if k + 1 == len(code) or "check(" not in code[k + 1][1].source:
+            problems.append(f"cell {index}: a folded solution must be followed by a check(...) cell")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -43,14 +43,28 @@ def test_tutorials_exist():
     assert len(SOURCES) >= 3, f"expected the tutorial scripts in {build.TUTORIALS}, found {SOURCES}"
 
 
+def _files_under(directory: Path) -> set[Path]:
+    return {p.relative_to(directory) for p in directory.rglob("*")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
 def test_tutorial_executes(source):
+    before = _files_under(source.parent)
     nb = build.script_to_notebook(source)
     build.execute_notebook(nb, cwd=source.parent, timeout=NOTEBOOK_TIMEOUT)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.execution_count is not None for c in code)
     build.figure_outputs(nb)  # every cell that names a README figure drew one
+    # a tutorial writes no files (hypothesis's cache in tutorials/.hypothesis was one)
+    written = sorted(str(p) for p in _files_under(source.parent) - before)
+    assert not written, f"{source.name} wrote {written}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_tutorial_has_real_exercises(source):
+    problems = build.exercise_problems(build.script_to_notebook(source))
+    assert not problems, f"{source.name}: " + "; ".join(problems)
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
@@ -113,6 +127,42 @@ def test_check_reports_cell_mismatch_without_a_kernel(tmp_path):
     source.write_text(GOOD + "\n# %%\nprint('one more cell')\n")
     problems = build.check(source, figures_dir=tmp_path)
     assert len(problems) == 1 and "out of sync" in problems[0] and "cell 3" in problems[0]
+
+
+def test_check_reports_a_solution_unfolded_in_the_notebook(tmp_path):
+    # the folding of a solution is cell metadata: a notebook that lost it is out of sync
+    folded = GOOD.replace("# %%\nimport numpy", '# %% jupyter={"source_hidden": true}\nimport numpy')
+    source = _script(tmp_path, folded)
+    build.build(source, execute=False, figures_dir=tmp_path)
+    assert build.check(source, figures_dir=tmp_path) == []
+    source.write_text(GOOD)
+    problems = build.check(source, figures_dir=tmp_path)
+    assert len(problems) == 1 and "out of sync" in problems[0] and "cell 1" in problems[0]
+
+
+EXERCISE = """# %%
+answer = None  # TODO
+
+# %% jupyter={"source_hidden": true}
+solution = 1
+
+# %%
+check(test, answer, solution)
+"""
+
+
+def test_exercise_problems_finds_fake_exercises(tmp_path):
+    def problems(body):
+        return build.exercise_problems(build.script_to_notebook(_script(tmp_path, body)))
+
+    assert problems(GOOD + EXERCISE) == []
+    assert len(problems(GOOD)) == 1 and problems(GOOD)[0].startswith("no exercise")
+    no_todo = problems(GOOD + EXERCISE.replace("  # TODO", ""))
+    assert len(no_todo) == 1 and "must follow a code cell with a TODO" in no_todo[0]
+    no_check = problems(GOOD + EXERCISE.replace("check(test, answer, solution)", "print(answer)"))
+    assert len(no_check) == 1 and "followed by a check(...) cell" in no_check[0]
+    last = problems(GOOD + EXERCISE.rsplit("# %%", 1)[0])
+    assert len(last) == 1 and "followed by a check(...) cell" in last[0]
 
 
 @pytest.mark.slow

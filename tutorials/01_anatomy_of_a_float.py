@@ -478,7 +478,8 @@ solution_1 = 0.0
 def test_1(value):
     # the reference: NumPy's own float32 bit pattern, XOR, and NumPy's decoding
     truth = float((np.float32(2.0).view(np.uint32) ^ np.uint32(1 << 30)).view(np.float32))
-    assert value == truth and math.copysign(1, value) == math.copysign(1, truth), f"{value!r} is not {truth!r}"
+    same_sign = math.copysign(1, value) == math.copysign(1, truth)  # +0 and -0 are different answers
+    assert value == truth and same_sign, f"{value!r} is not {truth!r}"
 
 
 check(test_1, answer_1, solution_1)
