@@ -1,11 +1,16 @@
-"""Small CNN and MLP: shapes, init, finite-difference gradients (with transforms), torch, validation."""
+"""Small CNN and MLP: shapes, init, finite-difference gradients (with transforms), torch, validation.
+
+The models compute with the weights they are given; the transform cases go through
+``saf_ref.protect.effective_weights`` before the model and ``effective_weights_backward`` after it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from nn_helpers import assert_model_gradients
+from nn_helpers import IDENTITY_MAP, assert_gradient, assert_latent_gradients, protect_map
 
+from saf_ref.nn.blocks import ModelGrads
 from saf_ref.nn.small import (
     init_mlp,
     init_small_cnn,
@@ -55,52 +60,75 @@ def test_small_cnn_runs_on_digits_and_mnist_sizes(hw):
     assert logits.shape == (3, 10) and logits.dtype == np.float32
     assert list(new_state) == list(state)
     grads = small_cnn_backward(np.ones_like(logits), cache)
-    assert list(grads) == list(params) and all(grads[k].dtype == np.float32 for k in grads)
+    assert isinstance(grads, ModelGrads)
+    assert list(grads.params) == list(params) and all(g.dtype == np.float32 for g in grads.params.values())
+    assert grads.x.shape == x.shape and grads.x.dtype == np.float32
     m, ms = init_mlp(hw * hw, rng=0)
     logits, new_ms, cache = mlp_forward(m, ms, x, train=True)
     assert logits.shape == (3, 10) and new_ms == {}
-    grads, dx = mlp_backward(np.ones_like(logits), cache, return_input_grad=True)
-    assert dx.shape == x.shape and list(grads) == list(m)
+    grads = mlp_backward(np.ones_like(logits), cache)
+    assert isinstance(grads, ModelGrads)
+    assert grads.x.shape == x.shape and list(grads.params) == list(m)
 
 
 @pytest.mark.parametrize("transform_name", [None, "tanh", "hardtanh"])
 @pytest.mark.parametrize("train", [True, False])
 def test_small_cnn_finite_differences(transform_name, train):
-    from saf_ref.protect.transforms import get_transform
-
     rng = np.random.default_rng(4)
     params, state = init_small_cnn(in_channels=2, num_classes=3, width=2, rng=rng, dtype=np.float64)
-    transform = None if transform_name is None else get_transform(transform_name)
-    if transform is not None:
+    weights = IDENTITY_MAP if transform_name is None else protect_map(transform_name)
+    if transform_name is not None:
         params = {k: (2.0 * v if v.ndim in (2, 4) else v) for k, v in params.items()}
     state = {k: v * rng.uniform(0.7, 1.3, v.shape) for k, v in state.items()}
     x = rng.standard_normal((2, 2, 8, 8))
     r = rng.standard_normal((2, 3))
 
-    def loss(p, xx):
-        return float(np.sum(small_cnn_forward(p, state, xx, train=train, transform=transform)[0] * r))
+    def forward(w, xx):
+        return small_cnn_forward(w, state, xx, train=train)
 
-    _, _, cache = small_cnn_forward(params, state, x, train=train, transform=transform)
-    grads, dx = small_cnn_backward(r, cache, return_input_grad=True)
-    assert_model_gradients(loss, params, x, grads, dx, rng, per_tensor=3)
+    n = assert_latent_gradients(forward, small_cnn_backward, params, x, r, rng, weights=weights, per_tensor=3)
+    assert n == 3 * (len(params) + 1)
 
 
 @pytest.mark.parametrize("transform_name", [None, "arctan", "softsign"])
 def test_mlp_finite_differences(transform_name):
-    from saf_ref.protect.transforms import get_transform
-
     rng = np.random.default_rng(5)
     params, state = init_mlp(12, hidden=(6, 5), num_classes=3, rng=rng, dtype=np.float64)
-    transform = None if transform_name is None else get_transform(transform_name)
+    weights = IDENTITY_MAP if transform_name is None else protect_map(transform_name)
     x = rng.standard_normal((4, 3, 2, 2))
     r = rng.standard_normal((4, 3))
 
-    def loss(p, xx):
-        return float(np.sum(mlp_forward(p, state, xx, train=True, transform=transform)[0] * r))
+    def forward(w, xx):
+        return mlp_forward(w, state, xx, train=True)
 
-    _, _, cache = mlp_forward(params, state, x, train=True, transform=transform)
-    grads, dx = mlp_backward(r, cache, return_input_grad=True)
-    assert_model_gradients(loss, params, x, grads, dx, rng, per_tensor=3)
+    n = assert_latent_gradients(forward, mlp_backward, params, x, r, rng, weights=weights, per_tensor=3)
+    assert n == 3 * (len(params) + 1)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_model_grads_x_is_the_input_gradient(train):
+    """``ModelGrads.x`` equals the float64 central-difference gradient with respect to *every* input
+    element (not only sampled coordinates), for the small CNN and the MLP."""
+    rng = np.random.default_rng(13)
+    params, state = init_small_cnn(in_channels=2, num_classes=3, width=2, rng=rng, dtype=np.float64)
+    params = {k: (rng.uniform(0.5, 1.5, v.shape) if k.startswith("bn") and k.endswith("weight") else v)
+              for k, v in params.items()}  # fmt: skip
+    state = {k: v * rng.uniform(0.7, 1.3, v.shape) for k, v in state.items()}
+    x = rng.standard_normal((2, 2, 6, 6))
+    r = rng.standard_normal((2, 3))
+    _, _, cache = small_cnn_forward(params, state, x, train=train)
+    dx = small_cnn_backward(r, cache).x
+    assert dx.shape == x.shape and np.any(dx != 0)
+    assert_gradient(
+        dx, lambda xx: small_cnn_forward(params, state, xx, train=train)[0], x, r, what="small_cnn dL/dx"
+    )
+
+    mp, ms = init_mlp(12, hidden=(6,), num_classes=3, rng=rng, dtype=np.float64)
+    xm = rng.standard_normal((4, 3, 2, 2))
+    rm = rng.standard_normal((4, 3))
+    dxm = mlp_backward(rm, mlp_forward(mp, ms, xm, train=train)[2]).x
+    assert dxm.shape == xm.shape
+    assert_gradient(dxm, lambda xx: mlp_forward(mp, ms, xx, train=train)[0], xm, rm, what="mlp dL/dx")
 
 
 def test_against_torch():
@@ -130,7 +158,7 @@ def test_against_torch():
     out = model.train()(xt)
     out.backward(torch.from_numpy(r))
     logits, new_state, cache = small_cnn_forward(params, state, x, train=True)
-    grads = small_cnn_backward(r, cache)
+    grads = small_cnn_backward(r, cache).params
     np.testing.assert_allclose(logits, out.detach().numpy(), rtol=1e-12, atol=1e-12)
     for k, p in model.named_parameters():
         np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
@@ -146,7 +174,7 @@ def test_against_torch():
     out.backward(torch.from_numpy(r))
     logits, _, cache = mlp_forward(params, state, x, train=True)
     np.testing.assert_allclose(logits, out.detach().numpy(), rtol=1e-12, atol=1e-12)
-    grads = mlp_backward(r, cache)
+    grads = mlp_backward(r, cache).params
     for k, p in mlp.named_parameters():
         np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
 
