@@ -26,6 +26,7 @@ from saf_ref.nn.activations import ReluCache, ReluClippedCache, relu_backward, r
 from saf_ref.nn.batchnorm import batchnorm2d_forward
 from saf_ref.nn.conv import conv2d_forward
 from saf_ref.nn.linear import linear_backward, linear_forward
+from saf_ref.nn.registry import MODEL_NAMES, ModelName, format_model_name, model_fns, parse_model_name
 from saf_ref.nn.resnet import basic_block_forward, init_resnet, resnet_backward, resnet_forward
 from saf_ref.nn.small import (
     init_mlp,
@@ -35,15 +36,7 @@ from saf_ref.nn.small import (
     small_cnn_backward,
     small_cnn_forward,
 )
-from saf_ref.train.loop import (
-    MODEL_NAMES,
-    ModelName,
-    evaluate,
-    format_model_name,
-    model_fns,
-    parse_model_name,
-    train,
-)
+from saf_ref.train.loop import evaluate, train
 from saf_ref.train.optim import SGD
 
 H = 1e-6  # central-difference step
@@ -87,7 +80,8 @@ def _check_fd(forward, backward, params, x, r, rng, *, per_tensor):
     Returns ``(checked, skipped)``.
     """
     _, _, cache = forward(params, x)
-    grads, dx = backward(r, cache)
+    model_grads = backward(r, cache)
+    grads, dx = model_grads.params, model_grads.x
     base = _masks(cache)
     checked = skipped = 0
     for name, value, analytic in [(k, params[k], grads[k]) for k in params] + [("x", x, dx)]:
@@ -161,7 +155,7 @@ def test_none_is_the_plain_relu_bit_for_bit(train_mode):
     dlogits = rng.standard_normal(got.shape).astype(np.float32)
     d_a1 = linear_backward(dlogits, lin2).dx
     ref_dx = linear_backward(relu_backward(d_a1, relu1).dx, lin1).dx.reshape(x.shape)
-    assert mlp_backward(dlogits, mcache, return_input_grad=True)[1].tobytes() == ref_dx.tobytes()
+    assert mlp_backward(dlogits, mcache).x.tobytes() == ref_dx.tobytes()
 
 
 def test_none_basic_block_by_hand():
@@ -202,7 +196,8 @@ def test_a_ceiling_nothing_reaches_equals_none_bit_for_bit(dtype):
     assert a[0].tobytes() == b[0].tobytes()
     assert all(a[1][k].tobytes() == b[1][k].tobytes() for k in a[1])
     ga, gb = resnet_backward(r, a[2]), resnet_backward(r, b[2])
-    assert all(ga[k].tobytes() == gb[k].tobytes() for k in ga)
+    assert all(ga.params[k].tobytes() == gb.params[k].tobytes() for k in ga.params)
+    assert ga.x.tobytes() == gb.x.tobytes()
     p, s = init_small_cnn(width=3, rng=2, dtype=dtype)
     xs = rng.random((4, 1, 8, 8)).astype(dtype)
     la, _, ca = small_cnn_forward(p, s, xs, train=True)
@@ -210,7 +205,8 @@ def test_a_ceiling_nothing_reaches_equals_none_bit_for_bit(dtype):
     assert la.tobytes() == lb.tobytes()
     rs = rng.standard_normal(la.shape).astype(dtype)
     da, db = small_cnn_backward(rs, ca), small_cnn_backward(rs, cb)
-    assert all(da[k].tobytes() == db[k].tobytes() for k in da)
+    assert all(da.params[k].tobytes() == db.params[k].tobytes() for k in da.params)
+    assert da.x.tobytes() == db.x.tobytes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,10 +230,7 @@ def test_small_cnn_finite_differences(train_mode):
     logits, _, cache = forward(params, x)
     acts = _consumed_activations_small_cnn(cache)
     assert any(np.any(a == c) for a in acts), "the ceiling must actually clip something"
-    checked, skipped = _check_fd(
-        forward, lambda d, ca: small_cnn_backward(d, ca, return_input_grad=True), params, x, r, rng,
-        per_tensor=4,
-    )  # fmt: skip
+    checked, skipped = _check_fd(forward, small_cnn_backward, params, x, r, rng, per_tensor=4)
     assert checked >= 0.9 * (checked + skipped), (checked, skipped)
 
 
@@ -253,9 +246,7 @@ def test_mlp_finite_differences():
 
     _, _, cache = forward(params, x)
     assert np.any(cache.layers[1][0].x == c) and np.any(cache.layers[2][0].x == c)
-    checked, skipped = _check_fd(
-        forward, lambda d, ca: mlp_backward(d, ca, return_input_grad=True), params, x, r, rng, per_tensor=4
-    )
+    checked, skipped = _check_fd(forward, mlp_backward, params, x, r, rng, per_tensor=4)
     assert checked >= 0.9 * (checked + skipped), (checked, skipped)
 
 
@@ -273,10 +264,7 @@ def test_resnet20_finite_differences():
     _, _, cache = forward(params, x)
     # Every activation but the pooled mean (fc's input) has entries clipped at exactly c.
     assert all(np.any(a == c) for a in _consumed_activations_resnet(cache)[1:])
-    checked, skipped = _check_fd(
-        forward, lambda d, ca: resnet_backward(d, ca, return_input_grad=True), params, x, r, rng,
-        per_tensor=1,
-    )  # fmt: skip
+    checked, skipped = _check_fd(forward, resnet_backward, params, x, r, rng, per_tensor=1)
     assert checked >= 0.9 * (checked + skipped), (checked, skipped)
 
 
@@ -291,8 +279,8 @@ def test_fd_check_detects_a_wrong_ceiling_gradient():
         return small_cnn_forward(p, state, xx, train=True, act_clip=0.3)
 
     def wrong_backward(d, cache):  # recompute with a plain ReLU cache: the gradient passes above c
-        plain = small_cnn_forward(cache.latents, state, x, train=True)[2]
-        return small_cnn_backward(d, plain, return_input_grad=True)
+        plain = small_cnn_forward(params, state, x, train=True)[2]
+        return small_cnn_backward(d, plain)
 
     with pytest.raises(AssertionError):
         _check_fd(forward, wrong_backward, params, x, r, rng, per_tensor=3)
@@ -412,7 +400,8 @@ def test_against_torch_hardtanh(model, train_mode):
     )
     bwd = small_cnn_backward if model == "small_cnn" else resnet_backward
     logits, new_state, cache = fwd(params, state, x, train=train_mode, act_clip=c)
-    grads, dx = bwd(r, cache, return_input_grad=True)
+    model_grads = bwd(r, cache)
+    grads, dx = model_grads.params, model_grads.x
     # Normwise per tensor (max |a - b| / max |b|), as in test_resnet_torch: gradients that cancel to
     # nearly zero carry an absolute error of the size of the tensor's largest entries times 1e-15.
     assert rel_error(logits, out.detach().numpy()) <= 1e-12
@@ -536,7 +525,7 @@ def test_model_names_resolve_and_pass_act_clip():
         plain = model_fns(parse_model_name(name).base).forward(p, s, x, train=True)[0]
         assert not np.array_equal(plain, got), f"{name}: the ceiling changed nothing"
         grads = fns.backward(np.ones_like(got), cache)
-        assert list(grads) == list(p)
+        assert list(grads.params) == list(p) and grads.x.shape == x.shape
 
 
 @given(
