@@ -16,11 +16,18 @@ Subcommands
 
 Each subcommand is a small function ``_cmd_<name>(args) -> int`` so that tests can call :func:`main`
 with an argument list and read stdout.
+
+Exit status: 0 success; 1 ``check`` found a failing check; 2 a bad option or a failure the user can fix
+(a missing or unwritable file, a refused CIFAR pickle, a backend that does not import), reported as one
+line ``saf-ref COMMAND: error: ...`` on stderr, never a traceback; 130 interrupted (Ctrl-C), with a line
+saying what was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 
@@ -83,11 +90,14 @@ def _show_value(x: float, args: argparse.Namespace, out) -> None:
 
 
 def _cmd_bits(args: argparse.Namespace) -> int:
-    for text in args.values:
+    values = []
+    for text in args.values:  # every value checked before anything is printed
         try:
-            x = float(text)
+            values.append(float(text))
         except ValueError:
             raise ValueError(f"VALUE must be a decimal number such as 0.1 or -3e-5, got {text!r}") from None
+    _format_from_args(args)  # a bad --format or quantizer option fails here, before any output
+    for x in values:
         _show_value(x, args, sys.stdout)
     return 0
 
@@ -107,9 +117,19 @@ def _cmd_formats(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saf_ref.experiments.demo import config_from_args, run_demo
+    from saf_ref.experiments.demo import check_out, config_from_args, run_demo
 
-    run_demo(config_from_args(args), args.out)
+    cfg = config_from_args(args)  # every option checked before any work
+    check_out(args.out, args.force, "saf-ref demo", "--out", "--force")
+    result = run_demo(cfg, args.out, force=args.force)
+    if result.interrupted:
+        done, total = len({(r["subject"], r["trial"]) for r in result.trials}), len(result.clean) * cfg.trials
+        print(
+            f"saf-ref demo: interrupted: {done} of {total} (model, trial) units completed; "
+            f"partial results in {args.out}/results.json and run.json",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -122,8 +142,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="saf-ref",
         description=(
             "saf_ref: a pure-NumPy, deterministic reference implementation of fault-tolerant neural "
@@ -147,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bits.add_argument("values", nargs="+", metavar="VALUE", help="decimal value(s), e.g. 0.1 or -3e-5")
+    # argparse reads "-3e-5" as an option unless it looks like a negative number to this parser; its default
+    # pattern knows only -2 and -0.5, so teach it exponents, inf and nan (as float() writes them).
+    bits._negative_number_matcher = _NEGATIVE_NUMBER
     bits.add_argument(
         "--format",
         default="float32",
@@ -175,8 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
             "(nested patterns, several trials); print a table and write results.json, results.csv and "
             "results.png to --out. Needs no network."
         ),
+        epilog="Every option is checked before training. Completed trials are journaled to "
+        "--out/trials.jsonl as they finish, so a failure or Ctrl-C loses none. Exit status: 0 done, "
+        "2 bad option or unusable file (one line on stderr), 130 interrupted (partial results written "
+        "to --out).",
     )
-    demo.add_argument("--out", default="demo_results", help="output directory (default: demo_results)")
+    demo.add_argument(
+        "--out",
+        default="demo_results",
+        help="output directory; must not hold results (default: demo_results)",
+    )
+    demo.add_argument("--force", action="store_true", help="overwrite the results already in --out")
     demo.add_argument(
         "--quick", action="store_true", help="a one-minute version (fewer epochs, trials, rates)"
     )
@@ -223,12 +265,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (TypeError, ValueError) as err:  # bad input: one clear line, no traceback
-        print(f"saf-ref {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
+    except (TypeError, ValueError, OSError, pickle.UnpicklingError) as err:  # one clear line, no traceback
+        print(f"saf-ref {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: the conventional 128 + SIGINT, and what was kept
+        note = f": {_message(err, args.command)}" if str(err) else ""
+        print(f"saf-ref {args.command}: interrupted{note}", file=sys.stderr)
+        return 130
+
+
+def _message(err: BaseException, command: str) -> str:
+    """The error's text on one line, without a repeat of ``saf-ref COMMAND:`` (option checks carry it)."""
+    return " ".join(str(err).split()).removeprefix(f"saf-ref {command}: ")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,7 @@
 """The ``saf-ref`` command line: output checked against values computed independently with numpy views."""
 
+import os
+import pickle
 import subprocess
 import sys
 
@@ -133,3 +135,101 @@ def test_bits_every_ieee_format_matches_reference_views(fmt, code_dtype, ref, ca
             flipped = float(np.array([code ^ (1 << bit)], dtype=code_dtype).view(ref_dtype)[0])
         assert f"0x{code ^ (1 << bit):0{nbits // 4}X}" in line
         assert line.split()[3] == repr(flipped), (bit, line)
+
+
+# ------------------------------------------------------------------------ negative values, early checks
+
+
+@pytest.mark.parametrize("text", ["-3e-5", "-1E+2", "-.5", "-inf"])
+def test_bits_takes_negative_numbers_in_every_notation(text, capsys):
+    """'saf-ref bits -3e-5' is the help's own example: argparse must not read it as an option."""
+    status, out, err = run(["bits", text, "--format", "float16"], capsys)
+    assert status == 0, err
+    code = int(np.array([float(text)], dtype=np.float16).view(np.uint16)[0])
+    assert f"code   0x{code:04X}" in out
+
+
+def test_bits_checks_every_value_before_printing(capsys):
+    status, out, err = run(["bits", "0.1", "abc"], capsys)
+    assert status == 2 and out == ""
+    assert err == "saf-ref bits: error: VALUE must be a decimal number such as 0.1 or -3e-5, got 'abc'\n"
+
+
+def test_bits_checks_the_format_before_printing(capsys):
+    status, out, err = run(["bits", "0.1", "--quantizer", "8", "--max-abs", "-3e-5"], capsys)
+    assert status == 2 and out == ""  # the negative option value is parsed, then refused by Quantizer
+    assert "max_abs must be a positive number" in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- check: broken backends
+
+
+def _check_subprocess(argv, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "saf_ref", "check", *argv], capture_output=True, text=True, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "source,what",
+    [
+        ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
+        ("def broken(:\n", "SyntaxError: "),
+        ("import no_such_package_xyz\n", "ModuleNotFoundError: No module named 'no_such_package_xyz'"),
+    ],
+)
+def test_check_backend_file_that_fails_to_import_is_one_line(tmp_path, source, what):
+    path = tmp_path / "bad_backend.py"
+    path.write_text(source)
+    result = _check_subprocess([f"{path}:Backend"])
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"saf-ref check: error: load_backend: cannot import '{path}'")
+    assert what in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_check_backend_module_that_raises_on_import_is_one_line(tmp_path):
+    (tmp_path / "raising_backend_mod.py").write_text("raise ValueError('no config')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = _check_subprocess(["raising_backend_mod:Backend"], env=env)
+    assert result.returncode == 2
+    assert "cannot import 'raising_backend_mod'" in result.stderr and "ValueError: no config" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- one-line errors, exit codes
+
+
+def _failing(exc):
+    def command(args):
+        raise exc
+
+    return command
+
+
+@pytest.mark.parametrize(
+    "exc,status,line",
+    [
+        (OSError(28, "No space left on device"), 2,
+         "saf-ref formats: error: [Errno 28] No space left on device"),
+        (FileNotFoundError("x.tar does not exist"), 2, "saf-ref formats: error: x.tar does not exist"),
+        (pickle.UnpicklingError("refusing to load\nglobal os.system"), 2,
+         "saf-ref formats: error: refusing to load global os.system"),
+        (KeyboardInterrupt(), 130, "saf-ref formats: interrupted"),
+        (KeyboardInterrupt("partial results in out/"), 130,
+         "saf-ref formats: interrupted: partial results in out/"),
+    ],
+)  # fmt: skip
+def test_user_facing_failures_are_one_line_with_their_exit_status(monkeypatch, capsys, exc, status, line):
+    import saf_ref.cli as cli
+
+    monkeypatch.setattr(cli, "_cmd_formats", _failing(exc))
+    assert run(["formats"], capsys)[::2] == (status, line + "\n")
+
+
+def test_a_bug_is_not_hidden_as_a_user_error(monkeypatch):
+    import saf_ref.cli as cli
+
+    monkeypatch.setattr(cli, "_cmd_formats", _failing(ZeroDivisionError("bug")))
+    with pytest.raises(ZeroDivisionError):
+        main(["formats"])

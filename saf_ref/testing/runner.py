@@ -122,15 +122,27 @@ def _import_object(spec: str) -> Any:
         module_spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
         sys.modules[name] = module  # dataclasses and pickling-free introspection need the module registered
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        try:
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as err:  # the user's file failed (SyntaxError, a missing package, ...): one line
+            del sys.modules[name]
+            raise ValueError(
+                f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {_what(err)}"
+            ) from None
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as err:
-            raise ValueError(f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {err}") from None
+        except Exception as err:
+            raise ValueError(
+                f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {_what(err)}"
+            ) from None
     if not hasattr(module, attr):
         raise ValueError(f"{fn}: module {target!r} has no attribute {attr!r}")
     return getattr(module, attr)
+
+
+def _what(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def load_backend(
@@ -247,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_from_args(args)
-    except (TypeError, ValueError) as err:
-        print(f"saf-ref check: error: {err}", file=sys.stderr)
+    except (TypeError, ValueError, OSError) as err:  # --json unwritable, a bad BACKEND, ...: one line
+        print(f"saf-ref check: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 
