@@ -132,8 +132,8 @@ def _torch_run(model, x, r, *, train):
 
 def _ours_run(arch, params, state, x, r, *, train):
     logits, new_state, cache = resnet_forward(params, state, x, arch=arch, train=train)
-    grads, dx = resnet_backward(r, cache, return_input_grad=True)
-    return logits, grads, dx, new_state
+    grads = resnet_backward(r, cache)
+    return logits, grads.params, grads.x, new_state
 
 
 def _errors(a, b):
@@ -274,7 +274,7 @@ def test_sgd_steps_match_torch(arch):
         opt.step()
         logits, state, cache = resnet_forward(params, state, x, arch=arch, train=True)
         _, loss_cache = cross_entropy_forward(logits, labels)
-        grads = resnet_backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache)
+        grads = resnet_backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache).params
         params, opt_state = sgd_step(params, grads, opt_state, config)
     theirs = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     errors = {k: _relerr(v, theirs[k]) for k, v in (params | state).items()}
