@@ -11,9 +11,11 @@ from saf_ref.bits import Quantizer
 from saf_ref.data import load_digits
 from saf_ref.experiments.campaign import (
     SUMMARY_FIELDS,
+    Journal,
     Subject,
     is_chance_level,
     predict,
+    read_journal,
     run_campaign,
     run_trial,
     summarize,
@@ -127,8 +129,11 @@ def test_summarize_against_hand_computation():
 def test_summarize_validation():
     with pytest.raises(TypeError, match="summarize: trials must be a sequence of records .*, got NoneType"):
         summarize(None)
-    with pytest.raises(ValueError, match=r"summarize: trials\[0\] must be a record with the keys .*, got "
-                                         r"\['ber', 'subject'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"summarize: trials\[0\] must be a record with the keys .*, got "
+        r"\['ber', 'subject'\]",
+    ):
         summarize([{"subject": "a", "ber": 0.1}])
     with pytest.raises(ValueError, match=r"summarize: trials\[0\] must be a record .*, got str"):
         summarize(["abc"])
@@ -198,6 +203,48 @@ def test_interrupt_with_an_executor_cancels_pending_units(subjects, digits):
     full = _campaign(subjects[:2], digits, executor="serial")
     assert result.trials == [r for r in full.trials if r["trial"] == 0]
     assert len(result.summary) == 2 * len(RATES) and all(row["trials"] == 1 for row in result.summary)
+
+
+def test_journal_holds_every_unit_as_it_completes(subjects, digits, tmp_path):
+    path = tmp_path / "trials.jsonl"
+    lines_seen = []
+    journal = Journal(path)
+
+    def journal_and_count(records):
+        journal(records)
+        lines_seen.append(len(path.read_text().splitlines()))  # on disk the moment the unit completes
+
+    result = _campaign(subjects[:2], digits, executor="serial", on_result=journal_and_count)
+    assert lines_seen == [len(RATES) * k for k in range(1, 2 * 3 + 1)]
+    assert read_journal(path) == json.loads(json.dumps(result.trials))  # serial: the same order
+    assert Journal(path) and path.read_text() == ""  # a new journal starts empty
+
+
+def test_read_journal_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "trials.jsonl"
+    records = [{"subject": "a", "ber": 0.1, "accuracy": 0.5}, {"subject": "b", "ber": 0.1, "accuracy": 1.0}]
+    Journal(path)(records)
+    with open(path, "a") as fh:
+        fh.write('{"subject": "c", "be')  # a crash in the middle of the next write
+    assert read_journal(path) == records
+
+
+def test_journal_validation(tmp_path):
+    with pytest.raises(TypeError, match="Journal: path must be a str or path-like, got int 3"):
+        Journal(3)
+    with pytest.raises(TypeError, match="read_journal: path must be a str or path-like, got NoneType"):
+        read_journal(None)
+
+
+def test_bad_executor_is_refused_before_any_evaluation(subjects, digits, monkeypatch):
+    import saf_ref.experiments.campaign as campaign
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("evaluated before checking the executor")
+
+    monkeypatch.setattr(campaign, "clean_predictions", forbidden)
+    with pytest.raises(TypeError, match="run_campaign: executor must be 'process', 'serial', None or a"):
+        _campaign(subjects[:1], digits, executor=object())
 
 
 def test_trial_rng_is_seed_sequence_child():
