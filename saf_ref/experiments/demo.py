@@ -104,21 +104,22 @@ def _optional(check: Callable[[Any, str, str], None]) -> Callable[[Any, str, str
     return lambda value, name, fn: None if value is None else check(value, name, fn)
 
 
-def _real_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    """A check for a finite real in the interval between ``low`` and ``high``."""
+def _real(ok: Callable[[float], bool], expected: str) -> Callable[[Any, str, str], None]:
+    """A check for a finite real number ``x`` with ``ok(x)``."""
 
     def check(value: Any, name: str, fn: str) -> None:
         x = validation.check_real(value, name, fn)
-        if not (math.isfinite(x) and (low < x if low_open else low <= x) and (x < high if high_open else x <= high)):
-            interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ValueError(f"{fn}: {name} must be a finite number in {interval}, got {value!r}")
+        if not (math.isfinite(x) and ok(x)):
+            raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
 
     return check
 
 
 def _check_rates(rates: Any, name: str, fn: str) -> None:
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(f"{fn}: {name} must be a sequence of bit-error rates, got {validation.describe(rates)}")
+        raise TypeError(
+            f"{fn}: {name} must be a sequence of bit-error rates, got {validation.describe(rates)}"
+        )
     if len(rates) == 0:
         raise ValueError(f"{fn}: {name} must list at least one bit-error rate, got none")
     for rate in rates:
@@ -182,13 +183,13 @@ _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "width": _positive_int,
     "epochs": _positive_int,
     "batch_size": _positive_int,
-    "lr": _real_in(0.0, math.inf, low_open=True, high_open=True),
-    "momentum": _real_in(0.0, 1.0, high_open=True),
-    "weight_decay": _real_in(0.0, math.inf, high_open=True),
+    "lr": _real(lambda x: x > 0, "a finite number > 0"),
+    "momentum": _real(lambda x: 0 <= x < 1, "in [0, 1)"),
+    "weight_decay": _real(lambda x: x >= 0, "a finite number >= 0"),
     "float_transforms": _check_names(get_transform),
     "float_formats": _check_names(get_format),
-    "weight_clip": _real_in(0.0, math.inf, low_open=True, high_open=True),
-    "p_train": _real_in(0.0, 1.0),
+    "weight_clip": _real(lambda x: x > 0, "a finite number > 0"),
+    "p_train": _real(lambda x: 0 <= x <= 1, "a probability in [0, 1]"),
     "rates": _check_rates,
     "trials": _positive_int,
     "eval_limit": _optional(_positive_int),
@@ -246,7 +247,6 @@ def check_out(out: Any, force: Any, fn: str, name: str = "out", force_name: str 
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{fn}: {name} must be a writable directory, got {str(out)!r} ({parent} is not one)")
     return out
-
 
 
 def quantizer_8bit(clip: float | None = None) -> Quantizer:
@@ -321,12 +321,13 @@ def _check_reusable(cfg: DemoConfig, name: str, path: Path, metadata: dict[str, 
     """Raise ValueError unless the checkpoint was trained by the demo with this run's training settings."""
     saved = metadata.get("config") if metadata.get("name") == name else None
     if not isinstance(saved, dict):
-        raise ValueError(f"demo: checkpoint {path} must have been written by the demo for {name!r}, got "
-                         f"metadata {metadata!r}; delete it or choose another --checkpoints directory")
+        raise ValueError(
+            f"demo: checkpoint {path} must have been written by the demo for {name!r}, got "
+            f"metadata {metadata!r}; delete it or choose another --checkpoints directory"
+        )
     now = _jsonable(cfg)
     differ = [
-        f"{k}={saved.get(k)!r} there, {now[k]!r} now"
-        for k in TRAINING_FIELDS if saved.get(k) != now[k]
+        f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in TRAINING_FIELDS if saved.get(k) != now[k]
     ]
     if differ:
         raise ValueError(
@@ -520,7 +521,9 @@ def _write_outputs(result: CampaignResult, out: Path, cfg: DemoConfig, table: st
     except OSError as err:
         raise OSError(f"{err}; the completed trials are kept in {journal.path}") from err
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"while writing results; the completed trials are kept in {journal.path}") from None
+        raise KeyboardInterrupt(
+            f"while writing results; the completed trials are kept in {journal.path}"
+        ) from None
     journal.path.unlink()  # run.json now holds the same records, in a deterministic order
     return plotted
 
