@@ -13,6 +13,10 @@ A small CNN is trained plain on the shipped digits (float32), converted with
 - ``"copy"``: ``u = w``, so the network computes with ``f(w)``, checked against ``np.tanh`` in float64
   rounded once;
 - fine-tuning with ``train(..., transform=f)`` is bit-for-bit deterministic and keeps the accuracy.
+
+The network computes with the weights it is given: the latents become weights in
+:func:`saf_ref.protect.effective_weights` (every tensor stored in float32, ``f`` on the conv/linear
+weights), as in training and in fault campaigns.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import numpy as np
 import pytest
 
 from saf_ref.data.shipped import load_digits
-from saf_ref.nn.resnet import is_transformed_weight, transform_weights
 from saf_ref.nn.small import init_small_cnn, small_cnn_backward, small_cnn_forward
+from saf_ref.protect import default_spec, effective_weights, param_role
 from saf_ref.protect.convert import convert_to_saf
 from saf_ref.protect.transforms import get_transform
 from saf_ref.train.loop import evaluate, train
@@ -65,6 +69,16 @@ def _fold_into_bn3(params):
             "fc.weight": params["fc.weight"] / s}  # fmt: skip
 
 
+def _effective(latents, f):
+    """The weights the converted network computes with: ``f`` on conv/linear weights, float32 storage."""
+    return effective_weights(latents, default_spec("float32", f))[0]
+
+
+def _is_weight(name, params):
+    """Whether ``f`` applies to ``name`` (a conv or linear weight)."""
+    return param_role(name, {k: v.shape for k, v in params.items()}) == "weight"
+
+
 def _f64(d):
     return {k: v.astype(np.float64) for k, v in d.items()}
 
@@ -81,7 +95,7 @@ def _logit_bound(params64, state64, x64, dweights):
         for k in range(n_classes):
             onehot = np.zeros((1, n_classes))
             onehot[0, k] = 1.0
-            grads = small_cnn_backward(onehot, cache)
+            grads = small_cnn_backward(onehot, cache).params
             bound[n, k] = sum(float(np.sum(np.abs(grads[name]) * dw)) for name, dw in dweights.items())
     return bound
 
@@ -95,12 +109,12 @@ def test_inverse_conversion_reproduces_the_pretrained_network(pretrained, digits
             == small_cnn_forward(trained, state, x, train=False)[0].tobytes())  # fmt: skip
     f = get_transform(name)
     latents = convert_to_saf(params, f, mode="inverse")
-    effective = transform_weights(latents, f)
+    effective = _effective(latents, f)
     # Effective weights: within the documented round trip (every |w| is below the bound, so nothing is
     # clipped); every other parameter is used raw, unchanged.
     dweights = {}
     for k, w in params.items():
-        if not is_transformed_weight(k, w):
+        if not _is_weight(k, params):
             assert latents[k].tobytes() == w.tobytes() and effective[k].tobytes() == w.tobytes(), k
             continue
         assert np.max(np.abs(w)) < 0.99 * f.bound  # inside the range: nothing is clipped
@@ -122,13 +136,11 @@ def test_inverse_conversion_reproduces_the_pretrained_network(pretrained, digits
     # float32, as the network is used: the same predictions wherever the float64 margin between the two
     # best classes exceeds that bound plus float32 rounding, and the same accuracy on the test set.
     pred = np.argmax(small_cnn_forward(params, state, digits.x_test, train=False)[0], axis=1)
-    pred_conv = np.argmax(
-        small_cnn_forward(latents, state, digits.x_test, train=False, transform=f)[0], axis=1
-    )
+    pred_conv = np.argmax(small_cnn_forward(effective, state, digits.x_test, train=False)[0], axis=1)
     full = np.sort(small_cnn_forward(p64, s64, digits.x_test.astype(np.float64), train=False)[0], axis=1)
     margin = full[:, -1] - full[:, -2]
     assert np.all((pred == pred_conv) | (margin < 1e-3))
-    conv_acc = evaluate(latents, state, digits.x_test, digits.y_test, model="small_cnn", transform=f).accuracy
+    conv_acc = evaluate(effective, state, digits.x_test, digits.y_test, model="small_cnn").accuracy
     assert abs(conv_acc - accuracy) <= np.mean(margin < 1e-3)
 
 
@@ -137,13 +149,16 @@ def test_copy_conversion_computes_with_f_of_w(pretrained, digits, name):
     params, state, _ = pretrained
     f = get_transform(name)
     latents = convert_to_saf(params, f, mode="copy")
-    effective = transform_weights(latents, f)
+    effective = _effective(latents, f)
+    explicit = {}  # f(w) computed independently of saf_ref
     for k, w in params.items():
         assert latents[k].tobytes() == w.tobytes(), k  # u = w
-        if is_transformed_weight(k, w):
+        explicit[k] = w
+        if _is_weight(k, params):
             # f in float64, rounded once to float32 (the transforms' documented rounding).
             want = FORWARDS[name](w.astype(np.float64)).astype(np.float32)
             np.testing.assert_array_equal(effective[k], want, err_msg=k)
+            explicit[k] = want
             assert np.all(np.abs(effective[k]) <= np.abs(w))  # f shrinks every weight ...
             big = np.abs(w) > 1e-3  # ... visibly in float32 once |w|**2 / 3 exceeds half an ulp
             assert np.all(np.abs(effective[k][big]) < np.abs(w[big]))
@@ -151,8 +166,8 @@ def test_copy_conversion_computes_with_f_of_w(pretrained, digits, name):
             assert effective[k].tobytes() == w.tobytes(), k
     # The converted network is the plain one with weights f(w): same logits, bit for bit.
     x = digits.x_test[:50]
-    got = small_cnn_forward(latents, state, x, train=False, transform=f)[0]
-    assert got.tobytes() == small_cnn_forward(effective, state, x, train=False)[0].tobytes()
+    got = small_cnn_forward(effective, state, x, train=False)[0]
+    assert got.tobytes() == small_cnn_forward(explicit, state, x, train=False)[0].tobytes()
     plain = small_cnn_forward(params, state, x, train=False)[0]
     assert not np.array_equal(got, plain)  # unlike "inverse", "copy" changes what the network computes
 
@@ -182,7 +197,7 @@ def test_short_finetune_is_deterministic_and_keeps_accuracy(pretrained, digits, 
     assert _without_timing(h1) == _without_timing(h2)
     assert all(latents[k].tobytes() == before[k].tobytes() for k in latents)  # inputs untouched
     assert any(not np.array_equal(u1[k], latents[k]) for k in u1)  # it did train
-    tuned = evaluate(u1, s1, digits.x_test, digits.y_test, model="small_cnn", transform=f).accuracy
+    tuned = evaluate(_effective(u1, f), s1, digits.x_test, digits.y_test, model="small_cnn").accuracy
     assert tuned == h1[-1]["test_acc"]
     assert tuned >= accuracy - 0.02, (mode, accuracy, tuned)
 
@@ -195,7 +210,7 @@ def test_inverse_conversion_clips_weights_beyond_the_range(pretrained, digits):
     w = params["fc.weight"]
     outside = np.abs(w) >= 1
     assert outside.any()
-    effective = transform_weights(convert_to_saf(params, f, mode="inverse"), f)["fc.weight"]
+    effective = _effective(convert_to_saf(params, f, mode="inverse"), f)["fc.weight"]
     assert np.all(np.sign(effective[outside]) == np.sign(w[outside]))
     assert np.all((np.abs(effective[outside]) < 1) & (np.abs(effective[outside]) >= 1 - 2**-23))
     inside = ~outside
