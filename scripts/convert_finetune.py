@@ -85,10 +85,11 @@ def main(argv=None) -> int:
 
     from saf_ref.data.shipped import load_digits
     from saf_ref.experiments.campaign import Subject, run_campaign
+    from saf_ref.nn.registry import format_model_name
     from saf_ref.nn.small import init_small_cnn, small_cnn_forward
-    from saf_ref.protect import default_spec, get_transform
+    from saf_ref.protect import default_spec, effective_weights, get_transform
     from saf_ref.protect.convert import convert_to_saf
-    from saf_ref.train.loop import evaluate, format_model_name, train
+    from saf_ref.train.loop import evaluate, train
     from saf_ref.train.optim import SGD
     from saf_ref.train.schedules import Cosine
 
@@ -110,8 +111,12 @@ def main(argv=None) -> int:
             transform=transform, augment=None, rng=seed, verbose=False,
         )[:2]  # fmt: skip
 
-    def accuracy(params, state, transform=None, model="small_cnn"):
-        return evaluate(params, state, x_test, y_test, model=model, transform=transform).accuracy
+    spec_plain, spec_saf = default_spec("float32"), default_spec("float32", args.transform)
+
+    def accuracy(params, state, spec=None, model="small_cnn"):
+        # The network computes with the weights read back through the storage spec (f(u) for SAF).
+        weights = params if spec is None else effective_weights(params, spec)[0]
+        return evaluate(weights, state, x_test, y_test, model=model).accuracy
 
     # 1. The pretrained plain network.
     init = init_small_cnn(in_channels=1, num_classes=10, width=args.width, rng=args.seed)
@@ -136,7 +141,6 @@ def main(argv=None) -> int:
         f"change): {shrink:.3f}"
     )
     rows = [("plain", "identity", accuracy(plain, state), None)]
-    spec_plain, spec_saf = default_spec("float32"), default_spec("float32", args.transform)
     subjects = [Subject("plain", "identity", "float32", "small_cnn", plain, state, spec_plain)]
     if args.act_clip > 0:
         clip_name = format_model_name("small_cnn", act_clip=args.act_clip)
@@ -148,9 +152,9 @@ def main(argv=None) -> int:
     # 2. Conversion both ways, then fine-tuning.
     for mode in ("copy", "inverse"):
         latents = convert_to_saf(plain, f, mode=mode)
-        before = accuracy(latents, state, f)
+        before = accuracy(latents, state, spec_saf)
         tuned, tuned_state = fit(latents, state, args.finetune_epochs, args.finetune_lr, f, args.seed + 2)
-        after = accuracy(tuned, tuned_state, f)
+        after = accuracy(tuned, tuned_state, spec_saf)
         rows.append((f"{mode}", args.transform, before, after))
         subjects.append(Subject(f"{mode}", args.transform, "float32", "small_cnn", latents, state, spec_saf))
         subjects.append(

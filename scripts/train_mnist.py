@@ -47,8 +47,8 @@ def main(argv=None) -> int:
 
     from saf_ref.data.augment import channel_stats, normalize_channels
     from saf_ref.data.shipped import load_mnist5k
-    from saf_ref.nn.resnet import init_resnet, is_transformed_weight
-    from saf_ref.protect.transforms import get_transform
+    from saf_ref.nn.resnet import init_resnet
+    from saf_ref.protect import get_transform, param_role
     from saf_ref.train.loop import train
     from saf_ref.train.optim import SGD
     from saf_ref.train.schedules import Cosine
@@ -65,11 +65,15 @@ def main(argv=None) -> int:
         flush=True,
     )
     params0, state0 = init_resnet("resnet20", in_channels=1, num_classes=10, width=args.width, rng=args.seed)
+    shapes = {k: v.shape for k, v in params0.items()}
     results = []
     for name in args.transforms:
         transform = get_transform(name)
         # Latents u0 = f^{-1}(w0): the same effective starting network for every transform.
-        params = {k: (transform.inverse(v) if is_transformed_weight(k, v) else v) for k, v in params0.items()}
+        # The transform applies to the conv/linear weights (role "weight"), as in train(transform=...).
+        params = {
+            k: (transform.inverse(v) if param_role(k, shapes) == "weight" else v) for k, v in params0.items()
+        }
         print(f"--- transform {name}", flush=True)
         t0 = time.perf_counter()
         _, _, history = train(
