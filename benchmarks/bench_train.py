@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     def ours():
         nonlocal params, state, opt_state
-        params, state, opt_state, _, _ = train_step(
+        params, state, opt_state, _info = train_step(
             params, state, opt_state, x, y, model="resnet20", optimizer=config
         )
 
