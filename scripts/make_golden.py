@@ -844,7 +844,8 @@ def resnet_arrays() -> tuple[dict[str, np.ndarray], dict, dict]:
         logits, new_state, cache = resnet_forward(params, state, x, arch=cfg["arch"], train=True)
         loss, ce_cache = cross_entropy_forward(logits, labels)
         dlogits = cross_entropy_backward(1.0, ce_cache).dlogits
-        grads, dx = resnet_backward(dlogits, cache, return_input_grad=True)
+        model_grads = resnet_backward(dlogits, cache)
+        grads, dx = model_grads.params, model_grads.x
         logits_eval = resnet_forward(params, new_state, x, arch=cfg["arch"], train=False)[0]
         results[dt] = {
             "params": params, "state": state, "x": x, "logits": logits, "loss": np.asarray(loss),
