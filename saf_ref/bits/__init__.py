@@ -6,14 +6,20 @@ Formats
     two's complement fixed point ``qM.N`` (``"q2.5"``). Per-tensor quantizers (:class:`Quantizer`) carry
     a context (range, step) beside their codes. :func:`resolve_format` is the same lookup for callers
     that also accept a quantizer (storage specs, the teaching helpers).
+    Every format is a :class:`Codec`: ``encode_tensor(x) -> (codes, context)``,
+    ``decode_tensor(codes, context)``, ``name``, ``nbits``, and a JSON form (``to_json()``,
+    :func:`codec_from_json`).
 Faults
-    Independent bit errors, uniform-array flips (the interop mode), exact-count, targeted, stuck-at and
-    burst faults, and :class:`FaultList`, a portable record of faults.
+    Array functions (``inject_bit_errors``, ``inject_exact_k``, ``inject_bursts``, ``flip_by_uniform``,
+    ``flip_bit``, stuck-at maps) return new codes; the fault models (:class:`BitErrors`,
+    :class:`ExactCount`, :class:`Bursts`, :class:`StuckAt`, :class:`Replay`) make the same draws and return
+    ``(codes, FaultList)``; :class:`FaultList` is a portable record of faults.
 
 Bit 0 is the least significant bit of the stored word, always.
 """
 
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.faultmodels import BitErrors, Bursts, ExactCount, FaultModel, Replay, StuckAt
 from saf_ref.bits.faults import (
     StuckAtMap,
     flip_bit,
@@ -24,23 +30,31 @@ from saf_ref.bits.faults import (
     sample_nested_flips,
     sample_stuck_at_map,
 )
-from saf_ref.bits.fields import BitField, NumberFormat, smallest_container
+from saf_ref.bits.fields import BitField, Codec, NumberFormat, smallest_container
 from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
-from saf_ref.bits.formats import format_names, get_format, resolve_format
+from saf_ref.bits.formats import codec_from_json, format_names, get_format, resolve_format
 from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
 from saf_ref.bits.quantize import QuantContext, Quantizer
 from saf_ref.bits.teaching import expected_corrupted, flip_table, flip_value, prob_nonfinite
 
 __all__ = [
+    "BitErrors",
     "BitField",
+    "Bursts",
+    "Codec",
+    "ExactCount",
     "FaultList",
+    "FaultModel",
     "FixedPointFormat",
     "IEEEFormat",
     "IEEE_FORMATS",
     "NumberFormat",
     "QuantContext",
     "Quantizer",
+    "Replay",
+    "StuckAt",
     "StuckAtMap",
+    "codec_from_json",
     "flip_bit",
     "flip_by_uniform",
     "format_names",

@@ -53,6 +53,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.bits.fields import smallest_container
+from saf_ref.bits.formats import resolve_format
 
 #: The kinds of fault a record can hold, in the order of their integer codes.
 KINDS = ("flip", "stuck0", "stuck1")
@@ -63,6 +65,7 @@ CODE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32), np.
 JSON_SCHEMA = "saf_ref.faultlist"
 JSON_VERSION = 1
 _MAX_BIT = 63
+_MAX_INDEX = 2**63 - 1  # indices are stored as int64
 _DIGITS = re.compile(r"[0-9]+")
 # control characters (line breaks, NUL, ...) are not allowed in names: one record is one line of text
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -112,6 +115,18 @@ def _categorize(values: Iterable[str]) -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(table), np.asarray(codes, dtype=np.int32)
 
 
+def _merge_categories(
+    columns: list[tuple[tuple[str, ...], np.ndarray]],
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Concatenate categorical columns ``(names, codes)``: one name table, codes remapped (vectorized)."""
+    table: dict[str, int] = {}
+    remapped = []
+    for names, codes in columns:
+        lookup = np.array([table.setdefault(n, len(table)) for n in names] or [0], dtype=np.int32)
+        remapped.append(lookup[codes])
+    return tuple(table), np.concatenate(remapped) if remapped else np.zeros(0, dtype=np.int32)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -148,16 +163,17 @@ class FaultList:
         fn = "FaultList"
         rows = [_validate_record(r, f"{fn}: records[{i}]") for i, r in enumerate(records)]
         self._set_columns(
-            [r.tensor for r in rows],
+            _categorize(r.tensor for r in rows),
             np.array([r.index for r in rows], dtype=np.int64),
             np.array([r.bit for r in rows], dtype=np.uint8),
             np.array([KINDS.index(r.kind) for r in rows], dtype=np.int8),
-            [r.format for r in rows],
+            _categorize(r.format for r in rows),
         )
 
     def _set_columns(self, tensors, index, bit, kind, formats) -> None:
-        self._tensor_names, self._tensor_codes = _categorize(tensors)
-        self._format_names, self._format_codes = _categorize(formats)
+        """Set the columns; ``tensors`` and ``formats`` are categorical: ``(names, code per record)``."""
+        self._tensor_names, self._tensor_codes = tensors[0], np.asarray(tensors[1], dtype=np.int32)
+        self._format_names, self._format_codes = formats[0], np.asarray(formats[1], dtype=np.int32)
         self._index = _readonly(np.ascontiguousarray(index, dtype=np.int64))
         self._bit = _readonly(np.ascontiguousarray(bit, dtype=np.uint8))
         self._kind = _readonly(np.ascontiguousarray(kind, dtype=np.int8))
@@ -203,6 +219,8 @@ class FaultList:
         validation.check_equal(fn, "bit.shape[0]", bit.shape[0], "index.shape[0]", index.shape[0])
         if index.size and index.min() < 0:
             raise ValueError(f"{fn}: index must be >= 0, got {index.min()}")
+        if index.size and index.dtype == np.uint64 and int(index.max()) > _MAX_INDEX:
+            raise ValueError(f"{fn}: index must be at most 2**63 - 1 (int64), got {int(index.max())}")
         if bit.size and (bit.min() < 0 or bit.max() > _MAX_BIT):
             raise ValueError(
                 f"{fn}: bit must be in [0, {_MAX_BIT}], got values in [{bit.min()}, {bit.max()}]"
@@ -226,7 +244,10 @@ class FaultList:
             kinds = np.array([lookup[k] for k in kind_list], dtype=np.int8)
         out = cls.__new__(cls)
         n = index.shape[0]
-        out._set_columns([tensor] * n, index.astype(np.int64), bit.astype(np.uint8), kinds, [format_name] * n)
+        # one name for every record: categorical columns built directly (no loop over the records)
+        one = np.zeros(n, dtype=np.int32)
+        names, fmts = ((tensor,), (format_name,)) if n else ((), ())
+        out._set_columns((names, one), index.astype(np.int64), bit.astype(np.uint8), kinds, (fmts, one))
         return out
 
     @classmethod
@@ -240,11 +261,11 @@ class FaultList:
                 )
         out = cls.__new__(cls)
         out._set_columns(
-            [t for fl in lists for t in fl.tensor],
+            _merge_categories([(fl._tensor_names, fl._tensor_codes) for fl in lists]),
             np.concatenate([fl._index for fl in lists] or [np.zeros(0, np.int64)]),
             np.concatenate([fl._bit for fl in lists] or [np.zeros(0, np.uint8)]),
             np.concatenate([fl._kind for fl in lists] or [np.zeros(0, np.int8)]),
-            [f for fl in lists for f in fl.format],
+            _merge_categories([(fl._format_names, fl._format_codes) for fl in lists]),
         )
         return out
 
@@ -333,12 +354,13 @@ class FaultList:
         keep = np.array([t == tensor for t in self._tensor_names], dtype=bool)
         rows = keep[self._tensor_codes] if len(self) else np.zeros(0, dtype=bool)
         out = FaultList.__new__(FaultList)
+        n = int(rows.sum())
         out._set_columns(
-            [tensor] * int(rows.sum()),
+            ((tensor,) if n else (), np.zeros(n, dtype=np.int32)),
             self._index[rows],
             self._bit[rows],
             self._kind[rows],
-            [self._format_names[c] for c in self._format_codes[rows]],
+            _categorize(self._format_names[c] for c in self._format_codes[rows]),
         )
         return out
 
@@ -353,15 +375,27 @@ class FaultList:
         codes : ndarray of uint8/16/32/64, any shape
             Stored words.
         tensor : str or None
-            Apply the records of this tensor only. ``None``: the list must name at most one tensor,
-            and all its records apply.
+            Apply the records of this tensor only; it must be a tensor of the list (a misspelled name is
+            an error, not a silent no-op). ``None``: the list must name at most one tensor, and all its
+            records apply.
         nbits : int or None
-            Bits per stored word (default: the container width); a record with ``bit >= nbits`` is a
-            ``ValueError``.
+            Bits per stored word. Default: the width of the records' format when it is a known one
+            (``"float16"``: 16, ``"q2.5"``: 8, ``"raw12"``: 12, ``"quant8_..."``: 8), else the container
+            width. A record with ``bit >= nbits`` is a ``ValueError``.
 
         Returns
         -------
         ndarray, same shape and dtype as ``codes``
+
+        Raises
+        ------
+        TypeError
+            ``codes`` is not an unsigned integer array, or its dtype is not the container of the records'
+            format (float16 records need uint16 codes; ``raw<n>`` records any container of at least n
+            bits).
+        ValueError
+            ``tensor`` is not in the list; ``nbits`` differs from the width of the records' format; an
+            index or bit is out of range; a bit is both stuck0 and stuck1.
 
         Math
         ----
@@ -377,16 +411,22 @@ class FaultList:
         """
         fn = "FaultList.apply"
         check_codes(codes, fn)
-        nbits = resolve_nbits(codes, nbits, fn)
         if tensor is None:
-            if len(self._tensor_names) > 1:
+            if len(self.tensors) > 1:
                 raise ValueError(
                     f"{fn}: tensor must be given when the list holds faults of several tensors, "
                     f"got None for tensors {self.tensors}"
                 )
             sub = self
         else:
+            if not isinstance(tensor, str):
+                raise TypeError(f"{fn}: tensor must be a str or None, got {validation.describe(tensor)}")
+            if tensor not in self.tensors and len(self):  # (an empty list applies nothing to anything)
+                raise ValueError(
+                    f"{fn}: tensor must be one of the list's tensors {self.tensors}, got {tensor!r}"
+                )
             sub = self.select(tensor)
+        nbits = _nbits_for_formats(codes, nbits, sub.formats, fn)
         return _apply_columns(codes, sub._index, sub._bit, sub._kind, nbits, fn, tensor or "")
 
     def apply_dict(
@@ -522,6 +562,56 @@ class FaultList:
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+_RAW = re.compile(r"raw([0-9]+)")
+_QUANT = re.compile(r"quant([0-9]+)_.*")
+
+
+def format_width(name: str) -> tuple[int, bool] | None:
+    """``(nbits, declared)`` of a record's format name, or None for a name saf_ref does not know.
+
+    ``"raw12"`` -> ``(12, False)`` (an undeclared word: any container of at least 12 bits);
+    ``"float16"`` -> ``(16, True)``, ``"q2.5"`` -> ``(8, True)``, ``"quant8_asym_offset_rounded"`` ->
+    ``(8, True)`` (declared formats: their codes live in the smallest container of ``nbits`` bits).
+    """
+    m = _RAW.fullmatch(name)
+    if m and 1 <= int(m.group(1)) <= 64:
+        return int(m.group(1)), False
+    m = _QUANT.fullmatch(name)
+    if m and 2 <= int(m.group(1)) <= 16:  # the widths a Quantizer allows
+        return int(m.group(1)), True
+    try:
+        return resolve_format(name, quantizer=False).nbits, True
+    except (TypeError, ValueError):
+        return None
+
+
+def _nbits_for_formats(codes: np.ndarray, nbits: Any, formats: tuple[str, ...], fn: str) -> int:
+    """``nbits`` for applying records of ``formats`` to ``codes``; refuse codes of another format."""
+    width = codes.dtype.itemsize * 8
+    nbits = None if nbits is None else validation.check_int(nbits, "nbits", fn, low=1, high=width)
+    for name in formats:
+        known = format_width(name)
+        if known is None:
+            continue  # a format saf_ref does not know: only the bit range is checked
+        n, declared = known
+        if declared and smallest_container(n) != codes.dtype:
+            raise TypeError(
+                f"{fn}: codes must have dtype {smallest_container(n)} for records of format {name!r} "
+                f"({n} bits), got {codes.dtype}"
+            )
+        if n > width:
+            raise TypeError(
+                f"{fn}: codes must have at least {n} bits per word for records of format {name!r}, "
+                f"got {codes.dtype}"
+            )
+        if nbits is not None and nbits != n:
+            raise ValueError(
+                f"{fn}: nbits must equal the width of the records' format {name!r} (={n}), got {nbits}"
+            )
+        nbits = n
+    return width if nbits is None else nbits
+
+
 def _check_path(path: Any, fn: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{fn}: path must be a str or path-like, got {validation.describe(path)}")
@@ -543,8 +633,8 @@ def _validate_record(rec: Any, where: str) -> Fault:
         raise ValueError(f"{where}, field 'tensor': expected a string, got {tensor!r}")
     if _CONTROL.search(tensor):
         raise ValueError(f"{where}, field 'tensor': expected no control characters, got {tensor!r}")
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"{where}, field 'index': expected an integer >= 0, got {index!r}")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index <= _MAX_INDEX:
+        raise ValueError(f"{where}, field 'index': expected an integer in [0, 2**63 - 1], got {index!r}")
     if isinstance(bit, bool) or not isinstance(bit, (int, np.integer)) or not 0 <= bit <= _MAX_BIT:
         raise ValueError(f"{where}, field 'bit': expected an integer in [0, {_MAX_BIT}], got {bit!r}")
     if kind not in KINDS:
@@ -560,7 +650,7 @@ def _parse_text_record(row: list[str], where: str) -> Fault:
     """Turn the five text fields of a CSV row into a validated record."""
     tensor, index, bit, kind, fmt = row
     if not _DIGITS.fullmatch(index):
-        raise ValueError(f"{where}, field 'index': expected an integer >= 0, got {index!r}")
+        raise ValueError(f"{where}, field 'index': expected an integer in [0, 2**63 - 1], got {index!r}")
     if not _DIGITS.fullmatch(bit):
         raise ValueError(f"{where}, field 'bit': expected an integer in [0, {_MAX_BIT}], got {bit!r}")
     return _validate_record((tensor, int(index), int(bit), kind, fmt), where)

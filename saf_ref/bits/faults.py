@@ -7,9 +7,14 @@ back (``saf_ref.bits.ieee``, ``saf_ref.bits.fixed``); this module knows nothing 
 All functions are pure: they return new arrays and never write into their inputs. Randomness comes only
 from the keyword ``rng`` (a ``numpy.random.Generator`` or a non-negative integer seed).
 
+Return types: every ``inject_*`` function returns the new codes, only. The fault models of
+:mod:`saf_ref.bits.faultmodels` (``BitErrors``, ``ExactCount``, ``Bursts``, ``StuckAt``, ``Replay``) make
+the same draws through the same cores (``draw_bit_errors``, ``draw_exact_k``, ``draw_bursts``) and return
+``(codes, FaultList)``: use them when the record of what was done is wanted.
+
 The samplers work in time proportional to the number of faults, not the number of bits: at a bit-error
 rate ``p`` over ``N`` candidate bits the flips have the law of ``K ~ Binomial(N, p)`` distinct uniform
-positions, drawn here as geometric gaps between flips (:func:`_bernoulli_positions`), so 11.7 million
+positions, drawn here as geometric gaps between flips (:func:`bernoulli_positions`), so 11.7 million
 float32 words at ``p = 1e-5`` (about 3,700 flips among 374 million bits) cost about one copy of the array
 (``benchmarks/bench_inject.py``).
 
@@ -129,7 +134,7 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
     return a[np.concatenate(([True], a[1:] != a[:-1]))]
 
 
-def _distinct_uniform(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+def distinct_uniform(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """``k`` distinct integers drawn uniformly from ``[0, n)``, returned sorted (int64).
 
     Math
@@ -143,7 +148,7 @@ def _distinct_uniform(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """
     if k > n // 2:
         mask = np.ones(n, dtype=bool)
-        mask[_distinct_uniform(n, n - k, rng)] = False
+        mask[distinct_uniform(n, n - k, rng)] = False
         return np.flatnonzero(mask).astype(np.int64)
     pos = np.zeros(0, dtype=np.int64)
     while pos.size < k:
@@ -151,10 +156,10 @@ def _distinct_uniform(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return pos
 
 
-_MAX_DRAWS = 1 << 22  # exponential draws per round of _bernoulli_positions
+_MAX_DRAWS = 1 << 22  # exponential draws per round of bernoulli_positions
 
 
-def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
+def bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
     """Sorted positions of an i.i.d. Bernoulli(p) process over ``[0, n)``, in time O(expected count).
 
     Math
@@ -165,7 +170,7 @@ def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarr
     ``pos_1 = G_1`` and ``pos_{i+1} = pos_i + 1 + G_{i+1}``, so they come out sorted and distinct with no
     sort and no duplicate removal; their count is ``Binomial(n, p)``. The cost is one exponential draw
     per success (plus a few spare), independent of ``n``. (The other classic method, ``K ~ Binomial(n,
-    p)`` then ``K`` distinct uniform positions as in :func:`_distinct_uniform`, has the same law but needs
+    p)`` then ``K`` distinct uniform positions as in :func:`distinct_uniform`, has the same law but needs
     an ``O(K log K)`` sort and duplicate removal; it measured several times slower at ``p = 0.1``.)
     Positions are int64: ``n`` up to about ``2**40`` bits keeps every partial sum far from overflow.
     """
@@ -196,7 +201,7 @@ def _bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarr
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def _positions_to_flips(pos: np.ndarray, bits: np.ndarray) -> FlipPositions:
+def positions_to_flips(pos: np.ndarray, bits: np.ndarray) -> FlipPositions:
     """Split bit positions ``element * m + slot`` into (element index, bit) with ``bits[slot]``."""
     if bits.size == 0:
         return FlipPositions(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
@@ -255,10 +260,10 @@ def apply_flips(codes: np.ndarray, flips: FlipPositions, *, nbits: int | None = 
         )
     if bit.size and (bit.min() < 0 or bit.max() >= nbits):
         raise ValueError(f"{fn}: flips.bit must be in [0, nbits={nbits}), got [{bit.min()}, {bit.max()}]")
-    return _xor_copy(codes, FlipPositions(index.astype(np.int64), bit))
+    return xor_flips(codes, FlipPositions(index.astype(np.int64), bit))
 
 
-def _xor_copy(codes: np.ndarray, flips: FlipPositions) -> np.ndarray:
+def xor_flips(codes: np.ndarray, flips: FlipPositions) -> np.ndarray:
     """:func:`apply_flips` without the checks, for positions the samplers produced (valid by construction)."""
     out = np.array(codes, order="C", copy=True)
     masks = np.left_shift(codes.dtype.type(1), flips.bit.astype(codes.dtype))
@@ -267,18 +272,57 @@ def _xor_copy(codes: np.ndarray, flips: FlipPositions) -> np.ndarray:
     return out
 
 
-def _result(out: np.ndarray, flips: FlipPositions, return_faults: bool, tensor: str, fmt_name: str):
-    if not return_faults:
-        return out
-    return out, FaultList.from_arrays(
-        flips.index, flips.bit, kind="flip", tensor=tensor, format_name=fmt_name
-    )
-
-
-def _check_tensor(tensor: Any, fn: str) -> str:
+def check_tensor_name(tensor: Any, fn: str) -> str:
+    """A tensor name for fault records: a str (``""`` for one anonymous array)."""
     if not isinstance(tensor, str):
         raise TypeError(f"{fn}: tensor must be a str, got {validation.describe(tensor)}")
     return tensor
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unchecked cores: the draws themselves. Callers validate (the inject_* functions below, and the fault
+# models of saf_ref.bits.faultmodels); the random draws happen here only, so both give the same bits.
+# ---------------------------------------------------------------------------------------------------------
+def draw_bit_errors(
+    codes: np.ndarray, bits: np.ndarray, p01: float, p10: float, rng: np.random.Generator
+) -> FlipPositions:
+    """Flip positions of independent bit errors (see :func:`inject_bit_errors`); unchecked core."""
+    pmax = max(p01, p10)
+    flips = positions_to_flips(bernoulli_positions(codes.size * bits.size, pmax, rng), bits)
+    if p01 != p10 and flips.index.size:
+        # thinning: the candidate's current bit value decides which rate applies
+        stored = (codes.reshape(-1)[flips.index] >> flips.bit.astype(codes.dtype)) & codes.dtype.type(1)
+        keep_prob = np.where(stored == 1, p10 / pmax, p01 / pmax)
+        keep = rng.random(flips.index.size) < keep_prob
+        flips = FlipPositions(flips.index[keep], flips.bit[keep])
+    return flips
+
+
+def draw_exact_k(size: int, bits: np.ndarray, k: int, rng: np.random.Generator) -> FlipPositions:
+    """Flip positions of exactly ``k`` distinct candidate bits (:func:`inject_exact_k`); unchecked core."""
+    return positions_to_flips(distinct_uniform(size * bits.size, k, rng), bits)
+
+
+def draw_bursts(
+    size: int, nbits: int, rate: float, burst_len: int, rng: np.random.Generator
+) -> FlipPositions:
+    """Flip positions of bursts (see :func:`inject_bursts`); unchecked core."""
+    words = bernoulli_positions(size, rate, rng)
+    start = rng.integers(0, nbits - burst_len + 1, size=words.size)
+    # one record per flipped bit: word w gets bits start[w] .. start[w] + burst_len - 1 (sorted by bit)
+    index = np.repeat(words, burst_len)
+    bit = (np.repeat(start, burst_len) + np.tile(np.arange(burst_len), words.size)).astype(np.uint8)
+    return FlipPositions(index, bit)
+
+
+def check_rates(p: Any, p01: Any, p10: Any, fn: str) -> tuple[float, float]:
+    """The rates ``(p01, p10)`` of :func:`inject_bit_errors` from its ``p``, ``p01``, ``p10`` arguments."""
+    if p is None and p01 is None and p10 is None:
+        raise ValueError(f"{fn}: p must be given (or p01 and/or p10), got p=None, p01=None, p10=None")
+    default = 0.0 if p is None else validation.check_probability(p, "p", fn)
+    r01 = default if p01 is None else validation.check_probability(p01, "p01", fn)
+    r10 = default if p10 is None else validation.check_probability(p10, "p10", fn)
+    return r01, r10
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,10 +337,7 @@ def inject_bit_errors(
     bit_mask: Any = None,
     p01: float | None = None,
     p10: float | None = None,
-    return_faults: bool = False,
-    format_name: str | None = None,
-    tensor: str = "",
-):
+) -> np.ndarray:
     """Independent random bit errors: each stored bit flips with probability ``p``.
 
     No PyTorch equivalent (fault injection); RandBET-style training calls this once per step.
@@ -316,17 +357,13 @@ def inject_bit_errors(
     p01, p10 : float in [0, 1] or None
         Asymmetric rates: ``p01`` is the probability that a stored 0 becomes 1, ``p10`` that a stored
         1 becomes 0. A rate not given defaults to ``p``, or to 0 when ``p`` is not given either.
-    return_faults : bool
-        Also return the :class:`FaultList` of the flips (kind ``"flip"``), ordered by (index, bit).
-    format_name : str or None
-        Format name the fault records carry (default ``"raw<nbits>"``).
-    tensor : str
-        Tensor name the fault records carry.
 
     Returns
     -------
     out : ndarray, same shape and dtype as ``codes``
-    faults : FaultList, only when ``return_faults``
+        Always the new codes only. For the record of what was flipped use the fault model
+        :class:`saf_ref.bits.faultmodels.BitErrors`: ``BitErrors(p).apply(codes, rng=rng)`` returns
+        ``(out, FaultList)`` with the same draws, hence the same ``out``.
 
     Math
     ----
@@ -334,29 +371,14 @@ def inject_bit_errors(
     ``P(flip) = p01`` if the stored bit is 0 and ``p10`` if it is 1; the number of flips is
     ``Binomial(N, p)`` for symmetric rates. Sampling: with ``p* = max(p01, p10)``, draw the candidates of
     a Bernoulli(``p*``) process over the ``N`` bits from geometric gaps (time ``O(N p*)``, not ``O(N)``;
-    see :func:`_bernoulli_positions`), then keep each candidate with probability ``p_b / p*`` where
+    see :func:`bernoulli_positions`), then keep each candidate with probability ``p_b / p*`` where
     ``b`` is its stored bit (thinning: kept with probability ``p* * p_b / p* = p_b``, independently).
     When ``p01 == p10`` no thinning is done.
     """
     fn = "inject_bit_errors"
     codes, nbits, bits, rng = _flip_rate_sampler(codes, rng, nbits, bit_mask, fn)
-    tensor = _check_tensor(tensor, fn)
-    fmt_name = default_format_name(format_name, nbits, fn)
-    if p is None and p01 is None and p10 is None:
-        raise ValueError(f"{fn}: p must be given (or p01 and/or p10), got p=None, p01=None, p10=None")
-    default = 0.0 if p is None else validation.check_probability(p, "p", fn)
-    r01 = default if p01 is None else validation.check_probability(p01, "p01", fn)
-    r10 = default if p10 is None else validation.check_probability(p10, "p10", fn)
-    pmax = max(r01, r10)
-    pos = _bernoulli_positions(codes.size * bits.size, pmax, rng)
-    flips = _positions_to_flips(pos, bits)
-    if r01 != r10 and flips.index.size:
-        # thinning: the candidate's current bit value decides which rate applies
-        stored = (codes.reshape(-1)[flips.index] >> flips.bit.astype(codes.dtype)) & codes.dtype.type(1)
-        keep_prob = np.where(stored == 1, r10 / pmax, r01 / pmax)
-        keep = rng.random(flips.index.size) < keep_prob
-        flips = FlipPositions(flips.index[keep], flips.bit[keep])
-    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
+    r01, r10 = check_rates(p, p01, p10, fn)
+    return xor_flips(codes, draw_bit_errors(codes, bits, r01, r10, rng))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -434,10 +456,7 @@ def inject_exact_k(
     rng: np.random.Generator | int,
     nbits: int | None = None,
     bit_mask: Any = None,
-    return_faults: bool = False,
-    format_name: str | None = None,
-    tensor: str = "",
-):
+) -> np.ndarray:
     """Flip exactly ``k`` distinct bits, chosen uniformly among all candidate bits.
 
     No PyTorch equivalent. Useful for "k bit errors" experiments with no variance in the count.
@@ -447,13 +466,13 @@ def inject_exact_k(
     codes : ndarray of uint8/16/32/64, any shape
     k : int in [0, codes.size * m]
         Number of flips (``m`` = candidate bits per word).
-    rng, nbits, bit_mask, return_faults, format_name, tensor
+    rng, nbits, bit_mask
         As in :func:`inject_bit_errors`.
 
     Returns
     -------
     out : ndarray, same shape and dtype as ``codes``
-    faults : FaultList, only when ``return_faults``
+        The new codes only; :class:`saf_ref.bits.faultmodels.ExactCount` returns them with their FaultList.
 
     Math
     ----
@@ -462,12 +481,8 @@ def inject_exact_k(
     """
     fn = "inject_exact_k"
     codes, nbits, bits, rng = _flip_rate_sampler(codes, rng, nbits, bit_mask, fn)
-    tensor = _check_tensor(tensor, fn)
-    fmt_name = default_format_name(format_name, nbits, fn)
-    n = codes.size * bits.size
-    k = validation.check_int(k, "k", fn, low=0, high=n)
-    flips = _positions_to_flips(_distinct_uniform(n, k, rng), bits)
-    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
+    k = validation.check_int(k, "k", fn, low=0, high=codes.size * bits.size)
+    return xor_flips(codes, draw_exact_k(codes.size, bits, k, rng))
 
 
 def flip_bit(
@@ -505,7 +520,7 @@ def flip_bit(
         flat = int(np.ravel_multi_index(multi, codes.shape)) if codes.ndim else 0
     else:
         flat = validation.check_int(index, "index", fn, low=0, high=codes.size - 1)
-    return _xor_copy(codes, FlipPositions(np.array([flat], dtype=np.int64), np.array([bit])))
+    return xor_flips(codes, FlipPositions(np.array([flat], dtype=np.int64), np.array([bit])))
 
 
 @dataclass(frozen=True, eq=False)
@@ -592,7 +607,7 @@ class StuckAtMap:
     def to_faultlist(self, *, tensor: str = "", format_name: str | None = None) -> FaultList:
         """The stuck bits as a FaultList (kinds ``"stuck0"`` / ``"stuck1"``), ordered by (index, bit)."""
         fn = "StuckAtMap.to_faultlist"
-        tensor = _check_tensor(tensor, fn)
+        tensor = check_tensor_name(tensor, fn)
         fmt_name = default_format_name(format_name, self.nbits, fn)
         index, bit, kind = [], [], []
         for b in range(self.nbits):
@@ -675,11 +690,11 @@ def sample_stuck_at_map(
     rng = validation.check_rng(rng, fn)
     bits = bit_indices(bit_mask, nbits, fn)
     size = int(np.prod(shape, dtype=np.int64))
-    flips = _positions_to_flips(_bernoulli_positions(size * bits.size, p, rng), bits)
+    flips = positions_to_flips(bernoulli_positions(size * bits.size, p, rng), bits)
     is1 = rng.random(flips.index.size) < p_stuck1
     zeros = np.zeros(shape, dtype=container)
-    stuck0 = _xor_copy(zeros, FlipPositions(flips.index[~is1], flips.bit[~is1]))
-    stuck1 = _xor_copy(zeros, FlipPositions(flips.index[is1], flips.bit[is1]))
+    stuck0 = xor_flips(zeros, FlipPositions(flips.index[~is1], flips.bit[~is1]))
+    stuck1 = xor_flips(zeros, FlipPositions(flips.index[is1], flips.bit[is1]))
     return StuckAtMap(and_mask=~stuck0, or_mask=stuck1, nbits=nbits)
 
 
@@ -690,10 +705,7 @@ def inject_bursts(
     *,
     rng: np.random.Generator | int,
     nbits: int | None = None,
-    return_faults: bool = False,
-    format_name: str | None = None,
-    tensor: str = "",
-):
+) -> np.ndarray:
     """Multi-bit bursts: a hit word gets ``burst_len`` adjacent bits flipped.
 
     No PyTorch equivalent. Models a particle strike or a row-hammer burst that corrupts neighbouring
@@ -706,13 +718,14 @@ def inject_bursts(
         Probability that a word is hit by a burst (independently per word).
     burst_len : int in [1, nbits]
         Number of adjacent bits a burst flips.
-    rng, nbits, return_faults, format_name, tensor
+    rng, nbits
         As in :func:`inject_bit_errors`.
 
     Returns
     -------
     out : ndarray, same shape and dtype as ``codes``
-    faults : FaultList, only when ``return_faults`` (``burst_len`` flip records per burst)
+        The new codes only; :class:`saf_ref.bits.faultmodels.Bursts` returns them with their FaultList
+        (``burst_len`` flip records per burst).
 
     Math
     ----
@@ -727,15 +740,7 @@ def inject_bursts(
     rate = validation.check_probability(rate, "rate", fn)
     burst_len = validation.check_int(burst_len, "burst_len", fn, low=1, high=nbits)
     rng = validation.check_rng(rng, fn)
-    tensor = _check_tensor(tensor, fn)
-    fmt_name = default_format_name(format_name, nbits, fn)
-    words = _bernoulli_positions(codes.size, rate, rng)
-    start = rng.integers(0, nbits - burst_len + 1, size=words.size)
-    # one record per flipped bit: word w gets bits start[w] .. start[w] + burst_len - 1 (sorted by bit)
-    index = np.repeat(words, burst_len)
-    bit = (np.repeat(start, burst_len) + np.tile(np.arange(burst_len), words.size)).astype(np.uint8)
-    flips = FlipPositions(index, bit)
-    return _result(_xor_copy(codes, flips), flips, return_faults, tensor, fmt_name)
+    return xor_flips(codes, draw_bursts(codes.size, nbits, rate, burst_len, rng))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -790,7 +795,7 @@ def sample_nested_flips(
         return []
     pmax = max(rates)
     size = int(np.prod(shape, dtype=np.int64))
-    candidates = _positions_to_flips(_bernoulli_positions(size * bits.size, pmax, rng), bits)
+    candidates = positions_to_flips(bernoulli_positions(size * bits.size, pmax, rng), bits)
     u = rng.random(candidates.index.size)
     out = []
     for r in rates:

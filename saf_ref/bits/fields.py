@@ -7,7 +7,7 @@ width=5)`` of float16 covers bits 10..14; its mask is ``0b0111_1100_0000_0000``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -83,4 +83,53 @@ class NumberFormat(Protocol):
         ...
 
     def classify(self, codes: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        ...
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """One way to store a tensor, whatever the format: IEEE, fixed point ``qM.N`` or a per-tensor quantizer.
+
+    :class:`~saf_ref.bits.ieee.IEEEFormat`, :class:`~saf_ref.bits.fixed.FixedPointFormat` and
+    :class:`~saf_ref.bits.quantize.Quantizer` implement it; :mod:`saf_ref.protect` stores and reads
+    tensors only through it (no per-class branches).
+
+    Attributes
+    ----------
+    name : str
+        ``"float16"``, ``"q2.5"``, ``"quant8_asym_offset_rounded"``; stored words carry it.
+    nbits : int
+        Bits in one stored word.
+    container : numpy.dtype
+        Unsigned dtype of the codes.
+    input_dtypes : tuple of numpy.dtype
+        The float dtypes :meth:`encode_tensor` accepts.
+
+    Math
+    ----
+    ``(codes, context) = encode_tensor(x)`` with the format's documented default policy (IEEE: round to
+    nearest even, ``overflow="ieee"``; fixed point: round half to even, saturate; a quantizer: its own
+    settings); ``decode_tensor(codes, context)`` is exact in the format's decode dtype. ``context`` is
+    None for formats without per-tensor state (IEEE, fixed point) and a
+    :class:`~saf_ref.bits.quantize.QuantContext` for quantizers. The JSON form is ``to_json()``, inverted
+    by :func:`saf_ref.bits.formats.codec_from_json`.
+
+    Notes
+    -----
+    The array-level ``encode`` of IEEE and fixed-point formats returns the codes alone and takes policy
+    keywords (``overflow=``, ``rounding=``); ``encode_tensor`` is the policy-free, uniform call.
+    """
+
+    name: str
+    nbits: int
+    container: np.dtype
+    input_dtypes: tuple[np.dtype, ...]
+
+    def encode_tensor(self, x: np.ndarray) -> tuple[np.ndarray, Any]:  # pragma: no cover - protocol
+        ...
+
+    def decode_tensor(self, codes: np.ndarray, context: Any) -> np.ndarray:  # pragma: no cover - protocol
+        ...
+
+    def to_json(self) -> Any:  # pragma: no cover - protocol
         ...

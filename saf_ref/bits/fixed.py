@@ -292,6 +292,34 @@ class FixedPointFormat:
         # k has at most 32 significant bits; in decode_dtype it is exact and ldexp by -N is exact.
         return np.asarray(np.ldexp(k.astype(self.decode_dtype), -self.frac_bits))
 
+    # ----------------------------------------------------------------------------------------------------
+    # The codec protocol (saf_ref.bits.fields.Codec)
+    # ----------------------------------------------------------------------------------------------------
+    @property
+    def input_dtypes(self) -> tuple[np.dtype, ...]:
+        """The dtypes :meth:`encode_tensor` accepts: float16, float32, float64."""
+        return FIXED_FLOAT_DTYPES
+
+    def encode_tensor(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        """The codec protocol: ``(encode(x), None)`` with the defaults (round half to even, saturate).
+
+        Fixed point has no per-tensor context (the step ``2**-N`` is part of the format), so it is None.
+        """
+        return self.encode(x, rounding="nearest_even", overflow="saturate"), None
+
+    def decode_tensor(self, codes: np.ndarray, context: None = None) -> np.ndarray:
+        """The codec protocol: ``decode(codes)``; ``context`` must be None (fixed point has none)."""
+        if context is not None:
+            raise TypeError(
+                f"{self.name}.decode_tensor: context must be None (fixed point has no context), "
+                f"got {type(context).__name__}"
+            )
+        return self.decode(codes)
+
+    def to_json(self) -> str:
+        """The JSON form of the codec: its name ``"qM.N"``."""
+        return self.name
+
     def classify(self, codes: np.ndarray) -> np.ndarray:
         """``"zero"`` where the value is 0, ``"normal"`` elsewhere (for display beside IEEE formats)."""
         return np.asarray(np.where(self.to_int(codes) == 0, "zero", "normal").astype("<U9"))

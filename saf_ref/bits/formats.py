@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from saf_ref import validation
-from saf_ref.bits.fields import NumberFormat
+from saf_ref.bits.fields import Codec, NumberFormat
 from saf_ref.bits.fixed import FixedPointFormat, parse_fixed_format
 from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
 from saf_ref.bits.quantize import Quantizer
 
-__all__ = ["format_names", "get_format", "resolve_format"]
+__all__ = ["codec_from_json", "format_names", "get_format", "resolve_format"]
 
 
 def format_names() -> tuple[str, ...]:
@@ -102,3 +102,29 @@ def get_format(name: str) -> NumberFormat:
         ``name`` is not a known format.
     """
     return resolve_format(name, fn="get_format", name="name", quantizer=False)
+
+
+def codec_from_json(data: Any, *, fn: str = "codec_from_json", where: str = "") -> Codec:
+    """The codec whose JSON form (``codec.to_json()``) is ``data``: a format name or ``{"quantizer": {...}}``.
+
+    Parameters
+    ----------
+    data : str or dict
+        A name (IEEE name or alias, ``"qM.N"``) or a quantizer's settings.
+    fn, where : str
+        The function, and the owner of the format (``"rule 'fc.*'"``), named in error messages.
+
+    Returns
+    -------
+    IEEEFormat, FixedPointFormat or Quantizer
+
+    Raises
+    ------
+    TypeError
+        ``data`` is neither a string nor a dict.
+    ValueError
+        An unknown name, or a malformed quantizer (see :meth:`Quantizer.from_json`).
+    """
+    if isinstance(data, dict):
+        return Quantizer.from_json(data, fn=fn, where=where)
+    return resolve_format(data, fn=fn, name=f"{where} format" if where else "format")

@@ -254,6 +254,32 @@ class IEEEFormat:
         out = _pack(dst, sign, sig, q, nan, inf, overflow="ieee")
         return np.asarray(out).astype(dst.container).view(dst.decode_dtype)
 
+    # ------------------------------------------------------------------- the codec protocol
+    @property
+    def input_dtypes(self) -> tuple[np.dtype, ...]:
+        """The dtypes :meth:`encode_tensor` accepts: float16, float32, float64."""
+        return ENCODE_INPUT_DTYPES
+
+    def encode_tensor(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        """The codec protocol (:class:`~saf_ref.bits.fields.Codec`): ``(encode(x, overflow="ieee"), None)``.
+
+        An IEEE format has no per-tensor context, so the context is None.
+        """
+        return self.encode(x, overflow="ieee"), None
+
+    def decode_tensor(self, codes: np.ndarray, context: None = None) -> np.ndarray:
+        """The codec protocol: ``decode(codes)``; ``context`` must be None (an IEEE format has none)."""
+        if context is not None:
+            raise TypeError(
+                f"{self.name}.decode_tensor: context must be None (IEEE formats have no context), "
+                f"got {type(context).__name__}"
+            )
+        return self.decode(codes)
+
+    def to_json(self) -> str:
+        """The JSON form of the codec: its name (:func:`~saf_ref.bits.formats.codec_from_json` inverts it)."""
+        return self.name
+
     # --------------------------------------------------------------------------- classification
     def is_nan(self, codes: np.ndarray) -> np.ndarray:
         """Boolean mask of NaN codes (exponent all ones and mantissa nonzero; ``S.1111.111`` for e4m3fn)."""

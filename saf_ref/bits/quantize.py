@@ -36,6 +36,8 @@ QUANT_ROUNDINGS = ("nearest_even", "toward_zero")
 _F32 = np.float32
 _UNSIGNED = tuple(np.dtype(d) for d in (np.uint8, np.uint16, np.uint32, np.uint64))
 _CONTEXT_KEYS = ("scheme", "code", "nbits", "q", "step", "min", "max")
+#: The settings of a Quantizer, in the order of its JSON form.
+QUANTIZER_KEYS = ("nbits", "scheme", "code", "rounding", "clip", "max_abs", "margin")
 
 
 def _to_f32(value: float) -> np.float32:
@@ -323,6 +325,51 @@ class Quantizer:
         y = (y + _F32(1.0)) / _F32(2.0)
         y = y * width + lo  # two float32 roundings (no fused multiply-add), as in the reference
         return np.asarray(np.clip(y, lo, hi))
+
+    # ----------------------------------------------------------------------------------------------------
+    # The codec protocol (saf_ref.bits.fields.Codec) and the JSON form
+    # ----------------------------------------------------------------------------------------------------
+    @property
+    def input_dtypes(self) -> tuple[np.dtype, ...]:
+        """The dtypes :meth:`encode_tensor` accepts: float32 only (the quantizer *is* float32 arithmetic)."""
+        return (np.dtype(np.float32),)
+
+    def encode_tensor(self, x: np.ndarray) -> tuple[np.ndarray, QuantContext]:
+        """The codec protocol: :meth:`encode` (codes and the per-tensor context)."""
+        return self.encode(x)
+
+    def decode_tensor(self, codes: np.ndarray, context: QuantContext) -> np.ndarray:
+        """The codec protocol: :meth:`decode`."""
+        return self.decode(codes, context)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: ``{"quantizer": {nbits, scheme, code, rounding, clip, max_abs, margin}}``."""
+        return {"quantizer": {key: getattr(self, key) for key in QUANTIZER_KEYS}}
+
+    @classmethod
+    def from_json(cls, data: Any, *, fn: str = "Quantizer.from_json", where: str = "") -> Quantizer:
+        """The quantizer of :meth:`to_json`'s output.
+
+        ``fn`` names the caller in messages and ``where`` the owner of the format (``"rule 'fc.*'"``).
+
+        Raises
+        ------
+        ValueError
+            ``data`` is not ``{"quantizer": {...}}``, or its settings miss ``nbits`` or hold unknown keys.
+        """
+        label = f"{where} " if where else ""
+        settings = data.get("quantizer") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or set(data) != {"quantizer"} or not isinstance(settings, dict):
+            raise ValueError(f"{fn}: {label}format must be a name or {{'quantizer': {{...}}}}, got {data!r}")
+        kwargs = dict(data["quantizer"])
+        unknown = sorted(set(kwargs) - set(QUANTIZER_KEYS))
+        if unknown or "nbits" not in kwargs:
+            raise ValueError(
+                f"{fn}: {label}quantizer must have 'nbits' and keys among {QUANTIZER_KEYS}, "
+                f"got keys {sorted(kwargs)}"
+            )
+        nbits = kwargs.pop("nbits")
+        return cls(nbits, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------
     # The two schemes

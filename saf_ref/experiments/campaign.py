@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ from saf_ref import validation
 from saf_ref.determinism import blas_threads_pinned
 from saf_ref.experiments.stats import mean_interval, wilson_interval
 from saf_ref.nn.registry import model_fns
-from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, _check_params, inject_nested, load, store
+from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, check_params, inject_nested, load, store
 
 __all__ = [
     "Subject",
@@ -95,7 +96,7 @@ class Subject:
             if not isinstance(value, str):
                 raise TypeError(f"{fn}: {name} must be a str, got {validation.describe(value)}")
         model_fns(self.model, fn)  # an unknown model name fails here, not in a worker process
-        _check_params(self.params, "params", fn)
+        check_params(self.params, "params", fn)
         if not isinstance(self.state, Mapping):
             got = validation.describe(self.state)
             raise TypeError(f"{fn}: state must be a dict of str -> ndarray, got {got}")
@@ -231,7 +232,7 @@ def run_trial(
     validation.check_ndarray(clean, "clean", fn)
     validation.check_shape(clean, "clean", fn, y.shape)
     stored = store(subject.params, subject.spec)
-    faulty_models = inject_nested(stored, list(rates), rng=rng)
+    faulty_models = [inj.stored for inj in inject_nested(stored, list(rates), rng=rng)]
     clean_wrong = clean != y
     records = []
     for rate, faulty in zip(rates, faulty_models, strict=True):
@@ -253,6 +254,15 @@ def run_trial(
             }
         )
     return records
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """Worker initializer: ignore SIGINT, which Ctrl-C sends to every process of the terminal's group.
+
+    The parent alone stops the campaign (cancels what has not started, keeps what finished); a worker
+    interrupted while waiting for work would otherwise die with a traceback on the user's terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_unit(args: tuple) -> tuple[int, int, list[dict[str, Any]]]:
@@ -598,7 +608,9 @@ def run_campaign(
             interrupted = True
     else:
         if own_pool:
-            executor = cf.ProcessPoolExecutor(max_workers=max_workers)
+            executor = cf.ProcessPoolExecutor(
+                max_workers=max_workers
+            )
         futures = [executor.submit(_run_unit, unit) for unit in units]
         try:
             for future in cf.as_completed(futures):

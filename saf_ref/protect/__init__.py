@@ -4,8 +4,12 @@
 
 - :mod:`~saf_ref.protect.transforms`: weight transforms (identity, tanh, arctan, softsign, hardtanh and
   scaled forms) with derivatives and inverses.
-- :mod:`~saf_ref.protect.storage`: storage specs, store / inject / load, and the differentiable
-  ``effective_weights`` used in training.
+- :mod:`~saf_ref.protect.spec`: storage rules and specs, parameter roles.
+- :mod:`~saf_ref.protect.stored`: stored models, ``store`` and ``load``.
+- :mod:`~saf_ref.protect.inject`: ``inject`` (one fault model -> ``Injection(stored, faults)``) and
+  ``inject_nested``.
+- :mod:`~saf_ref.protect.effective`: the differentiable ``effective_weights`` used in training.
+- :mod:`~saf_ref.protect.storage`: all of the above in one namespace.
 - :mod:`~saf_ref.protect.scaling`: weight scaling (store ``c * W``, divide on read).
 - :mod:`~saf_ref.protect.convert`: convert a pretrained model to a SAF model.
 """
@@ -14,6 +18,7 @@ from saf_ref.protect.convert import CONVERT_MODES, convert_to_saf
 from saf_ref.protect.scaling import scale_constants, scale_target, weight_scaling_spec
 from saf_ref.protect.storage import (
     EffectiveWeightsCache,
+    Injection,
     StorageRule,
     StorageSpec,
     StoredModel,
@@ -32,6 +37,7 @@ from saf_ref.protect.transforms import TRANSFORMS, Transform, get_transform
 __all__ = [
     "CONVERT_MODES",
     "EffectiveWeightsCache",
+    "Injection",
     "StorageRule",
     "StorageSpec",
     "StoredModel",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
-from saf_ref.protect.storage import _check_params, param_role
+from saf_ref.protect.storage import check_params, param_role
 from saf_ref.protect.transforms import Transform, get_transform
 
 __all__ = ["CONVERT_MODES", "convert_to_saf"]
@@ -86,7 +86,7 @@ def convert_to_saf(
     (``hardtanh`` is the identity there).
     """
     fn = "convert_to_saf"
-    _check_params(params, "params", fn)
+    check_params(params, "params", fn)
     if not isinstance(transform, (str, Transform)):
         raise TypeError(
             f"{fn}: transform must be a transform name or a Transform, got {validation.describe(transform)}"

@@ -1,15 +1,22 @@
-"""Weight scaling: store ``s * W`` per layer with ``s = t / max|W|``, divide by ``s`` on read.
+"""Weight scaling: store ``s * W`` per tensor with ``s = t / max|W|``, divide by ``s`` on read.
 
 Scaling moves each weight tensor into the part of the storage format where it is represented best, or
-where bit errors hurt least: for fixed point ``qM.N`` the target ``t`` is the largest value of the format,
-so the weights use the whole range (more of the ``N`` fraction bits carry information); for floating
-point formats the default target is 1.
+where bit errors hurt least:
+
+- fixed point ``qM.N``: the target ``t`` is the largest value of the format, so the weights use the
+  whole range (more of the ``N`` fraction bits carry information);
+- IEEE formats: ``t = 2**emax``, the bottom of the largest finite binade (float32: ``2**127``, float16:
+  ``2**15``). A word then holds at most ``~2 t``, so *any* corrupted word that is still finite reads back
+  as ``|w'| <= max_finite / s ~= 2 max|W|``, and a word that becomes inf or NaN reads as 0 with
+  ``load(..., nonfinite="zero")``: the format's own range saturates the weights, as tanh does in SAF.
+  Used with ``nonfinite="propagate"`` this target is *worse* than none (the top binades are where single
+  flips give inf); see ``docs/weight_scaling.md`` for the analysis and the measurements.
 
 The scale is a plain per-tensor constant kept next to the codes (like a quantizer's range, it is not
 exposed to faults). In the storage pipeline it is the ``scale`` of a
 :class:`~saf_ref.protect.storage.StorageRule`::
 
-    u ─► × s ─► encode ─► bits ─ faults ─► decode ─► ÷ s ─► f ─► w
+    u ─► × s ─► encode ─► bits ─ faults ─► decode ─► (inf/NaN -> 0) ─► ÷ s ─► f ─► w
 
 No PyTorch equivalent (the closest is the per-tensor ``scale`` of ``torch.quantize_per_tensor``).
 """
@@ -26,10 +33,12 @@ import numpy as np
 from saf_ref import validation
 from saf_ref.bits.fixed import FixedPointFormat
 from saf_ref.bits.formats import resolve_format
+from saf_ref.bits.ieee import IEEEFormat
 from saf_ref.protect.storage import (
+    ROLES,
     StorageRule,
     StorageSpec,
-    _check_params,
+    check_params,
     default_spec,
     param_role,
 )
@@ -47,14 +56,43 @@ def scale_target(format: Any) -> float:
     Returns
     -------
     t : float
-        Fixed point ``qM.N``: its largest value ``2**M - 2**-N`` (``q2.5``: 3.96875), so the scaled
-        weights fill the range. IEEE formats and quantizers: 1.0 (a quantizer adapts its range to the
-        tensor, so scaling changes nothing but the decoding constants).
+        - fixed point ``qM.N``: its largest value ``2**M - 2**-N`` (``q2.5``: 3.96875), so the scaled
+          weights fill the range;
+        - IEEE formats: ``2**emax``, the smallest value of the largest finite binade: float64 ``2**1023``,
+          float32 and bfloat16 ``2**127``, float16 and float8_e5m2 ``2**15``, float8_e4m3fn ``2**8``;
+        - quantizers: 1.0 (a quantizer adapts its range to the tensor, so scaling changes nothing but the
+          decoding constants).
+
+    Math
+    ----
+    IEEE, with ``s = t / max|W|`` and ``M = max|W|``: every stored magnitude is ``|s W| <= t`` (rounding
+    aside), and every finite word, faulty or not, decodes to at most ``max_finite``. With inf and NaN
+    read as 0 (``load(..., nonfinite="zero")``), every weight read back, whatever bits were flipped, obeys
+
+        ``|w'| <= max_finite / s = G M``,  ``G = max_finite / 2**emax = 2 - 2**-m`` (1.75 for the FP8
+        formats, whose largest significand is ``1.75``),
+
+    a saturation by the format's range (SAF saturates with tanh). Exponent bit ``k`` of a weight ``d``
+    binades below ``M`` (``|w| in [2**-d, 2**(1-d)) M``; biased field ``2**E - 2 - d``, the
+    complement of ``d + 1``) shrinks it by ``2**(2**k)`` when bit ``k`` of ``d + 1`` is 0; gives inf/NaN
+    (read as 0) when ``d + 1 == 2**k``; else grows it by ``2**(2**k) <= 2**d`` to ``|w'| < 2 M``.
+    The old default ``t = 1`` put ``M`` at exactly 1.0, whose exponent-MSB flip gives inf.
+    Derivations, the exhaustive checks and the measurements: ``docs/weight_scaling.md``.
     """
     fmt = resolve_format(format, fn="scale_target", name="format")
     if isinstance(fmt, FixedPointFormat):
         return fmt.max_value
+    if isinstance(fmt, IEEEFormat):
+        return math.ldexp(1.0, fmt.emax)
     return 1.0
+
+
+def _largest_scale(dtype: np.dtype, power_of_two: bool) -> float:
+    """The largest finite value of the float dtype ``dtype`` (float32: ``3.4e38``), or its largest power
+    of two (``2**127``) when the constant must be one."""
+    if power_of_two:
+        return math.ldexp(1.0, int(np.finfo(dtype).maxexp) - 1)
+    return float(np.finfo(dtype).max)
 
 
 def _check_target(target: Any, fn: str) -> float:
@@ -62,6 +100,14 @@ def _check_target(target: Any, fn: str) -> float:
     if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"{fn}: target must be a finite positive number or 'auto', got {target!r}")
     return t
+
+
+def _check_roles(roles: Any, fn: str) -> tuple[str, ...]:
+    if isinstance(roles, str) or not isinstance(roles, (tuple, list)):
+        raise TypeError(f"{fn}: roles must be a tuple of role names, got {validation.describe(roles)}")
+    for i, r in enumerate(roles):
+        validation.check_choice(r, f"roles[{i}]", fn, ROLES)
+    return tuple(roles)
 
 
 def scale_constants(
@@ -97,14 +143,11 @@ def scale_constants(
     ``s = t / max_i |W_i|`` computed in float64 from the exact ``max|W|``.
     """
     fn = "scale_constants"
-    _check_params(params, "params", fn)
+    check_params(params, "params", fn)
     t = _check_target(target, fn)
     if not isinstance(power_of_two, bool):
         raise TypeError(f"{fn}: power_of_two must be a bool, got {validation.describe(power_of_two)}")
-    if isinstance(roles, str) or not isinstance(roles, (tuple, list)):
-        raise TypeError(f"{fn}: roles must be a tuple of role names, got {validation.describe(roles)}")
-    for i, r in enumerate(roles):
-        validation.check_choice(r, f"roles[{i}]", fn, ("weight", "bias", "bn", "other"))
+    roles = _check_roles(roles, fn)
     shapes = {k: v.shape for k, v in params.items()}
     out = {}
     for name, w in params.items():
@@ -140,15 +183,19 @@ def weight_scaling_spec(
     expose_non_weights: bool = True,
     base: StorageSpec | None = None,
     power_of_two: bool = False,
+    roles: tuple[str, ...] = ("weight",),
 ) -> StorageSpec:
-    """A storage spec that stores ``s W`` for every conv/linear weight ``W``, with ``s = t / max|W|``.
+    """A storage spec that stores ``s W`` for every tensor ``W`` of the given roles, ``s = t / max|W|``.
 
     Parameters
     ----------
     params : dict str -> ndarray
         The weights to be stored (their maxima fix the constants). Not modified.
     target : float or "auto"
-        ``t``; ``"auto"``: :func:`scale_target` of the format (fixed point: its largest value; else 1).
+        ``t``; ``"auto"``: :func:`scale_target` of each tensor's format (fixed point: its largest value;
+        IEEE: ``2**emax``; quantizer: 1), with ``s`` capped at the largest finite value of the latents'
+        dtype (float32: ``3.4e38``; ``2**127`` with ``power_of_two``), because ``s`` is applied in that
+        dtype.
     format : str, IEEEFormat, FixedPointFormat or Quantizer, optional
         Storage format of every parameter (default ``"float32"``). Not allowed with ``base``.
     transform : str or Transform, optional
@@ -160,16 +207,31 @@ def weight_scaling_spec(
         keeps the format, transform, clip and exposure of its rule in ``base``.
     power_of_two : bool
         Round each constant down to a power of two (see :func:`scale_constants`).
+    roles : tuple of str
+        Roles (see :func:`~saf_ref.protect.storage.param_role`) of the tensors that get a constant;
+        default: the conv/linear weights. ``("weight", "bias", "bn", "other")`` scales every tensor,
+        which is what protects a model whose biases and batch-norm parameters are exposed too.
 
     Returns
     -------
     StorageSpec
         One rule per scaled tensor (exact name, with its ``scale``), then the rules of the base spec.
 
+    Math
+    ----
+    Tensor ``W`` with ``M = max|W| > 0`` gets ``s = t / M`` (float64), and with ``target="auto"``
+    ``s = min(t / M, max_latent)`` (``max_latent``: the latent dtype's largest finite value). For an IEEE
+    format read with ``load(..., nonfinite="zero")`` every weight read back, faulty or not, is bounded:
+    ``|w'| <= max_finite / s``, that is ``(2 - 2**-m) M`` when the cap does not bind (see
+    :func:`scale_target`), and ``max_finite / max_latent`` (about 1 for float32 and bfloat16 storage of
+    float32 latents, whose cap binds when ``M < 1/2``) when it does.
+
     Notes
     -----
     With ``target="auto"`` and a ``base`` spec the target is taken from each tensor's own format.
     Clipping (if a rule has ``clip``) is applied to the unscaled latents, before scaling.
+    The IEEE target only helps together with ``nonfinite="zero"`` on reading (measured in
+    ``docs/weight_scaling.md``); with inf and NaN kept it makes single flips more often non-finite.
     """
     fn = "weight_scaling_spec"
     if base is None:
@@ -187,21 +249,24 @@ def weight_scaling_spec(
                 f"given (the base spec decides them), got format={format!r}, transform={transform!r}, "
                 f"expose_non_weights={expose_non_weights!r}"
             )
-    _check_params(params, "params", fn)
+    dtype = check_params(params, "params", fn)
+    roles = _check_roles(roles, fn)
     fixed_target = None if isinstance(target, str) and target == "auto" else _check_target(target, fn)
     shapes = {k: v.shape for k, v in params.items()}
     rules = base.resolve(shapes, fn)
     scaled = []
     for name in params:
         rule = rules[name]
-        if param_role(name, shapes) != "weight":
+        if param_role(name, shapes) not in roles:
             continue
         t = scale_target(rule.format) if fixed_target is None else fixed_target
         # The role was decided on the whole model (a bias's role depends on its module's weight), so the
         # one-tensor call accepts every role.
-        consts = scale_constants({name: params[name]}, t, roles=("weight", "bias", "bn", "other"),
-                                 power_of_two=power_of_two)
+        s = scale_constants({name: params[name]}, t, roles=ROLES, power_of_two=power_of_two)[name]
+        if fixed_target is None:
+            # s is applied in the latents' dtype: 2**127 / max|W| overflows float32 when max|W| < 1/2.
+            s = min(s, _largest_scale(dtype, power_of_two))
         # glob.escape makes the exact name a pattern matching only itself (it escapes * ? [).
         scaled.append(StorageRule(glob.escape(name), format=rule.format, transform=rule.transform,
-                                  clip=rule.clip, scale=consts[name], exposed=rule.exposed))
+                                  clip=rule.clip, scale=s, exposed=rule.exposed))
     return StorageSpec(tuple(scaled) + base.rules)

@@ -12,11 +12,9 @@ from hypothesis import strategies as st
 
 import saf_ref.bits.faultlist as faultlist_module
 from saf_ref.bits.faultlist import COLUMNS, KINDS, Fault, FaultList
+from saf_ref.bits.faultmodels import BitErrors, Bursts, ExactCount
 from saf_ref.bits.faults import (
     apply_flips,
-    inject_bit_errors,
-    inject_bursts,
-    inject_exact_k,
     sample_nested_flips,
     sample_stuck_at_map,
 )
@@ -36,6 +34,7 @@ def naive_apply(codes: np.ndarray, records, nbits: int) -> np.ndarray:
     return np.array(words, dtype=codes.dtype).reshape(codes.shape)
 
 
+INDEX_RANGE = r"expected an integer in \[0, 2\*\*63 - 1\]"
 SAMPLE = [
     Fault("conv1.weight", 12, 30, "flip", "float32"),
     Fault("conv1.weight", 12, 3, "stuck0", "float32"),
@@ -148,7 +147,7 @@ def test_apply_order_flips_then_stuck_and_duplicate_flips_cancel():
 def test_apply_never_mutates_and_validates_targets():
     codes = np.arange(6, dtype=np.uint8).reshape(2, 3)
     codes.flags.writeable = False
-    fl = FaultList([("w", 5, 7, "flip", "raw8")])
+    fl = FaultList([("w", 5, 7, "flip", "mine")])  # a format saf_ref does not know: only ranges checked
     out = fl.apply(codes)
     assert out.flags.writeable and codes.tolist() == [[0, 1, 2], [3, 4, 5]] and out[1, 2] == 5 ^ 128
     with pytest.raises(
@@ -165,7 +164,54 @@ def test_apply_never_mutates_and_validates_targets():
         ValueError, match="tensor must be given when the list holds faults of several tensors"
     ):
         FaultList(SAMPLE).apply(np.zeros(20, np.uint32))
-    assert np.array_equal(fl.apply(codes, "other"), codes)  # no records for that tensor: a copy
+    # a misspelled tensor name is an error, not a silent no-op
+    with pytest.raises(
+        ValueError, match=r"FaultList.apply: tensor must be one of the list's tensors \('w',\), got 'W'"
+    ):
+        fl.apply(codes, "W")
+    with pytest.raises(TypeError, match="FaultList.apply: tensor must be a str or None, got int"):
+        fl.apply(codes, 3)
+    assert np.array_equal(FaultList().apply(codes, "any"), codes)  # the empty list applies nothing anywhere
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dtype", "nbits", "error", "match"),
+    [
+        ("float16", np.uint32, None, TypeError,
+         r"codes must have dtype uint16 for records of format 'float16' \(16 bits\), got uint32"),
+        ("float32", np.uint16, None, TypeError, r"must have dtype uint32 for records of format 'float32"),
+        ("q2.5", np.uint16, None, TypeError, r"dtype uint8 for records of format 'q2.5' \(8 bits\)"),
+        ("quant4_asym_offset_rounded", np.uint16, None, TypeError,
+         "codes must have dtype uint8 for records of format 'quant4"),
+        ("raw12", np.uint8, None, TypeError,
+         r"codes must have at least 12 bits per word for records of format 'raw12', got uint8"),
+        ("float16", np.uint16, 12, ValueError,
+         r"nbits must equal the width of the records' format 'float16' \(=16\), got 12"),
+        ("raw12", np.uint32, 16, ValueError,
+         r"nbits must equal the width of the records' format 'raw12' \(=12\), got 16"),
+    ],
+)
+def test_apply_refuses_records_of_another_format(fmt, dtype, nbits, error, match):
+    fl = FaultList([("w", 0, 1, "flip", fmt)])
+    with pytest.raises(error, match="FaultList.apply: " + match):
+        fl.apply(np.zeros(3, dtype), "w", nbits=nbits)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "dtype", "width"),
+    [("float16", np.uint16, 16), ("bfloat16", np.uint16, 16), ("float8_e4m3fn", np.uint8, 8),
+     ("q2.5", np.uint8, 8), ("q7.8", np.uint16, 16), ("quant4_sym_twos_trunc", np.uint8, 4),
+     ("raw12", np.uint16, 12), ("raw12", np.uint64, 12), ("mine", np.uint32, 32)],
+)
+def test_apply_takes_nbits_from_the_records_format(fmt, dtype, width):
+    # the top bit of the format's word applies; one above it is out of range (naive reference: XOR by hand)
+    codes = np.zeros(2, dtype)
+    got = FaultList([("w", 1, width - 1, "flip", fmt)]).apply(codes, "w")
+    assert got.tolist() == [0, 1 << (width - 1)]
+    if width < 8 * codes.itemsize:
+        match = rf"every bit of tensor 'w' must be < nbits \(={width}\), got bit {width}"
+        with pytest.raises(ValueError, match=match):
+            FaultList([("w", 1, width, "flip", fmt)]).apply(codes, "w")
 
 
 def test_apply_dict():
@@ -188,7 +234,7 @@ def test_apply_dict():
         fl.apply_dict({"conv1.weight": arrays["conv1.weight"]})
     with pytest.raises(TypeError, match="arrays must be a mapping"):
         fl.apply_dict([1, 2])
-    with pytest.raises(ValueError, match="every bit of tensor 'fc.bias' must be < nbits"):
+    with pytest.raises(ValueError, match=r"nbits must equal the width of the records' format 'q2.5' \(=8\)"):
         fl.apply_dict(arrays, nbits={"fc.bias": 1})
 
 
@@ -274,7 +320,9 @@ BAD_CSV = [
         "line 3, field 'bit': expected an integer in \\[0, 63\\], got 'x'",
     ),
     (HEADER + "w,0,64,flip,f32\n", "line 2, field 'bit': expected an integer in \\[0, 63\\], got 64"),
-    (HEADER + "w,-1,0,flip,f32\n", "line 2, field 'index': expected an integer >= 0, got '-1'"),
+    (HEADER + "w,-1,0,flip,f32\n", rf"line 2, field 'index': {INDEX_RANGE}, got '-1'"),
+    # an index past int64 is the same templated error, not Python's OverflowError
+    (HEADER + f"w,{2**70},0,flip,f32\n", rf"line 2, field 'index': {INDEX_RANGE}, got {2**70}"),
     (HEADER + "w,1.5,0,flip,f32\n", "line 2, field 'index'"),
     (HEADER + "w, 1,0,flip,f32\n", "line 2, field 'index'"),
     (HEADER + "w,1,0,flop,f32\n", "line 2, field 'kind': expected one of"),
@@ -308,7 +356,8 @@ BAD_JSON = [
     (_json([{**GOOD, "bit": 2.0}]), r"faults\[0\], field 'bit': expected an integer"),
     (_json([{**GOOD, "bit": True}]), r"faults\[0\], field 'bit': expected an integer"),
     (_json([{**GOOD, "bit": 64}]), r"faults\[0\], field 'bit'"),
-    (_json([GOOD, {**GOOD, "index": -3}]), r"faults\[1\], field 'index': expected an integer >= 0, got -3"),
+    (_json([GOOD, {**GOOD, "index": -3}]), rf"faults\[1\], field 'index': {INDEX_RANGE}, got -3"),
+    (_json([{**GOOD, "index": 2**63}]), rf"faults\[0\], field 'index': {INDEX_RANGE}, got {2**63}"),
     (_json([{**GOOD, "index": "3"}]), r"faults\[0\], field 'index'"),
     (_json([{**GOOD, "tensor": None}]), r"faults\[0\], field 'tensor': expected a string"),
     (_json([{**GOOD, "kind": "stuck"}]), r"faults\[0\], field 'kind'"),
@@ -397,12 +446,12 @@ def test_sample_save_load_apply_replays_the_injection(tmp_path, suffix):
     rng = np.random.default_rng(7)
     weights = rng.integers(0, 2**32, size=(16, 8), dtype=np.uint32)
     bias = rng.integers(0, 2**8, size=(16,), dtype=np.uint8)
-    w_out, w_faults = inject_bit_errors(
-        weights, 0.01, rng=1, return_faults=True, tensor="fc.weight", format_name="float32"
+    w_out, w_faults = BitErrors(0.01).apply(
+        weights, rng=1, tensor="fc.weight", format_name="float32"
     )
-    b_out, b_faults = inject_exact_k(bias, 9, rng=2, return_faults=True, tensor="fc.bias", format_name="q2.5")
-    burst_out, burst_faults = inject_bursts(
-        weights, 0.2, 5, rng=3, return_faults=True, tensor="x", format_name="float32"
+    b_out, b_faults = ExactCount(9).apply(bias, rng=2, tensor="fc.bias", format_name="q2.5")
+    burst_out, burst_faults = Bursts(0.2, 5).apply(
+        weights, rng=3, tensor="x", format_name="float32"
     )
     chip = sample_stuck_at_map(bias.shape, 8, 0.2, rng=4, p_stuck1=0.5)
     nested = sample_nested_flips(weights.shape, 32, [0.02], rng=5)[0]
@@ -435,7 +484,7 @@ def test_sample_save_load_apply_replays_the_injection(tmp_path, suffix):
 def test_large_list_round_trip_is_exact():
     rng = np.random.default_rng(8)
     codes = rng.integers(0, 2**16, size=20_000, dtype=np.uint16)
-    out, fl = inject_bit_errors(codes, 0.05, rng=9, return_faults=True, format_name="float16", tensor="t")
+    out, fl = BitErrors(0.05).apply(codes, rng=9, format_name="float16", tensor="t")
     assert len(fl) > 10_000
     again = FaultList.from_csv(fl.to_csv())
     assert again == fl and np.array_equal(again.apply(codes), out)

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.faultmodels import BitErrors, Bursts, ExactCount
 from saf_ref.bits.faults import (
     FlipPositions,
     StuckAtMap,
@@ -79,7 +80,7 @@ def readonly(a: np.ndarray) -> np.ndarray:
 def test_inject_faults_list_matches_the_bits_that_changed(dtype):
     rng = np.random.default_rng(1)
     codes = random_codes(rng, (7, 9), dtype)
-    out, faults = inject_bit_errors(codes, 0.05, rng=2, return_faults=True, format_name="f", tensor="w")
+    out, faults = BitErrors(0.05).apply(codes, rng=2, format_name="f", tensor="w")
     assert out.dtype == codes.dtype and out.shape == codes.shape
     assert list(zip(faults.index.tolist(), faults.bit.tolist(), strict=True)) == naive_diff_bits(codes, out)
     assert set(faults.kind) <= {"flip"} and set(faults.tensor) <= {"w"} and set(faults.format) <= {"f"}
@@ -170,7 +171,7 @@ def test_inject_works_on_0d_empty_noncontiguous_and_uint64():
     assert inject_bit_errors(empty, 0.5, rng=0).shape == (0, 3)
     big = random_codes(rng, (10, 8), np.uint32)
     view = big[:, ::2].T  # non-contiguous, transposed
-    out, faults = inject_bit_errors(view, 0.1, rng=1, return_faults=True)
+    out, faults = BitErrors(0.1).apply(view, rng=1)
     # flat indices are C order of the view's own shape
     assert list(zip(faults.index.tolist(), faults.bit.tolist(), strict=True)) == naive_diff_bits(view, out)
     u64 = random_codes(rng, (20,), np.uint64)
@@ -184,7 +185,7 @@ def test_inject_works_on_0d_empty_noncontiguous_and_uint64():
 def _calls(codes, uniform):
     return [
         lambda: inject_bit_errors(codes, 0.3, rng=0),
-        lambda: inject_bit_errors(codes, rng=0, p01=0.2, p10=0.5, return_faults=True),
+        lambda: BitErrors(p01=0.2, p10=0.5).apply(codes, rng=0),
         lambda: flip_by_uniform(codes, uniform, 0.3, protected=0b1),
         lambda: inject_exact_k(codes, 7, rng=0),
         lambda: flip_bit(codes, 3, 2),
@@ -295,7 +296,7 @@ def test_flip_by_uniform_reproduces_golden_reference_flips():
 def test_inject_exact_k_flips_exactly_k_distinct_bits(k):
     rng = np.random.default_rng(14)
     codes = random_codes(rng, (4, 5), np.uint16, nbits=8)
-    out, faults = inject_exact_k(codes, k, rng=k, nbits=8, return_faults=True)
+    out, faults = ExactCount(k).apply(codes, rng=k, nbits=8)
     diff = naive_diff_bits(codes, out)
     assert len(diff) == k == len(faults)
     assert list(zip(faults.index.tolist(), faults.bit.tolist(), strict=True)) == diff
@@ -355,7 +356,7 @@ def test_stuck_at_map_extremes_and_bit_mask():
 def test_bursts_flip_one_contiguous_run_per_hit_word():
     rng = np.random.default_rng(19)
     codes = random_codes(rng, (400,), np.uint16, nbits=12)
-    out, faults = inject_bursts(codes, 0.3, 4, rng=20, nbits=12, return_faults=True)
+    out, faults = Bursts(0.3, 4).apply(codes, rng=20, nbits=12)
     diff = (out ^ codes).tolist()
     hit = [d for d in diff if d]
     assert 60 < len(hit) < 180
@@ -443,11 +444,11 @@ BAD_CALLS = [
     ),
     (lambda: inject_bit_errors(C8, 0.1, rng=-3), TypeError, "rng must be"),
     (
-        lambda: inject_bit_errors(C8, 0.1, rng=0, format_name=""),
+        lambda: BitErrors(0.1).apply(C8, rng=0, format_name=""),
         TypeError,
-        "format_name must be a non-empty str",
+        "BitErrors.apply: format_name must be a non-empty str",
     ),
-    (lambda: inject_bit_errors(C8, 0.1, rng=0, tensor=3), TypeError, "tensor must be a str"),
+    (lambda: BitErrors(0.1).apply(C8, rng=0, tensor=3), TypeError, "BitErrors.apply: tensor must be a str"),
     (
         lambda: flip_by_uniform(C8.astype(np.float32), U8, 0.1),
         TypeError,
@@ -563,9 +564,9 @@ def test_bad_input_raises_clear_error(call, exc, match):
 def test_faults_returned_are_a_faultlist_that_replays():
     codes = random_codes(np.random.default_rng(22), (30,), np.uint16)
     for out, faults in (
-        inject_bit_errors(codes, 0.1, rng=1, return_faults=True),
-        inject_exact_k(codes, 40, rng=1, return_faults=True),
-        inject_bursts(codes, 0.5, 3, rng=1, return_faults=True),
+        BitErrors(0.1).apply(codes, rng=1),
+        ExactCount(40).apply(codes, rng=1),
+        Bursts(0.5, 3).apply(codes, rng=1),
     ):
         assert isinstance(faults, FaultList)
         assert faults.formats == ("raw16",)

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from saf_ref.bits import faults as faults_module
+from saf_ref.bits.faultmodels import BitErrors, ExactCount
 from saf_ref.bits.faults import (
     flip_by_uniform,
     inject_bit_errors,
@@ -76,7 +77,7 @@ def test_every_bit_flips_at_rate_p(dtype, nbits, n, p, calls):
     per_bit = np.zeros(nbits)
     per_region = np.zeros(16)  # where in the array the flips land: 16 equal blocks of elements
     for _ in range(calls):
-        out, faults = inject_bit_errors(codes, p, rng=rng, nbits=nbits, return_faults=True)
+        out, faults = BitErrors(p).apply(codes, rng=rng, nbits=nbits)
         per_bit += np.bincount(faults.bit, minlength=nbits)[:nbits]
         per_region += np.bincount(faults.index * 16 // n, minlength=16)
         assert np.all(out >> np.array(nbits, dtype=dtype) == codes >> np.array(nbits, dtype=dtype))
@@ -110,7 +111,7 @@ def test_number_of_flips_is_binomial(n_words, dtype, p, calls):
     nbits = np.dtype(dtype).itemsize * 8
     n_bits = n_words * nbits
     counts = np.array(
-        [len(inject_bit_errors(codes, p, rng=rng, return_faults=True)[1]) for _ in range(calls)]
+        [len(BitErrors(p).apply(codes, rng=rng)[1]) for _ in range(calls)]
     )
     support = int(n_bits * p + 12 * np.sqrt(n_bits * p) + 20)
     assert counts.max() < support
@@ -121,7 +122,7 @@ def test_number_of_flips_is_binomial(n_words, dtype, p, calls):
 def test_no_duplicate_positions(p):
     rng = np.random.default_rng(103)
     codes = rng.integers(0, 2**32, size=3_000, dtype=np.uint32)
-    out, faults = inject_bit_errors(codes, p, rng=rng, return_faults=True)
+    out, faults = BitErrors(p).apply(codes, rng=rng)
     keys = faults.index * 64 + faults.bit
     assert np.unique(keys).size == keys.size
     assert np.all(np.diff(keys) > 0)  # sorted by (index, bit)
@@ -180,7 +181,7 @@ def test_exact_k_per_bit_frequency_on_a_large_array():
     k, calls = 4_000, 10
     per_bit = np.zeros(16)
     for _ in range(calls):
-        _, faults = inject_exact_k(codes, k, rng=rng, return_faults=True)
+        _, faults = ExactCount(k).apply(codes, rng=rng)
         assert len(faults) == k and np.unique(faults.index * 16 + faults.bit).size == k
         per_bit += np.bincount(faults.bit, minlength=16)
     # each bit position gets a multinomial share k / 16 per call; with N = 80,000 bits the counts are
@@ -241,10 +242,10 @@ def test_many_rounds_of_the_gap_sampler_give_the_same_law(monkeypatch):
     rng = np.random.default_rng(111)
     codes = np.zeros(4_000, dtype=np.uint8)
     p = 0.02
-    out, faults = inject_bit_errors(codes, p, rng=rng, return_faults=True)
+    out, faults = BitErrors(p).apply(codes, rng=rng)
     keys = faults.index * 8 + faults.bit
     assert np.all(np.diff(keys) > 0)
     assert stats.binomtest(len(faults), 32_000, p).pvalue > ALPHA
     assert binomial_counts_pvalue(np.bincount(faults.bit, minlength=8), 4_000, p) > ALPHA
-    counts = [len(inject_bit_errors(codes[:4], 0.3, rng=rng, return_faults=True)[1]) for _ in range(3_000)]
+    counts = [len(BitErrors(0.3).apply(codes[:4], rng=rng)[1]) for _ in range(3_000)]
     assert histogram_pvalue(np.array(counts), stats.binom.pmf(np.arange(33), 32, 0.3)) > ALPHA
