@@ -609,7 +609,7 @@ def run_campaign(
     else:
         if own_pool:
             executor = cf.ProcessPoolExecutor(
-                max_workers=max_workers
+                max_workers=max_workers, initializer=_leave_ctrl_c_to_the_parent
             )
         futures = [executor.submit(_run_unit, unit) for unit in units]
         try:

@@ -349,3 +349,51 @@ def test_duplicate_subject_keys_rejected(subjects, digits):
             executor="serial",
             progress=False,
         )
+
+
+_CTRL_C_SCRIPT = """
+import json, sys
+from saf_ref.data import load_digits
+from saf_ref.experiments.campaign import Subject, run_campaign
+from saf_ref.nn.small import init_mlp
+from saf_ref.protect import default_spec
+
+d = load_digits()
+params, state = init_mlp(64, hidden=(16,), num_classes=10, rng=0)
+subject = Subject("baseline", "identity", "float32", "mlp", params, state, default_spec("float32"))
+on_result = lambda records: print("unit", flush=True)
+r = run_campaign([subject], d.x_test, d.y_test, (1e-3,), trials=100000, seed=0, max_workers=2,
+                 progress=False, on_result=on_result)
+print(json.dumps({"interrupted": r.interrupted, "records": len(r.trials)}), flush=True)
+"""
+
+
+def test_real_ctrl_c_stops_a_process_pool_campaign_without_worker_tracebacks(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: workers, too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "campaign.py"
+    script.write_text(_CTRL_C_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as under `&`
+    )
+    try:
+        for _ in range(5):  # the pool is up and units are completing
+            assert proc.stdout.readline() == "unit\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["interrupted"] is True and 5 <= summary["records"] < 100000
