@@ -26,6 +26,7 @@ saying what was kept.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
 import sys
@@ -126,7 +127,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         done, total = len({(r["subject"], r["trial"]) for r in result.trials}), len(result.clean) * cfg.trials
         print(
             f"saf-ref demo: interrupted: {done} of {total} (model, trial) units completed; "
-            f"partial results in {args.out}/results.json and run.json",
+            f"partial results in {os.path.join(args.out, 'results.json')} and run.json",
             file=sys.stderr,
         )
         return 130
