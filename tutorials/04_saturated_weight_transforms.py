@@ -28,7 +28,8 @@
 #    bit-error rate with `saf_ref.experiments.campaign` (accuracy with confidence bands);
 # 4. read the limits: the parameters a transform does not cover, and what still breaks at high rates.
 #
-# Data: the 8x8 handwritten digits shipped with saf_ref (no network). Runtime: about half a minute.
+# Data: the 8x8 handwritten digits shipped with saf_ref (no network). Runtime: about a minute on two
+# cores, most of it training two ResNets and the bit-error sweeps.
 
 # %%
 import math
@@ -39,15 +40,30 @@ import numpy as np
 from saf_ref.bits import FaultList, flip_table, flip_value, prob_nonfinite
 from saf_ref.data import load_digits
 from saf_ref.experiments.campaign import Subject, predict, run_campaign
-from saf_ref.nn.resnet import init_resnet
-from saf_ref.protect import default_spec, get_transform, inject, load, store
-from saf_ref.train.loop import train
-from saf_ref.train.optim import SGD
+from saf_ref.nn import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    init_resnet,
+    resnet_backward,
+    resnet_forward,
+)
+from saf_ref.protect import default_spec, get_transform, inject, load, param_role, store
+from saf_ref.train import SGD, sgd_init, sgd_step
+from saf_ref.train.loop import train, train_step
 from saf_ref.train.schedules import Cosine
 
 plt.rcParams.update({"figure.dpi": 110, "figure.facecolor": "white", "axes.grid": True, "grid.alpha": 0.3})
 COLORS = {"identity": "tab:red", "tanh": "tab:blue", "arctan": "tab:green", "softsign": "tab:purple",
           "hardtanh": "tab:orange"}
+
+
+def check(test, answer, solution):
+    """Exercises: run ``test`` on your answer; while the TODO cell still says ``None``, on the solution."""
+    if answer is None:
+        print("(no answer in the TODO cell yet: checking the worked solution instead)")
+        answer = solution
+    test(answer)
+    print("correct")
 
 
 def print_table(headers, rows):
@@ -200,11 +216,48 @@ assert worst_identity > 1e38 and np.all(is_nan.sum(axis=1)[:32] == 0)  # NaN onl
 # with $w = \tanh(u)$. `train(..., transform=tanh)` computes every convolution and linear weight as
 # $\tanh(u)$ and back-propagates $f'(u) \, \partial L / \partial w$ to the latent. Batch-norm parameters
 # and biases are not transformed.
+#
+# ### One SAF step, by hand
+#
+# First one step of that training spelled out with notebook 3's functions: apply $f$ to the conv and fc
+# weights (the parameters whose *role* is `"weight"`), run the ResNet forward and backward on the
+# effective weights $w$, take the chain rule through $f$ to get $\partial L / \partial u$, and give that
+# to SGD, which updates the latents. The library's `train_step`, with the storage spec that `transform=`
+# stands for (every tensor kept in float32, which stores and reads back exactly, and tanh on the
+# weights), must produce the same latents and running statistics **bit for bit**: it runs the same
+# operations in the same order.
 
 # %%
 digits = load_digits()
 x_test, y_test = digits.x_test, digits.y_test
 init = init_resnet("resnet20", in_channels=1, num_classes=10, width=4, rng=0)
+latents, state0 = init
+xb, yb = digits.x_train[:32], digits.y_train[:32]
+sgd = SGD(0.05, momentum=0.9, weight_decay=5e-4)
+shapes = {k: v.shape for k, v in latents.items()}
+is_weight = {k: param_role(k, shapes) == "weight" for k in latents}  # conv and fc weights
+
+w = {k: tanh.forward(u) if is_weight[k] else u for k, u in latents.items()}  # w = f(u)
+logits, state1, cache = resnet_forward(w, state0, xb, arch="resnet20", train=True)
+loss, loss_cache = cross_entropy_forward(logits, yb)
+dw = resnet_backward(cross_entropy_backward(1.0, loss_cache).dlogits, cache).params  # dL/dw
+du = {k: tanh.vjp(latents[k], g) if is_weight[k] else g for k, g in dw.items()}  # f'(u) dL/dw, in float64
+by_hand, _ = sgd_step(latents, du, sgd_init(latents), sgd)  # the optimizer updates the latents
+
+lib_latents, lib_state, _, info = train_step(latents, state0, sgd_init(latents), xb, yb, model="resnet20",
+                                             optimizer=sgd, spec=default_spec("float32", "tanh"))
+assert all(np.array_equal(by_hand[k], lib_latents[k]) for k in latents)
+assert all(np.array_equal(state1[k], lib_state[k]) for k in state0) and info.loss == float(loss)
+print(f"{sum(is_weight.values())} of {len(latents)} tensors transformed; loss {float(loss):.4f}; the step by "
+      "hand and train_step agree bit for bit")
+largest = max((k for k in latents if is_weight[k]), key=lambda k: np.abs(du[k] - dw[k]).max())
+print(f"f'(u) changes the gradient most in {largest}: max |dL/du - dL/dw| = "
+      f"{np.abs(du[largest] - dw[largest]).max():.2e}")
+
+# %% [markdown]
+# Now the whole training, both models:
+
+# %%
 EPOCHS = 6
 models, histories = {}, {}
 for name in ("identity", "tanh"):
@@ -257,6 +310,7 @@ conv_names = [k for k, v in models["tanh"][0].items() if v.ndim == 4]
 stored = {name: store(models[name][0], default_spec("float32", name)) for name in models}
 ends = np.cumsum([models["tanh"][0][k].size for k in conv_names])  # conv weights laid end to end
 rows, acc_after, u_flipped, u_tanh_flipped = [], {"identity": [], "tanh": []}, [], []
+nonfinite_after = {"identity": [], "tanh": []}
 for flat in np.random.default_rng(1).choice(ends[-1], size=12, replace=False):
     k = int(np.searchsorted(ends, flat, side="right"))  # the tensor holding weight number `flat`
     tensor, index = conv_names[k], int(flat - (ends[k - 1] if k else 0))
@@ -265,9 +319,10 @@ for flat in np.random.default_rng(1).choice(ends[-1], size=12, replace=False):
     u_tanh_flipped.append(float(models["tanh"][0][tensor].flat[index]))
     row = [f"{tensor}[{index}]"]
     for name in ("identity", "tanh"):
-        params = load(inject(stored[name], faults=fault))  # same fault, each model's own transform
+        params = load(inject(stored[name], fault).stored)  # same fault, each model's own transform
         pred, nonfinite = predict("resnet20", params, models[name][1], x_test)
         acc_after[name].append(np.mean(pred == y_test))
+        nonfinite_after[name].append(nonfinite)
         row += [f"{models[name][0][tensor].flat[index]:+.3f}", f"{params[tensor].flat[index]:+.3g}",
                 f"{acc_after[name][-1]:.1%}" + (" inf/NaN" if nonfinite else "")]
     rows.append(row)
@@ -280,11 +335,16 @@ print(f"\nclean accuracy: identity {clean_acc['identity']:.1%}, tanh {clean_acc[
 # weight. (The exception would be a latent in $[1, 2)$, which the flip turns into NaN; Section 3 counted
 # the few there are.) The identity rows split by **sign**. Every convolution here reads non-negative
 # inputs (the image, or the output of a ReLU), so a weight of $-10^{37}$ drives its output channel to
-# $-\infty$ wherever it sees a positive pixel, and (with a positive batch-norm scale) the next ReLU
-# cuts the whole channel to 0: the network loses one channel, which it can often afford. A weight of
-# $+10^{37}$ drives the channel to $+\infty$, the ReLU passes it on, and the next layers mix it with
-# weights of both signs into $\infty - \infty = \text{NaN}$. Which of the two happens is a coin toss
-# on the sign of the weight, which is why random flips make the plain network fail *unpredictably*.
+# huge negative values wherever it sees a positive input, and (with a positive batch-norm scale) the
+# next ReLU cuts the whole channel to 0: the network loses one channel, which it can afford. Those rows
+# stay within a point of the clean accuracy. A weight of $+10^{37}$ makes the channel huge and
+# *positive*: the ReLU passes it on, and from there this one channel swamps every later layer. The
+# logits mostly stay finite (float32 reaches $3.4 \cdot 10^{38}$), but they are decided by the
+# corrupted channel, not by the image, and the accuracy falls by tens of points (30 to 70 in the
+# table). Only where the products overflow, as for the largest flipped weight above
+# ($+0.34 \to +1.2 \cdot 10^{38}$), do most logits become `inf`/`NaN` and the accuracy fall close to
+# chance. Which of the two happens is a coin toss on
+# the sign of the weight, which is why random flips make the plain network fail *unpredictably*.
 
 # %%
 acc_tanh, acc_identity = np.array(acc_after["tanh"]), np.array(acc_after["identity"])
@@ -292,8 +352,13 @@ u_identity, u_tanh_flipped = np.array(u_flipped), np.array(u_tanh_flipped)
 in_nan_binade = (np.abs(u_tanh_flipped) >= 1) & (np.abs(u_tanh_flipped) < 2)
 assert np.all(acc_tanh[~in_nan_binade] > clean_acc["tanh"] - 0.05)  # bounded flips: barely noticed
 positive = u_identity > 0
+nonfinite_identity = np.array(nonfinite_after["identity"])
 assert positive.any() and (~positive).any()
-assert np.mean(acc_identity[positive]) < 0.5 < np.mean(acc_identity[~positive])  # the sign decides
+# the sign decides, with wide margins: a negative flip costs at most 2 points, a positive one at least 20
+assert np.all(acc_identity[~positive] > clean_acc["identity"] - 0.02)
+assert np.all(acc_identity[positive] < clean_acc["identity"] - 0.2)
+# inf/NaN logits: never from a negative flip, and not from most positive ones
+assert not nonfinite_identity[~positive].any() and nonfinite_identity.sum() < positive.sum()
 
 # %% [markdown]
 # ## 5. Accuracy against the bit-error rate
@@ -354,7 +419,7 @@ for p in RATES:
 
 # %% [markdown]
 # The plain network is unreliable from $p = 10^{-4}$ on: about 1.7 top-exponent flips per chip, and each
-# positive one is likely fatal (Section 4), so some chips work and others do not: hence the wide
+# positive one costs tens of points (Section 4), so some chips work and others do not: hence the wide
 # interval. At $10^{-3}$ it is dead, with `inf`/`NaN` logits in every trial. The tanh network keeps its
 # accuracy an order of magnitude further. The claim, asserted on the numbers just measured: at
 # $p = 10^{-3}$ the tanh model's whole interval lies far above the identity model's.
@@ -394,53 +459,101 @@ assert raw.size * p > 1 and expected_latent > 0.3  # both leaks are live at this
 #
 # ## Exercises
 #
+# Each exercise has a **TODO** cell for your answer, a folded **solution** cell (click the `...` to
+# unfold it; try first), and a **check** cell that tests your answer against an independent computation.
+# While a TODO still says `None`, the check tests the worked solution, so the notebook always runs
+# from top to bottom.
+#
 # **Exercise 1.** Which float32 latents $u > 0$ can a *single* flip turn into `inf` or `NaN`? Predict
-# the answer from the exponent field, then check it by flipping every bit of 100,000 values between
-# $10^{-3}$ and $10$.
-#
-# **Exercise 2.** The scaled transform $f_a(u) = a \tanh(u / a)$ (`get_transform("tanh", scale=a)`)
-# keeps slope 1 at the origin. What is the worst damage of a flip for $a = 0.25$? What does a small $a$
-# cost in training?
-#
-# **Exercise 3.** Rerun the tanh sweep at $p = 3 \cdot 10^{-3}$ and $10^{-2}$ (a) with only the conv
-# and fc weights exposed, and (b) additionally reading non-finite words as 0. Which leak of Section 6
-# matters more?
-
-# %% [markdown]
-# ### Solution 1
-#
-# A flip makes the exponent all ones only if exactly one exponent bit is 0, and that bit flips. Positive
-# float32 exponents with one zero bit: `01111111` ($[1, 2)$, the zero is the top bit) and `1...101...1`
-# (huge values, from $2^{1}$ up, e.g. `11111110`, $[2^{127}, 2^{128})$). Between $10^{-3}$ and $10$ only
-# $[1, 2)$ qualifies: 1.0 becomes `inf` (mantissa 0), every other value in $[1, 2)$ becomes NaN.
+# the answer from the exponent field: list the binades $[2^e, 2^{e+1})$ by their $e$.
 
 # %%
+# TODO: the list of every e such that some single flip makes a u in [2^e, 2^(e+1)) non-finite
+answer_1 = None
+
+# %% [markdown] jupyter={"source_hidden": true}
+# ### Solution 1
+#
+# A flip makes the exponent all ones only if exactly one exponent bit is 0, and that bit flips. The
+# positive float32 exponent fields with one zero bit are `01111111` ($e = 0$: $[1, 2)$, the zero is
+# the top bit) and the seven fields `10111111`, `11011111`, ..., `11111110`: $e = 64, 96, 112, 120,
+# 124, 126, 127$. So the smallest *huge* binade at risk is $[2^{64}, 2^{65})$, and the only one a
+# trained network's latents ever reach is $[1, 2)$: 1.0 becomes `inf` (mantissa 0), every other value
+# in $[1, 2)$ becomes NaN. Below, the fields by enumeration, and a check on 100,000 values between
+# $10^{-3}$ and $10$ by flipping every bit.
+
+# %% jupyter={"source_hidden": true}
+one_zero = [field for field in range(1, 255) if bin(field).count("1") == 7]  # normal exponent fields
+solution_1 = [field - 127 for field in one_zero]
+print("exponent fields with one zero bit:", [format(f, "08b") for f in one_zero], "-> e =", solution_1)
 vals = np.geomspace(1e-3, 10.0, 100_000).astype(np.float32)
 vcodes = vals.view(np.uint32)
 single = np.stack([vcodes ^ np.uint32(1 << b) for b in range(32)]).view(np.float32)
 breaks = ~np.all(np.isfinite(single), axis=0)  # some single flip gives inf or NaN
-print(f"values that one flip can make non-finite: [{vals[breaks].min()}, {vals[breaks].max()}]")
+print(f"values in [1e-3, 10] that one flip can make non-finite: [{vals[breaks].min()}, {vals[breaks].max()}]")
 assert np.array_equal(breaks, (vals >= 1) & (vals < 2))
 assert math.isinf(flip_value(1.0, 30, "float32")) and math.isnan(flip_value(1.25, 30, "float32"))
 
-# %% [markdown]
-# ### Solution 2
-#
-# $|f_a| < a$, so the damage is at most $a + |f_a(u)| < 2a = 0.5$, whatever the flip. The cost is the
-# flat region: $f_a'(u) = 1 - \tanh^2(u / a)$ is already $0.07$ at $u = 2a = 0.5$, so weights that *need*
-# a magnitude near $a$ learn slowly and none can exceed it. Choose $a$ a little above the largest
-# weight the network needs (for the model above, $\max |w| \approx$ the number printed below).
 
 # %%
+def test_1(binades):
+    # the reference: three values of every positive normal binade, every single flip, NumPy's float32
+    truth = []
+    for e in range(-126, 128):
+        us = np.float32([1.0, 1.25, 1.9990234375]) * np.float32(2.0**e)
+        flipped = np.stack([us.view(np.uint32) ^ np.uint32(1 << b) for b in range(32)]).view(np.float32)
+        if not np.all(np.isfinite(flipped)):
+            truth.append(e)
+    assert sorted(binades) == truth, f"the binades are e = {truth}"
+
+
+check(test_1, answer_1, solution_1)
+
+# %% [markdown]
+# **Exercise 2.** The scaled transform $f_a(u) = a \tanh(u / a)$ (`get_transform("tanh", scale=a)`)
+# keeps slope 1 at the origin. What is the worst damage $|f_a(\hat u) - f_a(u)|$ a flip can do for
+# $a = 0.25$ (over all latents $u$ and all flips)? What does a small $a$ cost in training?
+
+# %%
+# TODO: the worst damage for a = 0.25 (a float)
+answer_2 = None
+
+# %% jupyter={"source_hidden": true}
+# Solution. |f_a| < a, so the damage is at most a + |f_a(u)| < 2a = 0.5, whatever the flip, and a sign
+# flip of a saturated latent (u = 10, f_a = 0.25 -> -0.25) reaches it. The cost is the flat region:
+# f_a'(u) = 1 - tanh^2(u / a) is already 0.07 at u = 2a = 0.5, so weights that *need* a magnitude near a
+# learn slowly and none can exceed it. Choose a a little above the largest weight the network needs.
 t_a = get_transform("tanh", scale=0.25)
 huge = t_a.forward(np.float32([-np.inf, -1e38, 1e38, np.inf]))
 print("f_0.25(+-huge) =", huge, "  f_0.25'(0.5) =", float(t_a.grad(np.array(0.5))))
 print("largest |w| in the trained tanh model:", float(np.max(np.abs(np.tanh(u_tanh)))))
 assert np.all(np.abs(huge) <= 0.25) and t_a.bound == 0.25
 assert float(t_a.grad(np.array(0.0))) == 1.0
+solution_2 = 0.5
+
+
+# %%
+def test_2(worst):
+    # the reference: 4,000 latents of both signs, every single flip and every pair of exponent flips
+    grid = np.geomspace(1e-4, 1e4, 2000)
+    us = np.concatenate([-grid, grid]).astype(np.float32)
+    pairs = [(1 << a) | (1 << b) for a in range(23, 31) for b in range(23, a)]
+    masks = np.uint32([1 << b for b in range(32)] + pairs)
+    flipped = (us.view(np.uint32)[None, :] ^ masks[:, None]).view(np.float32)
+    scaled_tanh = get_transform("tanh", scale=0.25)
+    damage = np.abs(scaled_tanh.forward(flipped).astype(np.float64) - scaled_tanh.forward(us))
+    largest = np.nanmax(damage)  # NaN latents (two exponent flips) are the one thing no transform bounds
+    assert largest <= worst * (1 + 1e-6), f"a flip does {largest:.4f}, more than {worst}"
+    assert largest >= worst * (1 - 1e-3), f"no flip comes close to {worst}: the worst is {largest:.4f}"
+
+
+check(test_2, answer_2, solution_2)
 
 # %% [markdown]
-# ### Solution 3
+# **Exercise 3.** Section 6 named two leaks of the tanh model: raw parameters (batch norm, biases)
+# exposed untransformed, and NaN latents. The cell below reruns the sweep at $p = 3 \cdot 10^{-3}$ and
+# $10^{-2}$ (a) with only the conv and fc weights exposed, and (b) additionally reading non-finite
+# words as 0. Which leak costs more accuracy?
 
 # %%
 variants = [
@@ -453,14 +566,40 @@ variants = [
 extra = run_campaign(variants, x_test, y_test, (3e-3, 1e-2), trials=TRIALS, seed=0, executor="serial",
                      progress=False)
 cells3 = {(r["subject"], r["ber"]): r for r in extra.summary}
-rows = [("all exposed", *(f"{cell['tanh', p]['accuracy_mean']:.1%}" for p in (3e-3, 1e-2)))]
-rows += [(s.label, *(f"{cells3[s.label, p]['accuracy_mean']:.1%}" for p in (3e-3, 1e-2))) for s in variants]
-print_table(("tanh model", "p = 3e-3", "p = 1e-2"), rows)
-assert cells3["weights only, NaN read as 0", 1e-2]["nonfinite_fraction"] == 0.0
+cells3.update({("all exposed", p): cell["tanh", p] for p in (3e-3, 1e-2)})
+print_table(("tanh model", "p = 3e-3", "p = 1e-2"),
+            [(label, *(f"{cells3[label, p]['accuracy_mean']:.1%}" for p in (3e-3, 1e-2)))
+             for label in ("all exposed", "weights only", "weights only, NaN read as 0")])
+# TODO: "raw parameters" or "NaN latents": the leak whose closing gains more accuracy
+answer_3 = None
 
-# %% [markdown]
-# Hiding the batch-norm parameters and biases removes the failures that do not depend on the transform;
-# reading NaN as 0 removes the rest of the non-finite outputs (the assertion above: no trial produced an
-# `inf` or NaN logit). What is left at $10^{-2}$ is the honest damage of many bounded errors: about
-# 5,600 flipped bits per chip, 170 of them in the top exponent bit, so 170 weights moved to $\pm 1$.
-# Saturation bounds each error; it does not make them free.
+# %% jupyter={"source_hidden": true}
+# Solution. Hiding the batch-norm parameters and biases gains the most: they are only 402 numbers, but
+# each top-exponent flip among them is as bad as in the plain network. Reading NaN as 0 then removes the
+# remaining non-finite outputs (the assertion: no trial produced an inf or NaN logit). What is left at
+# 1e-2 is the honest damage of many bounded errors: about 5,600 flipped bits per chip, 170 of them in the
+# top exponent bit, so 170 weights moved to +-1. Saturation bounds each error; it does not make them free.
+assert cells3["weights only, NaN read as 0", 1e-2]["nonfinite_fraction"] == 0.0
+solution_3 = "raw parameters"
+
+
+# %%
+def test_3(leak):
+    def gain(better, worse, p):
+        return cells3[better, p]["accuracy_mean"] - cells3[worse, p]["accuracy_mean"]
+
+    raw = [gain("weights only", "all exposed", p) for p in (3e-3, 1e-2)]
+    nan = [gain("weights only, NaN read as 0", "weights only", p) for p in (3e-3, 1e-2)]
+    print("accuracy gained by hiding the raw parameters:", [f"{g:+.1%}" for g in raw],
+          "; by reading NaN as 0:", [f"{g:+.1%}" for g in nan])
+    # a margin of 5 points at both rates, so that the answer does not hang on a trial or two
+    if all(r > n + 0.05 for r, n in zip(raw, nan, strict=True)):
+        truth = "raw parameters"
+    elif all(n > r + 0.05 for r, n in zip(raw, nan, strict=True)):
+        truth = "NaN latents"
+    else:
+        raise AssertionError("too close to call on these trials")
+    assert leak == truth, f"the measurements say {truth!r}"
+
+
+check(test_3, answer_3, solution_3)
