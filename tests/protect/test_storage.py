@@ -17,9 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.faultmodels import BitErrors, Bursts, ExactCount, FaultModel, Replay, StuckAt
+from saf_ref.bits.faults import inject_bit_errors, inject_bursts, inject_exact_k, sample_stuck_at_map
 from saf_ref.bits.quantize import Quantizer
 from saf_ref.protect.storage import (
     EffectiveWeightsCache,
+    Injection,
     StorageRule,
     StorageSpec,
     StoredModel,
@@ -315,9 +318,9 @@ def test_latents_byte_identical_after_thousands_of_injections():
     stored_before = digest(stored.codes)
     rng = np.random.default_rng(7)
     for _ in range(1000):
-        eff, cache = effective_weights(params, spec, p=0.02, rng=rng)
+        eff, cache = effective_weights(params, spec, faults=BitErrors(0.02), rng=rng)
         effective_weights_backward({k: np.ones_like(v) for k, v in eff.items()}, cache)
-        inject(stored, p=0.05, rng=rng)
+        inject(stored, BitErrors(0.05), rng=rng)
     for rates in ([1e-3, 1e-2, 0.1],) * 500:
         inject_nested(stored, rates, rng=rng)
     assert digest(params) == before
@@ -326,31 +329,31 @@ def test_latents_byte_identical_after_thousands_of_injections():
 
 def test_same_seed_same_bits_and_different_seed_differs():
     stored = store(make_params(), default_spec())
-    a, b, c = (inject(stored, p=0.05, rng=s) for s in (11, 11, 12))
+    a, b, c = (inject(stored, BitErrors(0.05), rng=s).stored for s in (11, 11, 12))
     assert all(np.array_equal(a[k].codes, b[k].codes) for k in stored)
     assert any(not np.array_equal(a[k].codes, c[k].codes) for k in stored)
     g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
-    d, e = inject(stored, p=0.05, rng=g1), inject(stored, p=0.05, rng=g2)
+    d, e = inject(stored, BitErrors(0.05), rng=g1).stored, inject(stored, BitErrors(0.05), rng=g2).stored
     assert all(np.array_equal(d[k].codes, e[k].codes) for k in stored)
 
 
 def test_unexposed_tensors_never_change():
     params = make_params()
     stored = store(params, default_spec("float32", "tanh", expose_non_weights=False))
-    faulty, fl = inject(stored, p=0.5, rng=0, return_faults=True)
+    faulty, fl = inject(stored, BitErrors(0.5), rng=0)
     for k in params:
         same = np.array_equal(faulty[k].codes, stored[k].codes)
         assert same == (k not in WEIGHTS)
     assert set(fl.tensors) == set(WEIGHTS)
     nested = inject_nested(stored, [0.1, 0.5], rng=0)
-    for m in nested:
+    for m, _ in nested:
         for k in params:
             assert np.array_equal(m[k].codes, stored[k].codes) == (k not in WEIGHTS)
 
 
 def test_faultlist_matches_the_changed_bits_and_replays():
     stored = store(make_params(), default_spec("float16"))
-    faulty, fl = inject(stored, p=0.03, rng=4, return_faults=True)
+    faulty, fl = inject(stored, BitErrors(0.03), rng=4)
     assert len(fl) > 0
     recorded = {}
     for rec in fl:
@@ -360,7 +363,7 @@ def test_faultlist_matches_the_changed_bits_and_replays():
         assert xor_diff_bits(stored[k].codes, faulty[k].codes) == recorded.get(k, set())
     # Replay, also after a JSON round trip of the list.
     for replay_list in (fl, FaultList.from_json(fl.to_json())):
-        again, fl2 = inject(stored, faults=replay_list, return_faults=True)
+        again, fl2 = inject(stored, replay_list)
         assert fl2 == replay_list
         for k in stored:
             np.testing.assert_array_equal(again[k].codes, faulty[k].codes)
@@ -371,26 +374,30 @@ def test_bit_error_rate_is_p():
     params = {"w.weight": np.zeros((64, 33), np.float32)}
     stored = store(params, default_spec())
     n = stored.exposed_bits
-    _, fl = inject(stored, p=0.1, rng=2, return_faults=True)
+    _, fl = inject(stored, BitErrors(0.1), rng=2)
     sigma = np.sqrt(n * 0.1 * 0.9)
     assert abs(len(fl) - 0.1 * n) < 6 * sigma
 
 
-def test_fault_fn_any_fault_model_and_its_replay():
+def test_a_custom_fault_model_and_its_replay():
     stored = store(make_params(), default_spec("q2.5", expose_non_weights=False))
     seen = []
 
-    def stuck_sign(codes, *, rng, nbits, name, format_name):
-        seen.append((name, nbits, format_name))
-        assert isinstance(rng, np.random.Generator)
-        return codes | np.uint8(1 << (nbits - 1))  # every sign bit stuck at 1
+    class StuckSign(FaultModel):  # every sign bit stuck at 1, recorded as stuck1 records
+        def corrupt(self, codes, rng, target):
+            seen.append((target.name, target.nbits, target.format))
+            assert isinstance(rng, np.random.Generator)
+            index = np.arange(codes.size)
+            fl = FaultList.from_arrays(index, np.full(codes.size, 7), kind="stuck1", tensor=target.name,
+                                       format_name=target.format)
+            return codes | np.uint8(1 << (target.nbits - 1)), fl
 
-    faulty, fl = inject(stored, fault_fn=stuck_sign, rng=0, return_faults=True)
+    faulty, fl = inject(stored, StuckSign(), rng=0)
     assert seen == [(k, 8, "q2.5") for k in WEIGHTS]
     for k in stored:
         ref = stored[k].codes | np.uint8(0x80) if k in WEIGHTS else stored[k].codes
         np.testing.assert_array_equal(faulty[k].codes, ref)
-    replay = inject(stored, faults=fl)
+    replay = inject(stored, fl).stored
     for k in stored:
         np.testing.assert_array_equal(replay[k].codes, faulty[k].codes)
 
@@ -398,7 +405,9 @@ def test_fault_fn_any_fault_model_and_its_replay():
 def test_inject_nested_patterns_nest_and_replay():
     stored = store(make_params(), default_spec("float32"))
     rates = [0.05, 0.001, 0.2]  # any order; results follow it
-    models, lists = inject_nested(stored, rates, rng=9, return_faults=True)
+    injections = inject_nested(stored, rates, rng=9)
+    assert all(isinstance(i, Injection) for i in injections)
+    models, lists = [i.stored for i in injections], [i.faults for i in injections]
     assert len(models) == 3
     diffs = [{k: xor_diff_bits(stored[k].codes, m[k].codes) for k in stored} for m in models]
     for k in stored:
@@ -406,13 +415,78 @@ def test_inject_nested_patterns_nest_and_replay():
     total = [sum(len(d) for d in dd.values()) for dd in diffs]
     assert total[1] < total[0] < total[2]
     for m, fl in zip(models, lists, strict=True):
-        replay = inject(stored, faults=fl)
+        replay = inject(stored, fl).stored
         for k in stored:
             np.testing.assert_array_equal(replay[k].codes, m[k].codes)
     # Same seed, same patterns.
-    again = inject_nested(stored, rates, rng=9)
+    again = [i.stored for i in inject_nested(stored, rates, rng=9)]
     for m, a in zip(models, again, strict=True):
         assert all(np.array_equal(m[k].codes, a[k].codes) for k in stored)
+
+
+def test_bit_errors_equal_the_array_function_tensor_after_tensor():
+    # inject(BitErrors(p)) = inject_bit_errors on each exposed tensor in stored order, one generator
+    stored = store(make_params(), default_spec("bfloat16", expose_non_weights=False))
+    got, fl = inject(stored, BitErrors(0.07), rng=np.random.default_rng(21))
+    gen = np.random.default_rng(21)
+    for k in stored:
+        ref = inject_bit_errors(stored[k].codes, 0.07, rng=gen, nbits=16) if k in WEIGHTS else stored[k].codes
+        np.testing.assert_array_equal(got[k].codes, ref)
+        assert xor_diff_bits(stored[k].codes, ref) == {(r.index, r.bit) for r in fl if r.tensor == k}
+    assert fl.tensors == WEIGHTS and set(fl.format) == {"bfloat16"}
+
+
+def test_exact_count_bursts_and_stuck_at_through_inject_replay():
+    stored = store(make_params(), default_spec("q2.5", expose_non_weights=False))
+    gen = np.random.default_rng(4)
+    faulty, fl = inject(stored, ExactCount(5), rng=np.random.default_rng(4))
+    for k in stored:  # k flips per exposed tensor, the draws of inject_exact_k in stored order
+        ref = inject_exact_k(stored[k].codes, 5, rng=gen, nbits=8) if k in WEIGHTS else stored[k].codes
+        np.testing.assert_array_equal(faulty[k].codes, ref)
+        assert len(xor_diff_bits(stored[k].codes, faulty[k].codes)) == (5 if k in WEIGHTS else 0)
+    gen = np.random.default_rng(8)
+    bursts, bl = inject(stored, Bursts(0.2, 3), rng=np.random.default_rng(8))
+    for k in WEIGHTS:
+        ref = inject_bursts(stored[k].codes, 0.2, 3, rng=gen, nbits=8)
+        np.testing.assert_array_equal(bursts[k].codes, ref)
+    chip = sample_stuck_at_map(SHAPES["fc.weight"], 8, 0.2, rng=1)
+    stuck, sl = inject(stored, StuckAt({"fc.weight": chip}))
+    ref = (stored["fc.weight"].codes & chip.and_mask) | chip.or_mask  # the stuck-at formula, by NumPy
+    np.testing.assert_array_equal(stuck["fc.weight"].codes, ref)
+    assert all(np.array_equal(stuck[k].codes, stored[k].codes) for k in stored if k != "fc.weight")
+    assert set(sl.kind) <= {"stuck0", "stuck1"} and sl.tensors == ("fc.weight",)
+    for model, faults in ((faulty, fl), (bursts, bl), (stuck, sl)):
+        for replay in (inject(stored, faults), inject(stored, Replay(faults))):
+            assert replay.faults == faults  # grouped in stored order already: the same list back
+            for k in stored:
+                np.testing.assert_array_equal(replay.stored[k].codes, model[k].codes)
+
+
+def test_replay_of_an_interleaved_list_groups_records_by_tensor():
+    stored = store(make_params(), default_spec("float32"))
+    records = [("fc.weight", 1, 3, "flip", "float32"), ("conv1.weight", 0, 31, "flip", "float32"),
+               ("fc.weight", 2, 0, "stuck1", "float32")]
+    out, fl = inject(stored, FaultList(records))
+    assert list(fl) == [records[1], records[0], records[2]]  # stored order: conv1.weight first
+    ref = stored["fc.weight"].codes.reshape(-1).copy()
+    ref[1] ^= np.uint32(1 << 3)
+    ref[2] |= np.uint32(1)
+    np.testing.assert_array_equal(out["fc.weight"].codes.reshape(-1), ref)
+
+
+def test_effective_weights_with_a_fault_model_equals_load_of_inject_and_keeps_the_faults():
+    params = make_params()
+    spec = default_spec("float16", "tanh")
+    eff, cache = effective_weights(params, spec, faults=BitErrors(0.03), rng=5)
+    stored, fl = inject(store(params, spec), BitErrors(0.03), rng=5)
+    assert cache.faults == fl and len(fl) > 0
+    ref = load(stored)
+    for k in params:
+        np.testing.assert_array_equal(eff[k], ref[k])
+    eff2, cache2 = effective_weights(params, spec, faults=fl)  # a FaultList: replay, no rng
+    assert cache2.faults == fl
+    for k in params:
+        np.testing.assert_array_equal(eff2[k], ref[k])
 
 
 # ==================================================================================================
@@ -422,7 +496,7 @@ def test_inject_nested_patterns_nest_and_replay():
 
 def one_flip(stored, name, index, bit):
     fmt = stored[name].format
-    return inject(stored, faults=FaultList([(name, index, bit, "flip", fmt)]))
+    return inject(stored, FaultList([(name, index, bit, "flip", fmt)])).stored
 
 
 def test_float32_exponent_msb_flip_is_huge_and_tanh_bounds_it():
@@ -449,7 +523,7 @@ def test_inf_and_nan_from_memory_propagate_or_zero():
     faults = FaultList([("fc.weight", 0, 30, "flip", "float32"), ("fc.weight", 1, 30, "flip", "float32")])
     for transform, expected in (("identity", (np.inf, np.nan)), ("tanh", (1.0, np.nan))):
         spec = default_spec("float32", transform)
-        faulty = inject(store(params, spec), faults=faults)
+        faulty = inject(store(params, spec), faults).stored
         w = load(faulty)["fc.weight"].reshape(-1)
         np.testing.assert_array_equal(w[:2], np.float32(expected))
         wz = load(faulty, nonfinite="zero")["fc.weight"].reshape(-1)
@@ -537,7 +611,7 @@ def test_backward_is_straight_through_with_derivative_at_faulty_value():
     rng = np.random.default_rng(3)
     dw = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
     dw_before = digest(dw)
-    eff, cache = effective_weights(params, spec, p=0.05, rng=0)
+    eff, cache = effective_weights(params, spec, faults=BitErrors(0.05), rng=0)
     grads = effective_weights_backward(dw, cache)
     assert digest(dw) == dw_before
     assert isinstance(cache, EffectiveWeightsCache) and len(cache.faults) > 0
@@ -567,7 +641,8 @@ def test_backward_is_straight_through_with_derivative_at_faulty_value():
 
 def test_backward_quantizer_identity_passes_gradient_and_zero_policy():
     params = make_params()
-    eff, cache = effective_weights(params, default_spec(Quantizer(8), "identity"), p=0.1, rng=1)
+    spec8 = default_spec(Quantizer(8), "identity")
+    eff, cache = effective_weights(params, spec8, faults=BitErrors(0.1), rng=1)
     dw = {k: np.full(v.shape, 0.5, np.float32) for k, v in eff.items()}
     grads = effective_weights_backward(dw, cache)
     for k in params:
@@ -704,37 +779,42 @@ def test_inject_validation():
     stored = store(make_params(), default_spec(expose_non_weights=False))
     fl = FaultList([("fc.weight", 0, 1, "flip", "float32")])
     with pytest.raises(TypeError, match="inject: stored must be a StoredModel"):
-        inject({}, p=0.1, rng=0)
-    with pytest.raises(ValueError, match="inject: exactly one of p, faults, fault_fn must be given, got no"):
-        inject(stored)
-    with pytest.raises(ValueError, match=r"exactly one of p, faults, fault_fn must be given, got \['p', 'fa"):
-        inject(stored, p=0.1, faults=fl)
-    with pytest.raises(TypeError, match="inject: return_faults must be a bool"):
-        inject(stored, p=0.1, rng=0, return_faults=1)
-    with pytest.raises(TypeError, match="inject: faults must be a FaultList"):
-        inject(stored, faults=[("fc.weight", 0, 1, "flip", "float32")])
-    with pytest.raises(ValueError, match="inject: rng must be None when faults is given"):
-        inject(stored, faults=fl, rng=0)
-    with pytest.raises(ValueError, match="inject: p must be a probability in"):
-        inject(stored, p=1.5, rng=0)
+        inject({}, BitErrors(0.1), rng=0)
+    with pytest.raises(TypeError, match=r"inject: faults must be a fault model \(BitErrors, ExactCount"):
+        inject(stored, 0.1, rng=0)
+    with pytest.raises(TypeError, match="inject: faults must be a fault model .* or a FaultList, got list"):
+        inject(stored, [("fc.weight", 0, 1, "flip", "float32")])
+    with pytest.raises(ValueError, match="inject: rng must be None for Replay"):
+        inject(stored, fl, rng=0)
+    with pytest.raises(ValueError, match="inject: rng must be None for StuckAt"):
+        inject(stored, StuckAt({}), rng=0)
     with pytest.raises(TypeError, match="inject: rng must be a numpy.random.Generator"):
-        inject(stored, p=0.1)
-    with pytest.raises(TypeError, match="inject: fault_fn must be callable"):
-        inject(stored, fault_fn=3, rng=0)
-    with pytest.raises(TypeError, match=r"fault_fn result for 'conv1.weight' must have dtype in \(uint32\)"):
-        inject(stored, fault_fn=lambda c, **kw: c.astype(np.uint64), rng=0)
-    with pytest.raises(ValueError, match=r"fault_fn result for 'conv1.weight' must have shape"):
-        inject(stored, fault_fn=lambda c, **kw: c.reshape(-1), rng=0)
+        inject(stored, BitErrors(0.1))
+    with pytest.raises(ValueError, match="inject: k must be at most the candidate bits of tensor 'fc.w"):
+        inject(stored, ExactCount(385), rng=0)
+    with pytest.raises(ValueError, match="inject: burst_len must be at most the nbits of tensor 'conv1"):
+        inject(store(make_params(), default_spec("float16")), Bursts(0.1, 17), rng=0)
+    with pytest.raises(ValueError, match=r"inject: bit_mask must be an integer mask in \[0, 2\*\*8\)"):
+        inject(store(make_params(), default_spec("q2.5")), BitErrors(0.1, bit_mask=0x100), rng=0)
     for bad, match in (
         (FaultList([("fc.bias", 0, 1, "flip", "float32")]),
-         "only hit exposed tensors, got a record for the unexposed tensor 'fc.bias'"),
+         "faults must only hit exposed tensors, got the unexposed tensor 'fc.bias'"),
         (FaultList([("fc.nope", 0, 1, "flip", "float32")]),
-         "must name stored tensors, got a record for 'fc.nope'"),
+         r"faults must name stored tensors \('conv1.weight', .*\), got 'fc.nope'"),
         (FaultList([("fc.weight", 0, 1, "flip", "float16")]),
          "faults for 'fc.weight' must carry its format 'float32', got 'float16'"),
+        (FaultList([("fc.weight", 12, 1, "flip", "float32")]),
+         r"faults for 'fc.weight' must have index < its size \(=12\), got 12"),
     ):
-        with pytest.raises(ValueError, match=match):
-            inject(stored, faults=bad)
+        with pytest.raises(ValueError, match="inject: " + match):
+            inject(stored, bad)
+    chip = sample_stuck_at_map(SHAPES["fc.weight"], 32, 0.1, rng=0, dtype=np.uint32)
+    with pytest.raises(ValueError, match="inject: the stuck-at maps must name stored tensors .*'fc.wieght'"):
+        inject(stored, StuckAt({"fc.wieght": chip}))
+    with pytest.raises(ValueError, match="inject: the stuck-at maps must only hit exposed tensors.* 'fc.bia"):
+        inject(stored, StuckAt({"fc.bias": chip}))
+    with pytest.raises(ValueError, match="inject: the stuck-at map of tensor 'conv1.weight' shape"):
+        inject(stored, StuckAt(chip))  # one map for every tensor: conv1.weight has another shape
 
 
 def test_inject_nested_validation():
@@ -747,8 +827,8 @@ def test_inject_nested_validation():
         inject_nested(stored, [0.1, -0.1], rng=0)
     with pytest.raises(TypeError, match="inject_nested: rng must be"):
         inject_nested(stored, [0.1], rng=None)
-    with pytest.raises(TypeError, match="inject_nested: return_faults must be a bool"):
-        inject_nested(stored, [0.1], rng=0, return_faults="yes")
+    with pytest.raises(TypeError, match="got an unexpected keyword argument 'return_faults'"):
+        inject_nested(stored, [0.1], rng=0, return_faults=True)  # one return type: no modes
 
 
 def test_load_and_effective_weights_validation():
@@ -766,6 +846,20 @@ def test_load_and_effective_weights_validation():
         load(stored, default_spec("bfloat16"))
     with pytest.raises(ValueError, match="effective_weights: rng must be None when no faults are requested"):
         effective_weights(params, default_spec(), rng=0)
+    with pytest.raises(TypeError, match="effective_weights: rng must be a numpy.random.Generator"):
+        effective_weights(params, default_spec(), faults=BitErrors(0.1))
+    with pytest.raises(TypeError, match="effective_weights: faults must be a fault model"):
+        effective_weights(params, default_spec(), faults=0.1, rng=0)
+    with pytest.raises(ValueError, match="effective_weights: faults must name stored tensors .*'fc.wieght'"):
+        effective_weights(params, default_spec(), faults=FaultList([("fc.wieght", 0, 0, "flip", "float32")]))
+    with pytest.raises(ValueError, match="effective_weights: nonfinite must be one of"):
+        effective_weights(params, default_spec(), nonfinite="nan")
+    with pytest.raises(TypeError, match=r"effective_weights: latents\['fc.bias'\] must have dtype"):
+        effective_weights({**params, "fc.bias": np.ones(3, np.int32)}, default_spec())
+    with pytest.raises(TypeError, match="effective_weights: spec must be a StorageSpec"):
+        effective_weights(params, "float32")
+    with pytest.raises(TypeError, match=r"effective_weights: latents\['conv1.weight'\] must be float32 to"):
+        effective_weights({k: v.astype(np.float64) for k, v in params.items()}, default_spec(Quantizer(8)))
     # The spec given to load may differ from the storing one in its scale: checked in the latent dtype too.
     stored32 = store({"fc.bias": np.ones(3, np.float32)}, default_spec())
     with pytest.raises(ValueError, match=r"load: the scale of the rule for 'fc.bias' must be finite and"):
