@@ -80,7 +80,7 @@ def test_trial_metrics_match_direct_computation(subjects, digits):
     clean_params = load(store(subject.params, subject.spec))
     clean_pred = np.argmax(mlp_forward(clean_params, subject.state, x, train=False)[0], axis=1)
     faulty = inject_nested(store(subject.params, subject.spec), list(RATES), rng=trial_rng(5, 1))
-    for rec, stored in zip(records, faulty, strict=True):
+    for rec, (stored, _) in zip(records, faulty, strict=True):
         with np.errstate(all="ignore"):
             logits = mlp_forward(load(stored), subject.state, x, train=False)[0]
         finite = np.all(np.isfinite(logits), axis=1)
