@@ -54,6 +54,7 @@ __all__ = [
     "run_campaign",
     "summarize",
     "SUMMARY_FIELDS",
+    "write_atomic",
 ]
 
 
@@ -308,11 +309,11 @@ class CampaignResult:
         writer.writeheader()
         for row in self.summary:
             writer.writerow({k: row.get(k) for k in SUMMARY_FIELDS})
-        _atomic_write(path, buf.getvalue())
+        write_atomic(path, buf.getvalue())
 
 
 def _write_json(path: str | os.PathLike, doc: Any) -> None:
-    _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
+    write_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -321,11 +322,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"CampaignResult.to_json: cannot serialise {type(obj).__name__}")
 
 
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
+    new one, never a half-written one (a failed or interrupted write leaves ``path`` as it was)."""
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: no half-written temporary file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Journal:

@@ -34,7 +34,7 @@ from typing import Any
 
 from saf_ref import validation
 from saf_ref.bits import Quantizer, get_format
-from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign
+from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign, write_atomic
 from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
@@ -516,7 +516,7 @@ def _write_outputs(result: CampaignResult, out: Path, cfg: DemoConfig, table: st
         result.to_json(out / "results.json")
         result.to_run_json(out / "run.json")
         result.to_csv(out / "results.csv")
-        (out / "table.txt").write_text(table + "\n", encoding="utf-8")
+        write_atomic(out / "table.txt", table + "\n")
         plotted = _try_plot(result, out / "results.png", cfg)
     except OSError as err:
         raise OSError(f"{err}; the completed trials are kept in {journal.path}") from err

@@ -397,3 +397,19 @@ def test_real_ctrl_c_stops_a_process_pool_campaign_without_worker_tracebacks(tmp
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     summary = json.loads(out.splitlines()[-1])
     assert summary["interrupted"] is True and 5 <= summary["records"] < 100000
+
+
+def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    from saf_ref.experiments.campaign import write_atomic
+
+    path = tmp_path / "results.json"
+    write_atomic(path, "old")
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary file left
