@@ -379,6 +379,25 @@ def test_bit_error_rate_is_p():
     assert abs(len(fl) - 0.1 * n) < 6 * sigma
 
 
+# A spec serialised by the code before the codec protocol (hand-written here, not produced by to_dict):
+# the JSON form of every format must load and re-serialise to exactly these bytes.
+SPEC_JSON = (
+    '{"rules": [{"pattern": "fc.*", "regex": false, "role": "weight", "format": {"quantizer": {"nbits": 8, '
+    '"scheme": "asymmetric", "code": "offset_binary", "rounding": "nearest_even", "clip": null, "max_abs": '
+    'null, "margin": 0.0}}, "transform": {"name": "tanh", "scale": 1.0}, "clip": 0.5, "scale": null, '
+    '"exposed": true}, {"pattern": "*", "regex": false, "role": "weight", "format": "q2.5", "transform": '
+    '{"name": "arctan", "scale": 1.0}, "clip": null, "scale": 2.0, "exposed": true}, {"pattern": "*", '
+    '"regex": false, "role": null, "format": "bfloat16", "transform": {"name": "identity", "scale": 1.0}, '
+    '"clip": null, "scale": null, "exposed": false}]}'
+)
+
+
+def test_stored_spec_json_loads_and_serialises_byte_identically():
+    spec = StorageSpec.from_dict(json.loads(SPEC_JSON))
+    assert [r.format_name for r in spec.rules] == ["quant8_asym_offset_rounded", "q2.5", "bfloat16"]
+    assert json.dumps(spec.to_dict()) == SPEC_JSON
+
+
 def test_a_custom_fault_model_and_its_replay():
     stored = store(make_params(), default_spec("q2.5", expose_non_weights=False))
     seen = []
