@@ -24,7 +24,6 @@ from saf_ref import validation
 from saf_ref.bits.fields import BitField
 from saf_ref.bits.formats import resolve_format
 from saf_ref.bits.ieee import IEEEFormat
-from saf_ref.bits.quantize import Quantizer
 
 NONFINITE_KINDS = ("nonfinite", "nan", "inf")
 
@@ -47,12 +46,10 @@ def _store(fmt: Any, x: Any, fn: str):
         raise TypeError(f"{fn}: x must be a real number or a float ndarray, got {validation.describe(x)}")
     if not isinstance(x, np.ndarray):
         x = np.asarray(float(x), dtype=np.float64)
-    if isinstance(fmt, Quantizer):
-        if x.dtype == np.float64 and x.ndim == 0:
-            x = x.astype(np.float32)  # a scalar given as a Python float: round it to float32 once
-        codes, context = fmt.encode(x)
-        return codes, (lambda c: fmt.decode(c, context)), x
-    return fmt.encode(x), fmt.decode, x
+    if x.dtype == np.float64 and x.ndim == 0 and x.dtype not in fmt.input_dtypes:
+        x = x.astype(np.float32)  # a quantizer is float32: a Python float scalar is rounded to float32 once
+    codes, context = fmt.encode_tensor(x)  # the codec protocol: the format's default policy
+    return codes, (lambda c: fmt.decode_tensor(c, context)), x
 
 
 def _classify(fmt: Any, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
