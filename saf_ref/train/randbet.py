@@ -13,7 +13,8 @@ for Energy-Efficient DNN Accelerators" (MLSys 2021) and "Random and Adversarial 
 1. **clean pass**: ``w = effective_weights(u, spec)`` (the quantized clean weights), forward and
    backward, ``g_clean = dL(w)/du`` (straight-through);
 2. **perturbed pass** (RandBET, only with ``p_train > 0`` and ``errors_on``): a fresh random bit-error
-   pattern at rate ``p_train`` in the stored words, ``w~ = effective_weights(u, spec, p=p_train)``,
+   pattern at rate ``p_train`` in the stored words, ``w~ = effective_weights(u, spec,
+   faults=BitErrors(p_train), rng=rng)``,
    forward and backward, ``g_pert = dL(w~)/du`` (straight-through);
 3. **update**: ``g = (g_clean + clamp(g_pert, -c, c)) / 2`` (only ``g_clean`` without errors), one SGD
    step on ``u``, then **weight clipping**: conv/linear weight latents projected onto ``[-w_max, w_max]``.
@@ -51,6 +52,7 @@ import numpy as np
 
 from saf_ref import validation
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.faultmodels import BitErrors
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
 from saf_ref.nn.registry import ModelFns, model_fns
 from saf_ref.protect.storage import (
@@ -195,11 +197,12 @@ def _pass(
     y: np.ndarray,
     spec: StorageSpec,
     label_smoothing: float,
-    fault_kwargs: dict[str, Any],
+    faults: BitErrors | FaultList | None,
+    rng: np.random.Generator | None,
     nonfinite: str,
 ):
     """One pass through the pipeline: effective weights, train-mode forward, loss, latent gradient."""
-    w, cache = effective_weights(params, spec, nonfinite=nonfinite, **fault_kwargs)
+    w, cache = effective_weights(params, spec, faults=faults, rng=rng, nonfinite=nonfinite)
     logits, new_state, model_cache = fns.forward(w, state, x, train=True)
     loss, loss_cache = cross_entropy_forward(logits, y, label_smoothing=label_smoothing)
     dw = fns.backward(cross_entropy_backward(1.0, loss_cache).dlogits, model_cache).params
@@ -313,7 +316,7 @@ def randbet_gradients(
         validation.check_rng(rng, fn)  # unused, but a wrong type is still a mistake worth reporting
 
     du_clean, new_state, loss, logits, _ = _pass(
-        fns, params, state, x, y, spec, label_smoothing, {}, nonfinite
+        fns, params, state, x, y, spec, label_smoothing, None, None, nonfinite
     )
     n_correct = int(np.sum(np.argmax(logits, axis=1) == y))
     accuracy = n_correct / max(x.shape[0], 1)
@@ -321,10 +324,11 @@ def randbet_gradients(
         info = StepInfo(loss, None, n_correct, accuracy, False, 0)
         return RandBETGradients(du_clean, du_clean, None, new_state, info)
 
-    fault_kwargs = {"faults": faults} if faults is not None else {"p": p_train, "rng": gen}
+    # A replayed pattern, or a fresh one drawn at p_train.
+    pattern, pattern_rng = (faults, None) if faults is not None else (BitErrors(p_train), gen)
     # The perturbed pass starts from the same running statistics; its updated ones are discarded.
     du_pert, _, pert_loss, _, n_flips = _pass(
-        fns, params, state, x, y, spec, label_smoothing, fault_kwargs, nonfinite
+        fns, params, state, x, y, spec, label_smoothing, pattern, pattern_rng, nonfinite
     )
     update = {}
     for name, g_clean in du_clean.items():

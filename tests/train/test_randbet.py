@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.faultmodels import BitErrors
 from saf_ref.bits.quantize import Quantizer
 from saf_ref.data.shipped import load_digits
 from saf_ref.nn import naive
@@ -332,7 +333,7 @@ def test_replayed_faults_equal_drawn_pattern(digits32):
     params, state = _cnn32()
     x, y = digits32[0][:32], digits32[1][:32]
     spec = default_spec(QUANT8)
-    _, cache = effective_weights(params, spec, p=0.02, rng=123)
+    _, cache = effective_weights(params, spec, faults=BitErrors(0.02), rng=123)
     drawn = randbet_gradients(params, state, x, y, model="small_cnn", spec=spec, p_train=0.02, rng=123)
     replay = randbet_gradients(params, state, x, y, model="small_cnn", spec=spec, faults=cache.faults)
     assert _same_bits(drawn.update, replay.update) and drawn.info == replay.info
@@ -604,10 +605,10 @@ def test_gradient_and_step_validation(digits32):
     # Passed down: a quantizer stores float32 only; a fault list must name stored tensors.
     p64 = {k: v.astype(np.float64) for k, v in params.items()}
     s64 = {k: v.astype(np.float64) for k, v in state.items()}
-    with pytest.raises(TypeError, match="store: params\\['conv1.weight'\\] must be float32"):
+    with pytest.raises(TypeError, match="effective_weights: latents\\['conv1.weight'\\] must be float32"):
         randbet_gradients(p64, s64, x.astype(np.float64), y, **kw)
     bad_fl = FaultList.from_arrays([0], [7], tensor="nope", format_name=QUANT8.name)
-    with pytest.raises(ValueError, match="inject: faults must name stored tensors"):
+    with pytest.raises(ValueError, match="effective_weights: faults must name stored tensors"):
         randbet_gradients(params, state, x, y, faults=bad_fl, **kw)
 
 
