@@ -69,14 +69,18 @@ def scale_target(format: Any) -> float:
     aside), and every finite word, faulty or not, decodes to at most ``max_finite``. With inf and NaN
     read as 0 (``load(..., nonfinite="zero")``), every weight read back, whatever bits were flipped, obeys
 
-        ``|w'| <= max_finite / s = G M``,  ``G = max_finite / 2**emax = 2 - 2**-m`` (1.75 for the FP8
-        formats, whose largest significand is ``1.75``),
+        ``|w'| <= max_finite / s = G M``,  ``G = max_finite / 2**emax = 2 - 2**-m`` (float8_e4m3fn:
+        1.75, as ``S.1111.111`` is NaN),
 
     a saturation by the format's range (SAF saturates with tanh). Exponent bit ``k`` of a weight ``d``
     binades below ``M`` (``|w| in [2**-d, 2**(1-d)) M``; biased field ``2**E - 2 - d``, the
-    complement of ``d + 1``) shrinks it by ``2**(2**k)`` when bit ``k`` of ``d + 1`` is 0; gives inf/NaN
-    (read as 0) when ``d + 1 == 2**k``; else grows it by ``2**(2**k) <= 2**d`` to ``|w'| < 2 M``.
-    The old default ``t = 1`` put ``M`` at exactly 1.0, whose exponent-MSB flip gives inf.
+    complement of ``d + 1``) shrinks it by ``2**(2**k)`` when bit ``k`` of ``d + 1`` is 0; gives
+    inf/NaN (read as 0) when ``d + 1 == 2**k``; else grows it by ``2**(2**k) <= 2**d`` to
+    ``|w'| < 2 M``. (float8_e4m3fn: field ``15 - d``, the complement of ``d``; read ``d`` for ``d + 1``,
+    and only ``S.1111.111`` is NaN.)
+    With inf and NaN kept (``nonfinite="propagate"``) this target is worse than none: the binades
+    ``d = 0, 1, 3, 7, ...``, the largest weights, each have a bit whose flip gives inf. The old default
+    ``t = 1`` put ``M`` at exactly 1.0, whose exponent-MSB flip gives inf, and changed nothing else.
     Derivations, the exhaustive checks and the measurements: ``docs/weight_scaling.md``.
     """
     fmt = resolve_format(format, fn="scale_target", name="format")
