@@ -204,6 +204,36 @@ def test_relative_floor_and_float64_scaling():
         assert_relative(np.array([1.0 + 2**-30]), ref, ours, u=2.0**-53, factor=32, what="t")
 
 
+def test_relative_adds_the_float64_references_own_allowance():
+    # |got - ref64| <= |got - exact| + |ref64 - exact|: the reference (unit roundoff u_ref = 2**-53) is
+    # held to the same contract, so its allowance is added: (u + u_ref) in place of u.
+    u64, e32 = 2.0**-53, 2.0**-20
+    ref, ours = np.array([1.0]), np.array([1.0 + e32], np.float32)
+    backend_share = 32 * ((u64 / U32) * e32 + u64 * 1.0)
+    just_in = np.array([1.0 + 1.9 * backend_share])  # within the two allowances, not within one
+    assert 0.9 < assert_relative(just_in, ref, ours, u=u64, factor=32, what="t") < 1
+    with pytest.raises(ContractFailure, match=r"u_ref = 0.000e\+00"):
+        assert_relative(just_in, ref, ours, u=u64, factor=32, what="t", ref_u=0.0)
+    out = np.array([1.0 + 2.1 * backend_share])
+    with pytest.raises(ContractFailure, match=r"\(\(u \+ u_ref\)/2\*\*-24\) \* E32.*u_ref = 1.110e-16"):
+        assert_relative(out, ref, ours, u=u64, factor=32, what="t")
+
+
+def test_relative_float32_allowance_moves_by_the_reference_share_only():
+    # for a float32 backend the reference's share is 2**-29 of the allowance
+    ref, ours = np.array([1.0]), np.array([1.0 + 2.0**-20], np.float32)
+    got = np.array([1.0 + 2.0**-16], np.float32)
+    with_ref = assert_relative(got, ref, ours, u=U32, factor=32, what="t")
+    exact_ref = assert_relative(got, ref, ours, u=U32, factor=32, what="t", ref_u=0.0)
+    assert exact_ref / with_ref == pytest.approx(1 + 2.0**-29, rel=1e-15)
+
+
+@pytest.mark.parametrize("bad", [-1e-16, float("nan"), float("inf")])
+def test_relative_ref_u_must_be_finite_and_non_negative(bad):
+    with pytest.raises(ValueError, match=r"assert_relative: ref_u must be a finite number >= 0, got"):
+        assert_relative(np.ones(1), np.ones(1), np.ones(1, np.float32), u=U32, what="t", ref_u=bad)
+
+
 def test_relative_zero_allowance_demands_exactness():
     ref, ours = np.zeros(2), np.zeros(2, np.float32)
     assert assert_relative(np.zeros(2, np.float32), ref, ours, u=U32, what="t") == 0.0
