@@ -14,7 +14,8 @@ import numpy as np
 
 from saf_ref.bits import QuantContext, Quantizer, flip_by_uniform, get_ieee_format
 from saf_ref.bits.faultlist import FaultList
-from saf_ref.nn import activations, batchnorm, conv, linear, loss, pool, resnet
+from saf_ref.nn import activations, batchnorm, conv, linear, loss, pool
+from saf_ref.nn.registry import model_fns
 from saf_ref.protect.transforms import Transform
 from saf_ref.testing.protocol import DEFAULT_ROUNDOFF, ModelResult
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
@@ -142,12 +143,9 @@ class NumpyBackend:
         return params
 
     # --------------------------------------------------------------------------------------- model
-    def model_forward_backward(self, arch, params, state, x, labels, *, train, transform):
-        t = None if transform is None else Transform(transform)
-        logits, new_state, cache = resnet.resnet_forward(
-            dict(params), dict(state), x, arch=arch, train=train, transform=t
-        )
+    def model_forward_backward(self, arch, params, state, x, labels, *, train):
+        fns = model_fns(arch)
+        logits, new_state, cache = fns.forward(dict(params), dict(state), x, train=train)
         value, ce_cache = loss.cross_entropy_forward(logits, labels)
         dlogits = loss.cross_entropy_backward(1.0, ce_cache).dlogits
-        grads = resnet.resnet_backward(dlogits, cache)
-        return ModelResult(logits, np.asarray(value), new_state, grads)
+        return ModelResult(logits, np.asarray(value), new_state, fns.backward(dlogits, cache).params)

@@ -64,7 +64,7 @@ class ModelResult(NamedTuple):
     new_state : dict[str, ndarray]
         Batch-norm running statistics after the forward pass (``*.running_mean``, ``*.running_var``).
     grads : dict[str, ndarray]
-        Gradient of ``loss`` with respect to every parameter (the latents, when a transform is used).
+        Gradient of ``loss`` with respect to every parameter the model was given (its weights).
     """
 
     logits: np.ndarray
@@ -261,12 +261,12 @@ class Backend(Protocol):
         labels: np.ndarray,
         *,
         train: bool,
-        transform: str | None,
     ) -> ModelResult:
         """Forward a ResNet given by a torchvision-named state dict, the mean cross-entropy, and backward.
 
-        ``arch`` is ``"resnet20"``, ``"resnet18_cifar"`` or ``"resnet18"`` (see :mod:`saf_ref.nn.resnet`);
-        ``transform`` is ``None`` or a transform name applied (scale 1) to conv and linear weights.
+        ``arch`` is ``"resnet20"``, ``"resnet18_cifar"`` or ``"resnet18"`` (see :mod:`saf_ref.nn.resnet`).
+        The model computes with the weights it is given (as saf_ref's models do); the suite checks a
+        weight transform by composing :meth:`transform_forward`, this method and :meth:`transform_vjp`.
         """
 
 

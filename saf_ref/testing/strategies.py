@@ -44,6 +44,7 @@ __all__ = [
     "PoolCase",
     "SGDCase",
     "ber_values",
+    "representable",
     "bn_cases",
     "boundary_codes",
     "boundary_values",
@@ -81,7 +82,7 @@ def ber_values() -> st.SearchStrategy[float]:
 # ---------------------------------------------------------------------------------------------------------
 # Floating-point boundary values
 # ---------------------------------------------------------------------------------------------------------
-def _representable(values: Sequence[float], dtype: np.dtype) -> list[float]:
+def representable(values: Sequence[float], dtype: np.dtype) -> list[float]:
     """The values (and their negatives) that ``dtype`` holds exactly, NaN and infinities kept."""
     out: list[float] = []
     with np.errstate(over="ignore"):
@@ -158,7 +159,7 @@ def boundary_values(format_name: str, dtype: Any) -> np.ndarray:
         # float32 bit patterns whose low 16 bits are at the bfloat16 rounding boundary.
         low = np.array([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x7F7F8000, 0x00008000], np.uint32)
         values += [float(v) for v in low.view(np.float32)]
-    return np.array(_representable(values, dtype), dtype=dtype)
+    return np.array(representable(values, dtype), dtype=dtype)
 
 
 def boundary_codes(format_name: str) -> np.ndarray:
@@ -167,11 +168,16 @@ def boundary_codes(format_name: str) -> np.ndarray:
     m, nb = fmt.mantissa_bits, fmt.nbits
     sign = 1 << (nb - 1)
     one = fmt.bias << m
-    mags = [0, 1, 2, (1 << m) - 1, 1 << m, one, one + 1, fmt._max_code, fmt._max_code - 1]
+    # the special magnitudes from the field widths (independently of saf_ref.bits): exponent all ones is
+    # infinity (mantissa 0) and NaN; float8_e4m3fn has no infinity and one NaN magnitude, S.1111.111
+    top = ((1 << fmt.exponent_bits) - 1) << m
+    nan = top | (1 << (m - 1)) if fmt.has_infinity else sign - 1
+    max_code = top - 1 if fmt.has_infinity else nan - 1
+    mags = [0, 1, 2, (1 << m) - 1, 1 << m, one, one + 1, max_code, max_code - 1]
     if fmt.has_infinity:
-        mags += [fmt._inf_code, fmt._inf_code + 1, fmt._nan_code, sign - 1]
+        mags += [top, top + 1, nan, sign - 1]
     else:
-        mags += [fmt._nan_code]
+        mags += [nan]
     out = sorted({v for mag in mags for v in (mag, mag | sign)})
     return np.array(out, dtype=fmt.container)
 
@@ -357,7 +363,7 @@ def quantizer_cases(draw, *, max_size: int = 32) -> tuple[dict[str, Any], np.nda
     general = st.floats(-bound, bound, width=32)
     x = draw(
         float_arrays(
-            np.float32, _representable(edges, np.dtype(np.float32)), max_size=max_size, general=general
+            np.float32, representable(edges, np.dtype(np.float32)), max_size=max_size, general=general
         )
     )
     return config, x
@@ -701,7 +707,8 @@ MODEL_IMAGES = {"resnet20": (8, 12), "resnet18_cifar": (16, 20), "resnet18": (33
 @st.composite
 def model_cases(draw, arch: str) -> ModelCase:
     """Small ResNets (width 2 to 4, 2 to 4 images of the sizes of :data:`MODEL_IMAGES`), training or
-    evaluation mode, raw weights or tanh-transformed latents."""
+    evaluation mode, raw weights or tanh latents (which the check turns into weights with each side's
+    own transform)."""
     image = draw(st.integers(*MODEL_IMAGES[arch]))
     return ModelCase(
         arch,

@@ -27,7 +27,8 @@ from saf_ref.testing.pytest_plugin import conformance_tests  # noqa: E402
 from saf_ref.testing.runner import load_backend  # noqa: E402
 
 
-def _backend():
+def backend_from_environment():
+    """The backend named by ``SAF_REF_BACKEND`` (and ``SAF_REF_DEVICE``, ``SAF_REF_DTYPE``)."""
     return load_backend(
         os.environ.get("SAF_REF_BACKEND", "numpy"),
         device=os.environ.get("SAF_REF_DEVICE") or None,
@@ -36,7 +37,7 @@ def _backend():
 
 
 test_conformance = conformance_tests(
-    _backend,
+    backend_from_environment,
     examples=int(os.environ.get("SAF_REF_EXAMPLES", "30")),
     seed=int(os.environ.get("SAF_REF_SEED", "0")),
     e4m3_overflow=os.environ.get("SAF_REF_E4M3_OVERFLOW", "ieee"),

@@ -490,25 +490,17 @@ class TorchBackend:
             h = self._t_relu(out + h)
         return self._t_linear(self._t_global_avgpool(h), weights["fc.weight"], weights["fc.bias"])
 
-    def model_forward_backward(self, arch, params, state, x, labels, *, train, transform):
+    def model_forward_backward(self, arch, params, state, x, labels, *, train):
         """Forward, mean cross-entropy and autograd backward of the model given by its state dict."""
         if arch not in ("resnet20", "resnet18_cifar", "resnet18"):
             raise NotImplementedError(f"TorchBackend: unknown architecture {arch!r}")
         with self._flags():
-            latents = {k: self._t(v, grad=True) for k, v in params.items()}
-            weights = {
-                k: (
-                    self._t_transform(transform, t, 1.0)
-                    if transform and k.endswith(".weight") and t.ndim in (2, 4)
-                    else t
-                )
-                for k, t in latents.items()
-            }
+            weights = {k: self._t(v, grad=True) for k, v in params.items()}
             stats = {k: self._t(v) for k, v in state.items()}
             logits = self._t_resnet(arch, weights, stats, self._t(x), train)
             loss = self._t_cross_entropy(logits, self._t(labels), 0.0)
             loss.backward()
-            grads = {k: self._np(t.grad) for k, t in latents.items()}
+            grads = {k: self._np(t.grad) for k, t in weights.items()}
             return ModelResult(
                 self._np(logits), self._np(loss), {k: self._np(v) for k, v in stats.items()}, grads
             )

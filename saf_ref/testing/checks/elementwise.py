@@ -1,0 +1,325 @@
+"""Checks of the elementwise operations: the weight transforms and the SGD step (ulp tier) and ReLU (exact).
+
+Each result element is compared with saf_ref's float64 result within a few ulps of its magnitude
+(:func:`saf_ref.testing.contracts.assert_ulp`); ReLU is a selection, compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from saf_ref.protect.transforms import TRANSFORMS, Transform
+from saf_ref.testing import strategies as sst
+from saf_ref.testing.checks.core import (
+    REF64,
+    Check,
+    Context,
+    Outcome,
+    Tally,
+    config_text,
+    f64,
+    result,
+    simple_check,
+)
+from saf_ref.testing.contracts import ContractFailure, assert_exact, assert_ulp
+
+__all__ = ["SGD_ULPS_PER_STEP", "TRANSFORM_ULPS", "relu_checks", "sgd_checks", "transform_checks"]
+
+#: ulps allowed for the weight transforms (a few roundings: u / a, f, a * f; f itself within ~2 ulp)
+TRANSFORM_ULPS = 4.0
+#: ulps (of the magnitude) per SGD step: weight decay, momentum, Nesterov and the update, 2 roundings each
+SGD_ULPS_PER_STEP = 8.0
+
+
+# =========================================================================================================
+# protect: transforms
+# =========================================================================================================
+def _transform_boundaries(dtype: np.dtype) -> list[float]:
+    info = np.finfo(dtype)
+    values = [
+        0.0,
+        1.0,
+        0.5,
+        2.0,
+        10.0,
+        20.0,
+        1e10,
+        float(info.max),
+        float(info.tiny),
+        float(info.smallest_subnormal),
+        1e-30,
+        math.inf,
+        math.nan,
+        3.0,
+        0.1,
+    ]
+    return sst.representable(values, dtype)
+
+
+@st.composite
+def _transform_cases(draw, dtype: np.dtype, vjp: bool):
+    scale = draw(st.one_of(st.just(1.0), st.sampled_from([0.5, 2.0]), st.floats(0.05, 20.0)))
+    u = draw(sst.float_arrays(dtype, _transform_boundaries(dtype)))
+    if not vjp:
+        return scale, u, None
+    general = st.floats(-1e3, 1e3, width=8 * dtype.itemsize)
+    dw = draw(
+        hnp.arrays(
+            dtype,
+            u.shape,
+            elements=st.one_of(st.sampled_from([1.0, -1.0, 0.0, 0.5]), general),
+            fill=st.nothing(),
+        )
+    )
+    return scale, u, dw
+
+
+def _transform_explain(u: np.ndarray, scale: float, got: np.ndarray):
+    """softsign(+-inf) = NaN (also where ``u / a`` overflows), and gradients at NaN latents."""
+    with np.errstate(over="ignore"):
+        infinite = np.isinf(u) | np.isinf(u / u.dtype.type(scale))
+
+    def explain(bad: np.ndarray) -> dict[str, np.ndarray]:
+        g = np.asarray(got, dtype=np.float64)
+        return {
+            "softsign-infinity": bad & infinite & np.isnan(g),
+            "nan-latent-gradient": bad & np.isnan(u) & ~np.isnan(g),
+        }
+
+    return explain
+
+
+def _derivative_terms(name: str, u: np.ndarray, scale: float) -> np.ndarray:
+    """Magnitude of the terms autograd adds to form ``f'(x)``, ``x = u / a`` (float64).
+
+    PyTorch differentiates ``tanh`` as ``1 - tanh(x)**2`` and ``softsign = x / (1 + |x|)`` by the
+    quotient rule, ``1 / (1 + |x|) - |x| / (1 + |x|)**2``: differences of terms that cancel where ``f'``
+    is small. Their rounding errors are relative to the terms (as in the dot-product tier), so the ulps
+    are counted on this magnitude: 2 for tanh, ``2 / (1 + |x|)`` for softsign, ``|f'|`` otherwise.
+    """
+    if name == "tanh":
+        return np.full(u.shape, 2.0)
+    if name == "softsign":
+        with np.errstate(invalid="ignore", over="ignore"):  # |u| / a may overflow: the terms are 0
+            return 2.0 / (1.0 + np.abs(u.astype(np.float64)) / scale)
+    return np.zeros(u.shape)
+
+
+def _make_transform(name: str, vjp: bool) -> Check:
+    method = "transform_vjp" if vjp else "transform_forward"
+
+    def run(ctx: Context, case) -> Outcome:
+        scale, u, dw = case
+        what = f"{method}[{name}](scale={scale!r})"
+        t = Transform(name, scale)
+        info = np.finfo(ctx.dtype)
+        # Gradual underflow: an intermediate (u / a, a * dw) may be subnormal, with an absolute error of
+        # half the subnormal spacing, which the scale a (or 1 / a) then carries into the result.
+        atol = TRANSFORM_ULPS * float(info.smallest_subnormal) * max(scale, 1.0 / scale)
+        if vjp:
+            ref = t.vjp(*f64(u, dw))
+            got = result(ctx.call(method, name, u, dw, scale=scale), ctx.dtype, u.shape, what)
+            adw = np.abs(dw.astype(np.float64))
+            magnitude = np.nan_to_num(_derivative_terms(name, u, scale)) * adw
+            # the derivative factor may underflow: |ref| < tiny * |dw| is not distinguished from 0
+            atol, inputs = atol + TRANSFORM_ULPS * float(info.tiny) * adw, {"u": u, "dw": dw}
+        else:
+            ref = t.forward(u.astype(np.float64))
+            got = result(ctx.call(method, name, u, scale=scale), ctx.dtype, u.shape, what)
+            magnitude, inputs = None, {"u": u}
+        return assert_ulp(
+            got,
+            ref,
+            n=TRANSFORM_ULPS,
+            u=ctx.u,
+            what=what,
+            magnitude=magnitude,
+            atol=atol,
+            inputs=inputs,
+            explain=_transform_explain(u, scale, got),
+        )
+
+    def explicit(ctx: Context):
+        u = np.array(_transform_boundaries(ctx.dtype), dtype=ctx.dtype)
+        dw = np.full(u.shape, 1.5, dtype=ctx.dtype) if vjp else None
+        return [(1.0, u, dw), (0.5, u, dw)]
+
+    doc = "du = f'(u/a) dw" if vjp else "w = a f(u/a)"
+    return Check(
+        f"{method}[{name}]",
+        "ulp",
+        (method,),
+        lambda ctx: _transform_cases(ctx.dtype, vjp),
+        run,
+        explicit=explicit,
+        doc=f"{name} transform: {doc}, within {TRANSFORM_ULPS:g} ulp",
+    )
+
+
+# =========================================================================================================
+# nn: ReLU (exact)
+# =========================================================================================================
+def _relu_boundaries(dtype: np.dtype) -> list[float]:
+    info = np.finfo(dtype)
+    return sst.representable(
+        [
+            0.0,
+            float(info.smallest_subnormal),
+            float(info.tiny),
+            1.0,
+            2.5,
+            math.inf,
+            math.nan,
+            float(info.max),
+        ],
+        dtype,
+    )
+
+
+@st.composite
+def _relu_cases(draw, dtype: np.dtype):
+    x = draw(sst.float_arrays(dtype, _relu_boundaries(dtype)))
+    general = st.floats(-1e3, 1e3, width=8 * dtype.itemsize)
+    dy = draw(
+        hnp.arrays(
+            dtype, x.shape, elements=st.one_of(st.sampled_from([1.0, -1.0, -0.0]), general), fill=st.nothing()
+        )
+    )
+    return x, dy
+
+
+def _relu_explicit(ctx: Context):
+    x = np.array(_relu_boundaries(ctx.dtype), dtype=ctx.dtype)
+    return [(x, np.arange(1, x.size + 1, dtype=ctx.dtype))]  # nonzero upstream gradients everywhere
+
+
+def _relu_forward_run(ctx: Context, case) -> Outcome:
+    x, _ = case
+    expected = REF64.relu_forward(x)  # exact in any dtype: saf_ref keeps x's dtype
+    got = result(ctx.call("relu_forward", x), ctx.dtype, x.shape, "relu_forward")
+
+    def explain(bad):
+        g = np.asarray(got)
+        return {"relu-negative-zero": bad & (x == 0) & np.signbit(x) & (g == 0) & ~np.signbit(g)}
+
+    return assert_exact(
+        got,
+        expected,
+        what="relu_forward",
+        inputs={"x": x},
+        explain=explain,
+        nan_payloads=ctx.options.nan_payloads,
+    )
+
+
+def _relu_vjp_run(ctx: Context, case) -> Outcome:
+    x, dy = case
+    expected = REF64.relu_vjp(x, dy)
+    got = result(ctx.call("relu_vjp", x, dy), ctx.dtype, x.shape, "relu_vjp")
+    return assert_exact(
+        got, expected, what="relu_vjp", inputs={"x": x, "dy": dy}, nan_payloads=ctx.options.nan_payloads
+    )
+
+
+# =========================================================================================================
+# train: SGD (ulp of the magnitude)
+# =========================================================================================================
+def _sgd_magnitude(params, grads, case: sst.SGDCase) -> dict[str, np.ndarray]:
+    """Elementwise magnitude of the SGD iterate: the recurrence run on absolute values, in float64.
+
+    Each step's roundings are relative to its terms, which this bounds; the error of ``steps`` steps is
+    then at most about ``(roundings per step) * steps * u`` times it.
+    """
+    out = {}
+    for k, p in params.items():
+        mag, buf = np.abs(p.astype(np.float64)), None
+        for g in grads:
+            d = np.abs(g[k].astype(np.float64)) + case.weight_decay * mag
+            if case.momentum:
+                buf = d if buf is None else case.momentum * buf + abs(1 - case.dampening) * d
+                d = d + case.momentum * buf if case.nesterov else buf
+            mag = mag + case.lr * d
+        out[k] = mag
+    return out
+
+
+def _sgd_run(ctx: Context, case: sst.SGDCase) -> Outcome:
+    params, grads = case.arrays(ctx.dtype)
+    cfg = case.config()
+    what = f"sgd({case.steps} steps, {config_text(cfg)}, seed={case.seed})"
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    g64 = [{k: v.astype(np.float64) for k, v in g.items()} for g in grads]
+    ref = REF64.sgd(p64, g64, **cfg)
+    mags = _sgd_magnitude(params, grads, case)
+    got = ctx.call("sgd", params, grads, **cfg)
+    if not isinstance(got, Mapping) or set(got) != set(params):
+        raise ContractFailure(
+            f"{what}: expected a dict with the keys {sorted(params)}, got {type(got).__name__}"
+        )
+    tally = Tally()
+    for k in params:
+        g = result(got[k], ctx.dtype, params[k].shape, f"{what} params[{k!r}]")
+        tally.add(
+            assert_ulp(
+                g,
+                ref[k],
+                n=SGD_ULPS_PER_STEP * case.steps,
+                u=ctx.u,
+                magnitude=mags[k],
+                what=f"{what} params[{k!r}]",
+            )
+        )
+    return tally.outcome()
+
+
+def transform_checks() -> list[Check]:
+    """``transform_forward[f]`` for every transform, then ``transform_vjp[f]``."""
+    return [_make_transform(name, vjp) for vjp in (False, True) for name in TRANSFORMS]
+
+
+def relu_checks() -> list[Check]:
+    """``relu_forward`` and ``relu_vjp``, bit for bit."""
+    return [
+        simple_check(
+            "relu_forward",
+            "exact",
+            "relu_forward",
+            lambda ctx: _relu_cases(ctx.dtype),
+            _relu_forward_run,
+            _relu_explicit,
+            "relu, bit for bit (relu(-0.0) = -0.0, NaN passes)",
+        ),
+        simple_check(
+            "relu_vjp",
+            "exact",
+            "relu_vjp",
+            lambda ctx: _relu_cases(ctx.dtype),
+            _relu_vjp_run,
+            _relu_explicit,
+            "relu gradient, bit for bit (ReLU'(0) = 0)",
+        ),
+    ]
+
+
+def sgd_checks() -> list[Check]:
+    """``sgd``: several steps of torch.optim.SGD semantics."""
+    sgd_edge = [
+        sst.SGDCase(((3, 2), (4,)), 3, 0.1, 0.9, 0.0, 5e-4, False, 0),
+        sst.SGDCase(((5,),), 2, 0.05, 0.9, 0.0, 0.0, True, 1),
+    ]
+    return [
+        simple_check(
+            "sgd",
+            "ulp",
+            "sgd",
+            lambda ctx: sst.sgd_cases(),
+            _sgd_run,
+            lambda ctx: sgd_edge,
+            "torch.optim.SGD steps (momentum, dampening, Nesterov, weight decay)",
+        )
+    ]

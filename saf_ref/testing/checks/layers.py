@@ -1,0 +1,323 @@
+"""Checks of the network layers: pooling, conv2d and linear (dot-product bound), batch norm and
+cross-entropy (relative to saf_ref float32).
+
+Each op has a forward check and a vector-Jacobian-product check under the same contract, built from one
+table (:func:`layer_checks`). The dot-product bound's magnitudes come from the same saf_ref op applied
+to absolute values in float64; batch norm and cross-entropy floor their relative allowance at the
+magnitude of their terms (:func:`bn_scales`, :func:`ce_scale`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from saf_ref.testing import strategies as sst
+from saf_ref.testing.checks.core import (
+    REF32,
+    REF64,
+    Check,
+    Context,
+    Outcome,
+    Tally,
+    abs64,
+    check_relative,
+    check_tuple,
+    f32,
+    f64,
+    result,
+    simple_check,
+)
+from saf_ref.testing.contracts import ContractFailure, assert_dot_bound, assert_exact
+
+__all__ = ["bn_scales", "ce_scale", "layer_checks", "pool_checks"]
+
+
+# =========================================================================================================
+# nn: pooling
+# =========================================================================================================
+def _maxpool_kwargs(case: sst.PoolCase) -> dict[str, Any]:
+    return dict(kernel_size=case.kernel_size, stride=case.stride, padding=case.padding)
+
+
+def _maxpool_forward_run(ctx: Context, case: sst.PoolCase) -> Outcome:
+    x, _ = case.arrays(ctx.dtype)
+    kw = _maxpool_kwargs(case)
+    expected = REF64.maxpool2d_forward(x, **kw)  # a selection: exact in x's dtype
+    got = result(
+        ctx.call("maxpool2d_forward", x, **kw), ctx.dtype, expected.shape, f"maxpool2d_forward({kw})"
+    )
+    return assert_exact(got, expected, what=f"maxpool2d_forward({kw}, seed={case.seed})")
+
+
+def _maxpool_vjp_run(ctx: Context, case: sst.PoolCase) -> Outcome:
+    x, dy = case.arrays(ctx.dtype)
+    kw = _maxpool_kwargs(case)
+    what = f"maxpool2d_vjp({kw}, seed={case.seed})"
+    x64, dy64 = f64(x, dy)
+    ref = REF64.maxpool2d_vjp(x64, dy64, **kw)
+    mag = REF64.maxpool2d_vjp(x64, np.abs(dy64), **kw)
+    k = math.ceil(case.kernel_size[0] / case.stride[0]) * math.ceil(case.kernel_size[1] / case.stride[1])
+    got = result(ctx.call("maxpool2d_vjp", x, dy, **kw), ctx.dtype, x.shape, what)
+    return assert_dot_bound(got, ref, mag, k, u=ctx.u, c=ctx.c_dot, what=what + " dx")
+
+
+def _avgpool_forward_run(ctx: Context, case: sst.PoolCase) -> Outcome:
+    x, _ = case.arrays(ctx.dtype, global_pool=True)
+    what = f"global_avgpool_forward(x {x.shape}, seed={case.seed})"
+    (x64,) = f64(x)
+    ref, mag = REF64.global_avgpool_forward(x64), REF64.global_avgpool_forward(np.abs(x64))
+    got = result(ctx.call("global_avgpool_forward", x), ctx.dtype, ref.shape, what)
+    return assert_dot_bound(got, ref, mag, x.shape[2] * x.shape[3] + 1, u=ctx.u, c=ctx.c_dot, what=what)
+
+
+def _avgpool_vjp_run(ctx: Context, case: sst.PoolCase) -> Outcome:
+    x, dy = case.arrays(ctx.dtype, global_pool=True)
+    what = f"global_avgpool_vjp(x {x.shape}, seed={case.seed})"
+    ref = REF64.global_avgpool_vjp(*f64(x, dy))
+    got = result(ctx.call("global_avgpool_vjp", x, dy), ctx.dtype, x.shape, what)
+    # dy / (H W), or dy times a rounded 1 / (H W): at most two roundings
+    return assert_dot_bound(got, ref, np.abs(ref), 2, u=ctx.u, c=ctx.c_dot, what=what + " dx")
+
+
+# =========================================================================================================
+# nn: conv2d and linear (dot-product bound)
+# =========================================================================================================
+def _conv_run(ctx: Context, case: sst.ConvCase, vjp: bool) -> Outcome:
+    x, w, b, dy = case.arrays(ctx.dtype)
+    kw = dict(stride=case.stride, padding=case.padding)
+    what = f"conv2d_{'vjp' if vjp else 'forward'}(x {case.x_shape}, w {case.w_shape}, {kw}, seed={case.seed})"
+    n, c = case.x_shape[:2]
+    o, _, kh, kwid = case.w_shape
+    ho, wo = case.out_hw
+    x64, w64, b64, dy64 = f64(x, w, b, dy)
+    ax, aw, ab, ady = abs64(x, w, b, dy)
+    tally = Tally()
+    if not vjp:
+        ref, mag = REF64.conv2d_forward(x64, w64, b64, **kw), REF64.conv2d_forward(ax, aw, ab, **kw)
+        got = result(ctx.call("conv2d_forward", x, w, b, **kw), ctx.dtype, ref.shape, what)
+        tally.add(assert_dot_bound(got, ref, mag, c * kh * kwid + 1, u=ctx.u, c=ctx.c_dot, what=what + " y"))
+        return tally.outcome()
+    refs = REF64.conv2d_vjp(x64, w64, b64, dy64, **kw)
+    mags = REF64.conv2d_vjp(ax, aw, ab, ady, **kw)
+    got = ctx.call("conv2d_vjp", x, w, b, dy, **kw)
+    check_tuple(got, 3, what)
+    terms = {"dx": o * kh * kwid, "dw": n * ho * wo, "db": n * ho * wo}
+    for name, g, r, m in zip(("dx", "dw", "db"), got, refs, mags, strict=True):
+        if r is None:
+            if g is not None:
+                raise ContractFailure(f"{what}: db must be None without a bias, got {type(g).__name__}")
+            continue
+        g = result(g, ctx.dtype, r.shape, f"{what} {name}")
+        tally.add(assert_dot_bound(g, r, m, terms[name], u=ctx.u, c=ctx.c_dot, what=f"{what} {name}"))
+    return tally.outcome()
+
+
+def _linear_run(ctx: Context, case: sst.LinearCase, vjp: bool) -> Outcome:
+    x, w, b, dy = case.arrays(ctx.dtype)
+    what = (
+        f"linear_{'vjp' if vjp else 'forward'}(x {x.shape}, w {w.shape}, bias={case.bias}, seed={case.seed})"
+    )
+    x64, w64, b64, dy64 = f64(x, w, b, dy)
+    ax, aw, ab, ady = abs64(x, w, b, dy)
+    tally = Tally()
+    if not vjp:
+        ref, mag = REF64.linear_forward(x64, w64, b64), REF64.linear_forward(ax, aw, ab)
+        got = result(ctx.call("linear_forward", x, w, b), ctx.dtype, ref.shape, what)
+        tally.add(
+            assert_dot_bound(got, ref, mag, case.in_features + 1, u=ctx.u, c=ctx.c_dot, what=what + " y")
+        )
+        return tally.outcome()
+    refs, mags = REF64.linear_vjp(x64, w64, b64, dy64), REF64.linear_vjp(ax, aw, ab, ady)
+    got = ctx.call("linear_vjp", x, w, b, dy)
+    check_tuple(got, 3, what)
+    terms = {"dx": case.out_features, "dw": case.n, "db": case.n}
+    for name, g, r, m in zip(("dx", "dw", "db"), got, refs, mags, strict=True):
+        if r is None:
+            if g is not None:
+                raise ContractFailure(f"{what}: db must be None without a bias, got {type(g).__name__}")
+            continue
+        g = result(g, ctx.dtype, r.shape, f"{what} {name}")
+        tally.add(assert_dot_bound(g, r, m, terms[name], u=ctx.u, c=ctx.c_dot, what=f"{what} {name}"))
+    return tally.outcome()
+
+
+# =========================================================================================================
+# nn: batch norm and cross-entropy (relative to saf_ref float32)
+# =========================================================================================================
+def bn_scales(x, weight, bias, rm, rv, dy, *, train: bool, momentum: float, eps: float) -> dict[str, float]:
+    """The magnitude of batch norm's terms, per output tensor (float64): the floor of the relative tier.
+
+    A float implementation of batch norm loses accuracy when the data sit far from zero compared with
+    their spread (``a = mean|x| / s`` large, ``s = sqrt(var + eps)``): the mean is off by about
+    ``u * mean|x|``, so ``x_hat`` by ``u * (a + |x_hat|)``. PyTorch's evaluation mode also computes
+    ``x * (w / s) + (b - rm * w / s)``, whose error is relative to ``|w| (|x| + |rm|) / s``. These are the
+    scales; saf_ref's two-pass float32 can be much luckier (its subtractions are often exact), so its own
+    error alone would demand more than correct implementations achieve.
+    """
+    ch = (0, 2, 3)
+
+    def per(v):
+        return v[None, :, None, None]
+
+    x, weight, bias, rm, rv, dy = (np.asarray(v, np.float64) for v in (x, weight, bias, rm, rv, dy))
+    abs_w, abs_b = per(np.abs(weight)), per(np.abs(bias))
+    if not train:
+        s = np.sqrt(rv + eps)
+        spread = (np.abs(x) + per(np.abs(rm))) / per(s)
+        return {"y": float((abs_w * spread + abs_b).max()), "running_mean": float(np.abs(rm).max()),
+                "running_var": float(np.abs(rv).max()), "dx": float((abs_w / per(s) * np.abs(dy)).max()),
+                "dweight": float(np.sum(np.abs(dy) * spread, axis=ch).max()),
+                "dbias": float(np.sum(np.abs(dy), axis=ch).max())}  # fmt: skip
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean, var = x.mean(axis=ch), x.var(axis=ch)
+    s, mean_abs = np.sqrt(var + eps), np.abs(x).mean(axis=ch)
+    x_hat = (x - per(mean)) / per(s)
+    terms = per(mean_abs / s) + np.abs(x_hat)  # a + |x_hat|
+    t = per(np.mean(np.abs(dy) * terms, axis=ch))
+    return {
+        "y": float((abs_w * terms + abs_b).max()),
+        "running_mean": float(((1 - momentum) * np.abs(rm) + momentum * mean_abs).max()),
+        # a two-pass or Welford variance is off by about u * mean|x| * s (the naive E[x^2] - E[x]^2 by
+        # u * mean|x|^2, which this does not allow when the data are offset)
+        "running_var": float(((1 - momentum) * rv + momentum * n / (n - 1) * (var + 2 * mean_abs * s)).max()),
+        "dx": float((abs_w / per(s) * (np.abs(dy) + per(np.abs(dy).mean(axis=ch)) + 2 * terms * t)).max()),
+        "dweight": float(np.sum(np.abs(dy) * (terms + np.abs(x_hat)), axis=ch).max()),
+        "dbias": float(np.sum(np.abs(dy), axis=ch).max()),
+    }
+
+
+def _bn_run(ctx: Context, case: sst.BNCase, vjp: bool) -> Outcome:
+    arrays = case.arrays(ctx.dtype)
+    kw = dict(train=case.train, momentum=case.momentum, eps=case.eps)
+    method = "batchnorm2d_vjp" if vjp else "batchnorm2d_forward"
+    what = (
+        f"{method}(x {case.x_shape}, train={case.train}, momentum={case.momentum!r}, eps={case.eps!r}, "
+        f"offset={case.offset!r}, scale={case.scale!r}, seed={case.seed})"
+    )
+    a64, a32 = f64(*arrays), f32(*arrays)
+    if not vjp:
+        a64, a32, arrays = a64[:5], a32[:5], arrays[:5]
+    refs = getattr(REF64, method)(*a64, **kw)
+    ours = getattr(REF32, method)(*a32, **kw)
+    got = ctx.call(method, *arrays, **kw)
+    check_tuple(got, 3, what)
+    names = ("dx", "dweight", "dbias") if vjp else ("y", "running_mean", "running_var")
+    scales = bn_scales(*f64(*case.arrays(np.float64)), **kw)
+    tally = Tally()
+    for name, g, r, o in zip(names, got, refs, ours, strict=True):
+        check_relative(ctx, tally, g, r, o, f"{what} {name}", scale=scales[name])
+    return tally.outcome()
+
+
+def ce_scale(logits: np.ndarray) -> float:
+    """``max_n (max_k |z_nk| + log K)``: the absolute error of a float log-softmax is about u times it."""
+    return float(np.max(np.abs(logits), axis=1).max() + math.log(logits.shape[1]))
+
+
+def _ce_run(ctx: Context, case: sst.CECase, vjp: bool) -> Outcome:
+    logits, labels = case.arrays(ctx.dtype)
+    what = (
+        f"cross_entropy_{'vjp' if vjp else 'forward'}(logits {logits.shape}, scale={case.logit_scale}, "
+        f"label_smoothing={case.label_smoothing!r}, seed={case.seed})"
+    )
+    (z64,), (z32,) = f64(logits), f32(logits)
+    s = max(ce_scale(z64), 1.0)
+    tally = Tally()
+    ls = dict(label_smoothing=case.label_smoothing)
+    if vjp:
+        dloss = case.dloss
+        ref, ours = (
+            REF64.cross_entropy_vjp(z64, labels, dloss, **ls),
+            REF32.cross_entropy_vjp(z32, labels, dloss, **ls),
+        )
+        got = ctx.call("cross_entropy_vjp", logits, labels, dloss, **ls)
+        check_relative(
+            ctx, tally, got, ref, ours, f"{what} dlogits (dloss={dloss!r})", scale=abs(dloss) * s / case.n
+        )
+    else:
+        ref, ours = (
+            REF64.cross_entropy_forward(z64, labels, **ls),
+            REF32.cross_entropy_forward(z32, labels, **ls),
+        )
+        got = ctx.call("cross_entropy_forward", logits, labels, **ls)
+        check_relative(ctx, tally, got, ref, ours, f"{what} loss", scale=s)
+    return tally.outcome()
+
+
+def pool_checks() -> list[Check]:
+    """Max pooling (exact forward, dot-bound gradient) and global average pooling."""
+    edge = sst.PoolCase((2, 2, 7, 7), (3, 3), (2, 2), (1, 1), 0)
+    return [
+        simple_check(
+            "maxpool2d_forward",
+            "exact",
+            "maxpool2d_forward",
+            lambda ctx: sst.maxpool_cases(),
+            _maxpool_forward_run,
+            lambda ctx: [edge],
+            "max pooling (a selection: exact)",
+        ),
+        simple_check(
+            "maxpool2d_vjp",
+            "dot",
+            "maxpool2d_vjp",
+            lambda ctx: sst.maxpool_cases(),
+            _maxpool_vjp_run,
+            lambda ctx: [edge],
+            "max pooling gradient (overlapping windows add)",
+        ),
+        simple_check(
+            "global_avgpool_forward",
+            "dot",
+            "global_avgpool_forward",
+            lambda ctx: sst.avgpool_cases(),
+            _avgpool_forward_run,
+            doc="spatial mean",
+        ),
+        simple_check(
+            "global_avgpool_vjp",
+            "dot",
+            "global_avgpool_vjp",
+            lambda ctx: sst.avgpool_cases(),
+            _avgpool_vjp_run,
+            doc="spatial mean gradient",
+        ),
+    ]
+
+
+def layer_checks() -> list[Check]:
+    """conv2d, linear, batch norm and cross-entropy: a forward and a VJP check each, from one table."""
+    conv_edge = [sst.ConvCase(*sst.CONV_EDGES[0], True, "normal", 0)]
+    linear_edge = [sst.LinearCase(4, 16, 5, True, "normal", 0)]
+    bn_edge = [
+        sst.BNCase((4, 3, 3, 3), True, 0.1, 1e-5, 0.0, 1.0, 0),
+        sst.BNCase((2, 2, 2, 2), False, 0.1, 1e-5, 1.0, 1.0, 1),
+    ]
+    ce_edge = [sst.CECase(4, 5, 1.0, 0.0, 1.0, 0), sst.CECase(3, 4, 10.0, 0.1, 1.0, 1)]
+    pairs = [
+        ("conv2d", "dot", sst.conv_cases, _conv_run, conv_edge, "conv2d output", "conv2d dx, dw, db"),
+        ("linear", "dot", sst.linear_cases, _linear_run, linear_edge, "linear output", "linear dx, dw, db"),
+        ("batchnorm2d", "relative", sst.bn_cases, _bn_run, bn_edge,
+         "batch norm output and running statistics", "batch norm dx, dweight, dbias"),
+        ("cross_entropy", "relative", sst.ce_cases, _ce_run, ce_edge,
+         "mean softmax cross-entropy loss", "mean softmax cross-entropy gradient"),
+    ]  # fmt: skip
+    checks = []
+    for op, contract, cases, run, edge, doc_forward, doc_vjp in pairs:
+        for vjp, doc in ((False, doc_forward), (True, doc_vjp)):
+            method = f"{op}_vjp" if vjp else f"{op}_forward"
+            checks.append(
+                simple_check(
+                    method,
+                    contract,
+                    method,
+                    lambda ctx, cases=cases: cases(),
+                    lambda ctx, case, run=run, vjp=vjp: run(ctx, case, vjp),
+                    lambda ctx, edge=edge: edge,
+                    doc,
+                )
+            )
+    return checks
