@@ -179,8 +179,10 @@ def test_apply_never_mutates_and_validates_targets():
     [
         ("float16", np.uint32, None, TypeError,
          r"codes must have dtype uint16 for records of format 'float16' \(16 bits\), got uint32"),
-        ("float32", np.uint16, None, TypeError, r"must have dtype uint32 for records of format 'float32"),
-        ("q2.5", np.uint16, None, TypeError, r"dtype uint8 for records of format 'q2.5' \(8 bits\)"),
+        ("float32", np.uint16, None, TypeError,
+         r"codes must have dtype uint32 for records of format 'float32' \(32 bits\), got uint16"),
+        ("q2.5", np.uint16, None, TypeError,
+         r"codes must have dtype uint8 for records of format 'q2.5' \(8 bits\), got uint16"),
         ("quant4_asym_offset_rounded", np.uint16, None, TypeError,
          "codes must have dtype uint8 for records of format 'quant4"),
         ("raw12", np.uint8, None, TypeError,
