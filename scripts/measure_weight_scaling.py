@@ -35,12 +35,9 @@ from pathlib import Path
 
 from saf_ref.experiments.campaign import Subject, run_campaign
 from saf_ref.experiments.demo import DEFAULT_RATES, load_dataset
-from saf_ref.nn.small import init_small_cnn
+from saf_ref.nn import init_small_cnn
 from saf_ref.protect import default_spec, weight_scaling_spec
-from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
-from saf_ref.train.loop import train
-from saf_ref.train.optim import SGD
-from saf_ref.train.schedules import Cosine
+from saf_ref.train import SGD, Cosine, load_checkpoint, save_checkpoint, train
 
 # The demo's rates: the nested fault patterns depend on the whole list, so with the same seed and trials
 # the rows "none" are the demo's baseline rows, and the "auto, zero" rows its weight-scaling rows.
