@@ -126,23 +126,20 @@ def _import_object(spec: str) -> Any:
             module_spec.loader.exec_module(module)  # type: ignore[union-attr]
         except Exception as err:  # the user's file failed (SyntaxError, a missing package, ...): one line
             del sys.modules[name]
-            raise ValueError(
-                f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {_what(err)}"
-            ) from None
+            raise ValueError(_cannot_import(fn, target, spec, err)) from None
     else:
         try:
             module = importlib.import_module(target)
         except Exception as err:
-            raise ValueError(
-                f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {_what(err)}"
-            ) from None
+            raise ValueError(_cannot_import(fn, target, spec, err)) from None
     if not hasattr(module, attr):
         raise ValueError(f"{fn}: module {target!r} has no attribute {attr!r}")
     return getattr(module, attr)
 
 
-def _what(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+def _cannot_import(fn: str, target: str, spec: str, err: BaseException) -> str:
+    """The one-line error for a backend module that raised on import."""
+    return f"{fn}: cannot import {target!r} (from BACKEND {spec!r}): {type(err).__name__}: {err}"
 
 
 def load_backend(
