@@ -9,8 +9,9 @@ where bit errors hurt least:
   ``2**15``). A word then holds at most ``~2 t``, so *any* corrupted word that is still finite reads back
   as ``|w'| <= max_finite / s ~= 2 max|W|``, and a word that becomes inf or NaN reads as 0 with
   ``load(..., nonfinite="zero")``: the format's own range saturates the weights, as tanh does in SAF.
-  Used with ``nonfinite="propagate"`` this target is *worse* than none (the top binades are where single
-  flips give inf); see ``docs/weight_scaling.md`` for the analysis and the measurements.
+  Used with ``nonfinite="propagate"`` this target does not help, and is worse than none at high rates
+  (the top binades are where single flips give inf); see ``docs/weight_scaling.md`` for the analysis
+  and the measurements.
 
 The scale is a plain per-tensor constant kept next to the codes (like a quantizer's range, it is not
 exposed to faults). In the storage pipeline it is the ``scale`` of a
@@ -78,7 +79,7 @@ def scale_target(format: Any) -> float:
     inf/NaN (read as 0) when ``d + 1 == 2**k``; else grows it by ``2**(2**k) <= 2**d`` to
     ``|w'| < 2 M``. (float8_e4m3fn: field ``15 - d``, the complement of ``d``; read ``d`` for ``d + 1``,
     and only ``S.1111.111`` is NaN.)
-    With inf and NaN kept (``nonfinite="propagate"``) this target is worse than none: the binades
+    With inf and NaN kept (``nonfinite="propagate"``) this target does not help: the binades
     ``d = 0, 1, 3, 7, ...``, the largest weights, each have a bit whose flip gives inf. The old default
     ``t = 1`` put ``M`` at exactly 1.0, whose exponent-MSB flip gives inf, and changed nothing else.
     Derivations, the exhaustive checks and the measurements: ``docs/weight_scaling.md``.
