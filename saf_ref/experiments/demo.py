@@ -481,17 +481,21 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
     _log(cfg, f"demo: bit-error sweep, {len(subjects)} models x {len(cfg.rates)} rates x {cfg.trials} trials "
               f"on {y_eval.shape[0]} test images")  # fmt: skip
     journal = Journal(out / "trials.jsonl")
-    result = run_campaign(
-        subjects,
-        x_eval,
-        y_eval,
-        cfg.rates,
-        trials=cfg.trials,
-        seed=cfg.seed,
-        max_workers=cfg.workers,
-        progress=cfg.verbose,
-        on_result=journal,
-    )
+    try:
+        result = run_campaign(
+            subjects,
+            x_eval,
+            y_eval,
+            cfg.rates,
+            trials=cfg.trials,
+            seed=cfg.seed,
+            max_workers=cfg.workers,
+            progress=cfg.verbose,
+            on_result=journal,
+        )
+    except KeyboardInterrupt:  # run_campaign keeps what a Ctrl-C in the sweep leaves; this is before it
+        journal.path.unlink()
+        raise KeyboardInterrupt("before the first trial completed; nothing was written") from None
     # Timings go to run.json only: results.json must be the same bytes in every run with the same config.
     result.config.update(
         {"demo": _jsonable(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
@@ -517,7 +521,8 @@ def _write_outputs(result: CampaignResult, out: Path, cfg: DemoConfig, table: st
         result.to_run_json(out / "run.json")
         result.to_csv(out / "results.csv")
         write_atomic(out / "table.txt", table + "\n")
-        plotted = _try_plot(result, out / "results.png", cfg)
+        # A plot of an interrupted sweep would miss the models not reached (and has panels with no data).
+        plotted = not result.interrupted and _try_plot(result, out / "results.png", cfg)
     except OSError as err:
         raise OSError(f"{err}; the completed trials are kept in {journal.path}") from err
     except KeyboardInterrupt:

@@ -50,8 +50,16 @@ def test_plot_written_when_matplotlib_is_installed(demo_run):
 
 def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
     assert sorted(p.name for p in (demo_run / "ckpt").iterdir()) == sorted(
-        f"{m}.npz" for m in ("baseline_identity", "saf_tanh", "saf_arctan", "robust_quant", "clipping",
-                             "randbet", "randbet_noclip")  # fmt: skip
+        f"{m}.npz"
+        for m in (
+            "baseline_identity",
+            "saf_tanh",
+            "saf_arctan",
+            "robust_quant",
+            "clipping",
+            "randbet",
+            "randbet_noclip",
+        )  # fmt: skip
     )
     again = tmp_path / "again"
     assert main(["demo", "--out", str(again), "--checkpoints", str(demo_run / "ckpt"), *TINY]) == 0
@@ -82,19 +90,14 @@ def test_checkpoints_from_elsewhere_are_not_reused(tmp_path, capsys):
 
 
 def test_unknown_dataset_and_model_are_clear_errors():
-    from saf_ref.experiments.demo import DemoConfig, build_subjects, load_dataset
+    from saf_ref.experiments.demo import DemoConfig, load_dataset
 
     match = r"demo: dataset must be one of \('digits', 'mnist5k', 'cifar10'\), got 'svhn'"
     with pytest.raises(ValueError, match=match):
         load_dataset("svhn")
-    data = load_dataset("digits")
-    with pytest.raises(ValueError, match=r"demo: model must be 'small_cnn' or one of \('resnet20', .*'mlp'"):
-        build_subjects(DemoConfig(model="mlp", verbose=False), data)  # a loop model, but no conv net
-
-
-def test_cifar10_without_path_is_a_clear_error(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--dataset", "cifar10", "--quiet"]) == 2
-    assert "needs --data-path" in capsys.readouterr().err
+    match = r"DemoConfig: model must be one of \('small_cnn', 'resnet20', .*\), optionally .*, got 'mlp'"
+    with pytest.raises(ValueError, match=match):
+        DemoConfig(model="mlp")  # a loop model, but no conv net: refused before any data is loaded
 
 
 def test_quantized_spec_clips_only_conv_and_linear_weights():
@@ -127,3 +130,278 @@ def test_plot_rejects_an_unknown_metric(tmp_path):
     with pytest.raises(ValueError, match=match):
         plot_campaign(CampaignResult([], [], []), tmp_path / "x.png", metric="err")
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------- options checked before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make any loading or training fail the test: the checks must come first."""
+    import saf_ref.experiments.demo as demo
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the demo started working before every option was checked")
+
+    monkeypatch.setattr(demo, "load_dataset", forbidden)
+    monkeypatch.setattr(demo, "build_subjects", forbidden)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "0"], "--epochs must be in [1, inf], got 0"),
+        (["--trials", "0"], "--trials must be in [1, inf], got 0"),
+        (["--trials", "-2"], "--trials must be in [1, inf], got -2"),
+        (["--workers", "0"], "--workers must be in [1, inf], got 0"),
+        (["--eval-limit", "0"], "--eval-limit must be in [1, inf], got 0"),
+        (["--eval-limit", "-5"], "--eval-limit must be in [1, inf], got -5"),
+        (["--width", "0"], "--width must be in [1, inf], got 0"),
+        (["--seed", "-1"], "--seed must be in [0, inf], got -1"),
+        (["--rates", "1e-3", "2"], "--rates must be bit-error rates in [0, 1], got 2.0"),
+        (["--rates", "nan"], "--rates must be bit-error rates in [0, 1], got nan"),
+        (["--rates", "1e-3", "1e-3"], "--rates must be distinct, got [0.001, 0.001]"),
+        (["--model", "mlp"], "--model must be one of ('small_cnn', 'resnet20', 'resnet18_cifar', 'resnet18')"
+                             ", optionally followed by '@act_clip=<c>' with c > 0, got 'mlp'"),
+        (["--model", "small_cnn@act_clip=-1"], "--model must be one of"),
+        (["--data-path", "x.tar.gz"], "--data-path must not be given for --dataset 'digits'"),
+        (["--dataset", "mnist5k", "--data-path", "."],
+         "--data-path must not be given for --dataset 'mnist5k'"),
+        (["--dataset", "cifar10"], "--data-path must be given for --dataset 'cifar10'"),
+        (["--dataset", "cifar10", "--data-path", "no/such.tar.gz"],
+         "--data-path must be an existing file or folder, got 'no/such.tar.gz'"),
+        (["--quick", "--epochs", "0"], "--epochs must be in [1, inf], got 0"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_one_line_errors_naming_the_option(no_work, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"saf-ref demo: error: {message}")
+    assert len(err.splitlines()) == 1
+    assert "DemoConfig" not in err and "Cosine" not in err and "t_max" not in err
+    assert not out.exists()  # nothing was created either
+
+
+def test_unusable_out_and_checkpoints_are_refused_before_work(no_work, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [
+        (["--out", str(a_file)], f"--out must be a directory, got the file '{a_file}'"),
+        (["--out", str(a_file / "sub")], f"--out must be a writable directory, got '{a_file / 'sub'}'"),
+        (["--checkpoints", str(a_file)], f"--checkpoints must be a directory, got the file '{a_file}'"),
+    ]
+    for argv, message in cases:
+        argv = argv if "--out" in argv else ["--out", str(tmp_path / "out"), *argv]
+        assert main(["demo", "--quiet", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"saf-ref demo: error: {message}") and len(err.splitlines()) == 1
+
+
+def test_existing_results_are_refused_without_force(no_work, tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "saf-ref demo: error: --out must not hold results already (use --force to overwrite them, or "
+        f"another directory), got '{tmp_path}' with run.json\n"
+    )
+    assert (tmp_path / "run.json").read_text() == "{}"
+
+
+def test_argparse_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--epochs", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "saf-ref demo: error: argument --epochs: invalid int value: 'x' (see 'saf-ref demo --help')\n"
+    )
+
+
+def test_api_config_names_its_fields():
+    from saf_ref.experiments.demo import DemoConfig
+
+    with pytest.raises(ValueError, match=r"^DemoConfig: eval_limit must be in \[1, inf\], got 0$"):
+        DemoConfig(eval_limit=0)
+    with pytest.raises(TypeError, match=r"^DemoConfig: trials must be an integer, got float 2.0$"):
+        DemoConfig(trials=2.0)
+    with pytest.raises(ValueError, match=r"^DemoConfig: lr must be a finite number > 0, got 0.0$"):
+        DemoConfig(lr=0.0)
+    with pytest.raises(ValueError, match=r"^DemoConfig: momentum must be in \[0, 1\), got 1.0$"):
+        DemoConfig(momentum=1.0)
+    with pytest.raises(ValueError, match=r"^DemoConfig: data_path must not be given for dataset 'digits'"):
+        DemoConfig(data_path="x")
+    with pytest.raises(ValueError, match=r"get_format: "):
+        DemoConfig(float_formats=("float7",))
+
+
+# ------------------------------------------------------------- data errors, failures and interruptions
+
+
+def test_refused_cifar_pickle_is_a_one_line_error(tmp_path, capsys):
+    import os
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(os.getcwd))  # a reference to a global: refused
+    status = main(["demo", "--out", str(tmp_path / "out"), "--dataset", "cifar10", "--data-path", str(folder),
+                   "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1
+    assert err.startswith("saf-ref demo: error: cifar-10-batches-py/data_batch_1: refusing to load global")
+
+
+def test_cifar_folder_without_batches_is_a_one_line_error(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    status = main(["demo", "--out", out, "--dataset", "cifar10", "--data-path", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert (
+        status == 2 and len(err.splitlines()) == 1 and err.startswith("saf-ref demo: error: load_cifar10: ")
+    )
+
+
+def _rerun(demo_run, out, *extra):
+    """The tiny demo again, with the fixture's trained models (no training)."""
+    return main(["demo", "--out", str(out), "--checkpoints", str(demo_run / "ckpt"), *TINY, *extra])
+
+
+def test_force_overwrites_and_clears_an_earlier_run(demo_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("old")
+    (out / "trials.jsonl").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    assert _rerun(demo_run, out, "--force") == 0
+    assert (out / "results.json").read_bytes() == (demo_run / "results.json").read_bytes()
+    assert not (out / "trials.jsonl").exists()  # the journal of this run is removed once results are written
+    assert (out / "notes.txt").read_text() == "mine"  # only the demo's own files are replaced
+
+
+def test_results_json_holds_no_timings(demo_run):
+    from saf_ref.experiments.campaign import SUMMARY_FIELDS
+
+    records = json.loads((demo_run / "results.json").read_text())
+    assert all(tuple(r) == SUMMARY_FIELDS for r in records)  # no seconds, dates or hosts
+    assert isinstance(json.loads((demo_run / "run.json").read_text())["config"]["seconds"], float)
+
+
+def test_failed_final_write_keeps_every_completed_trial(demo_run, tmp_path, capsys, monkeypatch):
+    from saf_ref.experiments.campaign import CampaignResult, read_journal, summarize
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CampaignResult, "to_csv", disk_full)
+    out = tmp_path / "out"
+    assert _rerun(demo_run, out) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"saf-ref demo: error: [Errno 28] No space left on device; the completed trials are kept in "
+        f"{out / 'trials.jsonl'}\n"
+    )
+    records = json.loads((out / "results.json").read_text())  # written before the failing file
+    assert records == json.loads((demo_run / "results.json").read_text())
+    journal = read_journal(out / "trials.jsonl")
+    trials = json.loads((demo_run / "run.json").read_text())["trials"]
+    assert sorted(journal, key=lambda r: (r["trial"], r["subject"], r["ber"])) == sorted(
+        trials, key=lambda r: (r["trial"], r["subject"], r["ber"])
+    )
+    clean = {
+        c["subject"]: c["clean_accuracy"] for c in json.loads((demo_run / "run.json").read_text())["clean"]
+    }
+    assert summarize(trials, clean) == records  # the journal alone rebuilds results.json
+
+
+def test_ctrl_c_during_the_sweep_exits_130_and_keeps_partial_results(demo_run, tmp_path, capsys, monkeypatch):
+    from saf_ref.experiments.campaign import Journal
+
+    calls = []
+    original = Journal.__call__
+
+    def interrupt_on_third(self, records):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        original(self, records)
+
+    monkeypatch.setattr(Journal, "__call__", interrupt_on_third)
+    out = tmp_path / "out"
+    assert _rerun(demo_run, out, "--workers", "1") == 130
+    err = capsys.readouterr().err
+    units = 13 * 2
+    assert err.splitlines()[-1] == (
+        f"saf-ref demo: interrupted: 3 of {units} (model, trial) units completed; "
+        f"partial results in {out}/results.json and run.json"
+    )
+    run = json.loads((out / "run.json").read_text())
+    assert run["interrupted"] is True and len(run["trials"]) == 3 * 2  # three units of two rates
+    assert sum(r["trials"] for r in json.loads((out / "results.json").read_text())) == 3 * 2
+
+
+def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    import saf_ref.experiments.demo as demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "build_subjects", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err == "saf-ref demo: interrupted: during training; nothing was written\n"
+
+
+def test_ctrl_c_before_the_first_trial_exits_130_and_leaves_no_journal(
+    demo_run, tmp_path, capsys, monkeypatch
+):
+    import saf_ref.experiments.campaign as campaign
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(campaign, "clean_predictions", interrupted)  # the evaluation before any trial
+    out = tmp_path / "out"
+    assert _rerun(demo_run, out) == 130
+    err = capsys.readouterr().err
+    assert err == "saf-ref demo: interrupted: before the first trial completed; nothing was written\n"
+    assert list(out.iterdir()) == []
+
+
+def test_real_ctrl_c_in_the_sweep_exits_130_with_one_line_and_results(demo_run, tmp_path):
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group, pool workers included)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    argv = ["demo", "--out", str(out), "--checkpoints", str(demo_run / "ckpt"), *TINY, "--trials", "300"]
+    argv.remove("--quiet")  # the progress lines say when the sweep has started
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saf_ref", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        while not proc.stderr.readline().startswith("  trials "):  # progress: units are completing
+            assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("saf-ref demo: interrupted: ")
+    assert last.endswith(f"of {13 * 300} (model, trial) units completed; partial results in "
+                         f"{out / 'results.json'} and run.json")  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["interrupted"] is True and run["trials"]
+    assert json.loads((out / "results.json").read_text())
+    assert not (out / "trials.jsonl").exists()
