@@ -227,10 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
     demo.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
     demo.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
-    demo.add_argument("--epochs", type=int, help="training epochs per model")
-    demo.add_argument("--trials", type=int, help="fault patterns per bit-error rate")
-    demo.add_argument("--rates", type=float, nargs="+", metavar="P", help="bit-error rates to sweep")
-    demo.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    demo.add_argument("--epochs", type=int, help="training epochs per model, >= 1 (default: 12; --quick: 6)")
+    demo.add_argument(
+        "--trials", type=int, help="fault patterns per bit-error rate, >= 1 (default: 20; --quick: 4)"
+    )
+    demo.add_argument(
+        "--rates", type=float, nargs="+", metavar="P", help="distinct bit-error rates in [0, 1] to sweep"
+    )
+    demo.add_argument(
+        "--eval-limit", type=int, metavar="N", help="evaluate on the first N >= 1 test images only"
+    )
     demo.add_argument("--seed", type=int, help="seed of training and of the campaign (default: 0)")
     demo.add_argument("--workers", type=int, help="worker processes for the sweep (default: all cores)")
     demo.add_argument("--checkpoints", help="directory to save trained models to, and load them from")
