@@ -163,6 +163,26 @@ def _col2im(
     return dxp.transpose(1, 0, 2, 3)
 
 
+def _check_conv2d_inputs(fn, x, w, b, stride, padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Every check of :func:`conv2d_forward`'s arguments; returns ``(stride, padding)`` as pairs."""
+    validation.check_float(x, "x", fn)
+    validation.check_float(w, "w", fn)
+    if b is not None:
+        validation.check_float(b, "b", fn)
+    validation.check_same_dtype(fn, x=x, w=w, b=b)
+    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    validation.check_ndim(w, "w", fn, 4, "(O, C, kh, kw)")
+    check_nonempty(x, "x", fn)
+    check_nonempty(w, "w", fn)
+    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input channels")
+    if b is not None:
+        validation.check_shape(b, "b", fn, (w.shape[0],))
+    stride = check_pair(stride, "stride", fn, low=1)
+    padding = check_pair(padding, "padding", fn, low=0)
+    _check_fits(fn, x.shape, (w.shape[2], w.shape[3]), padding)
+    return stride, padding
+
+
 def conv2d_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride=1, padding=0
 ) -> tuple[np.ndarray, Conv2dCache]:
@@ -199,24 +219,8 @@ def conv2d_forward(
     framework. Dilation and groups are not supported. The output size uses floor, so trailing rows or
     columns that do not fill a whole window are ignored, as in PyTorch.
     """
-    fn = "conv2d"
-    validation.check_float(x, "x", fn)
-    validation.check_float(w, "w", fn)
-    if b is not None:
-        validation.check_float(b, "b", fn)
-    validation.check_same_dtype(fn, x=x, w=w, b=b)
-    validation.check_ndim(x, "x", fn, 4, "(N, C, H, W)")
-    validation.check_ndim(w, "w", fn, 4, "(O, C, kh, kw)")
-    check_nonempty(x, "x", fn)
-    check_nonempty(w, "w", fn)
-    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input channels")
-    if b is not None:
-        validation.check_shape(b, "b", fn, (w.shape[0],))
-    stride = check_pair(stride, "stride", fn, low=1)
-    padding = check_pair(padding, "padding", fn, low=0)
+    stride, padding = _check_conv2d_inputs("conv2d", x, w, b, stride, padding)
     kernel = (w.shape[2], w.shape[3])
-    _check_fits(fn, x.shape, kernel, padding)
-
     n, o = x.shape[0], w.shape[0]
     ho = output_size(x.shape[2], kernel[0], stride[0], padding[0])
     wo = output_size(x.shape[3], kernel[1], stride[1], padding[1])
@@ -227,6 +231,17 @@ def conv2d_forward(
         y += b[:, None]  # y is our own new array: adding in place is safe
     y = np.ascontiguousarray(y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
     return y, Conv2dCache(x_padded, w, b is not None, stride, padding)
+
+
+def _check_conv2d_backward_inputs(fn, dy, cache) -> None:
+    if not isinstance(cache, Conv2dCache):
+        raise TypeError(f"{fn}: cache must be a Conv2dCache from conv2d_forward, got {type(cache).__name__}")
+    x_padded, w, _, stride, _ = cache
+    ho = (x_padded.shape[2] - w.shape[2]) // stride[0] + 1
+    wo = (x_padded.shape[3] - w.shape[3]) // stride[1] + 1
+    validation.check_float(dy, "dy", fn)
+    validation.check_same_dtype(fn, x=x_padded, dy=dy)
+    validation.check_shape(dy, "dy", fn, (x_padded.shape[0], w.shape[0], ho, wo))
 
 
 def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
@@ -256,17 +271,11 @@ def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
     Input positions never read by the forward pass (trailing rows or columns left over by the floor in
     the output size) get a zero gradient.
     """
-    fn = "conv2d_backward"
-    if not isinstance(cache, Conv2dCache):
-        raise TypeError(f"{fn}: cache must be a Conv2dCache from conv2d_forward, got {type(cache).__name__}")
+    _check_conv2d_backward_inputs("conv2d_backward", dy, cache)
     x_padded, w, has_bias, stride, padding = cache
     n, c, hp, wp = x_padded.shape
     o, _, kh, kw = w.shape
-    ho = (hp - kh) // stride[0] + 1
-    wo = (wp - kw) // stride[1] + 1
-    validation.check_float(dy, "dy", fn)
-    validation.check_same_dtype(fn, x=x_padded, dy=dy)
-    validation.check_shape(dy, "dy", fn, (n, o, ho, wo))
+    ho, wo = dy.shape[2:]
 
     cols = _im2col(x_padded, (kh, kw), stride)  # rebuilt rather than cached: see the module docstring
     dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)

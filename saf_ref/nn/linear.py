@@ -44,6 +44,23 @@ class LinearGrads(NamedTuple):
     db: np.ndarray | None
 
 
+def _check_linear_inputs(fn, x, w, b) -> None:
+    """Every check of :func:`linear_forward`'s arguments."""
+    validation.check_float(x, "x", fn)
+    validation.check_float(w, "w", fn)
+    if b is not None:
+        validation.check_float(b, "b", fn)
+    validation.check_same_dtype(fn, x=x, w=w, b=b)
+    validation.check_ndim(x, "x", fn, 2, "(N, in_features)")
+    validation.check_ndim(w, "w", fn, 2, "(out_features, in_features)")
+    for name, a in (("x", x), ("w", w)):
+        for axis, size in enumerate(a.shape):
+            validation.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
+    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input features")
+    if b is not None:
+        validation.check_shape(b, "b", fn, (w.shape[0],))
+
+
 def linear_forward(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> tuple[np.ndarray, LinearCache]:
@@ -69,20 +86,7 @@ def linear_forward(
     -----
     Only 2-D inputs: flatten first (PyTorch also accepts extra leading dimensions).
     """
-    fn = "linear"
-    validation.check_float(x, "x", fn)
-    validation.check_float(w, "w", fn)
-    if b is not None:
-        validation.check_float(b, "b", fn)
-    validation.check_same_dtype(fn, x=x, w=w, b=b)
-    validation.check_ndim(x, "x", fn, 2, "(N, in_features)")
-    validation.check_ndim(w, "w", fn, 2, "(out_features, in_features)")
-    for name, a in (("x", x), ("w", w)):
-        for axis, size in enumerate(a.shape):
-            validation.check_int(size, f"{name}.shape[{axis}]", fn, low=1)
-    validation.check_equal(fn, "w.shape[1]", w.shape[1], "x.shape[1]", x.shape[1], "the input features")
-    if b is not None:
-        validation.check_shape(b, "b", fn, (w.shape[0],))
+    _check_linear_inputs("linear", x, w, b)
     y = x @ w.T
     if b is not None:
         y += b  # y is a new array: adding in place is safe
