@@ -31,7 +31,10 @@ What a build does, per tutorial:
 when a code cell was never executed, or when a figure file differs from the notebook's output.
 
 Rules for tutorial scripts: set every seed, write no files (figures for the README come from the cell
-metadata above), and read only the shipped data (no network).
+metadata above), and read only the shipped data (no network). Exercises are three code cells: a ``TODO``
+cell for the learner's answer, the worked solution folded away (``# %% jupyter={"source_hidden": true}``;
+``--check`` keeps that metadata in sync too) and a ``check(...)`` cell that tests the answer;
+:func:`exercise_problems` finds a tutorial without them.
 """
 
 from __future__ import annotations

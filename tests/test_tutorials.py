@@ -21,7 +21,7 @@ for _module in ("nbclient", "nbformat", "jupytext", "ipykernel", "matplotlib"):
     pytest.importorskip(_module, reason="the tutorials need the 'tutorials' extra")
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOK_TIMEOUT = 240  # seconds per notebook (each targets well under a minute on 2 cores)
+NOTEBOOK_TIMEOUT = 240  # seconds per notebook (the longest, 04, takes about a minute on a busy 2-core box)
 
 
 def _load_build():
