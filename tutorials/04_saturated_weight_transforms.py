@@ -21,7 +21,8 @@
 #
 # 1. write the weight transforms tanh, arctan, softsign (and hardtanh), their derivatives and bounds, and
 #    say how a network is trained *through* one (the optimizer updates the latent $u$, the network
-#    computes with $w = f(u)$, and $\partial L / \partial u = f'(u) \, \partial L / \partial w$);
+#    computes with $w = f(u)$, and $\partial L / \partial u = f'(u) \, \partial L / \partial w$), and
+#    write one such training step by hand;
 # 2. explain why a saturating $f$ bounds the damage of *any* bit flip in the stored latent, and name the
 #    one value it cannot bound (`NaN`);
 # 3. train a small ResNet with and without a transform, inject the *same* flip into both, and sweep the
