@@ -187,21 +187,36 @@ def load_backend(
 
 
 def _options(args: argparse.Namespace):
+    """The suite options of the command line, checked; an error names the option as typed."""
     from saf_ref.testing.checks import SuiteOptions
 
-    return SuiteOptions(
-        examples=args.examples,
-        model_examples=args.model_examples,
-        seed=None if args.derandomize else args.seed,
-        boundary_examples=not args.no_boundary_examples,
-        shrink=args.shrink,
-        e4m3_overflow=args.e4m3_overflow,
-        narrowing=args.narrowing,
-        nan_payloads=args.nan_payloads,
-        rel_factor=args.rel_factor,
-        strict=args.strict,
-        artifacts=args.artifacts,
-    )
+    try:
+        return SuiteOptions(
+            examples=args.examples,
+            model_examples=args.model_examples,
+            seed=None if args.derandomize else args.seed,
+            boundary_examples=not args.no_boundary_examples,
+            shrink=args.shrink,
+            e4m3_overflow=args.e4m3_overflow,
+            narrowing=args.narrowing,
+            nan_payloads=args.nan_payloads,
+            rel_factor=args.rel_factor,
+            strict=args.strict,
+            artifacts=args.artifacts,
+        )
+    except (TypeError, ValueError) as err:
+        # SuiteOptions reports its field ("SuiteOptions: rel_factor must be ..."); the user typed a flag.
+        field, _, rest = str(err).removeprefix("SuiteOptions: ").partition(" ")
+        raise type(err)(f"--{field.replace('_', '-')} {rest}") from None
+
+
+def _check_json_path(path: str | None) -> None:
+    """Refuse a ``--json`` path that cannot be written, before the suite runs."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise OSError(f"--json must be a writable file path in an existing folder, got {path!r}")
 
 
 def _list_checks(args: argparse.Namespace) -> int:
@@ -223,16 +238,17 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"the conformance suite needs hypothesis: pip install 'saf_ref[test]' ({err})"
         ) from None
     tf32 = {"auto": None, "on": True, "off": False}[args.tf32]
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    options = _options(args)  # every option checked before the backend is loaded or anything runs
+    _check_json_path(args.json)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
     backend = load_backend(
         args.backend, device=args.device, dtype=args.dtype, tf32=tf32, deterministic=args.deterministic
     )
-    options = _options(args)
 
     def progress(result) -> None:
         if not args.quiet:

@@ -80,6 +80,13 @@ def test_check_list(capsys):
         (["check", "missing_dir/b.py:B"], "no such file 'missing_dir/b.py'"),
         (["check", "numpy", "--device", "cuda"], "NumpyBackend: device must be 'cpu'"),
         (["check", "numpy", "--only", "no_such_check"], "no check matches only=\\['no_such_check'\\]"),
+        # Options are checked before the backend is loaded (an unimportable one would be reported first
+        # otherwise), and named as typed, not as SuiteOptions' fields.
+        (["check", "gone_xyz:B", "--examples", "0"], "^saf-ref check: error: --examples must be in"),
+        (["check", "gone_xyz:B", "--model-examples", "0"], "error: --model-examples must be in"),
+        (["check", "gone_xyz:B", "--rel-factor", "0.5"], "error: --rel-factor must be a finite"),
+        (["check", "gone_xyz:B", "--json", "no_such_dir/r.json"], "error: --json must be a writable"),
+        (["check", "gone_xyz:B", "--json", "."], "error: --json must be a writable file path"),
     ],
 )
 def test_check_usage_errors_exit_two(argv, message, capsys):
