@@ -1,4 +1,4 @@
-"""The golden vectors in ``data/golden/``: current, and right.
+"""The golden vectors in ``saf_ref/data/files/golden/`` (package data): current, and right.
 
 Two kinds of test:
 
@@ -227,7 +227,7 @@ def test_npz_files_match_the_index():
 
 def test_total_size_is_small():
     total = sum(p.stat().st_size for p in GOLDEN.iterdir())
-    assert total < 2_500_000, f"data/golden holds {total} bytes"
+    assert total < 2_500_000, f"the golden vectors hold {total} bytes"
 
 
 # ==========================================================================================================

@@ -26,7 +26,7 @@ from saf_ref.data import shipped as S
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO / "saf_ref" / "data" / "files"  # package data
 WHEELS = Path(os.environ.get("SAF_REF_WHEELS", "/tmp/wheels"))
-ZLIB_USED = "1.2.13"  # the zlib that wrote the shipped files (data/README.md)
+ZLIB_USED = "1.2.13"  # the zlib that wrote the shipped files (saf_ref/data/files/README.md)
 
 
 def _load_script():
@@ -92,7 +92,7 @@ def test_shipped_files_are_exactly_what_the_writer_produces(name):
 
 
 def reference_split(labels, name, seed):
-    """The rule as data/README.md states it, written independently of the script."""
+    """The rule as saf_ref/data/files/README.md states it, written independently of the script."""
     test = set()
     for c in set(labels.tolist()):
         rows = [r for r in range(len(labels)) if labels[r] == c]
