@@ -95,8 +95,8 @@ KNOWN_DIVERGENCES: dict[str, str] = {
     ),
     "narrowing-via-float32": (
         "a float64 input is rounded to float32 first and then to the narrow format (PyTorch, and "
-        "ml_dtypes before 0.7, do this for float16, bfloat16 and float8), a double rounding that differs from "
-        "saf_ref's single rounding when the float32 value lands on a tie (1 + 2**-8 + 2**-30 -> "
+        "ml_dtypes before 0.7, do this for float16, bfloat16 and float8), a double rounding that differs "
+        "from saf_ref's single rounding when the float32 value lands on a tie (1 + 2**-8 + 2**-30 -> "
         "bfloat16 1.0 instead of 1 + 2**-7). Pick the reference with --narrowing."
     ),
     "softsign-infinity": (
