@@ -14,6 +14,11 @@ change of the objective computed from the exact decoded value of the flipped wor
 Error Robustness: Energy-Efficient and Secure DNN Accelerators" (TPAMI 2022) use such attacks, under
 at most one flipped bit per weight, to define adversarial bit errors; ``one_per_word=True`` is that
 constraint.
+
+``"gradient"``: a gradient-guided search over sets of ``k`` flips with at most one flipped bit per word
+(:mod:`saf_ref.attack.gradient`): the solution of the linearized problem at the clean weights, improved
+by swaps proposed from the gradient at the current set and accepted only when the exact objective rises
+(after Stutz et al.'s gradient attack on quantized weights under a Hamming constraint).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 
 from saf_ref import validation
 from saf_ref.attack.candidates import Candidate, FlipTable
+from saf_ref.attack.gradient import GradientRound, gradient_search
 from saf_ref.attack.problem import AttackProblem, Evaluation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.determinism import blas_threads_pinned
@@ -37,7 +43,7 @@ from saf_ref.protect.stored import NONFINITE_POLICIES, check_encodable, check_pa
 __all__ = ["METHODS", "AttackResult", "AttackStep", "bit_flip_attack"]
 
 #: The search methods of :func:`bit_flip_attack`.
-METHODS = ("pbs",)
+METHODS = ("pbs", "gradient")
 
 _FN = "bit_flip_attack"
 
@@ -85,11 +91,15 @@ class AttackResult:
         ``steps[0]`` is the clean model, ``steps[j]`` the model after ``j`` flips.
     settings : dict
         The attack's settings (method, budget, target, source, constraints), JSON-ready.
+    rounds : tuple of GradientRound
+        Method ``"gradient"``: the objective after its initial set and after each accepted move;
+        empty for ``"pbs"``.
     """
 
     faults: FaultList
     steps: tuple[AttackStep, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    rounds: tuple[GradientRound, ...] = ()
 
     @property
     def final(self) -> AttackStep:
@@ -104,6 +114,7 @@ class AttackResult:
     def to_json(self) -> str:
         """Settings, steps and faults as JSON text (floats as ``repr``; inf as the JSON extension)."""
         doc = {"settings": self.settings, "steps": [s._asdict() for s in self.steps],
+               "rounds": [r._asdict() for r in self.rounds],
                "faults": json.loads(self.faults.to_json())["faults"]}
         return json.dumps(doc, indent=1)
 
@@ -204,8 +215,9 @@ def bit_flip_attack(
     source: int | None = None,
     bits: None | str | Sequence[int] = None,
     per_tensor: None | int | Mapping[str, int] = None,
-    one_per_word: bool = False,
+    one_per_word: bool | None = None,
     candidates: int = 8,
+    iterations: int = 10,
     nonfinite: str = "propagate",
 ) -> AttackResult:
     """Flip ``k`` bits of the stored weights to maximize the loss (or to force a target class).
@@ -231,8 +243,8 @@ def bit_flip_attack(
     k : int
         The budget: exactly ``k`` distinct bits are flipped, ``0 <= k <=`` the number of bits the
         constraints allow.
-    method : {"pbs"}
-        The search (module docstring).
+    method : {"pbs", "gradient"}
+        The search (module docstring; :mod:`saf_ref.attack.gradient` for ``"gradient"``).
     target : int or None
         None: untargeted (maximize the cross-entropy on ``y``). A class ``t``: make the attacked
         examples predict ``t`` (minimize their cross-entropy against ``t``).
@@ -244,17 +256,22 @@ def bit_flip_attack(
         tensor's width do not apply to it).
     per_tensor : None, int or dict str -> int
         At most this many flips per tensor (one cap for all, or per exposed tensor name; None: no cap).
-    one_per_word : bool
-        At most one flipped bit per stored word (Hamming distance at most 1 per weight).
+    one_per_word : bool or None
+        At most one flipped bit per stored word (Hamming distance at most 1 per weight). None: the
+        method's default, False for ``"pbs"``; ``"gradient"`` requires True (None or True).
     candidates : int >= 1
-        How many of the best-ranked flips are evaluated exactly at each step.
+        ``"pbs"``: how many of the best-ranked flips are evaluated exactly at each step.
+    iterations : int >= 0
+        ``"gradient"``: at most this many rounds of improving moves after the initial set.
     nonfinite : {"propagate", "zero"}
         The read path's non-finite policy (see :func:`saf_ref.protect.load`); replay with the same.
 
     Returns
     -------
     AttackResult
-        ``faults`` (``k`` flip records in commit order) and ``steps`` (clean model, then after each flip).
+        ``faults`` (``k`` flip records in commit order) and ``steps`` (clean model, then after each flip;
+        for ``"gradient"``, the final set's flips added one by one in order of first-order gain, so
+        ``steps[k]`` is the final set).
 
     Math
     ----
@@ -269,7 +286,8 @@ def bit_flip_attack(
     3. evaluate ``J`` exactly for the ``candidates`` flips of largest ``dJ_est`` (ties: tensor order,
        then index, then bit) and commit the one of largest ``J`` (ties: the better ranked).
 
-    The search is deterministic: it draws nothing, and every tie is broken by position.
+    The search is deterministic: it draws nothing, and every tie is broken by position. ``"gradient"``
+    is described in :mod:`saf_ref.attack.gradient`.
 
     Notes
     -----
@@ -290,8 +308,14 @@ def bit_flip_attack(
     k = validation.check_int(k, "k", _FN, low=0)
     validation.check_choice(method, "method", _FN, METHODS)
     validation.check_choice(nonfinite, "nonfinite", _FN, NONFINITE_POLICIES)
+    if one_per_word is None:
+        one_per_word = method == "gradient"
     one_per_word = validation.check_bool(one_per_word, "one_per_word", _FN)
+    if method == "gradient" and not one_per_word:
+        raise ValueError(f"{_FN}: one_per_word must be True or None for method 'gradient' (one flipped bit "
+                         f"per word), got False")
     candidates = validation.check_int(candidates, "candidates", _FN, low=1)
+    iterations = validation.check_int(iterations, "iterations", _FN, low=0)
     target = None if target is None else validation.check_int(target, "target", _FN, low=0)
     source = None if source is None else validation.check_int(source, "source", _FN, low=0)
     if source is not None and target is None:
@@ -316,8 +340,8 @@ def bit_flip_attack(
                 "bits": bits if bits is None or isinstance(bits, str) else [int(b) for b in bits],
                 "per_tensor": per_tensor if per_tensor is None or not isinstance(per_tensor, Mapping)
                 else {n: int(v) for n, v in per_tensor.items()},
-                "one_per_word": one_per_word, "candidates": candidates, "nonfinite": nonfinite,
-                "model": fns.name}
+                "one_per_word": one_per_word, "nonfinite": nonfinite, "model": fns.name,
+                **({"candidates": candidates} if method == "pbs" else {"iterations": iterations})}
     with blas_threads_pinned():
         stored = write(latents, spec, rules, _FN, "latents")
         table = FlipTable(stored, spec, rules, allowed, budgets, nonfinite, one_per_word)
@@ -326,14 +350,22 @@ def bit_flip_attack(
         _check_classes(target, source, y, problem, weights)
         clean = problem.evaluate(weights)
         steps = [_step(0, None, None, clean)]
-        records = []
-        for j in range(1, k + 1):
-            c, weights, ev = _pbs_step(problem, table, weights, candidates)
-            e = table.entries[c.tensor]
-            table.commit(c)
-            records.append((e.name, c.index, c.bit, "flip", e.template.format))
-            steps.append(_step(j, (e.name, c), c.estimate, ev))
-    return AttackResult(FaultList(records), tuple(steps), settings)
+        records, rounds = [], []
+        if method == "pbs":
+            for j in range(1, k + 1):
+                c, weights, ev = _pbs_step(problem, table, weights, candidates)
+                e = table.entries[c.tensor]
+                table.commit(c)
+                records.append((e.name, c.index, c.bit, "flip", e.template.format))
+                steps.append(_step(j, (e.name, c), c.estimate, ev))
+        else:
+            flips, rounds, _ = gradient_search(problem, table, weights, k, iterations)
+            for j, c in enumerate(flips, start=1):  # the trajectory: the final set, flip by flip
+                e = table.entries[c.tensor]
+                weights = with_flip(weights, e.name, c.index, table.flipped_value(c))
+                records.append((e.name, c.index, c.bit, "flip", e.template.format))
+                steps.append(_step(j, (e.name, c), c.estimate, problem.evaluate(weights)))
+    return AttackResult(FaultList(records), tuple(steps), settings, tuple(rounds))
 
 
 def _check_classes(target: int | None, source: int | None, y: np.ndarray, problem: AttackProblem,
@@ -356,7 +388,7 @@ def _step(j: int, flip: tuple[str, Candidate] | None, estimate: float | None, ev
 def with_flip(weights: Mapping[str, np.ndarray], name: str, index: int, value: np.generic) -> dict:
     """A new weights dict in which word ``index`` of tensor ``name`` is ``value`` (the rest shared)."""
     out = dict(weights)
-    w = np.array(weights[name], copy=True)
+    w = np.array(weights[name], copy=True, order="C")
     w.reshape(-1)[index] = value
     out[name] = w
     return out
