@@ -32,13 +32,14 @@ import numpy as np
 
 from saf_ref import validation
 from saf_ref.attack.candidates import Candidate, FlipTable
+from saf_ref.attack.checks import capacity, check_bits, check_classes, check_model_inputs, check_per_tensor
 from saf_ref.attack.gradient import GradientRound, gradient_search
 from saf_ref.attack.problem import AttackProblem, Evaluation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.determinism import blas_threads_pinned
-from saf_ref.nn.registry import ModelFns, model_fns
-from saf_ref.protect.spec import StorageRule, StorageSpec, check_spec
-from saf_ref.protect.stored import NONFINITE_POLICIES, check_encodable, check_params, read, write
+from saf_ref.nn.registry import ModelFns
+from saf_ref.protect.spec import StorageSpec
+from saf_ref.protect.stored import NONFINITE_POLICIES, read, write
 
 __all__ = ["METHODS", "AttackResult", "AttackStep", "bit_flip_attack"]
 
@@ -117,73 +118,6 @@ class AttackResult:
                "rounds": [r._asdict() for r in self.rounds],
                "faults": json.loads(self.faults.to_json())["faults"]}
         return json.dumps(doc, indent=1)
-
-
-# ==================================================================================================
-# Validation (once, at the entry point, before any forward pass)
-# ==================================================================================================
-
-
-def _check_batch(x: Any, y: Any, dtype: np.dtype) -> None:
-    validation.check_float(x, "x", _FN)
-    if x.dtype != dtype:
-        raise TypeError(f"{_FN}: x must have the latents' dtype {dtype}, got {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"{_FN}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{_FN}: x must hold at least one example (the attack batch), got shape {x.shape}")
-    validation.check_ndarray(y, "y", _FN)
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{_FN}: y must have an integer dtype (class indices), got {y.dtype}")
-    validation.check_shape(y, "y", _FN, (x.shape[0],))
-    if int(y.min()) < 0:
-        raise ValueError(f"{_FN}: y must be class indices >= 0, got {int(y.min())}")
-
-
-def _check_bits(bits: Any, rules: Mapping[str, StorageRule], exposed: Sequence[str]) -> dict[str, list[int]]:
-    """Allowed positions per exposed tensor: all (None), the most significant ("msb"), or a list."""
-    nbits = {name: rules[name].format.nbits for name in exposed}
-    if bits is None:
-        return {name: list(range(n)) for name, n in nbits.items()}
-    if isinstance(bits, str):
-        validation.check_choice(bits, "bits", _FN, ("msb",))
-        return {name: [n - 1] for name, n in nbits.items()}
-    if not isinstance(bits, (list, tuple, np.ndarray)):
-        raise TypeError(f"{_FN}: bits must be None, 'msb' or a sequence of bit positions, "
-                        f"got {validation.describe(bits)}")
-    positions = sorted({validation.check_int(b, f"bits[{i}]", _FN, low=0, high=63)
-                        for i, b in enumerate(bits)})
-    widest = max(nbits.values())
-    if not positions or positions[-1] >= widest:
-        raise ValueError(f"{_FN}: bits must be a non-empty list of positions below {widest}, the widest "
-                         f"exposed word, got {list(bits)}")
-    return {name: [b for b in positions if b < n] for name, n in nbits.items()}
-
-
-def _check_per_tensor(per_tensor: Any, exposed: Sequence[str]) -> dict[str, int]:
-    """Per-tensor budgets: None (no cap), one int for every tensor, or a dict (missing: no cap)."""
-    unlimited = np.iinfo(np.int64).max
-    if per_tensor is None:
-        return {name: unlimited for name in exposed}
-    if not isinstance(per_tensor, Mapping):
-        cap = validation.check_int(per_tensor, "per_tensor", _FN, low=0)
-        return {name: cap for name in exposed}
-    unknown = [k for k in per_tensor if k not in exposed]
-    if unknown:
-        raise ValueError(f"{_FN}: per_tensor keys must be exposed tensors {tuple(exposed)}, got {unknown}")
-    return {name: validation.check_int(per_tensor[name], f"per_tensor[{name!r}]", _FN, low=0)
-            if name in per_tensor else unlimited for name in exposed}
-
-
-def _capacity(shapes: Mapping[str, tuple[int, ...]], bits: Mapping[str, list[int]],
-              budgets: Mapping[str, int], one_per_word: bool) -> int:
-    """How many flips the constraints allow in all: per tensor, min(budget, words x allowed bits)."""
-    total = 0
-    for name, positions in bits.items():
-        words = int(np.prod(shapes[name], dtype=np.int64))
-        flips = words * (1 if one_per_word and positions else len(positions))
-        total += min(budgets[name], flips)
-    return total
 
 
 def _select_examples(x: np.ndarray, y: np.ndarray, source: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -298,13 +232,7 @@ def bit_flip_attack(
       in :func:`saf_ref.protect.inject`.
     """
     # --- validation, cheapest first, all before any forward pass --------------------------------------
-    fns = model_fns(model, _FN)
-    dtype = check_params(latents, "latents", _FN)
-    if dtype is None:
-        raise ValueError(f"{_FN}: latents must hold at least one parameter, got an empty dict")
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{_FN}: state must be a dict of str -> ndarray, got {validation.describe(state)}")
-    check_spec(spec, _FN)
+    fns, _, shapes, rules, exposed = check_model_inputs(model, latents, state, spec, x, y, _FN)
     k = validation.check_int(k, "k", _FN, low=0)
     validation.check_choice(method, "method", _FN, METHODS)
     validation.check_choice(nonfinite, "nonfinite", _FN, NONFINITE_POLICIES)
@@ -320,19 +248,11 @@ def bit_flip_attack(
     source = None if source is None else validation.check_int(source, "source", _FN, low=0)
     if source is not None and target is None:
         raise ValueError(f"{_FN}: source must be None for an untargeted attack (target=None), got {source}")
-    _check_batch(x, y, dtype)
-    shapes = {name: u.shape for name, u in latents.items()}
-    rules = spec.resolve(shapes, _FN)
-    check_encodable(latents, rules, _FN, "latents")
-    exposed = [name for name in shapes if rules[name].exposed]
-    if not exposed:
-        raise ValueError(f"{_FN}: spec must expose at least one parameter to bit flips, got none exposed "
-                         f"among {tuple(shapes)}")
-    allowed = _check_bits(bits, rules, exposed)
-    budgets = _check_per_tensor(per_tensor, exposed)
-    capacity = _capacity(shapes, allowed, budgets, one_per_word)
-    if k > capacity:
-        raise ValueError(f"{_FN}: k must be at most {capacity}, the bits the exposed tensors and the "
+    allowed = check_bits(bits, rules, exposed, _FN)
+    budgets = check_per_tensor(per_tensor, exposed, _FN)
+    most = capacity(shapes, allowed, budgets, one_per_word)
+    if k > most:
+        raise ValueError(f"{_FN}: k must be at most {most}, the bits the exposed tensors and the "
                          f"constraints allow, got {k}")
     xs, ys = _select_examples(x, y, source)
 
@@ -347,7 +267,7 @@ def bit_flip_attack(
         table = FlipTable(stored, spec, rules, allowed, budgets, nonfinite, one_per_word)
         weights, _ = read(stored, rules, nonfinite, _FN)
         problem = AttackProblem(fns, state, xs, ys, target)
-        _check_classes(target, source, y, problem, weights)
+        check_classes(y, problem.logits(weights).shape[1], _FN, target=target, source=source)
         clean = problem.evaluate(weights)
         steps = [_step(0, None, None, clean)]
         records, rounds = [], []
@@ -366,17 +286,6 @@ def bit_flip_attack(
                 records.append((e.name, c.index, c.bit, "flip", e.template.format))
                 steps.append(_step(j, (e.name, c), c.estimate, problem.evaluate(weights)))
     return AttackResult(FaultList(records), tuple(steps), settings, tuple(rounds))
-
-
-def _check_classes(target: int | None, source: int | None, y: np.ndarray, problem: AttackProblem,
-                   weights: Mapping[str, np.ndarray]) -> None:
-    """Target and source must be classes of the model (known after one forward pass)."""
-    num_classes = problem.logits(weights).shape[1]
-    for name, value in (("target", target), ("source", source)):
-        if value is not None and value >= num_classes:
-            raise ValueError(f"{_FN}: {name} must be a class in [0, {num_classes - 1}], got {value}")
-    if int(y.max()) >= num_classes:
-        raise ValueError(f"{_FN}: y must be class indices in [0, {num_classes - 1}], got {int(y.max())}")
 
 
 def _step(j: int, flip: tuple[str, Candidate] | None, estimate: float | None, ev: Evaluation) -> AttackStep:
