@@ -14,10 +14,18 @@ Faults
     ``flip_bit``, stuck-at maps) return new codes; the fault models (:class:`BitErrors`,
     :class:`ExactCount`, :class:`Bursts`, :class:`StuckAt`, :class:`Replay`) make the same draws and return
     ``(codes, FaultList)``; :class:`FaultList` is a portable record of faults.
+Chips
+    :class:`ChipModel` draws a :class:`Chip` (persistent low-voltage SRAM faults: per-cell failure
+    voltages, stuck-at or flip-on-read cells; monotone error maps, measured and analytic bit-error rates,
+    save/load, :func:`load_profile` for measured data); :class:`Placement` lays a stored model's words out
+    in its memory and :class:`ChipFaults` is the fault model of one chip at one voltage;
+    :func:`energy_saving` is the ``1 - (V / V_nominal)^2`` dynamic energy saved.
 
 Bit 0 is the least significant bit of the stored word, always.
 """
 
+from saf_ref.bits.chip import Chip, ChipModel, ErrorMap, load_profile
+from saf_ref.bits.energy import energy_saving, relative_energy
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.faultmodels import BitErrors, Bursts, ExactCount, FaultModel, Replay, StuckAt
 from saf_ref.bits.faults import (
@@ -34,6 +42,7 @@ from saf_ref.bits.fields import BitField, Codec, NumberFormat, smallest_containe
 from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
 from saf_ref.bits.formats import codec_from_json, format_names, get_format, resolve_format
 from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
+from saf_ref.bits.placement import ChipFaults, Placement, layout
 from saf_ref.bits.quantize import QuantContext, Quantizer
 from saf_ref.bits.teaching import expected_corrupted, flip_table, flip_value, prob_nonfinite
 
@@ -41,7 +50,11 @@ __all__ = [
     "BitErrors",
     "BitField",
     "Bursts",
+    "Chip",
+    "ChipFaults",
+    "ChipModel",
     "Codec",
+    "ErrorMap",
     "ExactCount",
     "FaultList",
     "FaultModel",
@@ -49,12 +62,14 @@ __all__ = [
     "IEEEFormat",
     "IEEE_FORMATS",
     "NumberFormat",
+    "Placement",
     "QuantContext",
     "Quantizer",
     "Replay",
     "StuckAt",
     "StuckAtMap",
     "codec_from_json",
+    "energy_saving",
     "flip_bit",
     "flip_by_uniform",
     "format_names",
@@ -65,8 +80,11 @@ __all__ = [
     "flip_value",
     "inject_bit_errors",
     "is_fixed_format_name",
+    "layout",
+    "load_profile",
     "parse_fixed_format",
     "prob_nonfinite",
+    "relative_energy",
     "resolve_format",
     "inject_bursts",
     "inject_exact_k",

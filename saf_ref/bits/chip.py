@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import ndtr
 
 from saf_ref import validation
 
@@ -548,6 +547,9 @@ class ChipModel:
         ``voltage`` is a real or an array of reals; returns a float or a float64 array. With ``s = 0``
         the probability is 1 for ``V < mu`` and 0 otherwise.
         """
+        # imported here: importing saf_ref.bits must not load SciPy (its own OpenBLAS; see test_determinism)
+        from scipy.special import ndtr
+
         v = self._voltages(voltage, "ChipModel.failure_probability")
         s = self.sigma
         p = (v < self.mean).astype(np.float64) if s == 0.0 else ndtr((self.mean - v) / s)
