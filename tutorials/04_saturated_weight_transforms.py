@@ -29,8 +29,8 @@
 #    bit-error rate with `saf_ref.experiments.campaign` (accuracy with confidence bands);
 # 4. read the limits: the parameters a transform does not cover, and what still breaks at high rates.
 #
-# Data: the 8x8 handwritten digits shipped with saf_ref (no network). Runtime: about a minute on two
-# cores, most of it training two ResNets and the bit-error sweeps.
+# Data: the 8x8 handwritten digits shipped with saf_ref (no network). Runtime on two cores: about 25 s
+# idle, up to a minute when busy; most of it trains two ResNets and runs the bit-error sweeps.
 
 # %%
 import math

@@ -29,7 +29,8 @@
 # 4. say what RandBET adds on top of clipping, and what it costs;
 # 5. say what the energy-saving claim rests on.
 #
-# Data: the 8x8 digits shipped with saf_ref; a 3-layer CNN. Runtime: about 50 s on two cores.
+# Data: the 8x8 digits shipped with saf_ref; a 3-layer CNN. Runtime on two cores: about 20 s idle,
+# up to 50 s when busy.
 
 # %%
 import matplotlib.pyplot as plt

@@ -30,7 +30,7 @@
 #    flat relative tolerance;
 # 5. use the shipped broken backends (mutants) to see which check catches which real-world bug.
 #
-# Runtime: about ten seconds. The main part needs only NumPy and hypothesis; the last section uses PyTorch
+# Runtime: 5 to 10 seconds. The main part needs only NumPy and hypothesis; the last section uses PyTorch
 # when it is installed and is skipped otherwise.
 
 # %%
