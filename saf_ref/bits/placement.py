@@ -51,6 +51,7 @@ __all__ = ["RECORD_MODES", "ChipFaults", "Placement", "layout"]
 
 #: What :class:`ChipFaults` records: every failing cell under a word, or only those that change its bit.
 RECORD_MODES = ("all", "errors")
+_CHUNK_BITS = 2**22
 
 
 @dataclass(frozen=True)
@@ -252,37 +253,46 @@ class ChipFaults(FaultModel):
                 f"ChipFaults.corrupt: no layout for tensor {target.name!r}: call check_targets with every "
                 "stored tensor first (inject and apply do)"
             )
-        start = entry[1]
-        nbits = target.nbits
-        cells = start[:, None] + np.arange(nbits, dtype=np.int64)  # (size, nbits)
+        flat = codes.reshape(-1)
+        out = np.empty_like(flat)
+        index, bit, kind = [], [], []
+        # chunks of words keep the (words, nbits) scratch arrays to about 2**22 bits (memory, not results)
+        step = max(1, _CHUNK_BITS // target.nbits)
+        for lo in range(0, flat.size, step):
+            hi = min(lo + step, flat.size)
+            out[lo:hi], (i, b, k) = self._read_words(flat[lo:hi], entry[1][lo:hi], target.nbits)
+            index.append(i + lo)
+            bit.append(b)
+            kind.append(k)
+        index_all = np.concatenate(index) if index else np.zeros(0, np.int64)
+        bit_all = np.concatenate(bit) if bit else np.zeros(0, np.uint8)
+        kinds = [KINDS[k] for k in (np.concatenate(kind) if kind else [])]
+        faults = FaultList.from_arrays(index_all, bit_all, kind=kinds, tensor=target.name,
+                                       format_name=target.format)
+        return out.reshape(codes.shape), faults
+
+    def _read_words(self, words: np.ndarray, start: np.ndarray, nbits: int):
+        """What the chip returns for ``words`` (1-d) whose bit 0 sits at cells ``start``, and the records
+        ``(index, bit, kind code)`` of this chunk, sorted by (index, bit)."""
+        dt = words.dtype.type
+        cells = start[:, None] + np.arange(nbits, dtype=np.int64)  # (m, nbits)
         f01 = self.voltage < self.chip.v01.reshape(-1)[cells]
         f10 = self.voltage < self.chip.v10.reshape(-1)[cells]
         flip, s1, s0 = f01 & f10, f01 & ~f10, f10 & ~f01
-        flat = codes.reshape(-1)
-        stored_bits = ((flat[:, None] >> np.arange(nbits, dtype=codes.dtype)) & 1).astype(bool)
-        if self.record == "errors":
-            s1 = s1 & ~stored_bits
-            s0 = s0 & stored_bits
-        out_bits = ((stored_bits ^ flip) & ~s0) | s1
-        weights = np.left_shift(codes.dtype.type(1), np.arange(nbits, dtype=codes.dtype))
-        low = (out_bits.astype(codes.dtype) * weights).sum(axis=1, dtype=codes.dtype)
-        # bits at or above nbits are never touched
-        dt = codes.dtype.type
-        high_mask = ~dt((1 << nbits) - 1) if nbits < codes.dtype.itemsize * 8 else dt(0)
-        out = ((flat & high_mask) | low).reshape(codes.shape)
-        return out, _records(flip, s0, s1, target)
+        stored = ((words[:, None] >> np.arange(nbits, dtype=words.dtype)) & dt(1)).astype(bool)
+        if self.record == "errors":  # a stuck cell holding its stuck value is no error: leave it out
+            s1 = s1 & ~stored
+            s0 = s0 & stored
+        read = ((stored ^ flip) & ~s0) | s1
+        weights = np.left_shift(dt(1), np.arange(nbits, dtype=words.dtype))
+        low = (read.astype(words.dtype) * weights).sum(axis=1, dtype=words.dtype)
+        high = ~dt((1 << nbits) - 1) if nbits < words.dtype.itemsize * 8 else dt(0)  # never touched
+        kind = np.full(flip.shape, -1, dtype=np.int8)
+        for name, mask in (("flip", flip), ("stuck0", s0), ("stuck1", s1)):
+            kind[mask] = KINDS.index(name)
+        index, bit = np.nonzero(kind >= 0)  # row-major: sorted by (index, bit)
+        return (words & high) | low, (index.astype(np.int64), bit.astype(np.uint8), kind[index, bit])
 
 
 def _signature(t: Target) -> tuple:
     return (t.name, tuple(t.shape), t.nbits)
-
-
-def _records(flip: np.ndarray, s0: np.ndarray, s1: np.ndarray, target: Target) -> FaultList:
-    """The FaultList of the (size, nbits) masks, sorted by (index, bit)."""
-    kind = np.full(flip.shape, -1, dtype=np.int8)
-    for name, mask in (("flip", flip), ("stuck0", s0), ("stuck1", s1)):
-        kind[mask] = KINDS.index(name)
-    index, bit = np.nonzero(kind >= 0)  # row-major: sorted by (index, bit)
-    kinds = [KINDS[k] for k in kind[index, bit]]
-    return FaultList.from_arrays(index.astype(np.int64), bit.astype(np.uint8), kind=kinds,
-                                 tensor=target.name, format_name=target.format)

@@ -296,3 +296,16 @@ def test_mixed_format_spec_places_each_width():
         expected, _ = naive_chip_read(t.codes, addr[name], t.nbits, chip, 0.7)
         np.testing.assert_array_equal(result.stored[name].codes, expected)
     assert isinstance(result.faults, FaultList) and set(result.faults.kind) == {"flip"}
+
+
+def test_chunked_reads_give_the_same_result(monkeypatch):
+    from saf_ref.bits import placement as placement_module
+
+    stored = make_stored("q2.5")
+    chip = ChipModel(p_stuck0=0.3, p_stuck1=0.3, p_flip=0.4).sample((2, 64, 48), seed=8)
+    whole = inject(stored, ChipFaults(chip, 0.7, record="errors"))
+    monkeypatch.setattr(placement_module, "_CHUNK_BITS", 24)  # 3 words of 8 bits per chunk
+    chunked = inject(stored, ChipFaults(chip, 0.7, record="errors"))
+    assert chunked.faults == whole.faults and len(whole.faults) > 0
+    for name in stored.names:
+        assert chunked.stored[name].codes.tobytes() == whole.stored[name].codes.tobytes()
