@@ -4,8 +4,8 @@ The bit errors of low-voltage SRAM are not coin flips drawn afresh at every read
 ``V`` the same weak cells fail every time (persistent), a failing cell usually reads one fixed value
 whatever was written (so the direction of its error depends on the stored bit), the number of failing
 cells grows steeply as ``V`` drops, and two chips of one design fail in different cells (Chandramoorthy et
-al. 2019; Stutz et al. 2021, section 6 and appendix, on profiled 14 nm SRAM arrays; Kim et al. 2018 on
-65 nm). A :class:`Chip` is that memory, ``arrays x rows x columns`` bit cells; :class:`ChipModel` draws one
+al. 2019 and Stutz et al. 2021 on profiled SRAM arrays; Kim et al. 2018 on a 65 nm chip). A
+:class:`Chip` is that memory, ``arrays x rows x columns`` bit cells; :class:`ChipModel` draws one
 from a statistical model and a seed (different seeds are different chips); :func:`load_profile` reads a
 *measured* chip, so real hardware data drops in.
 
@@ -14,14 +14,14 @@ Representation
 Every cell has two failure voltages: ``v01`` (below it, a cell written 0 reads 1) and ``v10`` (below it,
 a cell written 1 reads 0); ``-inf`` means "never, in the voltage range". At voltage ``V`` a cell is
 
-============  =========================  ===============================================================
-behaviour     condition                  what a read returns
-============  =========================  ===============================================================
-``stuck1``    ``V < v01`` and not v10    1, whatever was written (a written 1 reads correctly)
-``stuck0``    ``V < v10`` and not v01    0, whatever was written (a written 0 reads correctly)
-``flip``      ``V < v01`` and ``V < v10``  the complement of what was written, at every read
-(healthy)     otherwise                  what was written
-============  =========================  ===============================================================
+============  ===============================  =========================================================
+behaviour     condition                        what a read returns
+============  ===============================  =========================================================
+``stuck1``    ``V < v01`` and ``V >= v10``     1, whatever was written (a written 1 reads correctly)
+``stuck0``    ``V < v10`` and ``V >= v01``     0, whatever was written (a written 0 reads correctly)
+``flip``      ``V < v01`` and ``V < v10``      the complement of what was written, at every read
+(healthy)     ``V >= v01`` and ``V >= v10``    what was written
+============  ===============================  =========================================================
 
 A cell's failure voltage is ``max(v01, v10)``; a stuck-at-1 cell has ``v10 = -inf``, a flip-on-read cell
 ``v01 = v10``. The failing cells at ``V`` are those with ``V < max(v01, v10)``, so the error maps are
@@ -50,10 +50,11 @@ References
 ----------
 - N. Chandramoorthy et al., "Resilient Low Voltage Accelerators for High Energy Efficiency", HPCA 2019.
 - D. Stutz, N. Chandramoorthy, M. Hein, B. Schiele, "Bit Error Robustness for Energy-Efficient DNN
-  Accelerators", MLSys 2021 (persistent, direction-dependent errors on profiled SRAM arrays; the rate
-  rises roughly exponentially as the voltage drops; chips differ in where and how errors cluster).
+  Accelerators", MLSys 2021 (bit errors profiled on SRAM arrays: persistent at a given voltage, their
+  direction depending on the stored value, their rate rising steeply as the voltage drops, different
+  from chip to chip).
 - S. Kim et al., "Energy-Efficient Neural Network Acceleration in the Presence of Bit-Level Memory
-  Errors", IEEE TCAS-I 65(12), 2018 (MATIC: SRAM cells fail towards a preferred, persistent value).
+  Errors", IEEE TCAS-I 65(12), 2018 (MATIC: bit-level SRAM failures measured on a 65 nm accelerator).
 - M. Pelgrom et al., "Matching properties of MOS transistors", IEEE JSSC 24(5), 1989 (random mismatch is
   Gaussian; it is why a cell's minimum operating voltage is modelled as a Gaussian variable).
 """

@@ -2,10 +2,12 @@
 
 The dynamic energy of one CMOS switching event is ``alpha * C * V²`` (the load capacitance ``C`` charged
 to the supply ``V`` through a transistor, ``alpha`` the activity): J. M. Rabaey, A. Chandrakasan,
-B. Nikolic, *Digital Integrated Circuits: A Design Perspective*, 2nd ed., Prentice Hall 2003, section 5.5
-(dynamic power ``P = alpha C V² f``); the same quadratic scaling is the energy model of low-voltage DNN
-accelerators in Chandramoorthy et al. (HPCA 2019) and Stutz et al. (MLSys 2021), who relate their
-20 % / 30 % energy savings to the voltage reduction that way.
+B. Nikolic, *Digital Integrated Circuits: A Design Perspective*, 2nd ed., Prentice Hall 2003, chapter 5
+(dynamic power ``P = alpha C V² f``). It is the usual first-order model of what low-voltage operation of
+an accelerator's SRAM saves (Chandramoorthy et al., HPCA 2019; Stutz et al., MLSys 2021, who report
+20 % / 30 % savings). Those papers' own numbers come from their hardware's energy figures; this module is
+the first-order model only: leakage, peripheral circuits and the logic outside the memory are ignored, so
+it is an estimate of the *memory's dynamic* energy, to be replaced by measured figures where available.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def relative_energy(voltage: Any, nominal: float = 1.0) -> Any:
 
     Math
     ----
-    ``E(V) = alpha C V²`` per access (Rabaey et al. 2003, section 5.5), so
+    ``E(V) = alpha C V²`` per access (Rabaey et al. 2003, chapter 5), so
     ``E(V) / E(V_nominal) = (V / V_nominal)²``; ``alpha`` and ``C`` cancel.
 
     Notes
@@ -95,8 +97,8 @@ def energy_saving(voltage: Any, nominal: float = 1.0) -> Any:
     Math
     ----
     ``saving(V) = 1 - E(V) / E(V_nominal) = 1 - (V / V_nominal)²`` with the dynamic energy
-    ``E = alpha C V²`` (Rabaey, Chandrakasan, Nikolic, *Digital Integrated Circuits*, 2003, section 5.5;
-    the model of Chandramoorthy et al. 2019 and Stutz et al. 2021). Inverse: ``V = V_nominal
+    ``E = alpha C V²`` (Rabaey, Chandrakasan, Nikolic, *Digital Integrated Circuits*, 2003, chapter 5;
+    see the module docstring for what it leaves out). Inverse: ``V = V_nominal
     sqrt(1 - saving)``; 20 % saved at ``V = 0.894 V_nominal``, 30 % at ``0.837 V_nominal``.
     """
     return 1.0 - _ratio(voltage, nominal, "energy_saving")
