@@ -561,6 +561,47 @@ class ChipModel:
         p = self.failure_probability(voltage)
         return p * (self.p_flip + 0.5 * (self.p_stuck0 + self.p_stuck1))
 
+    def flip_rates(self, voltage: Any) -> tuple[Any, Any]:
+        """Analytic ``(p01, p10)`` at ``voltage``, over chips: the probability that a cell written 0 reads 1
+        (written 1 reads 0).
+
+        Math
+        ----
+        ``p01 = Phi((mu - V) / s) (p_stuck1 + p_flip)``, ``p10 = Phi((mu - V) / s) (p_stuck0 + p_flip)``;
+        ``BER = (p01 + p10) / 2``.
+        """
+        p = self.failure_probability(voltage)
+        return p * (self.p_stuck1 + self.p_flip), p * (self.p_stuck0 + self.p_flip)
+
+    def voltage_for_bit_error_rate(self, ber: Any) -> float:
+        """The voltage at which the analytic bit-error rate equals ``ber`` (the inverse of
+        :meth:`bit_error_rate`), e.g. to choose a sweep's voltages.
+
+        Parameters
+        ----------
+        ber : float
+            Strictly between 0 and the largest rate, ``p_flip + (p_stuck0 + p_stuck1) / 2``.
+
+        Returns
+        -------
+        float
+            May lie outside :attr:`voltage_range` (then the model is not defined there).
+
+        Math
+        ----
+        ``V = mu - s Phi^-1(ber / (p_flip + (p_stuck0 + p_stuck1) / 2))`` (``s > 0`` required).
+        """
+        from scipy.special import ndtri  # imported here, like ndtr
+
+        fn = "ChipModel.voltage_for_bit_error_rate"
+        top = self.p_flip + 0.5 * (self.p_stuck0 + self.p_stuck1)
+        b = validation.check_real(ber, "ber", fn)
+        if not 0.0 < b < top:
+            raise ValueError(f"{fn}: ber must be in (0, {top!r}) (the model's largest rate), got {ber!r}")
+        if self.sigma == 0.0:
+            raise ValueError(f"{fn}: the model's sigmas must not all be 0 (the curve is a step), got s = 0")
+        return float(self.mean - self.sigma * ndtri(b / top))
+
     def _voltages(self, voltage: Any, fn: str) -> np.ndarray:
         """``voltage`` (a real or an array of reals) as float64, each inside :attr:`voltage_range`."""
         if isinstance(voltage, (list, tuple, np.ndarray)):

@@ -500,3 +500,35 @@ def test_chip_constructor_checks():
         chip.flip_rates(None)
     with pytest.raises(ValueError, match=r"^ErrorMap.read: written must have shape \(2, 8, 16\), got \(3,\)"):
         chip.error_map(0.5).read(np.zeros(3, np.uint8))
+
+
+def test_analytic_flip_rates_and_inverse():
+    m = ChipModel(p_stuck0=0.5, p_stuck1=0.25, p_flip=0.25)
+    s = m.sigma
+    p = stats.norm.sf((0.8 - 0.6) / s)
+    p01, p10 = m.flip_rates(0.8)
+    assert p01 == pytest.approx(0.5 * p, rel=1e-12) and p10 == pytest.approx(0.75 * p, rel=1e-12)
+    assert m.bit_error_rate(0.8) == pytest.approx((p01 + p10) / 2, rel=1e-12)
+    for ber in (1e-6, 1e-3, 0.1):
+        v = m.voltage_for_bit_error_rate(ber)
+        # inverse checked with scipy's normal quantile, independently of the library's ndtri call
+        assert v == pytest.approx(0.6 + s * stats.norm.isf(ber / 0.625), rel=1e-12)
+        assert m.bit_error_rate(v) == pytest.approx(ber, rel=1e-9)
+    fn = "ChipModel.voltage_for_bit_error_rate"
+    with pytest.raises(ValueError, match=rf"^{fn}: ber must be in \(0, 0.625\) \(the model's largest rate\)"):
+        m.voltage_for_bit_error_rate(0.7)
+    with pytest.raises(ValueError, match=r"ber must be in \(0, 0.5\) .*got 0"):
+        ChipModel().voltage_for_bit_error_rate(0)
+    with pytest.raises(TypeError, match=r"^ChipModel.voltage_for_bit_error_rate: ber must be a real number"):
+        m.voltage_for_bit_error_rate("1e-3")
+    step = ChipModel(sigma_chip=0, sigma_row=0, sigma_col=0, sigma_cell=0)
+    with pytest.raises(ValueError, match=r"sigmas must not all be 0"):
+        step.voltage_for_bit_error_rate(1e-3)
+
+
+def test_chip_measured_flip_rates_near_model_over_chips():
+    m = ChipModel(p_stuck0=0.1, p_stuck1=0.6, p_flip=0.3)
+    rates = np.array([m.sample((1, 16, 64), seed=s).flip_rates(0.75) for s in range(200)])
+    se = rates.std(axis=0, ddof=1) / np.sqrt(len(rates))
+    expected = np.array(m.flip_rates(0.75))
+    assert np.all(np.abs(rates.mean(axis=0) - expected) <= 4.0 * se), (rates.mean(axis=0), expected, se)
