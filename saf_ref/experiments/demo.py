@@ -35,7 +35,7 @@ from typing import Any
 from saf_ref import validation
 from saf_ref.bits import Quantizer, get_format
 from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign, write_atomic
-from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform
+from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform, weight_scaling_spec
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
 from saf_ref.train.optim import SGD
@@ -71,6 +71,8 @@ class DemoConfig:
     weight_decay: float = 5e-4
     float_transforms: tuple[str, ...] = ("identity", "tanh", "arctan")
     float_formats: tuple[str, ...] = ("float32", "float16", "q2.5")
+    # Weight scaling of the baseline's weights (no retraining), read with inf/NaN -> 0.
+    scaled_formats: tuple[str, ...] = ("float32", "float16")
     weight_clip: float = 0.3
     p_train: float = 0.02
     rates: tuple[float, ...] = DEFAULT_RATES
@@ -188,6 +190,7 @@ _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "weight_decay": _real(lambda x: x >= 0, "a finite number >= 0"),
     "float_transforms": _check_names(get_transform),
     "float_formats": _check_names(get_format),
+    "scaled_formats": _check_names(get_format),
     "weight_clip": _real(lambda x: x > 0, "a finite number > 0"),
     "p_train": _real(lambda x: 0 <= x <= 1, "a probability in [0, 1]"),
     "rates": _check_rates,
@@ -415,6 +418,14 @@ def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
             subjects.append(
                 Subject(method, transform, fmt, cfg.model, params, state, default_spec(fmt, transform))
             )
+        if transform == "identity":
+            # Weight scaling (docs/weight_scaling.md): the baseline's weights, every tensor scaled so that
+            # its largest value sits at 2**emax of the format, inf/NaN read as 0; no retraining.
+            every_role = ("weight", "bias", "bn", "other")
+            for fmt in cfg.scaled_formats:
+                spec = weight_scaling_spec(params, "auto", fmt, roles=every_role)
+                subjects.append(Subject("weight_scaling", "identity", fmt, cfg.model, params, state, spec,
+                                        nonfinite="zero"))  # fmt: skip
     # Stutz et al.'s RandBET trains with weight clipping; RandBET without clipping is shown too, because
     # on a small network whose classifier layer is not followed by batch norm, clipping costs clean
     # accuracy (see the README).

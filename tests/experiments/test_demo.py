@@ -9,7 +9,7 @@ from saf_ref.cli import main
 
 TINY = ["--epochs", "1", "--trials", "2", "--rates", "1e-3", "1e-2", "--eval-limit", "60", "--width", "4",
         "--workers", "2", "--quiet"]  # fmt: skip
-METHODS = {"baseline", "saf", "robust_quant", "clipping", "randbet", "randbet_noclip"}
+METHODS = {"baseline", "saf", "robust_quant", "clipping", "randbet", "randbet_noclip", "weight_scaling"}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,20 @@ def test_writes_results_with_the_documented_fields(demo_run, capsys):
         assert 0.0 <= r["accuracy_ci_low"] <= r["accuracy_mean"] <= r["accuracy_ci_high"] <= 1.0
         # RErr counts an example wrong if the clean OR the faulty model is wrong: never below the error.
         assert r["rerr_mean"] >= 1.0 - r["accuracy_mean"] - 1e-12
-    assert len(run["clean"]) == 3 * 3 + 4
+    assert len(run["clean"]) == 3 * 3 + 2 + 4  # float models x formats, weight scaling, quantized
     with open(demo_run / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(records)
     table = (demo_run / "table.txt").read_text()
     assert all(m in table for m in METHODS)
+
+
+def test_weight_scaling_rows_store_the_baseline_exactly(demo_run):
+    """The weight-scaling subjects are the baseline's weights times a power of two per tensor: without
+    faults they read back exactly, so their clean accuracy is the baseline's in the same format."""
+    records = json.loads((demo_run / "results.json").read_text())
+    clean = {(r["method"], r["format"]): r["clean_accuracy"] for r in records}
+    for fmt in ("float32", "float16"):
+        assert clean[("weight_scaling", fmt)] == clean[("baseline", fmt)]
 
 
 def test_plot_written_when_matplotlib_is_installed(demo_run):
@@ -331,7 +340,7 @@ def test_ctrl_c_during_the_sweep_exits_130_and_keeps_partial_results(demo_run, t
     out = tmp_path / "out"
     assert _rerun(demo_run, out, "--workers", "1") == 130
     err = capsys.readouterr().err
-    units = 13 * 2
+    units = 15 * 2  # 15 subjects (see above), 2 trials
     assert err.splitlines()[-1] == (
         f"saf-ref demo: interrupted: 3 of {units} (model, trial) units completed; "
         f"partial results in {out}/results.json and run.json"
@@ -399,7 +408,7 @@ def test_real_ctrl_c_in_the_sweep_exits_130_with_one_line_and_results(demo_run, 
     assert "Traceback" not in err
     last = err.splitlines()[-1]
     assert last.startswith("saf-ref demo: interrupted: ")
-    assert last.endswith(f"of {13 * 300} (model, trial) units completed; partial results in "
+    assert last.endswith(f"of {15 * 300} (model, trial) units completed; partial results in "
                          f"{out / 'results.json'} and run.json")  # fmt: skip
     run = json.loads((out / "run.json").read_text())
     assert run["interrupted"] is True and run["trials"]
