@@ -49,8 +49,13 @@ __all__ = [
     "run_demo",
     "format_table",
     "load_dataset",
+    "init_model",
+    "quantizer",
     "quantizer_8bit",
     "quantized_spec",
+    "train_float",
+    "train_or_load",
+    "train_quantized",
 ]
 
 DEFAULT_RATES = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -232,15 +237,16 @@ def check_fields(values: Mapping[str, Any], fn: str, name: Callable[[str], str] 
         raise ValueError(f"{fn}: {name('data_path')} must be an existing file or folder, got {data_path!r}")
 
 
-def check_out(out: Any, force: Any, fn: str, name: str = "out", force_name: str = "force=True") -> Path:
+def check_out(out: Any, force: Any, fn: str, name: str = "out", force_name: str = "force=True",
+              outputs: Sequence[str] = OUTPUTS) -> Path:
     """Check that ``out`` can take the demo's results: a directory (or a path where one can be made) that
-    holds no results unless ``force``. Changes nothing on disk; returns ``Path(out)``."""
+    holds none of ``outputs`` unless ``force``. Changes nothing on disk; returns ``Path(out)``."""
     _check_path(out, name, fn)
     _check_bool(force, "force", fn)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{fn}: {name} must be a directory, got the file {str(out)!r}")
-    existing = [n for n in OUTPUTS if (out / n).exists()]
+    existing = [n for n in outputs if (out / n).exists()]
     if existing and not force:
         raise ValueError(
             f"{fn}: {name} must not hold results already (use {force_name} to overwrite them, or "
@@ -252,16 +258,22 @@ def check_out(out: Any, force: Any, fn: str, name: str = "out", force_name: str 
     return out
 
 
-def quantizer_8bit(clip: float | None = None) -> Quantizer:
-    """The robust 8-bit quantizer of Stutz et al.: per-tensor asymmetric range, offset binary codes,
-    round to nearest; ``clip`` additionally bounds the range (weight clipping)."""
+def quantizer(nbits: int, clip: float | None = None) -> Quantizer:
+    """The robust ``nbits``-bit quantizer of Stutz et al.: per-tensor asymmetric range, offset binary
+    codes, round to nearest; ``clip`` additionally bounds the range (weight clipping)."""
     return Quantizer(
-        8, scheme="asymmetric", code="offset_binary", rounding="nearest_even", clip=clip, margin=1e-3
+        nbits, scheme="asymmetric", code="offset_binary", rounding="nearest_even", clip=clip, margin=1e-3
     )
 
 
-def quantized_spec(clip: float | None = None) -> StorageSpec:
-    """Every parameter stored with the 8-bit quantizer; only conv/linear weights with the clipped one.
+def quantizer_8bit(clip: float | None = None) -> Quantizer:
+    """:func:`quantizer` with 8 bits, the demo's."""
+    return quantizer(8, clip)
+
+
+def quantized_spec(clip: float | None = None, nbits: int = 8) -> StorageSpec:
+    """Every parameter stored with the ``nbits``-bit quantizer (default 8); only conv/linear weights with
+    the clipped one.
 
     Weight clipping bounds the *weights*. Batch-norm scales and shifts and biases are stored with the
     unclipped quantizer: clipping them too would silently change the network (a batch-norm scale of 11
@@ -269,8 +281,8 @@ def quantized_spec(clip: float | None = None) -> StorageSpec:
     """
     return StorageSpec(
         (
-            StorageRule("*", format=quantizer_8bit(clip), role="weight"),
-            StorageRule("*", format=quantizer_8bit(None)),
+            StorageRule("*", format=quantizer(nbits, clip), role="weight"),
+            StorageRule("*", format=quantizer(nbits, None)),
         )
     )
 
@@ -295,7 +307,8 @@ def load_dataset(name: str, path: str | None = None):
     return d.x_train, d.y_train, d.x_test, d.y_test, int(max(d.y_train.max(), d.y_test.max())) + 1
 
 
-def _init(cfg: DemoConfig, in_channels: int, num_classes: int):
+def init_model(cfg: DemoConfig, in_channels: int, num_classes: int):
+    """The initial ``(params, state)`` of ``cfg.model`` (seeded by ``cfg.seed``), shared by every method."""
     from saf_ref.nn.registry import parse_model_name
     from saf_ref.nn.resnet import init_resnet
     from saf_ref.nn.small import init_small_cnn
@@ -339,7 +352,7 @@ def _check_reusable(cfg: DemoConfig, name: str, path: Path, metadata: dict[str, 
         )
 
 
-def _cached(cfg: DemoConfig, name: str, trainer):
+def train_or_load(cfg: DemoConfig, name: str, trainer):
     """Train with ``trainer()``, or load the checkpoint ``<checkpoints>/<name>.npz`` if it exists.
 
     A checkpoint is reused only if it was trained with this run's :data:`TRAINING_FIELDS`
@@ -364,7 +377,8 @@ def _jsonable(cfg: DemoConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
-def _train_float(cfg, data, init, transform: str):
+def train_float(cfg, data, init, transform: str):
+    """Train a float model computing with ``w = transform(u)``; returns ``(params, state)``."""
     optimizer = SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     params, state, _ = train(
         *init,
@@ -382,11 +396,13 @@ def _train_float(cfg, data, init, transform: str):
     return params, state
 
 
-def _train_quantized(cfg, data, init, *, clip: float | None, p_train: float):
+def train_quantized(cfg, data, init, *, clip: float | None, p_train: float, nbits: int = 8):
+    """Train with every parameter stored by :func:`quantized_spec` ``(clip, nbits)`` and RandBET at
+    ``p_train`` (0: robust quantization or clipping only); returns ``(params, state)``."""
     from saf_ref.train.randbet import RandBETConfig
 
     optimizer = SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    spec = quantized_spec(clip)
+    spec = quantized_spec(clip, nbits)
     params, state, _ = train(
         *init,
         data,
@@ -407,12 +423,12 @@ def _train_quantized(cfg, data, init, *, clip: float | None, p_train: float):
 def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
     """Train (or load) every model and describe how each is stored."""
     x_train, _, _, _, num_classes = data
-    init = _init(cfg, x_train.shape[1], num_classes)
+    init = init_model(cfg, x_train.shape[1], num_classes)
     subjects = []
     for transform in cfg.float_transforms:
         method = "baseline" if transform == "identity" else "saf"
-        params, state = _cached(
-            cfg, f"{method}_{transform}", lambda t=transform: _train_float(cfg, data[:4], init, t)
+        params, state = train_or_load(
+            cfg, f"{method}_{transform}", lambda t=transform: train_float(cfg, data[:4], init, t)
         )
         for fmt in cfg.float_formats:
             subjects.append(
@@ -436,8 +452,8 @@ def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
         ("randbet_noclip", None, cfg.p_train),
     )
     for method, clip, p_train in quantized:
-        params, state = _cached(
-            cfg, method, lambda c=clip, p=p_train: _train_quantized(cfg, data[:4], init, clip=c, p_train=p)
+        params, state = train_or_load(
+            cfg, method, lambda c=clip, p=p_train: train_quantized(cfg, data[:4], init, clip=c, p_train=p)
         )
         subjects.append(Subject(method, "identity", "quant8", cfg.model, params, state, quantized_spec(clip)))
     return subjects
