@@ -10,9 +10,12 @@ nothing below imports it.
   :class:`AttackResult` (a replayable FaultList and the loss / accuracy trajectory).
 - :mod:`~saf_ref.attack.vulnerability`: :func:`vulnerability_map`, the damage of one flipped bit per
   exposed tensor and bit position, exact and first-order, with intervals.
+- :mod:`~saf_ref.attack.advbet`: :class:`AdvBETConfig`, the attack adversarial bit-error training runs
+  on every step (``saf_ref.train.RandBETConfig(adversarial=AdvBETConfig(k_train=...))``).
 - :mod:`~saf_ref.attack.checks`: the argument checks shared by the entry points.
 """
 
+from saf_ref.attack.advbet import AdvBETConfig
 from saf_ref.attack.gradient import GradientRound
 from saf_ref.attack.problem import AttackProblem, Evaluation
 from saf_ref.attack.search import METHODS, AttackResult, AttackStep, bit_flip_attack
@@ -21,6 +24,7 @@ from saf_ref.attack.vulnerability import VULNERABILITY_FIELDS, FlipSample, Vulne
 __all__ = [
     "METHODS",
     "VULNERABILITY_FIELDS",
+    "AdvBETConfig",
     "AttackProblem",
     "AttackResult",
     "AttackStep",

@@ -14,6 +14,7 @@ from saf_ref.train.checkpoint import Checkpoint, CheckpointError, load_checkpoin
 from saf_ref.train.loop import EvalResult, evaluate, train, train_step
 from saf_ref.train.optim import SGD, sgd_init, sgd_step, sgd_update
 from saf_ref.train.randbet import (
+    AdversarialErrors,
     RandBETConfig,
     RandBETGradients,
     StepInfo,
@@ -24,6 +25,7 @@ from saf_ref.train.randbet import (
 from saf_ref.train.schedules import Constant, Cosine, MultiStep, Schedule, Warmup
 
 __all__ = [
+    "AdversarialErrors",
     "Checkpoint",
     "CheckpointError",
     "Constant",

@@ -121,10 +121,12 @@ def train_step(
         None: the network computes with ``params`` as they are. Otherwise with the effective weights
         read back through the storage pipeline (straight-through gradient).
     randbet : RandBETConfig or None
-        Bit errors in a second, perturbed pass (``p_train``), its gradient clamp, and weight clipping
-        after the step (needs a ``spec``); None: none of them.
+        Bit errors in a second, perturbed pass (``p_train``), adversarial bit errors in another
+        (``adversarial``: the attack runs on this batch against ``params`` as stored by ``spec``, with
+        the running statistics ``state``), their gradient clamp, and weight clipping after the step
+        (needs a ``spec``); None: none of them.
     errors_on : bool
-        Whether the perturbed pass runs (the curriculum switches it).
+        Whether the perturbed passes run (the curriculum switches them; no attack runs when off).
     rng : numpy.random.Generator or int or None
         Source of the perturbed pass's bit-error pattern (needed only when that pass runs).
     label_smoothing : float
@@ -142,17 +144,27 @@ def train_step(
     ----
     Without a spec: ``g = dL(u)/du``, ``u' = SGD(u, g)``. With a spec and a RandBET configuration:
     ``g = (g_clean + clamp(g_pert)) / 2`` (:func:`saf_ref.train.randbet.randbet_gradients`),
-    ``u' = clip(SGD(u, g), -w_max, w_max)`` for conv/linear weights.
+    ``u' = clip(SGD(u, g), -w_max, w_max)`` for conv/linear weights. With ``randbet.adversarial``
+    (AdvBET): ``F_adv = attack(u, state, x, y)`` first, then ``g`` as
+    :func:`~saf_ref.train.randbet.randbet_gradients` with ``adversarial=F_adv``: ``(g_clean +
+    clamp(g_adv)) / 2``, or ``(g_clean + clamp(g_rand) + clamp(g_adv)) / 3`` with ``p_train > 0``.
     """
     fns = model_fns(model, "train_step")
     if spec is None:
         grads, new_state, info = _plain_gradients(fns, params, state, x, y, label_smoothing)
     else:
         config = randbet or RandBETConfig(0.0)
+        adversarial = None
+        if config.adversarial is not None and errors_on:
+            # The attack sees the model as it is stored before this step: latents through the spec,
+            # and the running statistics (evaluation mode), on this step's batch.
+            adversarial = config.adversarial.faults(
+                params, state, x, y, model=fns, spec=spec, nonfinite=nonfinite
+            )
         result = randbet_gradients(
             params, state, x, y, model=fns, spec=spec, p_train=config.p_train, rng=rng,
             grad_clamp=config.grad_clamp, errors_on=errors_on, label_smoothing=label_smoothing,
-            nonfinite=nonfinite,
+            nonfinite=nonfinite, adversarial=adversarial,
         )  # fmt: skip
         grads, new_state, info = result.update, result.state, result.info
     new_params, new_opt_state = sgd_step(params, grads, opt_state, optimizer, lr=lr)
@@ -267,6 +279,11 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
     )
     if "errors_on" not in record:
         return line
+    if record["errors_on"] and record.get("adversarial_loss") is not None:
+        return line + (
+            f"  errors on (perturbed loss {record['perturbed_loss']:.4f}, "
+            f"adversarial {record['adversarial_loss']:.4f})"
+        )
     if record["errors_on"]:
         return line + f"  errors on (perturbed loss {record['perturbed_loss']:.4f})"
     return line + "  errors off"
@@ -373,7 +390,8 @@ def train(
         Shorthand for SAF training: ``spec = default_spec(<params' dtype>, transform)``, i.e.
         conv/linear weights ``f(u)``, every tensor stored exactly. Not together with ``spec``.
     randbet : RandBETConfig or None
-        Random bit-error training and weight clipping (needs ``spec``); None: neither.
+        Random (``p_train``) and adversarial (``adversarial``: AdvBET) bit-error training and weight
+        clipping (needs ``spec``); None: none of them.
     augment : {"crop_flip", "crop", "flip", None}
         Per-batch augmentation of the training images: random crop with ``pad`` zero padding and/or
         horizontal flip (do not flip digits).
@@ -408,7 +426,8 @@ def train(
         (train-mode accuracy during the epoch), ``test_acc`` and ``test_loss`` (evaluation mode after
         the epoch, of the clean stored model with a spec; None without a test split), ``seconds``
         (training time of the epoch), ``images_per_s``; with an explicit ``spec`` also ``errors_on``,
-        ``perturbed_loss`` (mean over the epoch, None when errors were off) and ``flips``.
+        ``perturbed_loss`` (mean over the epoch, None when errors were off) and ``flips``; with
+        ``randbet.adversarial`` also ``adversarial_loss`` (the adversarial pass's mean loss, or None).
 
     Notes
     -----
@@ -454,12 +473,14 @@ def train(
         raise TypeError(f"{fn}: callback must be callable or None, got {type(callback).__name__}")
 
     config = randbet or RandBETConfig(0.0)
+    if config.adversarial is not None:
+        config.adversarial.check(params, spec, model=fns, fn=fn)  # before any training
     # One draw from the caller's generator; every epoch derives its own generators from it.
     base_seed = int(gen.integers(2**63))
     if config.weight_clip is not None:
         params = clip_weights(params, config.weight_clip)
     opt_state = sgd_init(params)
-    errors_on = config.p_train > 0.0 and config.curriculum_loss is None
+    errors_on = config.perturbs and config.curriculum_loss is None
     history: list[dict[str, Any]] = []
     start_epoch = 0
     identity = _run_identity(spec, randbet)
@@ -480,8 +501,8 @@ def train(
             test = evaluate(weights, state, x_test, y_test, model=fns, batch_size=eval_batch_size)
             record["test_acc"], record["test_loss"] = test.accuracy, test.loss
         if not records_errors:
-            for key in ("errors_on", "perturbed_loss", "flips"):
-                del record[key]
+            for key in ("errors_on", "perturbed_loss", "flips", "adversarial_loss"):
+                record.pop(key, None)
         history.append(record)
         if verbose:
             print(format_epoch(record, epochs), flush=True)
@@ -505,7 +526,7 @@ def _train_epoch(
     fault_rng = np.random.default_rng([base_seed, epoch, 1])  # bit-error patterns
     lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
     t0 = time.perf_counter()
-    loss_sum, pert_sum, n_correct, n_seen, flips = 0.0, 0.0, 0, 0, 0
+    loss_sum, pert_sum, adv_sum, n_correct, n_seen, flips = 0.0, 0.0, 0.0, 0, 0, 0
     for xb, yb in iterate_minibatches(x_train, y_train, batch_size, rng=epoch_rng):
         xb = _augment(xb, augment, pad, epoch_rng)
         params, state, opt_state, info = train_step(
@@ -516,6 +537,8 @@ def _train_epoch(
         loss_sum += info.loss * xb.shape[0]
         if info.errors_on:
             pert_sum += info.perturbed_loss * xb.shape[0]
+        if info.adversarial_loss is not None:
+            adv_sum += info.adversarial_loss * xb.shape[0]
         n_correct += info.n_correct
         n_seen += xb.shape[0]
         flips += info.n_flips
@@ -533,6 +556,8 @@ def _train_epoch(
         "seconds": seconds,
         "images_per_s": n_seen / seconds if seconds > 0 else float("inf"),
     }
+    if randbet is not None and randbet.adversarial is not None:
+        record["adversarial_loss"] = adv_sum / max(n_seen, 1) if errors_on else None
     return record, params, state, opt_state
 
 
@@ -549,8 +574,8 @@ def _json_number(value: Any) -> Any:
 
 
 def _run_identity(spec: StorageSpec | None, randbet: RandBETConfig | None) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed: the spec and the RandBET configuration, as JSON
-    (compared after a JSON round trip, as they are read back)."""
+    """What a checkpoint must agree on to be resumed: the spec and the RandBET configuration (with its
+    attack's settings for AdvBET), as JSON (compared after a JSON round trip, as they are read back)."""
     identity = {
         "spec": None if spec is None else spec.to_dict(),
         "config": None if randbet is None else randbet.to_dict(),

@@ -19,6 +19,14 @@ for Energy-Efficient DNN Accelerators" (MLSys 2021) and "Random and Adversarial 
 3. **update**: ``g = (g_clean + clamp(g_pert, -c, c)) / 2`` (only ``g_clean`` without errors), one SGD
    step on ``u``, then **weight clipping**: conv/linear weight latents projected onto ``[-w_max, w_max]``.
 
+**AdvBET** (adversarial bit-error training, TPAMI 2022) is the same recipe with the pattern chosen by an
+attack on the current stored model and the step's batch instead of drawn at random:
+``RandBETConfig(adversarial=saf_ref.attack.AdvBETConfig(k_train=...))``. The attack is injected through
+the :class:`AdversarialErrors` protocol (this layer never imports :mod:`saf_ref.attack`); its FaultList is
+replayed in the perturbed pass (``randbet_gradients(adversarial=...)``), alone or beside a random pass
+(``p_train > 0``: ``g = (g_clean + clamp(g_rand) + clamp(g_adv)) / 3``). See
+:mod:`saf_ref.attack.advbet` for what the reference code does and what is chosen here.
+
 This module holds the per-batch algorithms (:func:`randbet_gradients`, :func:`clip_weights`, the
 curriculum :func:`errors_on_after`); the one training loop, :func:`saf_ref.train.loop.train`, runs them
 when it is given a storage spec and a :class:`RandBETConfig`. Without bit errors (``p_train = 0``) the
@@ -46,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -64,6 +72,7 @@ from saf_ref.protect.storage import (
 )
 
 __all__ = [
+    "AdversarialErrors",
     "RandBETConfig",
     "RandBETGradients",
     "StepInfo",
@@ -88,9 +97,50 @@ def _check_params(params: Any, fn: str) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------------
 
 
+@runtime_checkable
+class AdversarialErrors(Protocol):
+    """What the loop needs of an attack to train on adversarial bit errors (AdvBET).
+
+    The training layer sits below :mod:`saf_ref.attack` (DESIGN.md section 2: nothing below the attack
+    imports it), so the attack is *injected*: an object built in the attack package
+    (:class:`saf_ref.attack.advbet.AdvBETConfig`) is passed in ``RandBETConfig(adversarial=...)``, and
+    the loop calls it through this protocol.
+
+    Methods
+    -------
+    faults(params, state, x, y, *, model, spec, nonfinite) -> FaultList
+        The flips the attack chooses against the model stored as ``spec`` says from the latents
+        ``params``, with running statistics ``state`` (evaluation mode), on the batch ``x, y``. It must
+        be deterministic (a function of its arguments) and must not modify them.
+    check(params, spec, *, model, fn) -> None
+        Refuse (templated ``TypeError`` / ``ValueError`` naming ``fn``) a model and spec the attack cannot
+        run on, before any training.
+    to_dict() -> dict
+        The attack's settings as JSON (a checkpoint's identity stores them).
+    """
+
+    def faults(
+        self,
+        params: dict[str, np.ndarray],
+        state: dict[str, np.ndarray],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        model: ModelFns,
+        spec: StorageSpec,
+        nonfinite: str,
+    ) -> FaultList: ...
+
+    def check(
+        self, params: dict[str, np.ndarray], spec: StorageSpec, *, model: ModelFns, fn: str
+    ) -> None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class RandBETConfig:
-    """Hyperparameters of random bit-error training (RandBET) and weight clipping.
+    """Hyperparameters of random (RandBET) and adversarial (AdvBET) bit-error training and weight clipping.
 
     Parameters
     ----------
@@ -108,12 +158,19 @@ class RandBETConfig:
     curriculum_loss : float or None
         If given, bit errors stay off until an epoch's mean clean training loss falls below this value;
         they are on from the next epoch to the end (see :func:`errors_on_after`). None: on from the start.
+    adversarial : AdversarialErrors or None
+        AdvBET: an attack (e.g. ``saf_ref.attack.AdvBETConfig(k_train=20)``) run on every step's batch
+        against the current stored model; its flips are replayed in one more perturbed pass, combined
+        with the clean gradient like the random one (see :func:`randbet_gradients`). With
+        ``p_train > 0`` too, every step has both perturbed passes, averaged with the clean gradient.
+        None: random bit errors only.
     """
 
     p_train: float
     grad_clamp: float | None = 0.05
     weight_clip: float | None = None
     curriculum_loss: float | None = None
+    adversarial: AdversarialErrors | None = None
 
     def __post_init__(self) -> None:
         fn = "RandBETConfig"
@@ -121,15 +178,32 @@ class RandBETConfig:
         set_(self, "p_train", validation.check_probability(self.p_train, "p_train", fn))
         for name in ("grad_clamp", "weight_clip", "curriculum_loss"):
             set_(self, name, validation.check_optional_positive(getattr(self, name), name, fn))
+        if self.adversarial is not None and not isinstance(self.adversarial, AdversarialErrors):
+            raise TypeError(
+                f"{fn}: adversarial must be None or an attack with faults(), check() and to_dict() "
+                f"(e.g. saf_ref.attack.AdvBETConfig), got {validation.describe(self.adversarial)}"
+            )
+
+    @property
+    def perturbs(self) -> bool:
+        """Whether the configuration has a perturbed pass at all (random or adversarial bit errors)."""
+        return self.p_train > 0.0 or self.adversarial is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-able numbers (as a checkpoint's metadata stores it)."""
-        return {
+        """The configuration as JSON-able numbers (as a checkpoint's metadata stores it).
+
+        ``"adversarial"`` (the attack's own :meth:`AdversarialErrors.to_dict`) appears only with an
+        attack, so RandBET checkpoints written before AdvBET existed keep their identity.
+        """
+        out = {
             "p_train": self.p_train,
             "grad_clamp": self.grad_clamp,
             "weight_clip": self.weight_clip,
             "curriculum_loss": self.curriculum_loss,
         }
+        if self.adversarial is not None:
+            out["adversarial"] = self.adversarial.to_dict()
+        return out
 
 
 class StepInfo(NamedTuple):
@@ -148,7 +222,11 @@ class StepInfo(NamedTuple):
     errors_on : bool
         Whether the perturbed pass ran.
     n_flips : int
-        Bits flipped in the perturbed pass (0 when it did not run).
+        Bits flipped in the perturbed passes, all together (0 when none ran).
+    adversarial_loss : float or None
+        Mean cross-entropy of the adversarial pass (AdvBET); None when it did not run.
+
+    With two perturbed passes (random and adversarial), ``perturbed_loss`` is the mean of their losses.
     """
 
     loss: float
@@ -157,6 +235,7 @@ class StepInfo(NamedTuple):
     accuracy: float
     errors_on: bool
     n_flips: int
+    adversarial_loss: float | None = None
 
 
 class RandBETGradients(NamedTuple):
@@ -226,6 +305,7 @@ def randbet_gradients(
     errors_on: bool = True,
     label_smoothing: float = 0.0,
     nonfinite: str = "propagate",
+    adversarial: FaultList | None = None,
 ) -> RandBETGradients:
     """The RandBET update direction for one batch: clean and bit-error-perturbed gradients, combined.
 
@@ -258,11 +338,17 @@ def randbet_gradients(
     label_smoothing : float
         Passed to the cross-entropy of both passes.
     nonfinite : {"propagate", "zero"}
-        What a NaN/inf read from memory becomes (see :func:`saf_ref.protect.storage.load`); both passes.
+        What a NaN/inf read from memory becomes (see :func:`saf_ref.protect.storage.load`); every pass.
+    adversarial : FaultList, optional
+        AdvBET: the flips an attack chose against these latents (e.g.
+        ``saf_ref.attack.bit_flip_attack(...).faults``), replayed in one more perturbed pass after the
+        random one (or alone, when ``p_train == 0`` and no ``faults``: then it is exactly
+        ``faults=adversarial``). Skipped, like the random pass, when ``errors_on`` is False.
 
     Returns
     -------
     RandBETGradients
+        With two perturbed passes, ``perturbed`` is the adversarial pass's gradient (before the clamp).
 
     Math
     ----
@@ -278,7 +364,10 @@ def randbet_gradients(
 
     The reference code sums the clean gradient and the clamped perturbed one and divides by
     ``population + 1`` (= 2 with one perturbed pass), i.e. the same average; without errors it uses the
-    clean gradient alone, undivided, as here.
+    clean gradient alone, undivided, as here. With a random and an adversarial pass (a population of
+    two, ``g_adv`` from the pattern ``adversarial``), the same rule gives::
+
+        update  = (g_clean + clamp(g_rand, -c, c) + clamp(g_adv, -c, c)) / 3    (summed left to right)
 
     Notes
     -----
@@ -309,8 +398,13 @@ def randbet_gradients(
                 f"{fn}: p_train must be 0 when faults is given (the pattern is replayed, not drawn), "
                 f"got {p_train!r}"
             )
-    perturb = errors_on and (p_train > 0.0 or faults is not None)
-    if perturb and faults is None:
+    if adversarial is not None and not isinstance(adversarial, FaultList):
+        raise TypeError(
+            f"{fn}: adversarial must be None or a FaultList, got {validation.describe(adversarial)}"
+        )
+    random_pass = errors_on and (p_train > 0.0 or faults is not None)
+    adversarial_pass = errors_on and adversarial is not None
+    if random_pass and faults is None:
         gen = validation.check_rng(rng, fn)
     elif rng is not None:
         validation.check_rng(rng, fn)  # unused, but a wrong type is still a mistake worth reporting
@@ -320,26 +414,48 @@ def randbet_gradients(
     )
     n_correct = int(np.sum(np.argmax(logits, axis=1) == y))
     accuracy = n_correct / max(x.shape[0], 1)
-    if not perturb:
+    if not (random_pass or adversarial_pass):
         info = StepInfo(loss, None, n_correct, accuracy, False, 0)
         return RandBETGradients(du_clean, du_clean, None, new_state, info)
 
-    # A replayed pattern, or a fresh one drawn at p_train.
-    pattern, pattern_rng = (faults, None) if faults is not None else (BitErrors(p_train), gen)
-    # The perturbed pass starts from the same running statistics; its updated ones are discarded.
-    du_pert, _, pert_loss, _, n_flips = _pass(
-        fns, params, state, x, y, spec, label_smoothing, pattern, pattern_rng, nonfinite
-    )
+    patterns = []
+    if random_pass:  # a replayed pattern, or a fresh one drawn at p_train
+        patterns.append((faults, None) if faults is not None else (BitErrors(p_train), gen))
+    if adversarial_pass:
+        patterns.append((adversarial, None))
+    # Every perturbed pass starts from the same running statistics; its updated ones are discarded.
+    passes = [
+        _pass(fns, params, state, x, y, spec, label_smoothing, pattern, pattern_rng, nonfinite)
+        for pattern, pattern_rng in patterns
+    ]
+    update = _average(du_clean, [du for du, *_ in passes], grad_clamp)
+    losses = [pert_loss for _, _, pert_loss, _, _ in passes]
+    n_flips = sum(n for *_, n in passes)
+    pert_loss = losses[0] if len(losses) == 1 else sum(losses) / len(losses)
+    adv_loss = losses[-1] if adversarial_pass else None
+    info = StepInfo(loss, pert_loss, n_correct, accuracy, True, n_flips, adv_loss)
+    return RandBETGradients(update, du_clean, passes[-1][0], new_state, info)
+
+
+def _average(
+    du_clean: dict[str, np.ndarray], perturbed: list[dict[str, np.ndarray]], grad_clamp: float | None
+) -> dict[str, np.ndarray]:
+    """``(g_clean + sum_i clamp(g_i)) / (n + 1)`` per parameter, the sum taken left to right."""
     update = {}
     for name, g_clean in du_clean.items():
-        g_pert = du_pert[name]
-        if grad_clamp is not None:
-            c = g_pert.dtype.type(grad_clamp)
-            g_pert = np.clip(g_pert, -c, c)  # NaN stays NaN
-        # Halving is exact in binary floating point (barring underflow): one rounding, in the sum.
-        update[name] = np.asarray((g_clean + g_pert) * g_clean.dtype.type(0.5))
-    info = StepInfo(loss, pert_loss, n_correct, accuracy, True, n_flips)
-    return RandBETGradients(update, du_clean, du_pert, new_state, info)
+        total = g_clean
+        for du in perturbed:
+            g_pert = du[name]
+            if grad_clamp is not None:
+                c = g_pert.dtype.type(grad_clamp)
+                g_pert = np.clip(g_pert, -c, c)  # NaN stays NaN
+            total = total + g_pert
+        if len(perturbed) == 1:
+            # Halving is exact in binary floating point (barring underflow): one rounding, in the sum.
+            update[name] = np.asarray(total * g_clean.dtype.type(0.5))
+        else:
+            update[name] = np.asarray(total / g_clean.dtype.type(len(perturbed) + 1))
+    return update
 
 
 def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str, np.ndarray]:
@@ -400,7 +516,7 @@ def errors_on_after(record: dict[str, Any], config: RandBETConfig) -> bool:
     The curriculum is a latch: once on, errors stay on; off, they switch on when the epoch's mean clean
     loss fell below ``config.curriculum_loss`` (a loss stored as None, i.e. non-finite, never does).
     """
-    if record["errors_on"] or config.p_train == 0.0 or config.curriculum_loss is None:
+    if record["errors_on"] or not config.perturbs or config.curriculum_loss is None:
         return bool(record["errors_on"])
     loss = record["loss"]
     return loss is not None and loss < config.curriculum_loss
