@@ -93,8 +93,8 @@ ATTACK_FIELDS = tuple(
     f for name in SUMMARY_FIELDS for f in (("attack", "budget") if name == "ber" else (name,))
 )
 
-# Spawn keys of the two seeded draws, so that the attack batch and the random patterns never share bits
-# of randomness: SeedSequence(seed, spawn_key=(_BATCH_KEY,)) and SeedSequence(seed, spawn_key=(_RANDOM_KEY, t)).
+# Spawn keys of the two seeded draws, so that the attack batch and the random patterns never share bits of
+# randomness: SeedSequence(seed, spawn_key=(_BATCH_KEY,)), SeedSequence(seed, spawn_key=(_RANDOM_KEY, t)).
 _BATCH_KEY, _RANDOM_KEY = 0, 1
 
 # The DemoConfig fields the sweep shares with the demo (training, data, checkpoints, evaluation).
@@ -136,7 +136,8 @@ class AttackSweepConfig:
     def demo_config(self) -> demo.DemoConfig:
         """The :class:`DemoConfig` that trains this sweep's models (only the float models it needs)."""
         chosen = [SUBJECTS[s] for s in self.subjects]
-        transforms = tuple(t for t in ("identity", "tanh") if any(c[1] == t and c[2] != "quant8" for c in chosen))
+        floats = [c for c in chosen if c[2] != "quant8"]
+        transforms = tuple(t for t in ("identity", "tanh") if any(c[1] == t for c in floats))
         formats = tuple(f for f in ("float32", "q2.5") if any(c[2] == f for c in chosen))
         shared = {k: getattr(self, k) for k in _DEMO_FIELDS}
         return demo.DemoConfig(**shared, float_transforms=transforms, float_formats=formats or ("float32",),
@@ -202,25 +203,13 @@ def _check_against_data(cfg: AttackSweepConfig, data, fn: str, name=str) -> None
     if cfg.attack_batch > n_train:
         raise ValueError(f"{fn}: {name('attack_batch')} must be at most {n_train}, the training images "
                          f"of {cfg.dataset!r}, got {cfg.attack_batch}")
-    shapes = {k: v.shape for k, v in _initial_params(cfg, data).items()}
+    params, _ = demo.init_model(cfg.demo_config(), data[0].shape[1], data[4])  # shapes as trained
+    shapes = {k: v.shape for k, v in params.items()}
     for s in cfg.subjects:
         exposed = _exposed_bits(_spec_of(s, cfg), shapes)
         if max(cfg.budgets) > exposed:
             raise ValueError(f"{fn}: {name('budgets')} must be at most {exposed}, the exposed bits of "
                              f"{s!r}, got {max(cfg.budgets)}")
-
-
-def _initial_params(cfg: AttackSweepConfig, data) -> dict[str, np.ndarray]:
-    """The untrained parameters (their shapes are the trained model's), as the demo initializes them."""
-    from saf_ref.nn.registry import parse_model_name
-    from saf_ref.nn.resnet import init_resnet
-    from saf_ref.nn.small import init_small_cnn
-
-    base = parse_model_name(cfg.model).base
-    in_channels, num_classes = data[0].shape[1], data[4]
-    if base == "small_cnn":
-        return init_small_cnn(in_channels=in_channels, num_classes=num_classes, width=cfg.width, rng=0)[0]
-    return init_resnet(base, num_classes=num_classes, in_channels=in_channels, width=cfg.width, rng=0)[0]
 
 
 def _spec_of(subject: str, cfg: AttackSweepConfig):
@@ -444,8 +433,8 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
     x_eval, y_eval = data[2], data[3]
     if cfg.eval_limit is not None:
         x_eval, y_eval = x_eval[: cfg.eval_limit], y_eval[: cfg.eval_limit]
-    _log(cfg, f"attack: {len(subjects)} models, budgets up to {max(cfg.budgets)} flips on {len(idx)} training "
-              f"images, {cfg.trials} random trials, scored on {y_eval.shape[0]} test images")  # fmt: skip
+    _log(cfg, f"attack: {len(subjects)} models, budgets up to {max(cfg.budgets)} flips on {len(idx)} "
+              f"training images, {cfg.trials} random trials, scored on {y_eval.shape[0]} test images")
     journal = Journal(out / "trials.jsonl")
     trials, attacks, clean, interrupted = [], [], {}, False
     try:
@@ -460,10 +449,12 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
         _log(cfg, f"\n  interrupted: keeping {len(attacks)} of {len(subjects)} attacked models")
     clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
                    "clean_accuracy": clean[s.key]} for s in subjects if s.key in clean]
-    config = {"attack": _jsonable(cfg), "demo": json.loads(json.dumps(asdict(cfg.demo_config()), default=str)),
+    demo_cfg = json.loads(json.dumps(asdict(cfg.demo_config()), default=str))
+    config = {"attack": _jsonable(cfg), "demo": demo_cfg,
               "attack_batch": idx.tolist(), "n_eval": int(y_eval.shape[0]), "num_classes": data[4],
               "seconds": time.perf_counter() - start}
-    result = AttackSweepResult(summarize_attacks(trials, clean), trials, clean_rows, attacks, config, interrupted)
+    summary = summarize_attacks(trials, clean)
+    result = AttackSweepResult(summary, trials, clean_rows, attacks, config, interrupted)
     table = format_table(result.summary)
     plotted = _write_outputs(result, out, cfg, table, journal)
     print(table)
@@ -555,7 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
     parser.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
     parser.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
-    parser.add_argument("--epochs", type=int, help="training epochs per model, >= 1 (default: 12, as the demo)")
+    parser.add_argument("--epochs", type=int, help="training epochs per model, >= 1 (default: 12)")
     parser.add_argument("--seed", type=int, help="seed of training, the attack batch and the random flips")
     parser.add_argument("--checkpoints", help="directory to save trained models to and load them from "
                         "(shared with saf-ref demo)")
@@ -567,13 +558,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack-batch", type=int, metavar="N",
                         help="training images the attacker sees, >= 1 (default: 128)")
     parser.add_argument("--candidates", type=int, help="flips evaluated exactly per attack step (default: 8)")
-    parser.add_argument("--eval-limit", type=int, metavar="N", help="score on the first N >= 1 test images only")
+    parser.add_argument("--eval-limit", type=int, metavar="N",
+                        help="score on the first N >= 1 test images only")
     parser.add_argument("--quiet", action="store_true", help="no progress output (the table still prints)")
 
 
 def config_from_args(args: argparse.Namespace) -> AttackSweepConfig:
     """An :class:`AttackSweepConfig` from the parsed options; each is checked here and named as typed."""
-    base = replace(AttackSweepConfig(verbose=False), **QUICK) if args.quick else AttackSweepConfig(verbose=False)
+    base = AttackSweepConfig(verbose=False)
+    base = replace(base, **QUICK) if args.quick else base
     names = ("dataset", "data_path", "model", "width", "epochs", "seed", "checkpoints", "subjects", "budgets",
              "trials", "attack_batch", "candidates", "eval_limit")  # fmt: skip
     values = asdict(base) | {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
