@@ -88,7 +88,8 @@ class AdvBETConfig:
     bits : None, "msb" or sequence of int
         Allowed bit positions (0 = LSB), as :func:`bit_flip_attack`.
     per_tensor : None, int or dict str -> int
-        At most this many flips per tensor, as :func:`bit_flip_attack`.
+        At most this many flips per tensor, as :func:`bit_flip_attack` (a dict is kept as a tuple of
+        ``(name, cap)`` pairs, so that the configuration stays hashable).
     one_per_word : bool or None
         At most one flipped bit per stored word; None: the method's default (as :func:`bit_flip_attack`).
 
@@ -103,7 +104,7 @@ class AdvBETConfig:
     iterations: int = 1
     candidates: int = 4
     bits: None | str | tuple[int, ...] = None
-    per_tensor: None | int | Mapping[str, int] = None
+    per_tensor: None | int | Mapping[str, int] | tuple[tuple[str, int], ...] = None
     one_per_word: bool | None = None
 
     def __post_init__(self) -> None:
@@ -121,9 +122,10 @@ class AdvBETConfig:
                                      for i, b in enumerate(self.bits)))
         elif isinstance(self.bits, str):
             validation.check_choice(self.bits, "bits", fn, ("msb",))
-        if isinstance(self.per_tensor, Mapping):
-            set_(self, "per_tensor", {str(k): validation.check_int(v, f"per_tensor[{k!r}]", fn, low=0)
-                                      for k, v in self.per_tensor.items()})
+        if isinstance(self.per_tensor, (Mapping, tuple)):
+            pairs = self.per_tensor.items() if isinstance(self.per_tensor, Mapping) else self.per_tensor
+            set_(self, "per_tensor", tuple((str(k), validation.check_int(v, f"per_tensor[{k!r}]", fn, low=0))
+                                           for k, v in pairs))
         elif self.per_tensor is not None:
             set_(self, "per_tensor", validation.check_int(self.per_tensor, "per_tensor", fn, low=0))
         if self.one_per_word is not None:
@@ -145,7 +147,7 @@ class AdvBETConfig:
             raise ValueError(f"{fn}: spec must expose at least one parameter to the AdvBET attack, got none "
                              f"exposed among {tuple(shapes)}")
         allowed = check_bits(self.bits, rules, exposed, fn)
-        budgets = check_per_tensor(self.per_tensor, exposed, fn)
+        budgets = check_per_tensor(self._per_tensor(), exposed, fn)
         one_per_word = self.method == "gradient" if self.one_per_word is None else self.one_per_word
         most = capacity(shapes, allowed, budgets, one_per_word)
         if self.k_train > most:
@@ -158,10 +160,14 @@ class AdvBETConfig:
         modified)."""
         result = bit_flip_attack(
             model, params, state, spec, x, y, k=self.k_train, method=self.method, bits=self.bits,
-            per_tensor=self.per_tensor, one_per_word=self.one_per_word, candidates=self.candidates,
+            per_tensor=self._per_tensor(), one_per_word=self.one_per_word, candidates=self.candidates,
             iterations=self.iterations, nonfinite=nonfinite,
         )
         return result.faults
+
+    def _per_tensor(self) -> None | int | dict[str, int]:
+        """``per_tensor`` as :func:`bit_flip_attack` takes it."""
+        return dict(self.per_tensor) if isinstance(self.per_tensor, tuple) else self.per_tensor
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON (a checkpoint's identity stores them)."""
@@ -172,6 +178,6 @@ class AdvBETConfig:
             "iterations": self.iterations,
             "candidates": self.candidates,
             "bits": list(self.bits) if isinstance(self.bits, tuple) else self.bits,
-            "per_tensor": dict(self.per_tensor) if isinstance(self.per_tensor, Mapping) else self.per_tensor,
+            "per_tensor": self._per_tensor(),
             "one_per_word": self.one_per_word,
         }

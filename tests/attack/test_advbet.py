@@ -72,6 +72,20 @@ def test_advbet_step_equals_hand_built_step(method):
     assert got[3].adversarial_loss == got[3].perturbed_loss == g.info.perturbed_loss
 
 
+def test_constraints_reach_the_attack():
+    """bits, per_tensor and one_per_word are the attack's: the step's flips obey them."""
+    params, state, x, y = tiny_mlp()
+    adv = AdvBETConfig(k_train=4, method="pbs", bits="msb", per_tensor={"fc2.weight": 1}, one_per_word=True)
+    o = sgd_init(params)
+    got = train_step(params, state, o, x, y, model="mlp", optimizer=OPT, spec=Q4,
+                     randbet=RandBETConfig(0.0, adversarial=adv))
+    fl = bit_flip_attack("mlp", params, state, Q4, x, y, k=4, method="pbs", bits="msb", candidates=4,
+                         per_tensor={"fc2.weight": 1}, one_per_word=True).faults
+    assert all(r.bit == 3 for r in fl) and sum(r.tensor == "fc2.weight" for r in fl) <= 1
+    g = randbet_gradients(params, state, x, y, model="mlp", spec=Q4, faults=fl)
+    assert _same_bits(got[0], sgd_step(params, g.update, o, OPT)[0])
+
+
 def test_attack_sees_the_running_statistics_before_the_step():
     """A network with batch norm: the attack runs in evaluation mode on the state given to the step."""
     d = load_digits(dtype=np.float32)
@@ -190,7 +204,7 @@ def _run(data, *, rng=0, epochs=2, adv=None, p_train=0.0, curriculum=None, **kw)
     config = RandBETConfig(p_train, weight_clip=0.5, curriculum_loss=curriculum,
                            adversarial=adv or AdvBETConfig(k_train=2))
     return train(params, state, data, model="mlp", spec=Q8, epochs=epochs, batch_size=32, optimizer=OPT,
-                 randbet=config, augment=None, rng=rng, verbose=False, **kw)
+                 randbet=config, augment=None, rng=rng, **{"verbose": False, **kw})
 
 
 def test_training_is_deterministic_for_a_seed(digits_flat):
@@ -212,6 +226,14 @@ def test_adversarial_training_differs_from_clean_and_random_training(digits_flat
     assert not _same_bits(p_adv, p_clean)
     assert h_adv[0]["flips"] == 6 and h_clean[0]["flips"] == 0 and "adversarial_loss" not in h_clean[0]
     assert h_adv[0]["adversarial_loss"] > h_adv[0]["loss"]
+
+
+def test_progress_line_shows_the_adversarial_loss(digits_flat, capsys):
+    _, _, h = _run(digits_flat, epochs=2, curriculum=10.0, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("errors off")
+    assert lines[1].endswith(f"errors on (perturbed loss {h[1]['perturbed_loss']:.4f}, "
+                             f"adversarial {h[1]['adversarial_loss']:.4f})")
 
 
 def test_curriculum_and_resume_equal_uninterrupted_run(digits_flat, tmp_path):
@@ -237,6 +259,7 @@ def test_to_dict_is_json_and_randbet_identity_unchanged():
     assert d["adversarial"] == {"attack": "bit_flip_attack", "k_train": 5, "method": "pbs", "iterations": 1,
                                 "candidates": 4, "bits": [7, 6], "per_tensor": {"fc1.weight": 2},
                                 "one_per_word": None}
+    assert hash(RandBETConfig(0.01, adversarial=adv)) == hash(RandBETConfig(0.01, adversarial=adv))
     # a RandBET configuration keeps the identity it had before AdvBET (old checkpoints still resume)
     assert RandBETConfig(0.01).to_dict() == {"p_train": 0.01, "grad_clamp": 0.05, "weight_clip": None,
                                              "curriculum_loss": None}
