@@ -581,14 +581,17 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     records = [rec for key in sorted(results, key=lambda k: (k[1], k[0])) for rec in results[key]]
     summary = summarize_sweep(records, clean_acc) if records else []
     rows = savings(summary)
-    config = {"chips": _jsonable(cfg), "chip_model": _chip_model_json(), "num_classes": data[4],
+    # How the run was executed (workers, checkpoints, progress) does not change a result: run.json only.
+    settings = {k: v for k, v in _jsonable(cfg).items() if k not in ("workers", "checkpoints", "verbose")}
+    config = {"chips": settings, "chip_model": _chip_model_json(), "num_classes": data[4],
               "n_eval": int(y.shape[0]), "loss_budgets": list(LOSS_BUDGETS)}  # fmt: skip
     clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
                    "bits": _nbits(s), "clean_accuracy": clean_acc[s.key]} for s in subjects]  # fmt: skip
     result = ChipsResult(records, summary, rows, clean_rows, interrupted, config)
     table = format_table(rows)
     seconds = time.perf_counter() - start
-    plotted = _write_outputs(result, out, table, journal, seconds)
+    run_settings = {"workers": cfg.workers, "checkpoints": cfg.checkpoints}
+    plotted = _write_outputs(result, out, table, journal, seconds, run_settings)
     print(table)
     print(f"\nwrote {out / 'results.json'}, results.csv, savings.csv"
           + (", accuracy_voltage.png, energy_saved.png" if plotted else " (install matplotlib for the plots)")
@@ -618,7 +621,9 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_outputs(result: ChipsResult, out: Path, table: str, journal, seconds: float) -> bool:
+def _write_outputs(
+    result: ChipsResult, out: Path, table: str, journal, seconds: float, run_settings: dict[str, Any]
+) -> bool:
     """Write every result file atomically, then drop the journal; return whether the plots were made."""
     from saf_ref.experiments.campaign import write_atomic
 
