@@ -35,7 +35,8 @@ Math
 Chip ``c`` (``0 <= c < chips``) is ``ChipModel().sample(chip_shape, seed=default_rng(SeedSequence(seed,
 spawn_key=(c,))))``; its placement ``p`` is ``Placement(permute_rows=True, seed=s_cp)`` with ``s_cp`` the
 first 32-bit word of ``SeedSequence(seed, spawn_key=(c, p)).generate_state(1)``. So the faults depend on
-``(seed, c, p, V)`` only: the same options give the same results, whatever the worker count.
+``(seed, c, p, V)`` only: the same options give the same results (``results.json`` byte for byte),
+whatever the worker count.
 
 With ``a_k(V)`` the accuracy of a model on pair ``k`` of the ``K = chips x placements`` pairs at voltage
 ``V`` and ``a_clean`` its accuracy read back without faults (quantization included)::
@@ -548,7 +549,8 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     ``out`` must not hold results unless ``force`` (checked before anything runs). Completed units are
     journaled to ``out/trials.jsonl``; on Ctrl-C during the sweep the finished units are written as usual
     and the result has ``interrupted=True``; during training ``KeyboardInterrupt`` propagates.
-    ``results.json`` holds no timings: the same configuration writes the same bytes.
+    ``results.json`` holds no timings and no run-only settings (workers, checkpoints): the same
+    configuration writes the same bytes, whatever the worker count (``run.json`` has the rest).
     """
     from saf_ref.experiments.campaign import Journal, clean_predictions
     from saf_ref.experiments.demo import check_out, load_dataset
