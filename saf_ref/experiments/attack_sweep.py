@@ -76,16 +76,21 @@ __all__ = [
 
 DEFAULT_BUDGETS = (0, 1, 2, 5, 10, 20, 50, 100, 320)
 
-#: The subjects the sweep can attack: name -> (method, transform, format) of the demo's Subject.
-SUBJECTS: dict[str, tuple[str, str, str]] = {
-    "robust_quant": ("robust_quant", "identity", "quant8"),
-    "clipping": ("clipping", "identity", "quant8"),
-    "randbet": ("randbet", "identity", "quant8"),
-    "randbet_noclip": ("randbet_noclip", "identity", "quant8"),
-    "saf_tanh_float32": ("saf", "tanh", "float32"),
-    "saf_tanh_q2.5": ("saf", "tanh", "q2.5"),
-    "baseline_float32": ("baseline", "identity", "float32"),
-    "baseline_q2.5": ("baseline", "identity", "q2.5"),
+#: The subjects the sweep can attack: name -> (method, transform, format, exposed). ``exposed="all"`` is the
+#: demo's spec (every parameter stored and exposed, batch norm and biases too); ``"weights"`` exposes only
+#: the conv/linear weights (the rest still stored, not attacked), to see what the transform alone does.
+SUBJECTS: dict[str, tuple[str, str, str, str]] = {
+    "robust_quant": ("robust_quant", "identity", "quant8", "all"),
+    "clipping": ("clipping", "identity", "quant8", "all"),
+    "randbet": ("randbet", "identity", "quant8", "all"),
+    "randbet_noclip": ("randbet_noclip", "identity", "quant8", "all"),
+    "advbet": ("advbet", "identity", "quant8", "all"),
+    "saf_tanh_float32": ("saf", "tanh", "float32", "all"),
+    "saf_tanh_q2.5": ("saf", "tanh", "q2.5", "all"),
+    "baseline_float32": ("baseline", "identity", "float32", "all"),
+    "baseline_q2.5": ("baseline", "identity", "q2.5", "all"),
+    "saf_tanh_float32_weights": ("saf", "tanh", "float32", "weights"),
+    "baseline_float32_weights": ("baseline", "identity", "float32", "weights"),
 }
 
 #: The record fields of results.json / results.csv: the demo's, with ``attack`` and ``budget`` for ``ber``.
@@ -128,6 +133,7 @@ class AttackSweepConfig:
     trials: int = 10
     attack_batch: int = 128
     candidates: int = 8
+    k_train: int = 20
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -136,7 +142,7 @@ class AttackSweepConfig:
     def demo_config(self) -> demo.DemoConfig:
         """The :class:`DemoConfig` that trains this sweep's models (only the float models it needs)."""
         chosen = [SUBJECTS[s] for s in self.subjects]
-        floats = [c for c in chosen if c[2] != "quant8"]
+        floats = [c for c in chosen if c[2] != "quant8"]  # the demo's quantized models are always trained
         transforms = tuple(t for t in ("identity", "tanh") if any(c[1] == t for c in floats))
         formats = tuple(f for f in ("float32", "q2.5") if any(c[2] == f for c in chosen))
         shared = {k: getattr(self, k) for k in _DEMO_FIELDS}
@@ -181,6 +187,7 @@ _OWN_CHECKS = {
     "trials": _positive,
     "attack_batch": _positive,
     "candidates": _positive,
+    "k_train": _positive,
 }
 
 
@@ -213,12 +220,13 @@ def _check_against_data(cfg: AttackSweepConfig, data, fn: str, name=str) -> None
 
 
 def _spec_of(subject: str, cfg: AttackSweepConfig):
+    """How ``subject`` is stored: the demo's spec (:func:`saf_ref.experiments.demo.build_subjects`)."""
     from saf_ref.protect import default_spec
 
-    method, transform, fmt = SUBJECTS[subject]
+    method, transform, fmt, exposed = SUBJECTS[subject]
     if fmt == "quant8":
-        return demo.quantized_spec(cfg.weight_clip if method in ("clipping", "randbet") else None)
-    return default_spec(fmt, transform)
+        return demo.quantized_spec(cfg.weight_clip if method in ("clipping", "randbet", "advbet") else None)
+    return default_spec(fmt, transform, expose_non_weights=exposed == "all")
 
 
 def _exposed_bits(spec, shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -383,10 +391,10 @@ def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
     budgets = sorted({r["budget"] for r in summary})
     rows = list(dict.fromkeys((r["subject"], r["attack"]) for r in summary))
     cells = {(r["subject"], r["attack"], r["budget"]): r["error_mean"] for r in summary}
-    head = f"{'model':<30}{'flips':<8}" + "".join(f"{b:>7}" for b in budgets)
+    head = f"{'model':<36}{'flips':<8}" + "".join(f"{b:>7}" for b in budgets)
     lines = ["test error (%) against the number of flipped bits", head, "-" * len(head)]
     for subject, attack in rows:
-        lines.append(f"{subject:<30}{attack:<8}" + "".join(
+        lines.append(f"{subject:<36}{attack:<8}" + "".join(
             f"{100 * cells[(subject, attack, b)]:>7.1f}" if (subject, attack, b) in cells else f"{'':>7}"
             for b in budgets))
     return "\n".join(lines)
@@ -398,9 +406,50 @@ def _log(cfg: AttackSweepConfig, message: str) -> None:
 
 
 def _subjects(cfg: AttackSweepConfig, data) -> list[Subject]:
-    """The demo's subjects (trained or loaded from checkpoints) that the sweep attacks, in its order."""
-    by_kind = {(s.method, s.transform, s.format): s for s in demo.build_subjects(cfg.demo_config(), data)}
-    return [by_kind[SUBJECTS[name]] for name in cfg.subjects]
+    """The subjects the sweep attacks, in its order: the demo's (trained or loaded from checkpoints, with
+    the weights-only variants' spec swapped in) and AdvBET (:func:`_advbet`)."""
+    dcfg = cfg.demo_config()
+    needs_demo = any(SUBJECTS[name][0] != "advbet" for name in cfg.subjects)
+    built = demo.build_subjects(dcfg, data) if needs_demo else []
+    trained = {(s.method, s.transform, s.format): s for s in built}
+    subjects = []
+    for name in cfg.subjects:
+        method, transform, fmt, exposed = SUBJECTS[name]
+        if method == "advbet":
+            params, state = _advbet(cfg, dcfg, data)
+            spec = _spec_of(name, cfg)
+            subjects.append(Subject("advbet", "identity", "quant8", cfg.model, params, state, spec))
+            continue
+        s = trained[(method, transform, fmt)]
+        if exposed == "weights":
+            s = replace(s, spec=_spec_of(name, cfg), label=f"{s.key}/weights")
+        subjects.append(s)
+    return subjects
+
+
+def _advbet(cfg: AttackSweepConfig, dcfg: demo.DemoConfig, data):
+    """AdvBET (:mod:`saf_ref.attack.advbet`) as the demo trains RandBET: the clipped 8-bit quantizer, the
+    demo's optimizer, schedule and seed, with the bits of every step chosen by a ``k_train``-flip attack
+    (the ``"gradient"`` method, one round) instead of drawn at random. Checkpoint ``advbet_k<k_train>``."""
+    from saf_ref.attack import AdvBETConfig
+    from saf_ref.train.loop import train
+    from saf_ref.train.optim import SGD
+    from saf_ref.train.randbet import RandBETConfig
+    from saf_ref.train.schedules import Cosine
+
+    init = demo.init_model(dcfg, data[0].shape[1], data[4])
+
+    def trainer():
+        randbet = RandBETConfig(p_train=0.0, weight_clip=cfg.weight_clip,
+                                adversarial=AdvBETConfig(k_train=cfg.k_train))
+        params, state, _ = train(*init, data[:4], model=cfg.model, spec=demo.quantized_spec(cfg.weight_clip),
+                                 epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                 optimizer=SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+                                 schedule=Cosine(cfg.lr, cfg.epochs), randbet=randbet, augment=None,
+                                 rng=cfg.seed + 1, verbose=False)  # fmt: skip
+        return params, state
+
+    return demo.train_or_load(dcfg, f"advbet_k{cfg.k_train}", trainer)
 
 
 def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: bool = False,
@@ -558,6 +607,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack-batch", type=int, metavar="N",
                         help="training images the attacker sees, >= 1 (default: 128)")
     parser.add_argument("--candidates", type=int, help="flips evaluated exactly per attack step (default: 8)")
+    parser.add_argument("--k-train", type=int, metavar="K",
+                        help="AdvBET: flips of the attack on every training step, >= 1 (default: 20)")
     parser.add_argument("--eval-limit", type=int, metavar="N",
                         help="score on the first N >= 1 test images only")
     parser.add_argument("--quiet", action="store_true", help="no progress output (the table still prints)")
@@ -568,7 +619,7 @@ def config_from_args(args: argparse.Namespace) -> AttackSweepConfig:
     base = AttackSweepConfig(verbose=False)
     base = replace(base, **QUICK) if args.quick else base
     names = ("dataset", "data_path", "model", "width", "epochs", "seed", "checkpoints", "subjects", "budgets",
-             "trials", "attack_batch", "candidates", "eval_limit")  # fmt: skip
+             "trials", "attack_batch", "candidates", "k_train", "eval_limit")  # fmt: skip
     values = asdict(base) | {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     values["budgets"], values["subjects"] = tuple(values["budgets"]), tuple(values["subjects"])
     values["verbose"] = not args.quiet
