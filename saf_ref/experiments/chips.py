@@ -448,43 +448,71 @@ def summarize_sweep(
 
 
 def savings(
-    summary: Sequence[Mapping[str, Any]], budgets: Sequence[float] = LOSS_BUDGETS
+    summary: Sequence[Mapping[str, Any]],
+    budgets: Sequence[float] = LOSS_BUDGETS,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """Per subject: the lowest voltage within each accuracy-loss budget and the energy saved there.
 
     Fields: ``subject, method, transform, format, bits, clean_accuracy`` and, for each budget ``b`` (in
-    percent, e.g. ``1``), ``voltage_<b>pct`` and ``energy_saving_<b>pct`` (None / 0.0 if even the
-    highest voltage loses more; see :func:`lowest_voltage`).
+    percent, e.g. ``1``), ``voltage_<b>pct`` and ``energy_saving_<b>pct`` from the mean accuracy curve
+    (None / 0.0 if even the highest voltage loses more; see :func:`lowest_voltage`). With ``records``
+    (the per-pair records), also ``energy_saving_<b>pct_pairs_mean``, ``..._ci_low``, ``..._ci_high``:
+    the rule applied to each (chip, placement) pair's own curve, the saving averaged over the pairs with
+    a Student-t interval (how much the saving varies from chip to chip).
     """
     from saf_ref.bits.energy import energy_saving
+    from saf_ref.experiments.stats import mean_interval
 
     out = []
     for subject in dict.fromkeys(r["subject"] for r in summary):
         rows = [r for r in summary if r["subject"] == subject]
         first = rows[0]
+        clean = first["clean_accuracy"]
         row = {k: first[k] for k in ("subject", "method", "transform", "format", "bits", "clean_accuracy")}
+        pairs: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+        for rec in records or ():
+            if rec["subject"] == subject:
+                pairs.setdefault((rec["chip"], rec["placement"]), []).append(rec)
         for b in budgets:
-            v = lowest_voltage([r["voltage"] for r in rows], [r["accuracy_mean"] for r in rows],
-                               first["clean_accuracy"], b)  # fmt: skip
+            v = lowest_voltage([r["voltage"] for r in rows], [r["accuracy_mean"] for r in rows], clean, b)
             tag = f"{100 * b:g}pct"
             row[f"voltage_{tag}"] = v
             row[f"energy_saving_{tag}"] = 0.0 if v is None else float(energy_saving(v))
+            if pairs:
+                per_pair = []
+                for recs in pairs.values():
+                    pv = lowest_voltage([r["voltage"] for r in recs], [r["accuracy"] for r in recs], clean, b)
+                    per_pair.append(0.0 if pv is None else float(energy_saving(pv)))
+                m, lo, hi = mean_interval(per_pair, confidence=confidence)
+                row[f"energy_saving_{tag}_pairs_mean"] = m
+                row[f"energy_saving_{tag}_pairs_ci_low"] = lo
+                row[f"energy_saving_{tag}_pairs_ci_high"] = hi
         out.append(row)
     return out
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], budgets: Sequence[float] = LOSS_BUDGETS) -> str:
-    """The savings table: clean accuracy, then per budget the lowest voltage and the energy saved (%)."""
+    """The savings table: clean accuracy, then per budget the lowest voltage of the mean curve, the
+    energy saved there (%), and (when computed) the per-chip saving's mean and interval."""
+    per_pair = bool(rows) and all(f"energy_saving_{100 * b:g}pct_pairs_mean" in rows[0] for b in budgets)
     head = f"{'method':<14}{'format':<9}{'bits':>5}{'clean':>7}"
     for b in budgets:
-        head += f"{f'V@{100 * b:g}%':>9}{f'saved@{100 * b:g}%':>11}"
+        head += f"{f'V@{100 * b:g}%':>8}{f'saved@{100 * b:g}%':>11}" + (
+            f"{'per chip':>19}" if per_pair else ""
+        )
     lines = [head, "-" * len(head)]
     for r in rows:
         line = f"{r['method']:<14}{r['format']:<9}{r['bits']:>5}{100 * r['clean_accuracy']:>7.1f}"
         for b in budgets:
             tag = f"{100 * b:g}pct"
             v = r[f"voltage_{tag}"]
-            line += f"{'-' if v is None else f'{v:.2f}':>9}{100 * r[f'energy_saving_{tag}']:>10.1f}%"
+            line += f"{'-' if v is None else f'{v:.2f}':>8}{100 * r[f'energy_saving_{tag}']:>10.1f}%"
+            if per_pair:
+                m, lo, hi = (100 * r[f"energy_saving_{tag}_pairs_{k}"] for k in ("mean", "ci_low", "ci_high"))
+                line += f"{f'{m:.1f} [{lo:.1f}, {hi:.1f}]':>19}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -582,7 +610,7 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     results, interrupted = _sweep(cfg, subjects, x, y, clean, journal)
     records = [rec for key in sorted(results, key=lambda k: (k[1], k[0])) for rec in results[key]]
     summary = summarize_sweep(records, clean_acc) if records else []
-    rows = savings(summary)
+    rows = savings(summary, LOSS_BUDGETS, records)
     # How the run was executed (workers, checkpoints, progress) does not change a result: run.json only.
     settings = {k: v for k, v in _jsonable(cfg).items() if k not in ("workers", "checkpoints", "verbose")}
     config = {"chips": settings, "chip_model": _chip_model_json(), "num_classes": data[4],

@@ -40,6 +40,10 @@ def test_writes_every_file_with_the_documented_fields(tiny_run):
     assert {c["subject"] for c in doc["clean"]} == SUBJECTS
     assert {c["subject"]: c["bits"] for c in doc["clean"]}["saf/tanh/float16"] == 16
     assert {r["subject"] for r in doc["savings"]} == SUBJECTS
+    for row in doc["savings"]:
+        for tag in ("1pct", "2pct"):
+            lo, mean, hi = (row[f"energy_saving_{tag}_pairs_{k}"] for k in ("ci_low", "mean", "ci_high"))
+            assert lo <= mean <= hi
     records = json.loads((run / "run.json").read_text())["records"]
     assert len(records) == len(SUBJECTS) * 2 * 2 * 3  # subjects x chips x placements x voltages
     assert len(doc["sweep"]) == len(SUBJECTS) * 3
@@ -164,6 +168,34 @@ def test_savings_rows_hand_computed():
     (row,) = chips.savings(rows)
     assert row["voltage_1pct"] == 0.9 and row["energy_saving_1pct"] == pytest.approx(0.19, abs=1e-15)
     assert row["voltage_2pct"] == 0.8 and row["energy_saving_2pct"] == pytest.approx(0.36, abs=1e-15)
+
+
+def test_per_chip_savings_hand_computed():
+    """Two (chip, placement) pairs with their own curves; the rule on each, then mean and t-interval."""
+    from scipy import stats
+
+    def rec(chip, v, acc):
+        return {"subject": "m", "chip": chip, "placement": 0, "voltage": v, "accuracy": acc}
+
+    records = [
+        rec(0, 1.0, 0.9),
+        rec(0, 0.9, 0.9),
+        rec(0, 0.8, 0.7),  # pair 0: 1 % -> 0.9
+        rec(1, 1.0, 0.9),
+        rec(1, 0.9, 0.9),
+        rec(1, 0.8, 0.895),
+    ]  # pair 1: 1 % -> 0.8
+    summary = [{"subject": "m", "method": "m", "transform": "identity", "format": "quant8", "bits": 8,
+                "clean_accuracy": 0.9, "voltage": v, "accuracy_mean": a}
+               for v, a in ((1.0, 0.9), (0.9, 0.9), (0.8, 0.7975))]  # fmt: skip
+    (row,) = chips.savings(summary, (0.01,), records)
+    assert row["voltage_1pct"] == 0.9  # the mean curve loses 10 points at 0.8
+    per_pair = [1 - 0.9**2, 1 - 0.8**2]
+    half = stats.t.ppf(0.975, 1) * np.std(per_pair, ddof=1) / np.sqrt(2)
+    assert row["energy_saving_1pct_pairs_mean"] == pytest.approx(np.mean(per_pair), abs=1e-15)
+    assert row["energy_saving_1pct_pairs_ci_low"] == pytest.approx(np.mean(per_pair) - half, rel=1e-12)
+    assert row["energy_saving_1pct_pairs_ci_high"] == pytest.approx(np.mean(per_pair) + half, rel=1e-12)
+    assert "per chip" in chips.format_table([row], (0.01,))
 
 
 def test_lowest_voltage_bad_input():
