@@ -3,9 +3,11 @@
 What it does, with no arguments, no network and only the shipped data:
 
 1. trains (or loads from ``--checkpoints``, the demo's checkpoint files) the demo's models with the
-   demo's settings (:func:`saf_ref.experiments.demo.build_subjects`) and keeps the *subjects* asked for:
-   8-bit robust quantization (plain, with weight clipping, clipping + RandBET, RandBET without clipping),
-   the SAF model ``w = tanh(u)`` and the plain baseline, each stored in float32 and in q2.5;
+   demo's settings (:func:`saf_ref.experiments.demo.build_subjects`) and keeps the *subjects* asked for
+   (:data:`SUBJECTS`): 8-bit robust quantization (plain, with weight clipping, clipping + RandBET, RandBET
+   without clipping), clipping + AdvBET (trained here the same way, :func:`_advbet`), the SAF model
+   ``w = tanh(u)`` and the plain baseline stored in float32 and in q2.5 with every parameter exposed, as
+   the demo stores them, and in float32 with only the conv/linear weights exposed;
 2. draws one *attack batch* from the **training** split (``--attack-batch`` images, seeded; the test
    split is never seen by the attacker) and attacks each subject once with the progressive bit search of
    :func:`saf_ref.attack.bit_flip_attack` with the largest budget;

@@ -239,3 +239,22 @@ def test_same_seed_same_bytes(sweep, tmp_path):
         return [{k: v for k, v in a.items() if k != "seconds"} for a in _load(out, "run.json")["attacks"]]
 
     assert untimed(again) == untimed(sweep)
+
+
+def test_ctrl_c_keeps_the_attacked_models_and_exits_130(sweep, tmp_path, monkeypatch, capsys):
+    real, calls = attack_sweep._sweep_subject, []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attack_sweep, "_sweep_subject", interrupted_on_the_second)
+    out = tmp_path / "cut"
+    assert main(["attack", "--out", str(out), "--checkpoints", str(sweep / "ckpt"), *TINY]) == 130
+    assert "interrupted: 1 of 4 models attacked" in capsys.readouterr().err
+    kept = _load(out, "results.json")
+    assert {r["subject"] for r in kept} == {SUBJECT_KEYS[0]}
+    assert kept == [r for r in _load(sweep, "results.json") if r["subject"] == SUBJECT_KEYS[0]]
+    assert _load(out, "run.json")["interrupted"] is True
