@@ -6,9 +6,10 @@ One loop trains every kind of model saf_ref has:
 - **SAF** (saturated weight transforms): ``transform="tanh"`` (shorthand for a storage spec that keeps
   every tensor in the parameters' own dtype and applies ``f`` to the conv/linear weights), or any
   ``spec``;
-- **through the storage pipeline** (robust quantization, weight clipping, RandBET): ``spec=`` a
+- **through the storage pipeline** (robust quantization, weight clipping, RandBET, AdvBET): ``spec=`` a
   :class:`~saf_ref.protect.storage.StorageSpec`, ``randbet=`` a
-  :class:`~saf_ref.train.randbet.RandBETConfig`.
+  :class:`~saf_ref.train.randbet.RandBETConfig` (AdvBET: with ``adversarial=`` an attack such as
+  :class:`saf_ref.attack.AdvBETConfig`, injected: this layer never imports the attack).
 
 With a spec, every step computes with the effective weights ``w = effective_weights(u, spec)``
 (:mod:`saf_ref.protect`, DESIGN.md section 1) and the optimizer updates the latents ``u`` with the
