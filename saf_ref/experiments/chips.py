@@ -316,6 +316,43 @@ def build_subjects(cfg: ChipsConfig, data) -> list:
     return subjects
 
 
+def specs(cfg: ChipsConfig) -> dict[str, Any]:
+    """How each subject is stored, by subject key (the specs of :func:`build_subjects`, no training)."""
+    from saf_ref.experiments.demo import quantized_spec
+    from saf_ref.protect import default_spec
+
+    out: dict[str, Any] = {}
+    for nbits in cfg.bits:
+        for method in QUANTIZED_METHODS:
+            out[f"{method}/quant{nbits}"] = quantized_spec(
+                None if method == "robust_quant" else cfg.weight_clip, nbits
+            )
+    for fmt in cfg.saf_formats:
+        out[f"saf/{cfg.saf_transform}/{fmt}"] = default_spec(fmt, cfg.saf_transform)
+    return out
+
+
+def check_fits(cfg: ChipsConfig, data, fn: str) -> None:
+    """Raise ``ValueError`` unless every stored model fits in a chip of ``cfg.chip_shape`` (checked on the
+    untrained model, whose tensors have the trained one's shapes, before any training)."""
+    from saf_ref.bits import Placement
+    from saf_ref.bits.placement import layout
+    from saf_ref.experiments.demo import init_model
+    from saf_ref.protect import store
+    from saf_ref.protect.inject import targets_of
+
+    params, _ = init_model(demo_config(cfg), data[0].shape[1], data[4])
+    for key, spec in specs(cfg).items():
+        try:
+            layout(targets_of(store(params, spec)), cfg.chip_shape, Placement())
+        except ValueError as err:
+            shape = " x ".join(map(str, cfg.chip_shape))
+            raise ValueError(
+                f"{fn}: chip_shape (--chip-shape) must hold every stored model, got {shape} cells, too few "
+                f"for {key} ({str(err).removeprefix('layout: ')})"
+            ) from None
+
+
 # ----------------------------------------------------------------------------------------- the sweep
 
 
@@ -586,11 +623,12 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     if not isinstance(cfg, ChipsConfig):
         raise TypeError(f"run_chips: cfg must be a ChipsConfig, got {validation.describe(cfg)}")
     out = check_out(out, force, "run_chips", outputs=OUTPUTS)
+    start = time.perf_counter()
+    data = load_dataset(cfg.dataset, cfg.data_path)
+    check_fits(cfg, data, "run_chips")  # before anything is written or trained
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:  # with force: nothing of an earlier run is left to mix with this one
         (out / name).unlink(missing_ok=True)
-    start = time.perf_counter()
-    data = load_dataset(cfg.dataset, cfg.data_path)
     _log(
         cfg, f"chips: {cfg.dataset}, model {cfg.model}, {cfg.epochs} epochs per method, bits {list(cfg.bits)}"
     )

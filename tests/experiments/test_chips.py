@@ -270,6 +270,25 @@ def test_out_with_results_is_refused_unless_force(tiny_run, tmp_path, capsys):
     assert (out / "savings.csv").read_text() != "keep me"
 
 
+def test_a_chip_too_small_for_a_model_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    from saf_ref.experiments import demo
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the chip size was checked")
+
+    monkeypatch.setattr(demo, "train_quantized", no_training)
+    monkeypatch.setattr(demo, "train_float", no_training)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("earlier results")
+    # small_cnn of width 4: 4*9 + 4*4*9 + 16*4*9 ... words; 8-bit words, 32 per 256-column row: > 8 rows
+    assert main(["chips", "--out", str(out), "--force", "--chip-shape", "1", "8", "256", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "chip_shape (--chip-shape) must hold every stored model, got 1 x 8 x 256 cells" in err
+    assert "the model must fit in the chip's 8 rows" in err
+    assert (out / "results.json").read_text() == "earlier results"  # nothing deleted or written
+
+
 def test_config_checks_name_fields():
     with pytest.raises(ValueError, match=r"^ChipsConfig: chips must be in \[1, inf\], got 0"):
         chips.ChipsConfig(chips=0)
