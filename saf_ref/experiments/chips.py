@@ -141,7 +141,7 @@ class ChipsConfig:
     bits: tuple[int, ...] = (8, 4)
     saf_transform: str = "tanh"
     saf_formats: tuple[str, ...] = ("q2.5", "float16")
-    chips: int = 5
+    chips: int = 10
     placements: int = 2
     chip_shape: tuple[int, int, int] = (4, 256, 256)
     voltages: tuple[float, ...] = DEFAULT_VOLTAGES
