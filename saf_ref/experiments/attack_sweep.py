@@ -7,7 +7,8 @@ What it does, with no arguments, no network and only the shipped data:
    (:data:`SUBJECTS`): 8-bit robust quantization (plain, with weight clipping, clipping + RandBET, RandBET
    without clipping), clipping + AdvBET (trained here the same way, :func:`_advbet`), the SAF model
    ``w = tanh(u)`` and the plain baseline stored in float32 and in q2.5 with every parameter exposed, as
-   the demo stores them, and in float32 with only the conv/linear weights exposed;
+   the demo stores them, and in float32 with only the conv/linear weights exposed (for SAF also with
+   inf/NaN words read as 0);
 2. draws one *attack batch* from the **training** split (``--attack-batch`` images, seeded; the test
    split is never seen by the attacker) and attacks each subject once with the progressive bit search of
    :func:`saf_ref.attack.bit_flip_attack` with the largest budget;
@@ -78,21 +79,24 @@ __all__ = [
 
 DEFAULT_BUDGETS = (0, 1, 2, 5, 10, 20, 50, 100, 320)
 
-#: The subjects the sweep can attack: name -> (method, transform, format, exposed). ``exposed="all"`` is the
-#: demo's spec (every parameter stored and exposed, batch norm and biases too); ``"weights"`` exposes only
-#: the conv/linear weights (the rest still stored, not attacked), to see what the transform alone does.
-SUBJECTS: dict[str, tuple[str, str, str, str]] = {
-    "robust_quant": ("robust_quant", "identity", "quant8", "all"),
-    "clipping": ("clipping", "identity", "quant8", "all"),
-    "randbet": ("randbet", "identity", "quant8", "all"),
-    "randbet_noclip": ("randbet_noclip", "identity", "quant8", "all"),
-    "advbet": ("advbet", "identity", "quant8", "all"),
-    "saf_tanh_float32": ("saf", "tanh", "float32", "all"),
-    "saf_tanh_q2.5": ("saf", "tanh", "q2.5", "all"),
-    "baseline_float32": ("baseline", "identity", "float32", "all"),
-    "baseline_q2.5": ("baseline", "identity", "q2.5", "all"),
-    "saf_tanh_float32_weights": ("saf", "tanh", "float32", "weights"),
-    "baseline_float32_weights": ("baseline", "identity", "float32", "weights"),
+#: The subjects the sweep can attack: name -> (method, transform, format, exposed, nonfinite).
+#: ``exposed="all"`` is the demo's spec (every parameter stored and exposed, batch norm and biases too);
+#: ``"weights"`` exposes only the conv/linear weights (the rest still stored, not attacked), to see what the
+#: transform alone does. ``nonfinite`` is the read policy: ``"zero"`` reads an inf/NaN word as 0 before the
+#: transform (tanh(NaN) is NaN, so without it one flip to a NaN pattern breaks a SAF model).
+SUBJECTS: dict[str, tuple[str, str, str, str, str]] = {
+    "robust_quant": ("robust_quant", "identity", "quant8", "all", "propagate"),
+    "clipping": ("clipping", "identity", "quant8", "all", "propagate"),
+    "randbet": ("randbet", "identity", "quant8", "all", "propagate"),
+    "randbet_noclip": ("randbet_noclip", "identity", "quant8", "all", "propagate"),
+    "advbet": ("advbet", "identity", "quant8", "all", "propagate"),
+    "saf_tanh_float32": ("saf", "tanh", "float32", "all", "propagate"),
+    "saf_tanh_q2.5": ("saf", "tanh", "q2.5", "all", "propagate"),
+    "baseline_float32": ("baseline", "identity", "float32", "all", "propagate"),
+    "baseline_q2.5": ("baseline", "identity", "q2.5", "all", "propagate"),
+    "saf_tanh_float32_weights": ("saf", "tanh", "float32", "weights", "propagate"),
+    "saf_tanh_float32_weights_nan0": ("saf", "tanh", "float32", "weights", "zero"),
+    "baseline_float32_weights": ("baseline", "identity", "float32", "weights", "propagate"),
 }
 
 #: The record fields of results.json / results.csv: the demo's, with ``attack`` and ``budget`` for ``ber``.
@@ -225,7 +229,7 @@ def _spec_of(subject: str, cfg: AttackSweepConfig):
     """How ``subject`` is stored: the demo's spec (:func:`saf_ref.experiments.demo.build_subjects`)."""
     from saf_ref.protect import default_spec
 
-    method, transform, fmt, exposed = SUBJECTS[subject]
+    method, transform, fmt, exposed, _ = SUBJECTS[subject]
     if fmt == "quant8":
         return demo.quantized_spec(cfg.weight_clip if method in ("clipping", "randbet", "advbet") else None)
     return default_spec(fmt, transform, expose_non_weights=exposed == "all")
@@ -416,15 +420,16 @@ def _subjects(cfg: AttackSweepConfig, data) -> list[Subject]:
     trained = {(s.method, s.transform, s.format): s for s in built}
     subjects = []
     for name in cfg.subjects:
-        method, transform, fmt, exposed = SUBJECTS[name]
+        method, transform, fmt, exposed, nonfinite = SUBJECTS[name]
         if method == "advbet":
             params, state = _advbet(cfg, dcfg, data)
             spec = _spec_of(name, cfg)
             subjects.append(Subject("advbet", "identity", "quant8", cfg.model, params, state, spec))
             continue
         s = trained[(method, transform, fmt)]
-        if exposed == "weights":
-            s = replace(s, spec=_spec_of(name, cfg), label=f"{s.key}/weights")
+        if exposed == "weights":  # the demo's trained model, stored with only its weights exposed
+            suffix = "/weights" + ("/nan0" if nonfinite == "zero" else "")
+            s = replace(s, spec=_spec_of(name, cfg), nonfinite=nonfinite, label=f"{s.key}{suffix}")
         subjects.append(s)
     return subjects
 

@@ -21,9 +21,10 @@ from saf_ref.train.checkpoint import load_checkpoint
 
 TINY = ["--epochs", "1", "--width", "4", "--budgets", "4", "0", "1", "--trials", "3", "--attack-batch", "16",
         "--eval-limit", "60", "--k-train", "2", "--quiet",
-        "--subjects", "robust_quant", "saf_tanh_q2.5", "advbet", "saf_tanh_float32_weights"]  # fmt: skip
+        "--subjects", "robust_quant", "saf_tanh_q2.5", "advbet", "saf_tanh_float32_weights",
+        "saf_tanh_float32_weights_nan0"]  # fmt: skip
 SUBJECT_KEYS = ("robust_quant/identity/quant8", "saf/tanh/q2.5", "advbet/identity/quant8",
-                "saf/tanh/float32/weights")  # fmt: skip
+                "saf/tanh/float32/weights", "saf/tanh/float32/weights/nan0")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -199,13 +200,17 @@ def test_plot_written_when_matplotlib_is_installed(sweep):
     assert (sweep / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("subject, ckpt, spec", [
-    ("robust_quant/identity/quant8", "robust_quant", demo.quantized_spec(None)),
-    ("saf/tanh/q2.5", "saf_tanh", default_spec("q2.5", "tanh")),
-    ("advbet/identity/quant8", "advbet_k2", demo.quantized_spec(0.3)),
-    ("saf/tanh/float32/weights", "saf_tanh", default_spec("float32", "tanh", expose_non_weights=False)),
+WEIGHTS_ONLY = default_spec("float32", "tanh", expose_non_weights=False)
+
+
+@pytest.mark.parametrize("subject, ckpt, spec, nonfinite", [
+    ("robust_quant/identity/quant8", "robust_quant", demo.quantized_spec(None), "propagate"),
+    ("saf/tanh/q2.5", "saf_tanh", default_spec("q2.5", "tanh"), "propagate"),
+    ("advbet/identity/quant8", "advbet_k2", demo.quantized_spec(0.3), "propagate"),
+    ("saf/tanh/float32/weights", "saf_tanh", WEIGHTS_ONLY, "propagate"),
+    ("saf/tanh/float32/weights/nan0", "saf_tanh", WEIGHTS_ONLY, "zero"),
 ])  # fmt: skip
-def test_replaying_the_recorded_flips_gives_the_recorded_accuracies(sweep, subject, ckpt, spec):
+def test_replaying_the_recorded_flips_gives_the_recorded_accuracies(sweep, subject, ckpt, spec, nonfinite):
     """From the files alone: the checkpoint, the attack's FaultList in run.json, the attack batch; the
     flips replayed through effective_weights give the test accuracy of results.json and the attack-batch
     accuracy of the attack's trajectory, at every budget."""
@@ -221,7 +226,10 @@ def test_replaying_the_recorded_flips_gives_the_recorded_accuracies(sweep, subje
                 if r["subject"] == subject and r["attack"] == "pbs"}  # fmt: skip
     fwd = model_fns("small_cnn")
     for k, acc in recorded.items():
-        w, _ = effective_weights(ck.params, spec, faults=FaultList(list(faults)[:k]))
+        w, _ = effective_weights(ck.params, spec, faults=FaultList(list(faults)[:k]), nonfinite=nonfinite)
+        if nonfinite == "zero":  # tanh of a finite or zeroed word: every weight in [-1, 1], whatever flips
+            shapes = {n: v.shape for n, v in w.items()}
+            assert all(np.all(np.abs(w[n]) <= 1) for n in w if param_role(n, shapes) == "weight")
         with np.errstate(all="ignore"):
             z_test, _, _ = fwd.forward(w, ck.state, d.x_test[:60], train=False)
             z_att, _, _ = fwd.forward(w, ck.state, d.x_train[idx], train=False)
@@ -253,7 +261,7 @@ def test_ctrl_c_keeps_the_attacked_models_and_exits_130(sweep, tmp_path, monkeyp
     monkeypatch.setattr(attack_sweep, "_sweep_subject", interrupted_on_the_second)
     out = tmp_path / "cut"
     assert main(["attack", "--out", str(out), "--checkpoints", str(sweep / "ckpt"), *TINY]) == 130
-    assert "interrupted: 1 of 4 models attacked" in capsys.readouterr().err
+    assert "interrupted: 1 of 5 models attacked" in capsys.readouterr().err
     kept = _load(out, "results.json")
     assert {r["subject"] for r in kept} == {SUBJECT_KEYS[0]}
     assert kept == [r for r in _load(sweep, "results.json") if r["subject"] == SUBJECT_KEYS[0]]
