@@ -81,6 +81,47 @@ def test_more_bit_errors_at_lower_voltage(tiny_run):
     assert sum(r["bit_errors"] for r in records if r["voltage"] == 0.72) > 0
 
 
+def test_a_record_against_the_chips_error_map_bit_by_bit(tiny_run):
+    """One record rebuilt without ChipFaults or inject: chip c and placement p of the documented
+    derivation, the cells of every stored bit from the placement module's layout, what the chip returns
+    from ErrorMap.read (the behaviour table), the count of changed bits and the accuracy of that model."""
+    from saf_ref.bits.placement import layout
+    from saf_ref.experiments.campaign import predict
+    from saf_ref.experiments.demo import load_dataset, quantized_spec
+    from saf_ref.protect import load, store
+    from saf_ref.protect.inject import targets_of
+    from saf_ref.train.checkpoint import load_checkpoint
+
+    c, p, v = 1, 1, 0.72
+    cfg = chips.ChipsConfig(
+        epochs=1, width=4, chips=2, placements=2, voltages=(1.0, 0.8, 0.72), eval_limit=60
+    )
+    ckpt = load_checkpoint(tiny_run / "ckpt" / "clipping_4bit.npz")
+    spec = quantized_spec(0.3, 4)
+    stored = store(ckpt.params, spec)
+    cells = layout(targets_of(stored), cfg.chip_shape, chips.placement_of(cfg, c, p))
+    emap = chips.chip_of(cfg, c).error_map(v)
+    written = np.zeros(cfg.chip_shape, np.uint8).reshape(-1)
+    new_codes, changed = {}, 0
+    for name in stored.exposed_names:
+        t = stored[name]
+        codes = t.codes.reshape(-1).astype(np.int64)
+        bits = (codes[:, None] >> np.arange(t.nbits)) & 1  # (words, nbits), bit 0 first
+        where = cells[name][:, None] + np.arange(t.nbits)
+        written[:] = 0
+        written[where] = bits
+        read = emap.read(written.reshape(cfg.chip_shape)).reshape(-1)[where].astype(np.int64)
+        changed += int(np.sum(read != bits))
+        new_codes[name] = (read << np.arange(t.nbits)).sum(axis=1).astype(t.codes.dtype).reshape(t.shape)
+    x, y = (a[:60] for a in load_dataset("digits")[2:4])
+    pred, _ = predict("small_cnn", load(stored.with_codes(new_codes), spec), ckpt.state, x)
+    records = json.loads((tiny_run / "run" / "run.json").read_text())["records"]
+    key = ("clipping/quant4", c, p, v)
+    (rec,) = [r for r in records if (r["subject"], r["chip"], r["placement"], r["voltage"]) == key]
+    assert changed > 0 and rec["bit_errors"] == changed
+    assert rec["accuracy"] == float(np.mean(pred == y))
+
+
 def test_plots_written_when_matplotlib_is_installed(tiny_run):
     pytest.importorskip("matplotlib")
     for name in ("accuracy_voltage.png", "energy_saved.png"):
