@@ -82,7 +82,7 @@ def _available_methods() -> list[str]:
 @pytest.mark.parametrize("method", ["threadpoolctl", "openblas"])
 def test_pin_limits_blas_to_one_thread_and_restores(method):
     if method not in _available_methods():
-        pytest.skip(f"{method} is not available with this NumPy build")
+        pytest.skip(f"the {method} route is not available here (no threadpoolctl, or no OpenBLAS in NumPy)")
     get = _blas_threads_reader(method)
     before = get()
     with determinism.blas_threads_pinned(method):
