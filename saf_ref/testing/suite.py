@@ -20,16 +20,19 @@ Statuses: ``pass``; ``known divergence`` (passed, with documented differences co
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
 from hypothesis.errors import Unsatisfiable
 
 from saf_ref.testing.checks import Check, Context, SuiteOptions, Unsupported, all_checks
@@ -314,6 +317,27 @@ def run_check(check: Check, backend: Any, options: SuiteOptions, *, spec: str = 
     return result
 
 
+@contextlib.contextmanager
+def _hypothesis_home_in_a_temporary_directory() -> Iterator[None]:
+    """Point hypothesis's storage at a temporary directory while the suite runs, then back.
+
+    The suite keeps no example database (``database=None``), but hypothesis still caches what it reads
+    from source files under its home directory, ``./.hypothesis`` by default: ``saf-ref check`` would
+    leave that folder in whatever directory it was run from.
+    """
+    try:
+        current = storage_directory(intent_to_write=False)
+    except TypeError:  # hypothesis before 6.13x: no keyword, and a plain Path for the home directory
+        current = storage_directory()
+    previous = getattr(current, "home_directory", current)
+    with tempfile.TemporaryDirectory(prefix="saf_ref_check_hypothesis_") as home:
+        set_hypothesis_home_dir(home)
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(previous)
+
+
 def run_suite(
     backend: Any,
     options: SuiteOptions | None = None,
@@ -345,9 +369,10 @@ def run_suite(
         raise TypeError(f"run_suite: give options or keyword options, not both (got {sorted(option_kwargs)})")
     info = describe_backend(backend)
     results = []
-    for check in select_checks(only, skip):
-        r = run_check(check, backend, options, spec=spec)
-        results.append(r)
-        if progress is not None:
-            progress(r)
+    with _hypothesis_home_in_a_temporary_directory():
+        for check in select_checks(only, skip):
+            r = run_check(check, backend, options, spec=spec)
+            results.append(r)
+            if progress is not None:
+                progress(r)
     return Report(info.name, info.device, info.dtype.name, info.roundoff, asdict(options), results, spec)

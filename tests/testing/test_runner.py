@@ -97,6 +97,27 @@ def test_check_usage_errors_exit_two(argv, message, capsys):
     assert re.search(message, err), err
 
 
+def test_check_leaves_no_hypothesis_folder_behind(tmp_path):
+    """hypothesis caches what it reads from source files under ./.hypothesis by default; ``saf-ref
+    check`` points it at a temporary directory while the suite runs (a separate process, as a user
+    runs it: pytest's own hypothesis plugin would hide the effect)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "saf_ref", "check", "numpy", "--examples", "2", "--only", "relu*"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_suite_gives_the_hypothesis_home_back():
+    from hypothesis.configuration import storage_directory
+
+    before = storage_directory(intent_to_write=False).home_directory
+    run_suite(NumpyBackend(), examples=2, only=["relu*"])
+    assert storage_directory(intent_to_write=False).home_directory == before
+
+
 # ----------------------------------------------------------------------------------------- loading
 BACKEND_FILE = """
 import numpy as np
