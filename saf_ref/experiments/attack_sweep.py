@@ -55,7 +55,14 @@ from saf_ref import validation
 from saf_ref.attack import bit_flip_attack
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.experiments import demo
-from saf_ref.experiments.campaign import SUMMARY_FIELDS, Journal, Subject, predict, write_atomic
+from saf_ref.experiments.campaign import (
+    SUMMARY_FIELDS,
+    Journal,
+    Subject,
+    predict,
+    write_atomic,
+    write_outputs,
+)
 from saf_ref.experiments.stats import mean_interval, wilson_interval
 from saf_ref.protect import inject, load, store
 
@@ -512,7 +519,10 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
     summary = summarize_attacks(trials, clean)
     result = AttackSweepResult(summary, trials, clean_rows, attacks, config, interrupted)
     table = format_table(result.summary)
-    plotted = _write_outputs(result, out, cfg, table, journal)
+    files = {"results.json": result.to_json, "run.json": result.to_run_json, "results.csv": result.to_csv,
+             "table.txt": table + "\n"}  # fmt: skip
+    plotted = write_outputs(out, files, journal, interrupted=result.interrupted, kept="completed records",
+                            plot=lambda: _try_plot(result, out / "results.png", cfg))  # fmt: skip
     print(table)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'}"
           + (f", {out / 'results.png'}" if plotted else " (install matplotlib for results.png)")
@@ -522,24 +532,6 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
 
 def _jsonable(cfg: AttackSweepConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _write_outputs(result: AttackSweepResult, out: Path, cfg: AttackSweepConfig, table: str,
-                   journal: Journal) -> bool:
-    """Write the result files (each atomically), then drop the journal; return whether a plot was made."""
-    try:
-        result.to_json(out / "results.json")
-        result.to_run_json(out / "run.json")
-        result.to_csv(out / "results.csv")
-        write_atomic(out / "table.txt", table + "\n")
-        plotted = not result.interrupted and _try_plot(result, out / "results.png", cfg)
-    except OSError as err:
-        raise OSError(f"{err}; the completed records are kept in {journal.path}") from err
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"while writing results; the completed records are kept in {journal.path}"
-                                ) from None
-    journal.path.unlink()
-    return plotted
 
 
 def _try_plot(result: AttackSweepResult, path: Path, cfg: AttackSweepConfig) -> bool:

@@ -55,6 +55,7 @@ __all__ = [
     "summarize",
     "SUMMARY_FIELDS",
     "write_atomic",
+    "write_outputs",
 ]
 
 
@@ -369,6 +370,39 @@ def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
     lines = Path(path).read_text(encoding="utf-8").split("\n")
     # Every complete line ends with a newline, so the last piece is "" unless a write was torn.
     return [json.loads(line) for line in lines[:-1] if line]
+
+
+def write_outputs(
+    out: Path,
+    files: Mapping[str, str | Callable[[Path], None]],
+    journal: Journal,
+    *,
+    plot: Callable[[], bool] | None = None,
+    interrupted: bool = False,
+    kept: str = "completed trials",
+) -> bool:
+    """Write a run's result files, then drop its journal; return whether a plot was made.
+
+    ``files`` maps a file name in ``out`` to its text (written with :func:`write_atomic`) or to a
+    function that writes that path itself (atomically, like :meth:`CampaignResult.to_json`); they are
+    written in order. ``plot()`` runs last, unless ``interrupted``: a plot of a cut run would miss the
+    units not reached. If a write fails (``OSError``) or is interrupted (``KeyboardInterrupt``), the
+    journal stays and the error says where: ``the <kept> are kept in <journal>``. Once every file is
+    written the journal is removed (``run.json`` holds the same records, in a deterministic order).
+    """
+    try:
+        for name, content in files.items():
+            if isinstance(content, str):
+                write_atomic(out / name, content)
+            else:
+                content(out / name)
+        plotted = not interrupted and plot is not None and plot()
+    except OSError as err:
+        raise OSError(f"{err}; the {kept} are kept in {journal.path}") from err
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"while writing results; the {kept} are kept in {journal.path}") from None
+    journal.path.unlink()
+    return plotted
 
 
 SUMMARY_FIELDS = (

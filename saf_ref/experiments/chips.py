@@ -693,38 +693,23 @@ def _write_outputs(
     result: ChipsResult, out: Path, table: str, journal, seconds: float, run_settings: dict[str, Any]
 ) -> bool:
     """Write every result file atomically, then drop the journal; return whether the plots were made."""
-    from saf_ref.experiments.campaign import write_atomic
+    from saf_ref.experiments.campaign import write_outputs
 
     def dump(doc: Any) -> str:
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
-    try:
-        write_atomic(out / "results.json", dump({"config": result.config, "clean": result.clean,
-                                                 "interrupted": result.interrupted, "savings": result.savings,
-                                                 "sweep": result.summary}))  # fmt: skip
-        write_atomic(
-            out / "run.json",
-            dump(
-                {
-                    "config": result.config,
-                    "seconds": seconds,
-                    "interrupted": result.interrupted,
-                    "records": result.records,
-                }
-            ),
-        )
-        write_atomic(out / "results.csv", _csv(result.summary))
-        write_atomic(out / "savings.csv", _csv(result.savings))
-        write_atomic(out / "table.txt", table + "\n")
-        plotted = not result.interrupted and _try_plot(result, out)
-    except OSError as err:
-        raise OSError(f"{err}; the completed units are kept in {journal.path}") from err
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"while writing results; the completed units are kept in {journal.path}"
-        ) from None
-    journal.path.unlink()
-    return plotted
+    files = {
+        "results.json": dump({"config": result.config, "clean": result.clean,
+                              "interrupted": result.interrupted, "savings": result.savings,
+                              "sweep": result.summary}),
+        "run.json": dump({"config": result.config, "seconds": seconds, "interrupted": result.interrupted,
+                          "records": result.records}),
+        "results.csv": _csv(result.summary),
+        "savings.csv": _csv(result.savings),
+        "table.txt": table + "\n",
+    }  # fmt: skip
+    return write_outputs(out, files, journal, interrupted=result.interrupted, kept="completed units",
+                         plot=lambda: _try_plot(result, out))  # fmt: skip
 
 
 def _try_plot(result: ChipsResult, out: Path) -> bool:

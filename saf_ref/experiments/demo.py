@@ -34,7 +34,7 @@ from typing import Any
 
 from saf_ref import validation
 from saf_ref.bits import Quantizer, get_format
-from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign, write_atomic
+from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign, write_outputs
 from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform, weight_scaling_spec
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
@@ -528,7 +528,10 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
         {"demo": _jsonable(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
     )
     table = format_table(result)
-    plotted = _write_outputs(result, out, cfg, table, journal)
+    files = {"results.json": result.to_json, "run.json": result.to_run_json, "results.csv": result.to_csv,
+             "table.txt": table + "\n"}  # fmt: skip
+    plotted = write_outputs(out, files, journal, interrupted=result.interrupted,
+                            plot=lambda: _try_plot(result, out / "results.png", cfg))  # fmt: skip
     print(table)
     print(
         f"\nwrote {out / 'results.json'}, {out / 'results.csv'}"
@@ -536,28 +539,6 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
         + f" in {time.perf_counter() - start:.0f}s"
     )
     return result
-
-
-def _write_outputs(result: CampaignResult, out: Path, cfg: DemoConfig, table: str, journal: Journal) -> bool:
-    """Write the result files (each atomically), then drop the journal; return whether a plot was made.
-
-    If a write fails or is interrupted, the journal stays, and the error says where it is.
-    """
-    try:
-        result.to_json(out / "results.json")
-        result.to_run_json(out / "run.json")
-        result.to_csv(out / "results.csv")
-        write_atomic(out / "table.txt", table + "\n")
-        # A plot of an interrupted sweep would miss the models not reached (and has panels with no data).
-        plotted = not result.interrupted and _try_plot(result, out / "results.png", cfg)
-    except OSError as err:
-        raise OSError(f"{err}; the completed trials are kept in {journal.path}") from err
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"while writing results; the completed trials are kept in {journal.path}"
-        ) from None
-    journal.path.unlink()  # run.json now holds the same records, in a deterministic order
-    return plotted
 
 
 def _try_plot(result: CampaignResult, path: Path, cfg: DemoConfig) -> bool:
