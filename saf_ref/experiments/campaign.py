@@ -51,6 +51,7 @@ __all__ = [
     "trial_rng",
     "predict",
     "run_trial",
+    "run_units",
     "run_campaign",
     "summarize",
     "SUMMARY_FIELDS",
@@ -266,6 +267,49 @@ def _leave_ctrl_c_to_the_parent() -> None:
     interrupted while waiting for work would otherwise die with a traceback on the user's terminal.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_units(
+    fn: Callable[[Any], Any],
+    units: Sequence[Any],
+    collect: Callable[[Any], None],
+    *,
+    executor: cf.Executor | None | str = "process",
+    max_workers: int | None = None,
+) -> bool:
+    """Run ``collect(fn(unit))`` for every unit, in this process or an executor; return whether Ctrl-C
+    stopped it.
+
+    ``executor``: ``"serial"`` or ``None`` runs the units here, in order; ``"process"`` makes a
+    ``ProcessPoolExecutor(max_workers)`` whose workers ignore SIGINT, for the duration of the call; any
+    other ``concurrent.futures.Executor`` is used as is and not shut down. ``collect`` runs in this process,
+    in completion order. On ``KeyboardInterrupt`` the pending units are cancelled, the collected ones
+    stay collected, and the result is ``True`` (an own pool is then shut down without waiting). ``fn`` must
+    be a module-level function for a process pool (it pickles).
+    """
+    if executor in ("serial", None):
+        try:
+            for unit in units:
+                collect(fn(unit))
+        except KeyboardInterrupt:
+            return True
+        return False
+    own_pool = executor == "process"
+    if own_pool:
+        executor = cf.ProcessPoolExecutor(max_workers=max_workers, initializer=_leave_ctrl_c_to_the_parent)
+    futures = [executor.submit(fn, unit) for unit in units]
+    interrupted = False
+    try:
+        for future in cf.as_completed(futures):
+            collect(future.result())
+    except KeyboardInterrupt:
+        interrupted = True
+        for future in futures:
+            future.cancel()
+    finally:
+        if own_pool:
+            executor.shutdown(wait=not interrupted, cancel_futures=True)
+    return interrupted
 
 
 def _run_unit(args: tuple) -> tuple[int, int, list[dict[str, Any]]]:
@@ -634,36 +678,14 @@ def run_campaign(
     progress_bar = _Progress(len(units), progress)
     results: dict[tuple[int, int], list[dict[str, Any]]] = {}
 
-    def collect(index: int, trial: int, records: list[dict[str, Any]]) -> None:
+    def collect(unit_result: tuple[int, int, list[dict[str, Any]]]) -> None:
+        index, trial, records = unit_result
         results[(index, trial)] = records
         if on_result is not None:
             on_result(records)
         progress_bar.step(f"{subjects[index].key}, trial {trial}")
 
-    interrupted = False
-    own_pool = executor == "process"
-    if executor in ("serial", None):
-        try:
-            for unit in units:
-                collect(*_run_unit(unit))
-        except KeyboardInterrupt:
-            interrupted = True
-    else:
-        if own_pool:
-            executor = cf.ProcessPoolExecutor(
-                max_workers=max_workers, initializer=_leave_ctrl_c_to_the_parent
-            )
-        futures = [executor.submit(_run_unit, unit) for unit in units]
-        try:
-            for future in cf.as_completed(futures):
-                collect(*future.result())
-        except KeyboardInterrupt:
-            interrupted = True
-            for future in futures:
-                future.cancel()
-        finally:
-            if own_pool:
-                executor.shutdown(wait=not interrupted, cancel_futures=True)
+    interrupted = run_units(_run_unit, units, collect, executor=executor, max_workers=max_workers)
     if interrupted and progress:
         print(f"\n  interrupted: keeping {len(results)} of {len(units)} completed trials", file=sys.stderr)
 

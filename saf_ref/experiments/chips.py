@@ -63,11 +63,9 @@ little narrower than an interval over chips alone would be.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -403,11 +401,6 @@ def _unit(args: tuple) -> tuple[int, int, list[dict[str, Any]]]:
     return index, c, run_unit(cfg, subject, x, y, clean, c)
 
 
-def _ignore_sigint() -> None:
-    """Worker initializer: Ctrl-C reaches every process of the terminal; only the parent handles it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def lowest_voltage(
     voltages: Sequence[float], accuracies: Sequence[float], clean: float, max_loss: float
 ) -> float | None:
@@ -575,36 +568,22 @@ def _log(cfg: ChipsConfig, message: str) -> None:
 def _sweep(cfg: ChipsConfig, subjects: list, x, y, clean: list, journal) -> tuple[dict, bool]:
     """Run every (subject, chip) unit, serially or in a process pool; return the records and whether
     Ctrl-C stopped it (pending units cancelled, finished ones kept)."""
+    from saf_ref.experiments.campaign import run_units
+
     units = [(i, c, cfg, s, x, y, clean[i]) for c in range(cfg.chips) for i, s in enumerate(subjects)]
     results: dict[tuple[int, int], list[dict[str, Any]]] = {}
     start = time.perf_counter()
 
-    def collect(i: int, c: int, records: list[dict[str, Any]]) -> None:
+    def collect(unit_result: tuple[int, int, list[dict[str, Any]]]) -> None:
+        i, c, records = unit_result
         results[(i, c)] = records
         journal(records)
         _log(cfg, f"  [{len(results)}/{len(units)}] {subjects[i].key}, chip {c}  "
                   f"({time.perf_counter() - start:.0f}s)")  # fmt: skip
 
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
-    if workers == 1:
-        try:
-            for unit in units:
-                collect(*_unit(unit))
-        except KeyboardInterrupt:
-            return results, True
-        return results, False
-    pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
-    futures = [pool.submit(_unit, unit) for unit in units]
-    interrupted = False
-    try:
-        for future in cf.as_completed(futures):
-            collect(*future.result())
-    except KeyboardInterrupt:
-        interrupted = True
-        for future in futures:
-            future.cancel()
-    finally:
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
+    executor = "serial" if workers == 1 else "process"
+    interrupted = run_units(_unit, units, collect, executor=executor, max_workers=workers)
     return results, interrupted
 
 
