@@ -239,9 +239,13 @@ checked = SWEEP <= 0.8  # where each small chip has enough failing cells for the
 print(f"largest |mean - analytic| / standard error, V <= 0.8: "
       f"{np.max(np.abs(mean - analytic)[checked] / sem[checked]):.2f}")
 assert np.all(np.abs(mean - analytic)[checked] < 4 * sem[checked])
+at = int(np.flatnonzero(SWEEP == 0.75)[0])
+print(f"at V = 0.75 the 40 chips' rates range from {many[:, at].min():.1e} to {many[:, at].max():.1e} "
+      f"({many[:, at].max() / many[:, at].min():.0f} times)")
+assert many[:, at].max() > 10 * many[:, at].min()  # chips differ: by more than ten times here
 
 fig, ax = plt.subplots(figsize=(7, 4))
-ax.semilogy(SWEEP, many.T, color="grey", lw=0.5, alpha=0.5)
+ax.semilogy(SWEEP, np.where(many > 0, many, np.nan).T, color="grey", lw=0.5, alpha=0.5)  # log: 0 not drawn
 ax.semilogy(SWEEP, mean, "o", color="tab:blue", ms=4, label="mean of 40 chips (measured)")
 ax.semilogy(SWEEP, analytic, "-", color="black", label=r"analytic $\Phi((\mu - V)/s)\,/\,2$")
 ax.plot([], [], color="grey", lw=0.5, label="one chip each")
@@ -250,11 +254,17 @@ ax.set_ylabel("bit-error rate (random data)")
 ax.set_ylim(1e-6, 0.1)
 ax.invert_xaxis()
 ax.legend()
-ax.set_title("chips differ: the same voltage, rates a few times apart", fontsize=10)
+ax.set_title("40 chips drawn from one model", fontsize=10)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Where the chips have enough failing cells (below 0.8), the mean of the forty measured rates lies within
+# a few standard errors of the analytic curve. Above 0.8 it sits below the curve, and that is no
+# contradiction: there the average over chips is carried by the rare chips with a large offset $X$, and
+# forty chips seldom include one. Chip to chip, the rate at one voltage varies by an order of magnitude;
+# that spread, not the average, decides how low a given chip can go.
+#
 # **Exercise 1.** A designer accepts an average bit-error rate of $10^{-3}$. With the default model, at
 # which voltage is the analytic rate exactly $10^{-3}$? Invert the formula by hand with `norm.ppf`.
 
@@ -486,7 +496,7 @@ assert np.allclose(energy_saving(np.array([0.9, 0.8])), [1 - 0.9**2, 1 - 0.8**2]
 # How low can a model go? We train two models the way `saf-ref chips` does, briefly (8 epochs): plain
 # **robust 8-bit quantization** (notebook 5), and **RandBET**: weight clipping at 0.3 plus training
 # through *independent random* bit errors at $p = 2\%$. Neither has seen a chip. Then each is evaluated
-# on 12 chips, each with its own random placement (rows permuted), at supply voltages from 0.90 down to
+# on 12 chips, each with its own random placement (rows permuted), at supply voltages from 0.85 down to
 # 0.65, chips and placements drawn exactly as `saf-ref chips` draws them (`chip_of`, `placement_of`).
 # Both models meet the same chips and placements.
 
@@ -507,14 +517,15 @@ assert min(clean_acc.values()) > 0.93
 
 # %%
 CHIPS = 12
-cfg = ChipsConfig(chips=CHIPS, placements=1, voltages=tuple(float(v) for v in SWEEP), chip_shape=chip.shape,
+VOLTS = np.round(np.arange(0.85, 0.649, -0.01), 2)  # above 0.85 under 1 cell in 10,000 fails (section 2)
+cfg = ChipsConfig(chips=CHIPS, placements=1, voltages=tuple(float(v) for v in VOLTS), chip_shape=chip.shape,
                   verbose=False)
 chips = [chip_of(cfg, c) for c in range(CHIPS)]
-acc = {name: np.zeros((CHIPS, len(SWEEP))) for name in models}  # accuracy per chip and voltage
+acc = {name: np.zeros((CHIPS, len(VOLTS))) for name in models}  # accuracy per chip and voltage
 for name, (params, state, spec) in models.items():
     stored = store(params, spec)
     for c, chip_c in enumerate(chips):
-        for j, v in enumerate(SWEEP):
+        for j, v in enumerate(VOLTS):
             faulty = inject(stored, ChipFaults(chip_c, v, placement_of(cfg, c, 0), record="errors"))
             pred, _ = predict("small_cnn", load(faulty.stored, spec), state, x_test)
             acc[name][c, j] = np.mean(pred == y_test)
@@ -533,7 +544,7 @@ assert [r["accuracy"] for r in records] == list(acc["randbet"][0])
 
 # %%
 BUDGETS = (0.01, 0.02)
-lowest = {(n, b): lowest_voltage(SWEEP, acc[n].mean(axis=0), clean_acc[n], b)
+lowest = {(n, b): lowest_voltage(VOLTS, acc[n].mean(axis=0), clean_acc[n], b)
           for n in models for b in BUDGETS}
 rows = []
 for n in models:
@@ -546,8 +557,8 @@ print_table(("model", "clean", "V @ 1 pt", "saved @ 1 pt", "V @ 2 pt", "saved @ 
 fig, ax = plt.subplots(figsize=(7.5, 4.2))
 for n in models:
     m = acc[n].mean(axis=0)
-    ax.plot(SWEEP, 100 * acc[n].T, color=COLORS[n], lw=0.5, alpha=0.35)
-    ax.plot(SWEEP, 100 * m, "o-", color=COLORS[n], ms=3,
+    ax.plot(VOLTS, 100 * acc[n].T, color=COLORS[n], lw=0.5, alpha=0.35)
+    ax.plot(VOLTS, 100 * m, "o-", color=COLORS[n], ms=3,
             label=f"{n}: saves {energy_saving(lowest[n, 0.01]):.0%} at V = {lowest[n, 0.01]:.2f}")
     ax.axvline(lowest[n, 0.01], color=COLORS[n], ls=":", lw=1)
 ax.set_xlabel("supply voltage V (relative to nominal)")
@@ -581,7 +592,7 @@ for n in models:
     assert energy_saving(lowest[n, 0.01]) > 0.3  # both save more than 30% within one point
 assert abs(lowest["quantized", 0.01] - lowest["randbet", 0.01]) <= 0.03 + 1e-9  # and are close there
 V_LOW = 0.70
-j = int(np.flatnonzero(SWEEP == V_LOW)[0])
+j = int(np.flatnonzero(VOLTS == V_LOW)[0])
 gap = mean_interval(acc["randbet"][:, j] - acc["quantized"][:, j])
 print(f"at V = {V_LOW}: plain {acc['quantized'][:, j].mean():.1%}, "
       f"RandBET {acc['randbet'][:, j].mean():.1%}; "
@@ -591,7 +602,7 @@ assert gap[1] > 0.1  # RandBET ahead by more than ten points: the lower end of t
 # %% [markdown]
 # **Exercise 3.** The table uses the *mean* curve. A memory is one chip: apply the rule to each chip's own
 # curve. For each model, what is the mean over the 12 chips of the energy saved at a two-point budget
-# (0 for a chip that loses more already at 0.90)? Walk down the voltages yourself.
+# (0 for a chip that loses more already at 0.85)? Walk down the voltages yourself.
 
 # %%
 # TODO: a dict {model name: mean energy saved per chip at a 2-point budget}
@@ -599,10 +610,10 @@ answer_3 = None
 
 
 # %% jupyter={"source_hidden": true}
-# Solution. Per chip: walk down from 0.90 (SWEEP is descending) while the loss stays within the budget.
+# Solution. Per chip: walk down from 0.85 (VOLTS is descending) while the loss stays within the budget.
 def lowest_per_chip(curve, clean, budget):
     best = None
-    for v, a in zip(SWEEP, curve, strict=True):
+    for v, a in zip(VOLTS, curve, strict=True):
         if clean - a > budget + 1e-9:  # accuracies are ratios of counts: allow rounding at the budget
             break
         best = v
@@ -621,7 +632,7 @@ for n in models:
 def test_3(saved):
     # the reference: the experiment's lowest_voltage on each chip's curve, and energy_saving
     for n in models:
-        per_chip = [lowest_voltage(SWEEP, acc[n][c], clean_acc[n], 0.02) for c in range(CHIPS)]
+        per_chip = [lowest_voltage(VOLTS, acc[n][c], clean_acc[n], 0.02) for c in range(CHIPS)]
         truth = np.mean([0.0 if v is None else energy_saving(v) for v in per_chip])
         assert abs(saved[n] - truth) < 1e-9, f"{n}: {truth:.4f}, not {saved[n]}"
 
