@@ -581,7 +581,7 @@ plt.show()
 #   chip model's numbers are assumptions, not a fit to a chip, this network stores only about 50,000
 #   bits, and the energy model is first-order. What carries over is the method, not the percentage.
 # - **At a one-point budget the two are close**: their lowest voltages differ by at most a step or two of
-#   the grid, and RandBET starts from a slightly lower clean accuracy. On the shipped digits, with a
+#   the grid, and here RandBET starts from a slightly lower clean accuracy. On the shipped digits, with a
 #   brief training, "RandBET saves the most" is not a claim these numbers can make.
 # - **Below the budget RandBET holds on much longer**: where the voltage is low enough to cost the plain
 #   model many points, RandBET, trained only on independent random flips, keeps far more of its accuracy
@@ -642,6 +642,6 @@ check(test_3, answer_3, solution_3)
 # %% [markdown]
 # The per-chip savings scatter around the mean curve's: a chip with a high offset $X$ fails earlier, one
 # with a low offset later. A product ships one voltage for all its chips, so it would pick the voltage for
-# its weaker chips (or profile each chip, as Stutz et al. discuss); a robust model widens the margin it
-# has for that. To go further: `saf-ref chips` runs this at 8 and 4 bits with clipping and SAF too, over
-# more chips and placements, and `load_profile` reads a measured chip in place of the model.
+# its weaker chips (or profile each chip); a robust model widens the margin it has for that. To go
+# further: `saf-ref chips` runs this at 8 and 4 bits with clipping and SAF too, over more chips and
+# placements, and `load_profile` reads a measured chip in place of the model.
