@@ -120,25 +120,14 @@ _DEMO_FIELDS = (*demo.TRAINING_FIELDS, "checkpoints", "eval_limit")
 
 
 @dataclass(frozen=True)
-class AttackSweepConfig:
+class AttackSweepConfig(demo.TrainingSettings):
     """Everything ``saf-ref attack`` does is decided here (``saf-ref attack --help`` maps options onto it).
 
-    The training fields and their defaults are the demo's (:class:`~saf_ref.experiments.demo.DemoConfig`),
-    so the models are the demo's and ``--checkpoints`` directories are shared with ``saf-ref demo``.
+    The training fields and their defaults are the demo's (inherited from
+    :class:`~saf_ref.experiments.demo.TrainingSettings`, first in the field order), so the models are the
+    demo's and ``--checkpoints`` directories are shared with ``saf-ref demo``.
     """
 
-    dataset: str = "digits"
-    data_path: str | None = None
-    model: str = "small_cnn"
-    width: int = 8
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    weight_clip: float = 0.3
-    p_train: float = 0.02
-    seed: int = 0
     checkpoints: str | None = None
     eval_limit: int | None = None
     subjects: tuple[str, ...] = tuple(SUBJECTS)

@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.experiments.demo import TRAINING_FIELDS, TrainingSettings
 
 __all__ = [
     "ChipsConfig",
@@ -111,31 +112,18 @@ OUTPUTS = ("results.json", "run.json", "results.csv", "savings.csv", "table.txt"
            "energy_saved.png", "trials.jsonl")  # fmt: skip
 QUANTIZED_METHODS = ("robust_quant", "clipping", "randbet")
 # The demo's fields that decide the models (its TRAINING_FIELDS) and its run options this experiment shares.
-_DEMO_FIELDS = ("dataset", "data_path", "model", "width", "epochs", "batch_size", "lr", "momentum",
-                "weight_decay", "weight_clip", "p_train", "seed", "eval_limit", "workers", "checkpoints",
-                "verbose")  # fmt: skip
+_DEMO_FIELDS = (*TRAINING_FIELDS, "eval_limit", "workers", "checkpoints", "verbose")
 
 
 @dataclass(frozen=True)
-class ChipsConfig:
+class ChipsConfig(TrainingSettings):
     """Everything ``saf-ref chips`` does is decided here (``saf-ref chips --help`` maps options onto it).
 
-    The fields shared with :class:`~saf_ref.experiments.demo.DemoConfig` mean the same and have the
-    same defaults, so checkpoints are shared with ``saf-ref demo``.
+    The training fields are inherited from :class:`~saf_ref.experiments.demo.TrainingSettings` (first in
+    the field order): they mean the same and have the same defaults as the demo's, so checkpoints are
+    shared with ``saf-ref demo``.
     """
 
-    dataset: str = "digits"
-    data_path: str | None = None
-    model: str = "small_cnn"
-    width: int = 8
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    weight_clip: float = 0.3
-    p_train: float = 0.02
-    seed: int = 0
     bits: tuple[int, ...] = (8, 4)
     saf_transform: str = "tanh"
     saf_formats: tuple[str, ...] = ("q2.5", "float16")
@@ -268,7 +256,7 @@ def placement_of(cfg: ChipsConfig, c: int, p: int):
 
 def demo_config(cfg: ChipsConfig):
     """The :class:`~saf_ref.experiments.demo.DemoConfig` whose models (and checkpoints) this run uses."""
-    from saf_ref.experiments.demo import TRAINING_FIELDS, DemoConfig
+    from saf_ref.experiments.demo import DemoConfig
 
     shared = {k: getattr(cfg, k) for k in TRAINING_FIELDS}
     return DemoConfig(**shared, checkpoints=cfg.checkpoints, verbose=cfg.verbose)

@@ -43,6 +43,8 @@ from saf_ref.train.schedules import Cosine
 
 __all__ = [
     "DemoConfig",
+    "TRAINING_FIELDS",
+    "TrainingSettings",
     "OUTPUTS",
     "QUICK",
     "check_out",
@@ -62,8 +64,14 @@ DEFAULT_RATES = (1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Everything the demo does is decided here (``saf-ref demo --help`` maps options onto it)."""
+class TrainingSettings:
+    """The settings that decide what training produces (:data:`TRAINING_FIELDS`), with the demo's defaults.
+
+    ``saf-ref attack`` and ``saf-ref chips`` configurations extend it, so their models and checkpoints
+    are the demo's. :class:`DemoConfig` takes its defaults from here but lists the fields in its own order
+    (the key order of ``run.json`` and of checkpoint metadata). The checks are :func:`check_fields`, run
+    by the configurations that extend it (a bare ``TrainingSettings`` is not checked).
+    """
 
     dataset: str = "digits"  # "digits", "mnist5k", "cifar10" (needs data_path)
     data_path: str | None = None
@@ -74,16 +82,41 @@ class DemoConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    weight_clip: float = 0.3
+    p_train: float = 0.02
+    seed: int = 0
+
+
+_TRAINING = TrainingSettings()
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything the demo does is decided here (``saf-ref demo --help`` maps options onto it).
+
+    The training fields take their defaults from :class:`TrainingSettings` (the field order is the demo's
+    own: it is the key order of ``run.json`` and of checkpoint metadata).
+    """
+
+    dataset: str = _TRAINING.dataset  # "digits", "mnist5k", "cifar10" (needs data_path)
+    data_path: str | None = _TRAINING.data_path
+    model: str = _TRAINING.model
+    width: int = _TRAINING.width
+    epochs: int = _TRAINING.epochs
+    batch_size: int = _TRAINING.batch_size
+    lr: float = _TRAINING.lr
+    momentum: float = _TRAINING.momentum
+    weight_decay: float = _TRAINING.weight_decay
     float_transforms: tuple[str, ...] = ("identity", "tanh", "arctan")
     float_formats: tuple[str, ...] = ("float32", "float16", "q2.5")
     # Weight scaling of the baseline's weights (no retraining), read with inf/NaN -> 0.
     scaled_formats: tuple[str, ...] = ("float32", "float16")
-    weight_clip: float = 0.3
-    p_train: float = 0.02
+    weight_clip: float = _TRAINING.weight_clip
+    p_train: float = _TRAINING.p_train
     rates: tuple[float, ...] = DEFAULT_RATES
     trials: int = 20
     eval_limit: int | None = None
-    seed: int = 0
+    seed: int = _TRAINING.seed
     workers: int | None = None
     checkpoints: str | None = None
     verbose: bool = True
@@ -325,12 +358,9 @@ def _log(cfg: DemoConfig, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-# The DemoConfig fields that decide what training produces. A checkpoint is reused only when they all
-# match: otherwise "--epochs 12" after a run with "--epochs 1" would silently evaluate the 1-epoch model.
-TRAINING_FIELDS = (
-    "dataset", "data_path", "model", "width", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-    "weight_clip", "p_train", "seed",
-)  # fmt: skip
+# The fields that decide what training produces. A checkpoint is reused only when they all match:
+# otherwise "--epochs 12" after a run with "--epochs 1" would silently evaluate the 1-epoch model.
+TRAINING_FIELDS = tuple(f.name for f in fields(TrainingSettings))
 
 
 def _check_reusable(cfg: DemoConfig, name: str, path: Path, metadata: dict[str, Any]) -> None:
