@@ -21,8 +21,9 @@ Subcommands
     Run the oracle kit's conformance suite on a backend (``numpy``, ``torch``, ``module:Name`` or
     ``file.py:Name``) and print a report; see :mod:`saf_ref.testing`.
 
-Each subcommand is a small function ``_cmd_<name>(args) -> int`` so that tests can call :func:`main`
-with an argument list and read stdout.
+Each subcommand is a small function ``_cmd_<name>(args) -> int``, or, for ``attack``, ``chips`` and
+``check``, the ``run_from_args(args) -> int`` of the module that also declares its options
+(:func:`_add_module_command`), so that tests can call :func:`main` with an argument list and read stdout.
 
 Exit status: 0 success; 1 ``check`` found a failing check; 2 a bad option or a failure the user can fix
 (a missing or unwritable file, a refused CIFAR pickle, a backend that does not import), reported as one
@@ -33,6 +34,7 @@ saying what was kept.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pickle
 import re
@@ -141,24 +143,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_attack(args: argparse.Namespace) -> int:
-    from saf_ref.experiments.attack_sweep import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_chips(args: argparse.Namespace) -> int:
-    from saf_ref.experiments.chips import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from saf_ref.testing.runner import run_from_args
-
-    return run_from_args(args)
-
-
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -167,6 +151,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_module_command(sub, name: str, module: str, **parser_options) -> None:
+    """Add subcommand ``name`` whose options and work live in ``module``: its ``add_arguments(parser)``
+    declares the options and its ``run_from_args(args) -> int`` runs the command."""
+    mod = importlib.import_module(module)
+    parser = sub.add_parser(name, **parser_options)
+    mod.add_arguments(parser)
+    parser.set_defaults(func=mod.run_from_args)
 
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
@@ -262,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress output (the table still prints)")
     demo.set_defaults(func=_cmd_demo)
 
-    from saf_ref.experiments.attack_sweep import add_arguments as add_attack_arguments
-
-    attack = sub.add_parser(
+    _add_module_command(
+        sub,
         "attack",
+        "saf_ref.experiments.attack_sweep",
         help="chosen bit flips (progressive bit search) against the demo's models, random flips as baseline",
         description=(
             "Train (or load with --checkpoints) the demo's models, attack each with the progressive bit "
@@ -276,13 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every option is checked before training. Exit status: 0 done, 2 bad option or unusable "
         "file (one line on stderr), 130 interrupted (the models attacked so far are written to --out).",
     )
-    add_attack_arguments(attack)
-    attack.set_defaults(func=_cmd_attack)
 
-    from saf_ref.experiments.chips import add_arguments as add_chips_arguments
-
-    chips = sub.add_parser(
+    _add_module_command(
+        sub,
         "chips",
+        "saf_ref.experiments.chips",
         help="the demo's models on persistent low-voltage chip faults: accuracy and energy against voltage",
         description=(
             "Train (or load with --checkpoints, shared with saf-ref demo) 8- and 4-bit robust-quantization, "
@@ -294,13 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every option is checked before training. Exit status: 0 done, 2 bad option or unusable "
         "file (one line on stderr), 130 interrupted (finished units written to --out).",
     )
-    add_chips_arguments(chips)
-    chips.set_defaults(func=_cmd_chips)
 
-    from saf_ref.testing.runner import add_arguments as add_check_arguments
-
-    check = sub.add_parser(
+    _add_module_command(
+        sub,
         "check",
+        "saf_ref.testing.runner",
         help="check a backend (numpy, torch, module:Name, file.py:Name) against saf_ref: the oracle kit",
         description=(
             "Run the conformance suite of saf_ref.testing on BACKEND: codecs, fault injection, quantizer, "
@@ -312,8 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
         "           saf-ref check examples/my_backend/backend.py:MyBackend",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_check_arguments(check)
-    check.set_defaults(func=_cmd_check)
     return parser
 
 
