@@ -471,20 +471,12 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
     start = time.perf_counter()
     data = demo.load_dataset(cfg.dataset, cfg.data_path)
     _check_against_data(cfg, data, fn, name)
-    out.mkdir(parents=True, exist_ok=True)
-    for n in demo.OUTPUTS:  # with force: no file of an earlier run is left to mix with this one
-        (out / n).unlink(missing_ok=True)
+    demo.prepare_out(out)
     _log(cfg, f"attack: {cfg.dataset}, model {cfg.model}, {cfg.epochs} epochs per method")
-    try:
-        subjects = _subjects(cfg, data)
-    except KeyboardInterrupt:
-        kept = f"models trained so far are in {cfg.checkpoints}" if cfg.checkpoints else "nothing was written"
-        raise KeyboardInterrupt(f"during training; {kept}") from None
+    subjects = demo.train_subjects(lambda: _subjects(cfg, data), cfg.checkpoints)
     idx = attack_batch_indices(data[0].shape[0], cfg.attack_batch, cfg.seed)
     x_attack, y_attack = data[0][idx], data[1][idx]
-    x_eval, y_eval = data[2], data[3]
-    if cfg.eval_limit is not None:
-        x_eval, y_eval = x_eval[: cfg.eval_limit], y_eval[: cfg.eval_limit]
+    x_eval, y_eval = demo.eval_split(data, cfg.eval_limit)
     _log(cfg, f"attack: {len(subjects)} models, budgets up to {max(cfg.budgets)} flips on {len(idx)} "
               f"training images, {cfg.trials} random trials, scored on {y_eval.shape[0]} test images")
     journal = Journal(out / "trials.jsonl")

@@ -585,7 +585,7 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     configuration writes the same bytes, whatever the worker count (``run.json`` has the rest).
     """
     from saf_ref.experiments.campaign import Journal, clean_predictions
-    from saf_ref.experiments.demo import check_out, load_dataset
+    from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
 
     if not isinstance(cfg, ChipsConfig):
         raise TypeError(f"run_chips: cfg must be a ChipsConfig, got {validation.describe(cfg)}")
@@ -593,20 +593,12 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     check_fits(cfg, data, "run_chips")  # before anything is written or trained
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # with force: nothing of an earlier run is left to mix with this one
-        (out / name).unlink(missing_ok=True)
+    prepare_out(out, OUTPUTS)
     _log(
         cfg, f"chips: {cfg.dataset}, model {cfg.model}, {cfg.epochs} epochs per method, bits {list(cfg.bits)}"
     )
-    try:
-        subjects = build_subjects(cfg, data)
-    except KeyboardInterrupt:
-        kept = f"models trained so far are in {cfg.checkpoints}" if cfg.checkpoints else "nothing was written"
-        raise KeyboardInterrupt(f"during training; {kept}") from None
-    x, y = data[2], data[3]
-    if cfg.eval_limit is not None:
-        x, y = x[: cfg.eval_limit], y[: cfg.eval_limit]
+    subjects = train_subjects(lambda: build_subjects(cfg, data), cfg.checkpoints)
+    x, y = eval_split(data, cfg.eval_limit)
     clean = [clean_predictions(s, x) for s in subjects]
     clean_acc = {s.key: float(np.mean(c == y)) for s, c in zip(subjects, clean, strict=True)}
     _log(cfg, f"chips: {len(subjects)} models x {cfg.chips} chips x {cfg.placements} placements x "

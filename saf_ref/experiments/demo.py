@@ -48,6 +48,9 @@ __all__ = [
     "OUTPUTS",
     "QUICK",
     "check_out",
+    "eval_split",
+    "prepare_out",
+    "train_subjects",
     "run_demo",
     "format_table",
     "load_dataset",
@@ -505,6 +508,31 @@ def format_table(result: CampaignResult, metric: str = "accuracy_mean") -> str:
     return "\n".join(lines)
 
 
+def prepare_out(out: Path, outputs: Sequence[str] = OUTPUTS) -> None:
+    """Make ``out`` and delete the ``outputs`` already there (with force: no file of an earlier run is left
+    to mix with this one). Call it after :func:`check_out` and every other check."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in outputs:
+        (out / name).unlink(missing_ok=True)
+
+
+def train_subjects(build: Callable[[], list[Subject]], checkpoints: str | None) -> list[Subject]:
+    """``build()``, the training step of a run; Ctrl-C during it raises ``KeyboardInterrupt`` with a note
+    on what was kept (the checkpoints written so far, or nothing)."""
+    try:
+        return build()
+    except KeyboardInterrupt:
+        kept = f"models trained so far are in {checkpoints}" if checkpoints else "nothing was written"
+        raise KeyboardInterrupt(f"during training; {kept}") from None
+
+
+def eval_split(data, limit: int | None):
+    """The evaluation images and labels ``(x, y)``: the test split of ``data``, its first ``limit`` only
+    when ``limit`` is given."""
+    x, y = data[2], data[3]
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
 def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) -> CampaignResult:
     """Train, sweep, and write ``results.json`` (a list of records), ``results.csv``, ``results.png``,
     ``table.txt`` and ``run.json`` (configuration, clean accuracies, per-trial records) to ``out``.
@@ -517,9 +545,7 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
     if not isinstance(cfg, DemoConfig):
         raise TypeError(f"run_demo: cfg must be a DemoConfig, got {validation.describe(cfg)}")
     out = check_out(out, force, "run_demo")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # with force: no file of an earlier run is left to mix with this one
-        (out / name).unlink(missing_ok=True)
+    prepare_out(out)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     _log(
@@ -527,14 +553,8 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
         f"demo: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "
         f"model {cfg.model}, {cfg.epochs} epochs per method",
     )
-    try:
-        subjects = build_subjects(cfg, data)
-    except KeyboardInterrupt:
-        kept = f"models trained so far are in {cfg.checkpoints}" if cfg.checkpoints else "nothing was written"
-        raise KeyboardInterrupt(f"during training; {kept}") from None
-    x_eval, y_eval = data[2], data[3]
-    if cfg.eval_limit is not None:
-        x_eval, y_eval = x_eval[: cfg.eval_limit], y_eval[: cfg.eval_limit]
+    subjects = train_subjects(lambda: build_subjects(cfg, data), cfg.checkpoints)
+    x_eval, y_eval = eval_split(data, cfg.eval_limit)
     _log(cfg, f"demo: bit-error sweep, {len(subjects)} models x {len(cfg.rates)} rates x {cfg.trials} trials "
               f"on {y_eval.shape[0]} test images")  # fmt: skip
     journal = Journal(out / "trials.jsonl")
