@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     formats = sub.add_parser("formats", help="list the number formats and their bit layouts")
     formats.set_defaults(func=_cmd_formats)
 
+    from saf_ref.experiments.demo import add_model_arguments
+
     demo = sub.add_parser(
         "demo",
         help="the main job: train plain, SAF and robust-quantized models, sweep bit-error rates, report",
@@ -235,10 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick", action="store_true", help="a one-minute version (fewer epochs, trials, rates)"
     )
-    demo.add_argument("--dataset", choices=("digits", "mnist5k", "cifar10"), help="default: digits")
-    demo.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
-    demo.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
-    demo.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
+    add_model_arguments(demo)
     demo.add_argument("--epochs", type=int, help="training epochs per model, >= 1 (default: 12; --quick: 6)")
     demo.add_argument(
         "--trials", type=int, help="fault patterns per bit-error rate, >= 1 (default: 20; --quick: 4)"

@@ -571,10 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"fewer epochs, trials and budgets ({QUICK['epochs']} epochs, {QUICK['trials']} "
                         f"trials, budgets up to {max(QUICK['budgets'])})")
-    parser.add_argument("--dataset", choices=demo.DATASETS, help="default: digits")
-    parser.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
-    parser.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
-    parser.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
+    demo.add_model_arguments(parser)
     parser.add_argument("--epochs", type=int, help="training epochs per model, >= 1 (default: 12)")
     parser.add_argument("--seed", type=int, help="seed of training, the attack batch and the random flips")
     parser.add_argument("--checkpoints", help="directory to save trained models to and load them from "

@@ -686,16 +686,15 @@ def _try_plot(result: ChipsResult, out: Path) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``saf-ref chips`` (used by :mod:`saf_ref.cli`)."""
+    from saf_ref.experiments.demo import add_model_arguments
+
     d = ChipsConfig.__dataclass_fields__
     parser.add_argument("--out", default="chips_results", help="output directory (default: chips_results)")
     parser.add_argument("--force", action="store_true", help="overwrite the results already in --out")
     parser.add_argument(
         "--quick", action="store_true", help="a short version (6 epochs, 3 chips, 1 placement, 9 voltages)"
     )
-    parser.add_argument("--dataset", choices=("digits", "mnist5k", "cifar10"), help="default: digits")
-    parser.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
-    parser.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
-    parser.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--epochs", type=int, help="training epochs per model, >= 1 (default: 12; --quick: 6)"
     )

@@ -43,6 +43,7 @@ from saf_ref.train.schedules import Cosine
 
 __all__ = [
     "DemoConfig",
+    "add_model_arguments",
     "TRAINING_FIELDS",
     "TrainingSettings",
     "OUTPUTS",
@@ -598,6 +599,16 @@ def _try_plot(result: CampaignResult, path: Path, cfg: DemoConfig) -> bool:
         return False
     plot_campaign(result, path, title=f"{cfg.model} on {cfg.dataset}: accuracy under random bit errors")
     return True
+
+
+def add_model_arguments(parser) -> None:
+    """The options that choose the data and the model, the same in ``saf-ref demo``, ``attack`` and
+    ``chips``: ``--dataset``, ``--data-path``, ``--model``, ``--width`` (none of them has a default
+    here: an option not given keeps the configuration's default)."""
+    parser.add_argument("--dataset", choices=DATASETS, help="default: digits")
+    parser.add_argument("--data-path", help="CIFAR-10 archive or folder (for --dataset cifar10)")
+    parser.add_argument("--model", help="small_cnn (default), resnet20, resnet18_cifar, resnet18")
+    parser.add_argument("--width", type=int, help="channels of the first stage (default: 8)")
 
 
 def config_from_args(args) -> DemoConfig:
