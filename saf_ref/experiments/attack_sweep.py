@@ -158,25 +158,13 @@ QUICK = {"epochs": 6, "trials": 4, "budgets": (0, 1, 2, 5, 10, 20, 50)}
 
 
 def _check_budgets(budgets: Any, name: str, fn: str) -> None:
-    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence):
-        raise TypeError(f"{fn}: {name} must be a sequence of flip counts, got {validation.describe(budgets)}")
-    if len(budgets) == 0:
-        raise ValueError(f"{fn}: {name} must list at least one flip count, got none")
-    for b in budgets:
-        validation.check_int(b, name, fn, low=0)
-    if len(set(budgets)) != len(budgets):
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(budgets)}")
+    demo.check_sequence(budgets, name, fn, items="flip counts", empty="list at least one flip count",
+                        each=lambda b: validation.check_int(b, name, fn, low=0))  # fmt: skip
 
 
 def _check_subjects(subjects: Any, name: str, fn: str) -> None:
-    if isinstance(subjects, (str, bytes)) or not isinstance(subjects, Sequence):
-        raise TypeError(f"{fn}: {name} must be a sequence of names, got {validation.describe(subjects)}")
-    if len(subjects) == 0:
-        raise ValueError(f"{fn}: {name} must name at least one of {tuple(SUBJECTS)}, got none")
-    for s in subjects:
-        validation.check_choice(s, name, fn, tuple(SUBJECTS))
-    if len(set(subjects)) != len(subjects):
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(subjects)}")
+    demo.check_sequence(subjects, name, fn, items="names", empty=f"name at least one of {tuple(SUBJECTS)}",
+                        each=lambda s: validation.check_choice(s, name, fn, tuple(SUBJECTS)))  # fmt: skip
 
 
 def _positive(value: Any, name: str, fn: str) -> None:

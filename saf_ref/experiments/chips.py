@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
-from saf_ref.experiments.demo import TRAINING_FIELDS, TrainingSettings
+from saf_ref.experiments.demo import TRAINING_FIELDS, TrainingSettings, check_sequence
 
 __all__ = [
     "ChipsConfig",
@@ -144,51 +144,39 @@ class ChipsConfig(TrainingSettings):
 
 
 def _check_bits(bits: Any, name: str, fn: str) -> None:
-    if isinstance(bits, (str, bytes)) or not isinstance(bits, Sequence):
-        raise TypeError(f"{fn}: {name} must be a sequence of integers, got {validation.describe(bits)}")
-    if len(bits) == 0:
-        raise ValueError(f"{fn}: {name} must list at least one width, got none")
-    for b in bits:
-        validation.check_int(b, name, fn, low=2, high=16)
-    if len(set(bits)) != len(bits):
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(bits)}")
+    check_sequence(bits, name, fn, items="integers", empty="list at least one width",
+                   each=lambda b: validation.check_int(b, name, fn, low=2, high=16))  # fmt: skip
 
 
 def _check_voltages(volts: Any, name: str, fn: str) -> None:
     from saf_ref.bits import ChipModel
 
     lo, hi = ChipModel().voltage_range
-    if isinstance(volts, (str, bytes)) or not isinstance(volts, Sequence):
-        raise TypeError(f"{fn}: {name} must be a sequence of voltages, got {validation.describe(volts)}")
-    if len(volts) == 0:
-        raise ValueError(f"{fn}: {name} must list at least one voltage, got none")
-    for v in volts:
+
+    def check_voltage(v: Any) -> None:
         x = validation.check_real(v, name, fn)
         if not lo <= x <= hi:  # NaN fails too
             raise ValueError(
                 f"{fn}: {name} must be voltages inside the chip model's range [{lo}, {hi}] (relative to "
                 f"nominal), got {v!r}"
             )
-    if len(set(volts)) != len(volts):
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(volts)}")
+
+    check_sequence(volts, name, fn, items="voltages", each=check_voltage, empty="list at least one voltage")
 
 
 def _check_formats(formats: Any, name: str, fn: str) -> None:
     from saf_ref.bits import get_format
 
-    if isinstance(formats, (str, bytes)) or not isinstance(formats, Sequence):
-        raise TypeError(
-            f"{fn}: {name} must be a sequence of format names, got {validation.describe(formats)}"
-        )
-    for f in formats:
+    def check_format(f: Any) -> None:
         try:
             get_format(f)
         except (TypeError, ValueError):
             raise ValueError(
                 f"{fn}: {name} must be format names such as 'q2.5', 'float16' or 'float32', got {f!r}"
             ) from None
-    if len(set(formats)) != len(formats):
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(formats)}")
+
+    # no saf_formats at all is allowed: a run without the SAF model
+    check_sequence(formats, name, fn, items="format names", each=check_format, empty=None)
 
 
 def _check_transform(value: Any, name: str, fn: str) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "OUTPUTS",
     "QUICK",
     "check_out",
+    "check_sequence",
     "eval_split",
     "prepare_out",
     "train_subjects",
@@ -159,18 +160,28 @@ def _real(ok: Callable[[float], bool], expected: str) -> Callable[[Any, str, str
     return check
 
 
+def check_sequence(values: Any, name: str, fn: str, *, items: str, each: Callable[[Any], None],
+                   empty: str | None) -> None:
+    """Check a list option: a sequence (not a string) of ``items``, each passing ``each(item)``, no value
+    twice (a repeated value would be counted twice), and, unless ``empty`` is None, not empty
+    (``<fn>: <name> must <empty>, got none``)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{fn}: {name} must be a sequence of {items}, got {validation.describe(values)}")
+    if empty is not None and len(values) == 0:
+        raise ValueError(f"{fn}: {name} must {empty}, got none")
+    for value in values:
+        each(value)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{fn}: {name} must be distinct, got {list(values)}")
+
+
 def _check_rates(rates: Any, name: str, fn: str) -> None:
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(
-            f"{fn}: {name} must be a sequence of bit-error rates, got {validation.describe(rates)}"
-        )
-    if len(rates) == 0:
-        raise ValueError(f"{fn}: {name} must list at least one bit-error rate, got none")
-    for rate in rates:
+    def check_rate(rate: Any) -> None:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"{fn}: {name} must be bit-error rates in [0, 1], got {rate!r}")
-    if len(set(rates)) != len(rates):  # a repeated rate would be counted twice in its cell
-        raise ValueError(f"{fn}: {name} must be distinct, got {list(rates)}")
+
+    check_sequence(rates, name, fn, items="bit-error rates", each=check_rate,
+                   empty="list at least one bit-error rate")  # fmt: skip
 
 
 def _check_model(model: Any, name: str, fn: str) -> None:
