@@ -164,8 +164,11 @@ def test_same_seed_same_results_for_any_worker_count(tiny_run, tmp_path):
     args = ["chips", "--out", str(again), "--checkpoints", str(tiny_run / "ckpt"), "--workers", "2", *TINY]
     assert main(args) == 0
     assert (again / "results.json").read_bytes() == (tiny_run / "run" / "results.json").read_bytes()
-    first, second = (json.loads((d / "run.json").read_text())["records"] for d in (tiny_run / "run", again))
-    assert first == second
+    first, second = (json.loads((d / "run.json").read_text()) for d in (tiny_run / "run", again))
+    assert first["records"] == second["records"]
+    # How each run was executed is kept in run.json (and only there).
+    assert first["run"]["workers"] == 1 and second["run"]["workers"] == 2
+    assert second["run"]["checkpoints"] == str(tiny_run / "ckpt")
 
 
 def test_chips_and_placements_are_fixed_by_the_seed():
