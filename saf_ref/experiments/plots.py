@@ -2,6 +2,8 @@
 
 :func:`plot_campaign` draws accuracy against bit-error rate (log scale), one line per stored model with
 its confidence band over trials; float models on the left, quantized models on the right.
+:func:`plot_vulnerability_map` draws a :class:`saf_ref.attack.VulnerabilityMap` as a heatmap, tensors by
+bit positions.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
-__all__ = ["plot_campaign"]
+__all__ = ["plot_campaign", "plot_vulnerability_map"]
 
 _FORMAT_STYLE = {"float32": "-", "float16": "--", "q2.5": ":", "quant8": "-"}
 _TRANSFORM_COLOR = {
@@ -106,3 +109,49 @@ def plot_campaign(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_vulnerability_map(
+    vmap,
+    path: str | os.PathLike,
+    *,
+    column: str = "loss_increase_mean",
+    floor: float = 1e-4,
+    title: str | None = None,
+) -> np.ndarray:
+    """Save a PNG heatmap of one column of a vulnerability map: exposed tensors (rows) by bit positions.
+
+    Parameters
+    ----------
+    vmap : VulnerabilityMap
+        From :func:`saf_ref.attack.vulnerability_map`.
+    path : path of the PNG to write
+    column : str
+        Which record field to draw (default the mean exact loss increase of one flip); any numeric column
+        :meth:`VulnerabilityMap.matrix` accepts.
+    floor : float
+        The colour scale is ``log10(max(value, floor))``: damage spans orders of magnitude, and a flip that
+        lowers the loss (a negative value) is drawn at the floor.
+    title : str, optional
+
+    Returns
+    -------
+    ndarray, shape (tensors, bits)
+        The drawn values, ``log10(max(M, floor))`` with NaN where a tensor has no such bit (blank cells).
+    """
+    if not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor > 0):
+        raise ValueError(f"plot_vulnerability_map: floor must be a finite number > 0, got {floor!r}")
+    tensors, m = vmap.matrix(column)
+    with np.errstate(invalid="ignore"):
+        drawn = np.where(np.isnan(m), np.nan, np.log10(np.maximum(m, floor)))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * m.shape[1], 1.0 + 0.32 * len(tensors)))
+    image = ax.imshow(drawn, cmap="magma", aspect="auto", vmin=np.log10(floor))
+    ax.set_xticks(range(m.shape[1]), [str(b) for b in range(m.shape[1])])
+    ax.set_yticks(range(len(tensors)), tensors, fontsize=8)
+    ax.set_xlabel("bit position (0 = least significant)")
+    fig.colorbar(image, ax=ax, label=f"log10 {column} (floored at {floor:g})")
+    ax.set_title(title or f"{column} of one flip, by tensor and bit", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
