@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import os
 import threading
@@ -44,6 +45,9 @@ _depth = 0  # nesting depth of blas_threads_pinned across threads
 _restore: Callable[[], None] | None = None
 
 
+# Looked up once per process: the libraries loaded do not change, and the hot loops pin on every epoch,
+# evaluation and prediction (a failed import or a glob + dlopen each time would be wasted work).
+@functools.cache
 def _bundled_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     """``(get_num_threads, set_num_threads)`` of the OpenBLAS bundled with NumPy's wheel, or None."""
     numpy_dir = os.path.dirname(np.__file__)
@@ -69,6 +73,7 @@ def _bundled_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     return None
 
 
+@functools.cache
 def _threadpoolctl_limits():
     try:
         from threadpoolctl import threadpool_limits
