@@ -69,6 +69,7 @@ from saf_ref.nn.pool import (
     maxpool2d_backward,
     maxpool2d_forward,
 )
+from saf_ref.nn.taps import apply_tap, check_tap_hook, resnet_taps
 from saf_ref.validation import check_choice, check_float, check_float_dtype, check_int, check_ndim, check_rng
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "resnet_backward",
     "resnet_forward",
     "resnet_shapes",
+    "resnet_tap_names",
 ]
 
 
@@ -190,6 +192,17 @@ def _resnet_shapes(arch, num_classes, in_channels, width, fn):
     return params, state
 
 
+def resnet_tap_names(arch: str) -> tuple[str, ...]:
+    """The activation tap names of a ResNet, in forward order (see :mod:`saf_ref.nn.taps`).
+
+    ``resnet_tap_names("resnet20")`` is ``("relu", "layer1.0.relu1", "layer1.0.relu2", ...,
+    "layer3.2.relu2")``: the stem's ReLU, then both ReLUs of every basic block. They do not depend on
+    ``width``, ``num_classes`` or ``in_channels``.
+    """
+    spec = _arch_spec(arch, "resnet_tap_names")
+    return resnet_taps(prefix for prefix, *_ in _blocks(spec, spec.widths))
+
+
 # --------------------------------------------------------------------------------------------------
 # Initialization
 # --------------------------------------------------------------------------------------------------
@@ -291,6 +304,7 @@ def basic_block_forward(
     stride: int,
     train: bool,
     act_clip: float | None = None,
+    activation_faults: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], BasicBlockCache]:
     """One residual basic block, as ``torchvision.models.resnet.BasicBlock``.
 
@@ -306,6 +320,9 @@ def basic_block_forward(
         Batch statistics (and running-statistics update) or running statistics.
     act_clip : float or None
         Ceiling ``c > 0`` of both ReLUs (activation clipping, ``nn.Hardtanh(0, c)``); ``None``: ReLU.
+    activation_faults : callable or None
+        A tap hook ``hook(name, h) -> h`` called after each ReLU, with the tap names
+        ``f"{prefix}relu1"`` and ``f"{prefix}relu2"`` (:mod:`saf_ref.nn.taps`); ``None``: no tap.
 
     Returns
     -------
@@ -321,11 +338,14 @@ def basic_block_forward(
     every ``relu`` is ``relu_c(z) = min(max(z, 0), c)``.
     """
     act_clip = check_act_clip(act_clip, "basic_block_forward")
+    hook = check_tap_hook(activation_faults, "basic_block_forward")
     new_state: dict[str, np.ndarray] = {}
     h, branch1 = conv_bn_forward(
         x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, train=train
     )
     h, relu1 = act_forward(h, act_clip)
+    if hook is not None:
+        h = apply_tap(hook, f"{prefix}relu1", h)
     h, branch2 = conv_bn_forward(
         h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, train=train
     )
@@ -344,6 +364,8 @@ def basic_block_forward(
     else:
         shortcut, downsample = x, None
     y, relu_out = act_forward(h + shortcut, act_clip)
+    if hook is not None:
+        y = apply_tap(hook, f"{prefix}relu2", y)
     return y, new_state, BasicBlockCache(prefix, branch1, relu1, branch2, downsample, relu_out)
 
 
@@ -391,6 +413,7 @@ def resnet_forward(
     arch: str,
     train: bool,
     act_clip: float | None = None,
+    activation_faults: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], ResNetCache]:
     """Forward pass of a ResNet; PyTorch equivalent: ``model.train(train); logits = model(x)``.
 
@@ -411,6 +434,10 @@ def resnet_forward(
     act_clip : float or None
         Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (``nn.Hardtanh(0, c)``;
         the ceiling is rounded to ``x.dtype``). ``None`` (default): plain ReLU, bit for bit.
+    activation_faults : callable or None
+        A tap hook ``hook(name, h) -> h`` called after every ReLU with its tap name
+        (:func:`resnet_tap_names`), e.g. a :class:`saf_ref.faults_act.ActivationFaults`; the network
+        computes on with what it returns. ``None`` (default): no tap, bit for bit the plain forward pass.
 
     Returns
     -------
@@ -434,6 +461,7 @@ def resnet_forward(
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
     act_clip = check_act_clip(act_clip, fn)
+    hook = check_tap_hook(activation_faults, fn)
     check_float(x, "x", fn)
     check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     if not isinstance(params, dict):
@@ -457,6 +485,8 @@ def resnet_forward(
         x, params, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train
     )
     h, stem_relu = act_forward(h, act_clip)
+    if hook is not None:
+        h = apply_tap(hook, "relu", h)
     stem_pool = None
     if spec.stem == "imagenet":
         h, stem_pool = maxpool2d_forward(h, kernel_size=3, stride=2, padding=1)
@@ -464,7 +494,7 @@ def resnet_forward(
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
         h, block_state, block_cache = basic_block_forward(
-            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip
+            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip, activation_faults=hook
         )
         new_state.update(block_state)
         block_caches.append(block_cache)

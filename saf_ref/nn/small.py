@@ -29,6 +29,7 @@ from saf_ref.nn.blocks import (
 )
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
+from saf_ref.nn.taps import apply_tap, check_tap_hook, mlp_taps, small_cnn_taps
 from saf_ref.validation import check_float, check_float_dtype, check_int, check_ndim, check_rng
 
 __all__ = [
@@ -40,9 +41,11 @@ __all__ = [
     "mlp_backward",
     "mlp_forward",
     "mlp_shapes",
+    "mlp_tap_names",
     "small_cnn_backward",
     "small_cnn_forward",
     "small_cnn_shapes",
+    "small_cnn_tap_names",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -61,6 +64,12 @@ def small_cnn_shapes(
     ``width * 2**(i-1)`` channels, then ``fc``.
     """
     return _small_cnn_shapes(in_channels, num_classes, width, "small_cnn_shapes")
+
+
+def small_cnn_tap_names() -> tuple[str, ...]:
+    """The activation tap names of the small CNN (:mod:`saf_ref.nn.taps`): ``("relu1", "relu2", "relu3")``,
+    the ReLU after ``bn{i}``."""
+    return small_cnn_taps(len(SMALL_CNN_STRIDES))
 
 
 def _small_cnn_shapes(in_channels, num_classes, width, fn):
@@ -150,6 +159,7 @@ def small_cnn_forward(
     *,
     train: bool,
     act_clip: float | None = None,
+    activation_faults: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], SmallCNNCache]:
     """Forward pass of the small CNN (PyTorch: an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU, then
     ``AdaptiveAvgPool2d(1)``, ``Flatten`` and ``Linear``).
@@ -164,6 +174,10 @@ def small_cnn_forward(
     act_clip : float or None
         Activation clipping: every ReLU becomes ``min(max(z, 0), act_clip)`` (PyTorch:
         ``nn.Hardtanh(0, act_clip)``). ``None`` (default): plain ReLU, bit for bit.
+    activation_faults : callable or None
+        A tap hook ``hook(name, h) -> h`` called after each ReLU with its tap name (``relu1``, ``relu2``,
+        ``relu3``; :func:`small_cnn_tap_names`), e.g. a :class:`saf_ref.faults_act.ActivationFaults`.
+        ``None`` (default): no tap, bit for bit the plain forward pass.
 
     Returns
     -------
@@ -179,6 +193,7 @@ def small_cnn_forward(
     fn = "small_cnn_forward"
     _check_model_inputs(fn, params, state, x, train, ndim=4)
     act_clip = check_act_clip(act_clip, fn)
+    hook = check_tap_hook(activation_faults, fn)
     if params["conv1.weight"].ndim != 4 or params["fc.weight"].ndim != 2:
         raise ValueError(f"{fn}: params['conv1.weight'] must be 4-D and params['fc.weight'] 2-D")
     width, in_channels = params["conv1.weight"].shape[:2]
@@ -200,6 +215,8 @@ def small_cnn_forward(
             h, params, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
         )
         h, relu_cache = act_forward(h, act_clip)
+        if hook is not None:
+            h = apply_tap(hook, f"relu{i}", h)
         layers.append((cb, relu_cache))
     h, pool_cache = global_avgpool_forward(h)
     logits, fc_cache = linear_forward(h, params["fc.weight"], params["fc.bias"])
@@ -252,6 +269,17 @@ def _mlp_shapes(in_features, hidden, num_classes, fn):
     return shapes
 
 
+def mlp_tap_names(params_or_layers: dict[str, np.ndarray] | int) -> tuple[str, ...]:
+    """The activation tap names of an MLP (:mod:`saf_ref.nn.taps`): ``relu1 .. relu{L-1}`` for ``L`` linear
+    layers, given as the number ``L`` or as the MLP's ``params`` (``fc1.weight`` ... ``fc{L}.bias``)."""
+    fn = "mlp_tap_names"
+    if isinstance(params_or_layers, dict):
+        n = len([k for k in params_or_layers if k.startswith("fc") and k.endswith(".weight")])
+    else:
+        n = check_int(params_or_layers, "params_or_layers", fn, low=1)
+    return mlp_taps(n)
+
+
 def init_mlp(
     in_features: int,
     *,
@@ -298,6 +326,7 @@ def mlp_forward(
     *,
     train: bool,
     act_clip: float | None = None,
+    activation_faults: Any = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], MLPCache]:
     """Forward pass of the MLP (PyTorch: ``Flatten`` then ``Linear``/``ReLU`` layers).
 
@@ -313,6 +342,9 @@ def mlp_forward(
         Unused (no batch norm or dropout); accepted for a uniform interface.
     act_clip : float or None
         Ceiling of every hidden ReLU, ``min(max(z, 0), act_clip)``; ``None`` (default): plain ReLU.
+    activation_faults : callable or None
+        A tap hook ``hook(name, h) -> h`` called after each hidden ReLU (tap ``relu{i}`` after ``fc{i}``;
+        :func:`mlp_tap_names`). ``None`` (default): no tap, bit for bit the plain forward pass.
 
     Returns
     -------
@@ -328,6 +360,7 @@ def mlp_forward(
     fn = "mlp_forward"
     _check_model_inputs(fn, params, state, x, train, ndim=None)
     act_clip = check_act_clip(act_clip, fn)
+    hook = check_tap_hook(activation_faults, fn)
     if x.ndim < 2:
         raise ValueError(f"{fn}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
     n_layers = len(params) // 2
@@ -351,6 +384,8 @@ def mlp_forward(
         relu_cache = None
         if i < n_layers:
             h, relu_cache = act_forward(h, act_clip)
+            if hook is not None:
+                h = apply_tap(hook, f"relu{i}", h)
         layers.append((lin_cache, relu_cache))
     return h, {}, MLPCache(x.shape, tuple(layers), tuple(params), act_clip)
 
