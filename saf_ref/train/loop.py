@@ -59,7 +59,14 @@ from saf_ref.nn.registry import ModelFns, model_fns
 from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, default_spec, effective_weights
 from saf_ref.train import checkpoint as ckpt
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
-from saf_ref.train.randbet import RandBETConfig, StepInfo, clip_weights, errors_on_after, randbet_gradients
+from saf_ref.train.randbet import (
+    RandBETConfig,
+    StepInfo,
+    clip_weights,
+    curriculum_errors_on,
+    errors_on_after,
+    randbet_gradients,
+)
 from saf_ref.validation import (
     check_bool,
     check_choice,
@@ -81,6 +88,10 @@ __all__ = [
 ]
 
 AUGMENTATIONS = ("crop_flip", "crop", "flip", None)
+# The record keys about bit errors (dropped for the transform= shorthand, which stores exactly).
+_ERROR_KEYS = (
+    "errors_on", "perturbed_loss", "flips", "adversarial_loss", "batches", "error_batches", "errors_on_next"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +281,8 @@ def _augment(x: np.ndarray, how: str | None, pad: int, rng: np.random.Generator)
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """One progress line, e.g. ``epoch  3/10  lr 0.05000  loss 0.4312  train 87.20%  test 90.10%
-    1234 img/s  5.2 s``, plus the bit-error state when the record has one."""
+    1234 img/s  5.2 s``, plus the bit-error state when the record has one (``errors on in 12/20 batches
+    (perturbed loss 0.5123)`` with the per-batch curriculum)."""
     test = "" if record["test_acc"] is None else f"  test {100 * record['test_acc']:6.2f}%"
     width = len(str(epochs))
     line = (
@@ -280,13 +292,15 @@ def format_epoch(record: dict[str, Any], epochs: int) -> str:
     )
     if "errors_on" not in record:
         return line
+    # With the per-batch curriculum, in how many steps (e.g. "errors on in 12/20 batches").
+    where = f" in {record['error_batches']}/{record['batches']} batches" if "error_batches" in record else ""
     if record["errors_on"] and record.get("adversarial_loss") is not None:
         return line + (
-            f"  errors on (perturbed loss {record['perturbed_loss']:.4f}, "
+            f"  errors on{where} (perturbed loss {record['perturbed_loss']:.4f}, "
             f"adversarial {record['adversarial_loss']:.4f})"
         )
     if record["errors_on"]:
-        return line + f"  errors on (perturbed loss {record['perturbed_loss']:.4f})"
+        return line + f"  errors on{where} (perturbed loss {record['perturbed_loss']:.4f})"
     return line + "  errors off"
 
 
@@ -432,10 +446,17 @@ def train(
 
     Notes
     -----
-    - **Curriculum.** With ``randbet.curriculum_loss = t`` errors are off in epoch 0; at the start of
-      epoch ``e >= 1`` they are switched on if the mean clean loss of epoch ``e - 1`` was below ``t``,
-      and stay on until the end (:func:`saf_ref.train.randbet.errors_on_after`). (The reference code
-      decides per batch and can switch back off; a per-epoch latch is easier to reproduce and read.)
+    - **Curriculum.** With ``randbet.curriculum_loss = t`` errors are off in the first step. With
+      ``randbet.curriculum = "batch"`` (the default, the reference code's rule) every step decides the
+      next: on if its clean loss was below ``1.15 t`` and the mean of its clean and perturbed losses at
+      most ``t``, off otherwise (:func:`saf_ref.train.randbet.curriculum_errors_on`); the state carries
+      over epochs and checkpoints. Each record then also has ``batches`` (steps), ``error_batches``
+      (steps with errors on) and ``errors_on_next`` (the state the epoch left); ``errors_on`` says
+      whether any step had errors, and ``perturbed_loss`` / ``adversarial_loss`` are means over those
+      steps' images. With
+      ``curriculum = "epoch"`` (a latch) errors are switched on at the start of epoch ``e >= 1`` if the
+      mean clean loss of epoch ``e - 1`` was below ``t``, and stay on until the end
+      (:func:`saf_ref.train.randbet.errors_on_after`).
     - **Weight clipping** projects the weight latents once before the first step and after every
       step; the reference code projects before every step, which is the same sequence of weights.
     - **Determinism.** Never mutates its inputs. The result depends only on the arguments, bit for bit,
@@ -501,8 +522,11 @@ def train(
             weights = params if spec is None else effective_weights(params, spec, nonfinite=nonfinite)[0]
             test = evaluate(weights, state, x_test, y_test, model=fns, batch_size=eval_batch_size)
             record["test_acc"], record["test_loss"] = test.accuracy, test.loss
+        if records_errors or config.batch_curriculum:
+            # (the per-epoch latch is only run for records that keep errors_on, as before)
+            next_errors_on = errors_on_after(record, config)
         if not records_errors:
-            for key in ("errors_on", "perturbed_loss", "flips", "adversarial_loss"):
+            for key in _ERROR_KEYS:
                 record.pop(key, None)
         history.append(record)
         if verbose:
@@ -513,8 +537,8 @@ def train(
             )
         if callback is not None:
             callback(epoch, params, state, record)
-        if records_errors:
-            errors_on = errors_on_after(record, config)
+        if records_errors or config.batch_curriculum:
+            errors_on = next_errors_on
     return params, state, history
 
 
@@ -522,12 +546,19 @@ def _train_epoch(
     fns, params, state, opt_state, x_train, y_train, epoch, base_seed, spec, randbet, errors_on,
     optimizer, schedule, batch_size, augment, pad, label_smoothing, nonfinite,
 ):  # fmt: skip
-    """One pass over the training set; returns ``(record, params, state, opt_state)``."""
+    """One pass over the training set; returns ``(record, params, state, opt_state)``.
+
+    ``errors_on`` is the curriculum's state for the first step; with the per-batch rule every step
+    updates it (:func:`saf_ref.train.randbet.curriculum_errors_on`), otherwise it holds for the epoch.
+    """
     epoch_rng = np.random.default_rng([base_seed, epoch])  # batches and augmentation
     fault_rng = np.random.default_rng([base_seed, epoch, 1])  # bit-error patterns
     lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
+    per_batch = randbet is not None and randbet.batch_curriculum
+    epoch_errors_on = errors_on
     t0 = time.perf_counter()
     loss_sum, pert_sum, adv_sum, n_correct, n_seen, flips = 0.0, 0.0, 0.0, 0, 0, 0
+    n_on, on_batches, n_batches = 0, 0, 0  # images and steps with errors on, steps
     for xb, yb in iterate_minibatches(x_train, y_train, batch_size, rng=epoch_rng):
         xb = _augment(xb, augment, pad, epoch_rng)
         params, state, opt_state, info = train_step(
@@ -538,12 +569,24 @@ def _train_epoch(
         loss_sum += info.loss * xb.shape[0]
         if info.errors_on:
             pert_sum += info.perturbed_loss * xb.shape[0]
+            n_on += xb.shape[0]
+            on_batches += 1
         if info.adversarial_loss is not None:
             adv_sum += info.adversarial_loss * xb.shape[0]
         n_correct += info.n_correct
         n_seen += xb.shape[0]
         flips += info.n_flips
+        n_batches += 1
+        if per_batch:
+            errors_on = curriculum_errors_on(info.loss, info.perturbed_loss, randbet.curriculum_loss)
     seconds = time.perf_counter() - t0
+    if per_batch:  # means over the steps that had errors
+        any_on = on_batches > 0
+        pert_mean, adv_mean = (pert_sum / n_on, adv_sum / n_on) if any_on else (None, None)
+    else:  # errors on in every step or in none (the divisions are those of the code before issue 16)
+        any_on = epoch_errors_on
+        pert_mean = pert_sum / max(n_seen, 1) if any_on else None
+        adv_mean = adv_sum / max(n_seen, 1) if any_on else None
     record = {
         "epoch": epoch,
         "lr": lr,
@@ -551,14 +594,18 @@ def _train_epoch(
         "train_acc": n_correct / max(n_seen, 1),
         "test_acc": None,
         "test_loss": None,
-        "errors_on": errors_on,
-        "perturbed_loss": pert_sum / max(n_seen, 1) if errors_on else None,
+        "errors_on": any_on,
+        "perturbed_loss": pert_mean,
         "flips": flips,
         "seconds": seconds,
         "images_per_s": n_seen / seconds if seconds > 0 else float("inf"),
     }
+    if per_batch:
+        record["batches"] = n_batches
+        record["error_batches"] = on_batches
+        record["errors_on_next"] = errors_on
     if randbet is not None and randbet.adversarial is not None:
-        record["adversarial_loss"] = adv_sum / max(n_seen, 1) if errors_on else None
+        record["adversarial_loss"] = adv_mean
     return record, params, state, opt_state
 
 

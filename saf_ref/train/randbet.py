@@ -27,8 +27,14 @@ replayed in the perturbed pass (``randbet_gradients(adversarial=...)``), alone o
 (``p_train > 0``: ``g = (g_clean + clamp(g_rand) + clamp(g_adv)) / 3``). See
 :mod:`saf_ref.attack.advbet` for what the reference code does and what is chosen here.
 
+**Curriculum** (``RandBETConfig(curriculum_loss=tau)``): bit errors start off and are switched per batch
+by the reference code's rule (:func:`curriculum_errors_on`, ``curriculum="batch"``, the default), or
+once per epoch by a latch that never switches them off again (``curriculum="epoch"``, saf_ref's rule
+before issue 16; :func:`errors_on_after`).
+
 This module holds the per-batch algorithms (:func:`randbet_gradients`, :func:`clip_weights`, the
-curriculum :func:`errors_on_after`); the one training loop, :func:`saf_ref.train.loop.train`, runs them
+curriculum :func:`curriculum_errors_on` and :func:`errors_on_after`); the one training loop,
+:func:`saf_ref.train.loop.train`, runs them
 when it is given a storage spec and a :class:`RandBETConfig`. Without bit errors (``p_train = 0``) the
 same path trains SAF models and robust quantization alone: plain training through the pipeline.
 
@@ -72,14 +78,24 @@ from saf_ref.protect.storage import (
 )
 
 __all__ = [
+    "CURRICULA",
+    "CURRICULUM_MARGIN",
     "AdversarialErrors",
     "RandBETConfig",
     "RandBETGradients",
     "StepInfo",
     "clip_weights",
+    "curriculum_errors_on",
     "errors_on_after",
     "randbet_gradients",
 ]
+
+
+#: The curriculum rules of :class:`RandBETConfig`: per batch (the reference code's) or a per-epoch latch.
+CURRICULA = ("batch", "epoch")
+#: The per-batch rule lets errors on only while the clean loss is below ``CURRICULUM_MARGIN * tau``
+#: (the reference code's ``threshold*1.15``).
+CURRICULUM_MARGIN = 1.15
 
 
 def _check_params(params: Any, fn: str) -> dict[str, np.ndarray]:
@@ -156,14 +172,23 @@ class RandBETConfig:
         your model's weight range). None: no clipping. The latents then never leave the box, so the
         same clip in the spec (``default_spec(..., weight_clip=w_max)``) is redundant but harmless.
     curriculum_loss : float or None
-        If given, bit errors stay off until an epoch's mean clean training loss falls below this value;
-        they are on from the next epoch to the end (see :func:`errors_on_after`). None: on from the start.
+        ``tau``: bit errors start off and are switched by the curriculum rule ``curriculum``. None: no
+        curriculum, errors on from the first step to the last.
     adversarial : AdversarialErrors or None
         AdvBET: an attack (e.g. ``saf_ref.attack.AdvBETConfig(k_train=20)``) run on every step's batch
         against the current stored model; its flips are replayed in one more perturbed pass, combined
         with the clean gradient like the random one (see :func:`randbet_gradients`). With
         ``p_train > 0`` too, every step has both perturbed passes, averaged with the clean gradient.
         None: random bit errors only.
+    curriculum : {"batch", "epoch"}, default "batch"
+        The rule that switches errors with ``curriculum_loss = tau`` (ignored without it):
+
+        - ``"batch"`` (Stutz et al.'s reference code, ``average_simple_curriculum``): after every step,
+          errors are on for the next step if the step's clean loss was below ``1.15 tau`` and the mean
+          of its clean and perturbed losses at most ``tau``, and off otherwise; they can switch off again
+          (:func:`curriculum_errors_on`);
+        - ``"epoch"``: a latch, errors on from the epoch after the first whose mean clean loss fell below
+          ``tau``, and never off again (:func:`errors_on_after`); saf_ref's only rule before issue 16.
     """
 
     p_train: float
@@ -171,6 +196,7 @@ class RandBETConfig:
     weight_clip: float | None = None
     curriculum_loss: float | None = None
     adversarial: AdversarialErrors | None = None
+    curriculum: str = "batch"
 
     def __post_init__(self) -> None:
         fn = "RandBETConfig"
@@ -183,6 +209,12 @@ class RandBETConfig:
                 f"{fn}: adversarial must be None or an attack with faults(), check() and to_dict() "
                 f"(e.g. saf_ref.attack.AdvBETConfig), got {validation.describe(self.adversarial)}"
             )
+        validation.check_choice(self.curriculum, "curriculum", fn, CURRICULA)
+
+    @property
+    def batch_curriculum(self) -> bool:
+        """Whether the loop switches errors per batch (a perturbed pass, a threshold and ``"batch"``)."""
+        return self.perturbs and self.curriculum_loss is not None and self.curriculum == "batch"
 
     @property
     def perturbs(self) -> bool:
@@ -193,7 +225,9 @@ class RandBETConfig:
         """The configuration as JSON-able numbers (as a checkpoint's metadata stores it).
 
         ``"adversarial"`` (the attack's own :meth:`AdversarialErrors.to_dict`) appears only with an
-        attack, so RandBET checkpoints written before AdvBET existed keep their identity.
+        attack, and ``"curriculum": "batch"`` only with a threshold and the per-batch rule, so checkpoints
+        written before AdvBET and the per-batch rule existed keep their identity (a run with the
+        per-epoch latch resumes them; one with the per-batch rule, which trains differently, refuses to).
         """
         out = {
             "p_train": self.p_train,
@@ -203,6 +237,8 @@ class RandBETConfig:
         }
         if self.adversarial is not None:
             out["adversarial"] = self.adversarial.to_dict()
+        if self.curriculum_loss is not None and self.curriculum == "batch":
+            out["curriculum"] = self.curriculum
         return out
 
 
@@ -509,13 +545,54 @@ def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str,
     return out
 
 
+def curriculum_errors_on(loss: float, perturbed_loss: float | None, threshold: float) -> bool:
+    """The per-batch curriculum of Stutz et al.: whether bit errors are on in the step after this one.
+
+    The reference code's ``average_simple_curriculum`` (``experiments/mlsys/common.py`` of
+    github.com/davidstutz/random-bit-error-robustness), called after every optimizer step.
+
+    Parameters
+    ----------
+    loss : float
+        The step's clean loss (train mode, before the update).
+    perturbed_loss : float or None
+        The step's perturbed loss (the mean over its perturbed passes); None when errors were off.
+    threshold : float
+        ``tau`` (``RandBETConfig.curriculum_loss``).
+
+    Returns
+    -------
+    bool
+        Whether the next step has its perturbed passes.
+
+    Math
+    ----
+    With ``P`` the perturbed loss, or 0 when errors were off (the reference code's
+    ``population_perturbed_loss`` starts at 0 and stays there without a perturbed pass)::
+
+        on_next = (loss < 1.15 tau) and ((loss + P) / 2 <= tau)
+
+    So from off, errors come on as soon as the clean loss is below ``1.15 tau`` (``loss / 2 <= tau``
+    then holds); from on, they go off when the clean loss reaches ``1.15 tau`` or the mean of the clean
+    and perturbed losses exceeds ``tau``. A NaN clean loss switches them off (``loss < 1.15 tau`` is
+    false); a NaN perturbed loss alone does not (``average > tau`` is false), as in the reference code.
+    """
+    p = 0.0 if perturbed_loss is None else perturbed_loss
+    # The reference's comparisons, in its order: loss < threshold*1.15, then average > threshold -> off.
+    return bool(loss < threshold * CURRICULUM_MARGIN and not (loss + p) / 2 > threshold)
+
+
 def errors_on_after(record: dict[str, Any], config: RandBETConfig) -> bool:
-    """Whether bit errors are on in the epoch after ``record``'s (a history record of
+    """Whether bit errors are on at the start of the epoch after ``record``'s (a history record of
     :func:`saf_ref.train.loop.train`, with its ``errors_on`` and ``loss``).
 
-    The curriculum is a latch: once on, errors stay on; off, they switch on when the epoch's mean clean
-    loss fell below ``config.curriculum_loss`` (a loss stored as None, i.e. non-finite, never does).
+    With the per-batch rule (``config.curriculum == "batch"`` and a threshold) this is the state the
+    epoch's last step left, ``record["errors_on_next"]``. Otherwise the curriculum is a latch: once on,
+    errors stay on; off, they switch on when the epoch's mean clean loss fell below
+    ``config.curriculum_loss`` (a loss stored as None, i.e. non-finite, never does).
     """
+    if config.batch_curriculum:
+        return bool(record["errors_on_next"])
     if record["errors_on"] or not config.perturbs or config.curriculum_loss is None:
         return bool(record["errors_on"])
     loss = record["loss"]

@@ -201,7 +201,7 @@ def test_no_attack_runs_while_errors_are_off():
 
 def _run(data, *, rng=0, epochs=2, adv=None, p_train=0.0, curriculum=None, **kw):
     params, state = _mlp()
-    config = RandBETConfig(p_train, weight_clip=0.5, curriculum_loss=curriculum,
+    config = RandBETConfig(p_train, weight_clip=0.5, curriculum_loss=curriculum, curriculum="epoch",
                            adversarial=adv or AdvBETConfig(k_train=2))
     return train(params, state, data, model="mlp", spec=Q8, epochs=epochs, batch_size=32, optimizer=OPT,
                  randbet=config, augment=None, rng=rng, **{"verbose": False, **kw})

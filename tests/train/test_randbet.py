@@ -493,19 +493,22 @@ def test_bit_errors_never_change_the_batches(digits32):
 
 
 def test_curriculum_turns_errors_on_at_the_right_epoch(digits32):
-    """Errors come on the epoch after the first epoch whose mean clean loss is below the threshold."""
-    off = RandBETConfig(p_train=0.02, curriculum_loss=1e-9)  # never reached: errors stay off
+    """The per-epoch latch: errors come on the epoch after the first epoch whose mean clean loss is below
+    the threshold."""
+    off = RandBETConfig(p_train=0.02, curriculum_loss=1e-9, curriculum="epoch")  # never: errors stay off
     _, _, h_off = _protected_run(digits32, epochs=4, config=off)
     losses = [r["loss"] for r in h_off]
     assert losses[2] < losses[1] < losses[0] and not any(r["errors_on"] for r in h_off)
     threshold = (losses[0] + losses[1]) / 2  # epoch 1 is the first below: errors on from epoch 2
-    _, _, h_on = _protected_run(digits32, epochs=4, config=RandBETConfig(0.02, curriculum_loss=threshold))
+    on = RandBETConfig(0.02, curriculum_loss=threshold, curriculum="epoch")
+    _, _, h_on = _protected_run(digits32, epochs=4, config=on)
     assert [r["errors_on"] for r in h_on] == [False, False, True, True]
     # Until errors come on the runs are the same (the fault stream never touches the batches).
     assert _without_timing(h_on[:2]) == _without_timing(h_off[:2])
     assert h_on[2]["perturbed_loss"] is not None and h_on[2]["flips"] > 0 and h_on[2]["loss"] != losses[2]
     # A threshold above the first epoch's loss turns them on from epoch 1; no curriculum: from epoch 0.
-    _, _, h_early = _protected_run(digits32, epochs=2, config=RandBETConfig(0.02, curriculum_loss=100.0))
+    early = RandBETConfig(0.02, curriculum_loss=100.0, curriculum="epoch")
+    _, _, h_early = _protected_run(digits32, epochs=2, config=early)
     _, _, h_always = _protected_run(digits32, epochs=2, config=RandBETConfig(0.02))
     assert [r["errors_on"] for r in h_early] == [False, True]
     assert [r["errors_on"] for r in h_always] == [True, True]
@@ -515,7 +518,8 @@ def test_progress_lines_and_no_mutation(digits32, capsys):
     params, state = _cnn32()
     before = digest(params, state, {str(i): a for i, a in enumerate(digits32)})
     train(params, state, digits32, model="small_cnn", spec=default_spec(QUANT8), epochs=2, batch_size=64,
-          randbet=RandBETConfig(0.01, curriculum_loss=100.0), augment=None, rng=0)  # fmt: skip
+          randbet=RandBETConfig(0.01, curriculum_loss=100.0, curriculum="epoch"), augment=None,
+          rng=0)  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("epoch 1/2  lr 0.10000  loss ") and "img/s" in lines[0]
@@ -683,7 +687,7 @@ def _ckpt_run(tmp_path, name, *, epochs, resume=False, init_seed=0, config=None,
     spec = spec or default_spec(Quantizer(8, margin=1e-3))
     # A curriculum threshold the first epoch's loss passes, so errors switch on mid-run: resuming must
     # restore that latch from the checkpoint.
-    config = config or RandBETConfig(p_train=0.02, weight_clip=0.5, curriculum_loss=10.0)
+    config = config or RandBETConfig(p_train=0.02, weight_clip=0.5, curriculum_loss=10.0, curriculum="epoch")
     return train(params, state, data, model="small_cnn", spec=spec, epochs=epochs, batch_size=32,
                  optimizer=SGD(0.05, momentum=0.9), randbet=config, augment=None, rng=3, verbose=False,
                  checkpoint=tmp_path / name, resume=resume)  # fmt: skip
