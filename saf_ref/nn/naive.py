@@ -23,6 +23,7 @@ __all__ = [
     "cross_entropy_backward_naive",
     "cross_entropy_naive",
     "global_avgpool_naive",
+    "groupnorm_naive",
     "linear_naive",
     "maxpool2d_backward_naive",
     "maxpool2d_naive",
@@ -125,6 +126,29 @@ def batchnorm2d_naive(x, weight, bias, running_mean, running_var, *, train, mome
             n, h, w = idx
             y[n, c, h, w] = scale * (x[n, c, h, w] - mean) + float(bias[c])
     return y, new_mean, new_var
+
+
+def groupnorm_naive(x, weight, bias, *, num_groups, eps=1e-5) -> np.ndarray:
+    """``y`` sample by sample and group by group, PyTorch's ``group_norm``.
+
+    For sample ``n`` and group ``g`` (channels ``g*C/G ... (g+1)*C/G - 1``, all spatial positions):
+    ``mean = fsum(v)/m``, biased ``var = fsum((v-mean)^2)/m``,
+    ``y = weight[c] * (x - mean) / sqrt(var + eps) + bias[c]``.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.empty_like(x)
+    per_group = x.shape[1] // num_groups
+    for n in range(x.shape[0]):
+        for g in range(num_groups):
+            channels = range(g * per_group, (g + 1) * per_group)
+            values = [float(v) for c in channels for v in x[n, c].ravel()]
+            mean = math.fsum(values) / len(values)
+            var = math.fsum((v - mean) ** 2 for v in values) / len(values)
+            for c in channels:
+                for idx in np.ndindex(x.shape[2:]):
+                    xhat = (x[(n, c, *idx)] - mean) / math.sqrt(var + eps)
+                    y[(n, c, *idx)] = float(weight[c]) * xhat + float(bias[c])
+    return y
 
 
 def relu_naive(x) -> np.ndarray:
