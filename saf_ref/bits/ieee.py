@@ -15,6 +15,11 @@ Value of a word with sign ``s``, exponent field ``e`` and mantissa field ``f`` (
 - ``e == 2**E - 1``: infinity (``f == 0``) or NaN (``f != 0``), except for ``float8_e4m3fn`` which has no
   infinity: there ``e == 15`` is an ordinary binade and only ``S.1111.111`` is NaN (max finite 448).
 
+The OCP Microscaling element formats ``float4_e2m1fn``, ``float6_e2m3fn`` and ``float6_e3m2fn``
+(:data:`MX_ELEMENT_FORMATS`, names as in ml_dtypes) have neither infinity nor NaN: every code is a number
+and the all-ones exponent is an ordinary binade (max finite 6, 7.5 and 28). Encoding saturates (there is
+nothing else to overflow to) and a NaN input is an error (there is no code for it).
+
 Everything here is computed with integer operations on bit patterns: a conversion between two formats is
 *unpack* (word -> sign, integer significand, power of two), *round* (shift the significand right to the
 target precision, rounding to nearest with ties to even using a guard and a sticky bit) and *pack*
@@ -38,7 +43,7 @@ import numpy as np
 from saf_ref.bits.fields import BitField, smallest_container
 from saf_ref.validation import check_choice, check_dtype, check_ndarray
 
-__all__ = ["IEEEFormat", "IEEE_FORMATS", "get_ieee_format", "OVERFLOW_POLICIES"]
+__all__ = ["IEEEFormat", "IEEE_FORMATS", "MX_ELEMENT_FORMATS", "get_ieee_format", "OVERFLOW_POLICIES"]
 
 OVERFLOW_POLICIES = ("ieee", "saturate")
 ENCODE_INPUT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -61,9 +66,12 @@ class IEEEFormat:
         Widths ``E`` and ``m`` of the exponent and mantissa (fraction) fields.
     has_infinity : bool
         ``False`` for ``float8_e4m3fn`` (its all-ones exponent is an ordinary binade; only ``S.1111.111``
-        is NaN).
+        is NaN) and the MX element formats.
     decode_dtype : numpy.dtype
         Float dtype that ``decode`` returns; it holds every value of the format exactly.
+    has_nan : bool
+        ``False`` for the MX element formats ``float4_e2m1fn``, ``float6_e2m3fn``, ``float6_e3m2fn``
+        (every code is finite); requires ``has_infinity=False``.
 
     Derived (properties): ``nbits = 1 + E + m``, ``bias = 2**(E-1) - 1``, ``container``, ``fields``,
     ``max_finite``, ``min_normal``, ``min_subnormal``, ``emin = 1 - bias``, ``emax``.
@@ -74,6 +82,13 @@ class IEEEFormat:
     mantissa_bits: int
     has_infinity: bool
     decode_dtype: np.dtype
+    has_nan: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.has_nan and self.has_infinity:
+            raise ValueError(
+                f"IEEEFormat: has_infinity must be False when has_nan is False, got {self.name!r}"
+            )
 
     # ----------------------------------------------------------------------------------- layout
     @property
@@ -108,17 +123,19 @@ class IEEEFormat:
 
     @property
     def emax(self) -> int:
-        """Exponent of the largest finite binade (all-ones field minus one; all-ones for e4m3fn)."""
+        """Exponent of the largest finite binade (all-ones field minus one; all-ones without infinity)."""
         top_field = (1 << self.exponent_bits) - 1
         return (top_field if not self.has_infinity else top_field - 1) - self.bias
 
     @property
     def max_finite(self) -> float:
-        """Largest finite value (65504 for float16, 448 for float8_e4m3fn, 57344 for float8_e5m2)."""
+        """Largest finite value (65504 for float16, 448 for float8_e4m3fn, 57344 for float8_e5m2, 6 for
+        float4_e2m1fn)."""
         m = self.mantissa_bits
         # Largest significand: all mantissa bits set (2**(m+1) - 1), except for e4m3fn where the
         # all-ones mantissa in the top binade is NaN, so the largest is 2**(m+1) - 2.
-        top_sig = (1 << (m + 1)) - (1 if self.has_infinity else 2)
+        nan_in_top_binade = self.has_nan and not self.has_infinity
+        top_sig = (1 << (m + 1)) - (2 if nan_in_top_binade else 1)
         return math.ldexp(top_sig, self.emax - m)
 
     @property
@@ -134,7 +151,10 @@ class IEEEFormat:
     # Special codes (magnitudes, sign bit clear), Python ints.
     @property
     def _max_code(self) -> int:
-        """Magnitude code of ``max_finite``: ``0b0.11110.1111111111`` (float16) or ``0b0.1111.110``."""
+        """Magnitude code of ``max_finite``: ``0b0.11110.1111111111`` (float16), ``0b0.1111.110`` (e4m3fn)
+        or all ones (formats without NaN)."""
+        if not self.has_nan:
+            return (1 << (self.nbits - 1)) - 1
         return self._inf_code - 1 if self.has_infinity else self._nan_code - 1
 
     @property
@@ -144,7 +164,10 @@ class IEEEFormat:
 
     @property
     def _nan_code(self) -> int:
-        """Canonical quiet NaN: exponent all ones and mantissa MSB set; ``S.1111.111`` for e4m3fn."""
+        """Canonical quiet NaN: exponent all ones and mantissa MSB set; ``S.1111.111`` for e4m3fn.
+
+        Formats without NaN have none; encode rejects NaN before this is needed (the all-ones code is
+        returned only so that array expressions stay well defined)."""
         if not self.has_infinity:
             return (1 << (self.nbits - 1)) - 1
         return self._inf_code | (1 << (self.mantissa_bits - 1))
@@ -169,7 +192,8 @@ class IEEEFormat:
             What a value too large for the format becomes. ``"ieee"`` (default): infinity of the same
             sign, or NaN for ``float8_e4m3fn``, which has no infinity (as ml_dtypes and the OCP
             specification's non-saturating mode do). ``"saturate"``: the largest finite value of the same
-            sign; infinite inputs saturate too. NaN stays NaN under both.
+            sign; infinite inputs saturate too. NaN stays NaN under both. Formats without NaN
+            (``float4_e2m1fn``, ``float6_*``) saturate under both, infinities included (as ml_dtypes).
 
         Returns
         -------
@@ -212,6 +236,9 @@ class IEEEFormat:
         fn = f"{self.name}.encode"
         check_choice(overflow, "overflow", fn, OVERFLOW_POLICIES)
         x = _as_float_array(x, fn)
+        if not self.has_nan and np.isnan(x).any():
+            n = int(np.isnan(x).sum())
+            raise ValueError(f"{fn}: x must not contain NaN ({self.name} has no NaN code), got {n} NaN")
         src = _SOURCE_FORMATS[x.dtype]
         # Reinterpret the input's bits as an unsigned integer (a view: nothing is copied or modified).
         words = x.view(src.container).astype(_U64)
@@ -336,6 +363,8 @@ class IEEEFormat:
         return f["exponent"].extract(words), f["mantissa"].extract(words)
 
     def _nan_mask(self, e: np.ndarray, f: np.ndarray) -> np.ndarray:
+        if not self.has_nan:
+            return np.zeros(e.shape, dtype=bool)
         top = (1 << self.exponent_bits) - 1
         if self.has_infinity:
             return (e == top) & (f != 0)
@@ -428,7 +457,7 @@ def _pack(fmt: IEEEFormat, sign, sig, q, nan, inf, *, overflow: str) -> np.ndarr
     mag = (((e + fmt.bias - 1).astype(_U64)) << _U64(m)) + N
     # 5. Overflow and special values.
     too_big = inf | (mag > _U64(fmt._max_code))
-    if overflow == "saturate":
+    if overflow == "saturate" or not fmt.has_nan:  # a format without NaN has nothing else to overflow to
         big_code = fmt._max_code
     else:
         big_code = fmt._inf_code if fmt.has_infinity else fmt._nan_code
@@ -460,6 +489,18 @@ IEEE_FORMATS: dict[str, IEEEFormat] = {
         IEEEFormat("bfloat16", 8, 7, True, np.dtype(np.float32)),
         IEEEFormat("float8_e4m3fn", 4, 3, False, np.dtype(np.float32)),
         IEEEFormat("float8_e5m2", 5, 2, True, np.dtype(np.float32)),
+    )
+}
+
+#: The OCP Microscaling (MX v1.0) element formats without infinity or NaN, under their ml_dtypes names.
+#: Kept apart from ``IEEE_FORMATS`` (the formats with NaN codes); :func:`saf_ref.bits.get_format` finds
+#: both, and :mod:`saf_ref.bits.mx` builds the MX block formats from them.
+MX_ELEMENT_FORMATS: dict[str, IEEEFormat] = {
+    f.name: f
+    for f in (
+        IEEEFormat("float4_e2m1fn", 2, 1, False, np.dtype(np.float32), has_nan=False),
+        IEEEFormat("float6_e2m3fn", 2, 3, False, np.dtype(np.float32), has_nan=False),
+        IEEEFormat("float6_e3m2fn", 3, 2, False, np.dtype(np.float32), has_nan=False),
     )
 }
 

@@ -26,6 +26,7 @@ from saf_ref import validation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.faultmodels import FaultModel, Target, as_fault_model
 from saf_ref.bits.faults import sample_nested_flips, xor_flips
+from saf_ref.bits.formats import stored_shape
 from saf_ref.protect.spec import StorageRule
 from saf_ref.protect.stored import StoredModel, check_stored
 
@@ -50,7 +51,7 @@ class Injection(NamedTuple):
 def targets_of(stored: StoredModel) -> dict[str, Target]:
     """Every stored tensor as a fault model's :class:`~saf_ref.bits.faultmodels.Target`, in stored order."""
     return {
-        name: Target(name, t.shape, t.codes.dtype, t.nbits, t.format, t.exposed)
+        name: Target(name, t.code_shape, t.codes.dtype, t.nbits, t.format, t.exposed)
         for name, t in stored.tensors.items()
     }
 
@@ -60,7 +61,8 @@ def targets_from_rules(
 ) -> dict[str, Target]:
     """The targets :func:`store` will create from parameters of ``shapes`` under ``rules`` (no encoding)."""
     return {
-        name: Target(name, tuple(shape), r.format.container, r.format.nbits, r.format.name, r.exposed)
+        name: Target(name, stored_shape(r.format, shape), r.format.container, r.format.nbits, r.format.name,
+                     r.exposed)
         for name, shape in shapes.items()
         for r in (rules[name],)
     }
@@ -173,7 +175,7 @@ def inject_nested(
     per_rate_faults: list[list[FaultList]] = [[] for _ in rates]
     for name in stored.exposed_names:
         t = stored[name]
-        nested = sample_nested_flips(t.shape, t.nbits, rates, rng=gen)
+        nested = sample_nested_flips(t.code_shape, t.nbits, rates, rng=gen)
         for i, flips in enumerate(nested):
             per_rate_codes[i][name] = xor_flips(t.codes, flips)  # valid by construction: no re-check
             per_rate_faults[i].append(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.bits.mx import MXContext
 from saf_ref.bits.quantize import QuantContext
 from saf_ref.protect.spec import StorageRule, StorageSpec, check_spec
 
@@ -64,16 +65,18 @@ class StoredTensor:
     Attributes
     ----------
     codes : ndarray of the format's container dtype (uint8/16/32/64), shape ``shape``
-        The stored words, read-only. Bit 0 is the least significant bit of each word.
+        The stored words, read-only. Bit 0 is the least significant bit of each word. An MX format
+        (:mod:`saf_ref.bits.mx`) has a layout of its own: one flat uint8 array (scales, then packed
+        elements), of shape ``code_shape``; its context holds the parameter's ``shape``.
     format : str
         Name of the storage format (``"float16"``, ``"q2.5"``, a quantizer's name).
     nbits : int
         Bits per stored word (the container may be wider, e.g. 7-bit ``q1.5`` in uint8).
     dtype : numpy.dtype
         dtype of the latent that was stored; :func:`load` returns this dtype.
-    context : QuantContext or None
-        A quantizer's per-tensor range and step (kept apart from the codes, never faulty); None for IEEE
-        and fixed-point formats.
+    context : QuantContext, MXContext or None
+        A quantizer's per-tensor range and step, or an MX tensor's shape (kept apart from the codes, never
+        faulty); None for IEEE and fixed-point formats.
     exposed : bool
         Whether faults may hit this tensor.
     """
@@ -82,12 +85,19 @@ class StoredTensor:
     format: str
     nbits: int
     dtype: np.dtype
-    context: QuantContext | None
+    context: QuantContext | MXContext | None
     exposed: bool
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The parameter's shape (that of ``codes``)."""
+        """The parameter's shape (that of ``codes``, except for MX formats: then the context's)."""
+        if isinstance(self.context, MXContext):
+            return tuple(self.context.shape)
+        return self.codes.shape
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """The shape of ``codes``: the fault models' index space (``shape`` except for MX formats)."""
         return self.codes.shape
 
     @property
@@ -175,7 +185,7 @@ class StoredModel:
             old = tensors[name]
             where = f"new_codes[{name!r}]"
             validation.check_dtype(codes, where, fn, (old.codes.dtype,))
-            validation.check_shape(codes, where, fn, old.shape)
+            validation.check_shape(codes, where, fn, old.code_shape)
             if old.nbits < 8 * codes.itemsize and codes.size and int(codes.max()) >> old.nbits:
                 raise ValueError(
                     f"{fn}: {where} must fit in {old.nbits} bits, got a code {int(codes.max()):#x}"
