@@ -250,13 +250,12 @@ class TorchBackend:
         v = torch.clamp(v, -(2.0 ** (nbits - 1)), 2.0 ** (nbits - 1) - 1).to(torch.int64)
         return v & ((1 << nbits) - 1)  # the low nbits bits: two's complement
 
-    def quantize(self, x: np.ndarray, config: Mapping[str, Any]):
-        """Stutz et al.'s per-tensor quantizer in float32 torch arithmetic; scalars formed in float64."""
+    def _t_quantize(self, xt, config: Mapping[str, Any]):
+        """Codes (an int64 tensor) and context of float32 tensor ``xt``: the published quantizer in torch."""
         torch = self.torch
         cfg = dict(config)
         nbits, margin = cfg["nbits"], cfg.get("margin", 0.0)
         levels = (1 << (nbits - 1)) - 1
-        xt = self._t(x)
         f32 = np.float32
         if cfg.get("scheme", "asymmetric") == "symmetric":
             if cfg.get("max_abs") is not None:
@@ -293,14 +292,18 @@ class TorchBackend:
                 min=float(lo),
                 max=float(hi),
             )
-        container = np.uint8 if nbits <= 8 else np.uint16
+        return codes, context
+
+    def quantize(self, x: np.ndarray, config: Mapping[str, Any]):
+        """Stutz et al.'s per-tensor quantizer in float32 torch arithmetic; scalars formed in float64."""
+        codes, context = self._t_quantize(self._t(x), config)
+        container = np.uint8 if config["nbits"] <= 8 else np.uint16
         return codes.cpu().numpy().astype(container), context
 
-    def dequantize(self, codes, context, config):
-        """float32 ``clip(k * step, -q, q)`` for the stored level ``k`` (asymmetric: mapped to [min, max])."""
+    def _t_dequantize(self, words, context: Mapping[str, Any]):
+        """float32 ``clip(k * step, -q, q)`` for the levels ``k`` stored in the int64 tensor ``words``."""
         torch = self.torch
         nbits = context["nbits"]
-        words = self._int64(codes)
         if context["code"] == "offset_binary":
             k = torch.clamp(words, max=(1 << nbits) - 1).to(torch.float32) - self._f32(2.0 ** (nbits - 1))
         else:
@@ -312,7 +315,11 @@ class TorchBackend:
             width = self._f32(float(np.float32(context["max"] - context["min"])))
             y = (y + self._f32(1.0)) / self._f32(2.0)
             y = torch.clamp(y * width + lo, lo, hi)
-        return self._np(y)
+        return y
+
+    def dequantize(self, codes, context, config):
+        """float32 ``clip(k * step, -q, q)`` for the stored level ``k`` (asymmetric: mapped to [min, max])."""
+        return self._np(self._t_dequantize(self._int64(codes), context))
 
     # ------------------------------------------------------------------------------------- protect
     def _t_transform(self, name: str, u, scale: float):
