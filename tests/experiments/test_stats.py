@@ -60,3 +60,43 @@ def test_wilson_coverage_by_monte_carlo():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------ pooled rates
+from saf_ref.experiments.stats import pooled_rate_interval  # noqa: E402
+
+
+def test_pooled_rate_independent_is_wilson_of_the_sums_as_scipy():
+    got = pooled_rate_interval([3, 0, 5], [100, 100, 50], clustered=False, confidence=0.9)
+    ci = stats.binomtest(8, 250).proportion_ci(confidence_level=0.9, method="wilson")
+    assert got == pytest.approx((8 / 250, ci.low, ci.high), abs=1e-12)
+
+
+def test_pooled_rate_clustered_with_equal_sizes_is_the_t_interval_of_trial_rates():
+    ks, n = [3, 7, 1, 4, 0], 80
+    rates = np.array(ks) / n
+    half = stats.t.ppf(0.975, len(ks) - 1) * rates.std(ddof=1) / math.sqrt(len(ks))
+    got = pooled_rate_interval(ks, [n] * len(ks), clustered=True)
+    assert got == pytest.approx((rates.mean(), max(0.0, rates.mean() - half), rates.mean() + half), rel=1e-12)
+
+
+def test_pooled_rate_clustered_unequal_sizes_hand_formula_and_one_trial():
+    ks, ns = [2, 10], [40, 60]
+    r = 12 / 100
+    se = math.sqrt(2 / 1 * ((2 - r * 40) ** 2 + (10 - r * 60) ** 2)) / 100
+    half = 12.706204736174698 * se  # t_{0.975, 1}, from tables
+    assert pooled_rate_interval(ks, ns, clustered=True) == pytest.approx((r, max(0, r - half), r + half))
+    assert pooled_rate_interval([3], [9], clustered=True) == (1 / 3, 1 / 3, 1 / 3)
+
+
+def test_pooled_rate_errors():
+    with pytest.raises(ValueError, match="equal length"):
+        pooled_rate_interval([1], [2, 3], clustered=True)
+    with pytest.raises(ValueError, match="ks\\[i\\] must be at most ns\\[i\\], got 5 > 3"):
+        pooled_rate_interval([5], [3], clustered=False)
+    with pytest.raises(ValueError, match="ns\\[i\\]"):
+        pooled_rate_interval([0], [0], clustered=False)
+    with pytest.raises(TypeError, match="clustered must be a bool"):
+        pooled_rate_interval([0], [1], clustered=1)
+    with pytest.raises(ValueError, match="confidence"):
+        pooled_rate_interval([0, 1], [1, 1], clustered=True, confidence=1.0)
