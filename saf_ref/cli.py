@@ -17,12 +17,15 @@ Subcommands
     The demo's models on persistent low-voltage chip faults: accuracy against supply voltage over
     chips and placements, and the energy saved at 1 % / 2 % accuracy loss
     (:mod:`saf_ref.experiments.chips`).
+``seeds``
+    The saturated-weight-transform claim at its own operating point on a ResNet-20, every model on the
+    same fault patterns (:mod:`saf_ref.experiments.seeds`).
 ``check BACKEND``
     Run the oracle kit's conformance suite on a backend (``numpy``, ``torch``, ``module:Name`` or
     ``file.py:Name``) and print a report; see :mod:`saf_ref.testing`.
 
-Each subcommand is a small function ``_cmd_<name>(args) -> int``, or, for ``attack``, ``chips`` and
-``check``, the ``run_from_args(args) -> int`` of the module that also declares its options
+Each subcommand is a small function ``_cmd_<name>(args) -> int``, or, for ``attack``, ``chips``,
+``seeds`` and ``check``, the ``run_from_args(args) -> int`` of the module that also declares its options
 (:func:`_add_module_command`), so that tests can call :func:`main` with an argument list and read stdout.
 
 Exit status: 0 success; 1 ``check`` found a failing check; 2 a bad option or a failure the user can fix
@@ -283,6 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Every option is checked before training. Exit status: 0 done, 2 bad option or unusable "
         "file (one line on stderr), 130 interrupted (finished units written to --out).",
+    )
+
+    _add_module_command(
+        sub,
+        "seeds",
+        "saf_ref.experiments.seeds",
+        help="the SAF claim at its operating point on a ResNet-20, on fault patterns shared by every model",
+        description=(
+            "Train (or load with --checkpoints) a plain ResNet-20 and SAF models (tanh, arctan) on the "
+            "shipped MNIST subset, convert the plain one to SAF with a few epochs of fine-tuning, store "
+            "them in float32, float16 and q2.5 with only the weights or every parameter exposed, and "
+            "evaluate all of them on the same fault patterns; print the table and the claim check (at a "
+            "rate where the float32 baseline is at chance, how far each SAF model is from its clean "
+            "accuracy) and write results.json, paired.json, claim.txt and run.json to --out. Needs no "
+            "network."
+        ),
+        epilog="Every option is checked before training. Exit status: 0 done, 2 bad option or unusable "
+        "file (one line on stderr), 130 interrupted (completed patterns written to --out).",
     )
 
     _add_module_command(
