@@ -37,6 +37,13 @@ far a corrupted weight can push the signal, whereas a weight transform bounds th
 ``act_clip=None`` (the default) is the plain ReLU, bit for bit. The backward pass needs no flag: it
 dispatches on the type of each activation's cache (``ReluCache`` or ``ReluClippedCache``).
 
+Normalisation
+-------------
+``init_resnet`` / ``resnet_forward`` take ``norm="batch"`` (default) or ``"group"`` and ``reparam=False``
+(default) or ``True`` (the reference code's scale ``1 + weight``, weight initialised at 0); see
+:mod:`saf_ref.nn.norms`. The names stay torchvision's (``bn1.weight``, ...); group norm has no running
+statistics. The defaults are the plain batch-norm ResNet, bit for bit.
+
 Batch-norm ``num_batches_tracked``
 ----------------------------------
 PyTorch keeps an int64 counter per batch-norm layer; it only matters when ``momentum=None`` (cumulative
@@ -52,17 +59,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref.nn.blocks import (
-    ConvBNCache,
     ModelGrads,
     act_backward,
     act_forward,
     check_act_clip,
     check_named_arrays,
-    conv_bn_backward,
-    conv_bn_forward,
     init_from_shapes,
 )
 from saf_ref.nn.linear import linear_backward, linear_forward
+from saf_ref.nn.norms import check_norm, conv_norm_backward, conv_norm_forward, norm_shapes, reparam_init
 from saf_ref.nn.pool import (
     global_avgpool_backward,
     global_avgpool_forward,
@@ -136,7 +141,7 @@ def _has_downsample(c_in: int, c_out: int, stride: int) -> bool:
 
 
 def resnet_shapes(
-    arch: str, *, num_classes: int = 10, in_channels: int = 3, width: int | None = None
+    arch: str, *, num_classes: int = 10, in_channels: int = 3, width: int | None = None, norm: str = "batch"
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """Names and shapes of a ResNet's parameters and running statistics, in torchvision's order.
 
@@ -150,18 +155,21 @@ def resnet_shapes(
     width : int or None
         Channels of the stem and first stage; each later stage doubles it. ``None`` uses the
         architecture's own (16 for resnet20, 64 for the ResNet-18s).
+    norm : {"batch", "group"}
+        Group norm has no running statistics (``state_shapes`` is then empty).
 
     Returns
     -------
     param_shapes, state_shapes : dict[str, tuple[int, ...]]
         Insertion-ordered like ``torch.nn.Module.state_dict()`` (without ``num_batches_tracked``).
     """
-    return _resnet_shapes(arch, num_classes, in_channels, width, "resnet_shapes")
+    return _resnet_shapes(arch, num_classes, in_channels, width, "resnet_shapes", norm)
 
 
-def _resnet_shapes(arch, num_classes, in_channels, width, fn):
+def _resnet_shapes(arch, num_classes, in_channels, width, fn, norm="batch"):
     """:func:`resnet_shapes`, with errors reported as coming from ``fn``."""
     spec = _arch_spec(arch, fn)
+    check_norm(norm, False, fn)
     check_int(num_classes, "num_classes", fn, low=1)
     check_int(in_channels, "in_channels", fn, low=1)
     if width is not None:
@@ -171,10 +179,7 @@ def _resnet_shapes(arch, num_classes, in_channels, width, fn):
     state: dict[str, tuple[int, ...]] = {}
 
     def bn(name: str, c: int) -> None:
-        params[f"{name}.weight"] = (c,)
-        params[f"{name}.bias"] = (c,)
-        state[f"{name}.running_mean"] = (c,)
-        state[f"{name}.running_var"] = (c,)
+        norm_shapes(name, c, norm, params, state)
 
     k = 3 if spec.stem == "cifar" else 7
     params["conv1.weight"] = (widths[0], in_channels, k, k)
@@ -216,6 +221,8 @@ def init_resnet(
     width: int | None = None,
     rng: np.random.Generator | int,
     dtype: Any = np.float32,
+    norm: str = "batch",
+    reparam: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Build a ResNet's parameters and running statistics, initialized as torchvision does.
 
@@ -230,30 +237,39 @@ def init_resnet(
     rng : numpy.random.Generator or int
         The only source of randomness (a seed is turned into ``np.random.default_rng(seed)``).
     dtype : float32 (default) or float64
+    norm : {"batch", "group"}
+        The normalisation layers (:mod:`saf_ref.nn.norms`).
+    reparam : bool
+        Reparameterized normalisation (scale ``1 + weight``): the normalisation weights start at 0.
 
     Returns
     -------
     params : dict[str, ndarray]
-        Convolution weights ``(C_out, C_in, k, k)`` (no biases), batch-norm ``weight``/``bias``
+        Convolution weights ``(C_out, C_in, k, k)`` (no biases), normalisation ``weight``/``bias``
         ``(C,)``, ``fc.weight`` ``(num_classes, C)``, ``fc.bias`` ``(num_classes,)``.
     state : dict[str, ndarray]
-        ``running_mean`` (zeros) and ``running_var`` (ones) of every batch norm, shape ``(C,)``.
+        ``running_mean`` (zeros) and ``running_var`` (ones) of every batch norm, shape ``(C,)``; empty
+        with group norm.
 
     Math
     ----
     conv: ``w ~ N(0, 2 / (C_out k^2))`` (Kaiming normal, fan-out, ReLU gain);
-    fc: ``w, b ~ U(-1/sqrt(C), 1/sqrt(C))``; batch norm: ``gamma = 1``, ``beta = 0``.
+    fc: ``w, b ~ U(-1/sqrt(C), 1/sqrt(C))``; normalisation: ``gamma = 1`` (``0`` reparameterized, so
+    that the scale ``1 + gamma`` is 1), ``beta = 0``.
 
     Notes
     -----
     Parameters are drawn in ``state_dict`` order, each in float64 then rounded to ``dtype``; the same
-    seed gives the same network in float32 and float64 (up to that rounding).
+    seed gives the same network in float32 and float64 (up to that rounding). The options draw nothing:
+    the convolution and linear weights are the same for every ``norm`` and ``reparam``.
     """
     fn = "init_resnet"
     gen = check_rng(rng, fn)
     dt = check_float_dtype(dtype, fn)
-    param_shapes, state_shapes = _resnet_shapes(arch, num_classes, in_channels, width, fn)
-    return init_from_shapes(param_shapes, state_shapes, gen, dt)
+    norm, reparam = check_norm(norm, reparam, fn)
+    param_shapes, state_shapes = _resnet_shapes(arch, num_classes, in_channels, width, fn, norm)
+    params, state = init_from_shapes(param_shapes, state_shapes, gen, dt)
+    return (reparam_init(params, param_shapes) if reparam else params), state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,7 +280,7 @@ def init_resnet(
 class StemCache(NamedTuple):
     """Stem: conv1 -> bn1 -> ReLU [-> 3x3/2 max pooling for the ImageNet layout]."""
 
-    conv_bn: ConvBNCache
+    conv_bn: Any  # ConvBNCache (or ConvNormCache with the norm options)
     relu: Any  # ReluCache, or ReluClippedCache with act_clip
     maxpool: Any  # None for the CIFAR stem
 
@@ -276,10 +292,10 @@ class BasicBlockCache(NamedTuple):
     """
 
     prefix: str
-    branch1: ConvBNCache  # conv1 (3x3, stride) -> bn1
+    branch1: Any  # conv1 (3x3, stride) -> bn1: ConvBNCache (or ConvNormCache with the norm options)
     relu1: Any
-    branch2: ConvBNCache  # conv2 (3x3) -> bn2
-    downsample: ConvBNCache | None  # 1x1 conv (stride) -> BN, or None for the identity
+    branch2: Any  # conv2 (3x3) -> bn2
+    downsample: Any  # 1x1 conv (stride) -> BN, or None for the identity
     relu_out: Any  # ReLU after the residual sum
 
 
@@ -293,6 +309,8 @@ class ResNetCache(NamedTuple):
     fc: Any
     param_names: tuple[str, ...]  # the order of the gradients
     act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
+    norm: str = "batch"  # the normalisation options used (for inspection; backward reads the caches)
+    reparam: bool = False
 
 
 def basic_block_forward(
@@ -305,6 +323,8 @@ def basic_block_forward(
     train: bool,
     act_clip: float | None = None,
     activation_faults: Any = None,
+    norm: str = "batch",
+    reparam: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], BasicBlockCache]:
     """One residual basic block, as ``torchvision.models.resnet.BasicBlock``.
 
@@ -323,6 +343,9 @@ def basic_block_forward(
     activation_faults : callable or None
         A tap hook ``hook(name, h) -> h`` called after each ReLU, with the tap names
         ``f"{prefix}relu1"`` and ``f"{prefix}relu2"`` (:mod:`saf_ref.nn.taps`); ``None``: no tap.
+    norm : {"batch", "group"}
+    reparam : bool
+        The normalisation layers (:mod:`saf_ref.nn.norms`); default plain batch norm.
 
     Returns
     -------
@@ -339,18 +362,21 @@ def basic_block_forward(
     """
     act_clip = check_act_clip(act_clip, "basic_block_forward")
     hook = check_tap_hook(activation_faults, "basic_block_forward")
+    norm, reparam = check_norm(norm, reparam, "basic_block_forward")
+    nk = {"norm": norm, "reparam": reparam}
     new_state: dict[str, np.ndarray] = {}
-    h, branch1 = conv_bn_forward(
-        x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, train=train
+    h, branch1 = conv_norm_forward(
+        x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, train=train,
+        **nk,
     )
     h, relu1 = act_forward(h, act_clip)
     if hook is not None:
         h = apply_tap(hook, f"{prefix}relu1", h)
-    h, branch2 = conv_bn_forward(
-        h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, train=train
+    h, branch2 = conv_norm_forward(
+        h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, train=train, **nk
     )
     if f"{prefix}downsample.0.weight" in params:
-        shortcut, downsample = conv_bn_forward(
+        shortcut, downsample = conv_norm_forward(
             x,
             params,
             state,
@@ -360,6 +386,7 @@ def basic_block_forward(
             stride=stride,
             padding=0,
             train=train,
+            **nk,
         )
     else:
         shortcut, downsample = x, None
@@ -379,13 +406,13 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
     """
     grads: dict[str, np.ndarray] = {}
     d = act_backward(dy, cache.relu_out)
-    dh = conv_bn_backward(d, cache.branch2, grads)
+    dh = conv_norm_backward(d, cache.branch2, grads)
     dh = act_backward(dh, cache.relu1)
-    dx = conv_bn_backward(dh, cache.branch1, grads)
+    dx = conv_norm_backward(dh, cache.branch1, grads)
     if cache.downsample is None:
         dx = dx + d
     else:
-        dx = dx + conv_bn_backward(d, cache.downsample, grads)
+        dx = dx + conv_norm_backward(d, cache.downsample, grads)
     return dx, grads
 
 
@@ -414,6 +441,8 @@ def resnet_forward(
     train: bool,
     act_clip: float | None = None,
     activation_faults: Any = None,
+    norm: str = "batch",
+    reparam: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], ResNetCache]:
     """Forward pass of a ResNet; PyTorch equivalent: ``model.train(train); logits = model(x)``.
 
@@ -424,7 +453,7 @@ def resnet_forward(
         read from the shapes): the weights computed with (effective weights, see
         :func:`saf_ref.protect.effective_weights`).
     state : dict[str, ndarray]
-        Batch-norm running statistics.
+        Batch-norm running statistics (empty with group norm).
     x : ndarray, shape (N, C_in, H, W)
         Same dtype as every parameter.
     arch : {"resnet20", "resnet18_cifar", "resnet18"}
@@ -438,6 +467,11 @@ def resnet_forward(
         A tap hook ``hook(name, h) -> h`` called after every ReLU with its tap name
         (:func:`resnet_tap_names`), e.g. a :class:`saf_ref.faults_act.ActivationFaults`; the network
         computes on with what it returns. ``None`` (default): no tap, bit for bit the plain forward pass.
+    norm : {"batch", "group"}
+        Batch norm (default) or group norm over ``default_num_groups(C)`` groups (the same in training
+        and evaluation mode); see :mod:`saf_ref.nn.norms`.
+    reparam : bool
+        Reparameterized normalisation: every normalisation layer scales by ``1 + weight``.
 
     Returns
     -------
@@ -462,13 +496,14 @@ def resnet_forward(
         raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
     act_clip = check_act_clip(act_clip, fn)
     hook = check_tap_hook(activation_faults, fn)
+    norm, reparam = check_norm(norm, reparam, fn)
     check_float(x, "x", fn)
     check_ndim(x, "x", fn, 4, "(N, C, H, W)")
     if not isinstance(params, dict):
         raise TypeError(f"{fn}: params must be a dict of numpy arrays, got {type(params).__name__}")
     num_classes, in_channels, width = _infer_config(params, spec, fn)
     param_shapes, state_shapes = resnet_shapes(
-        arch, num_classes=num_classes, in_channels=in_channels, width=width
+        arch, num_classes=num_classes, in_channels=in_channels, width=width, norm=norm
     )
     check_named_arrays(fn, "params", params, param_shapes, x.dtype)
     check_named_arrays(fn, "state", state, state_shapes, x.dtype)
@@ -481,8 +516,9 @@ def resnet_forward(
     new_state: dict[str, np.ndarray] = {}
     # Stem.
     stem_stride, stem_pad = (1, 1) if spec.stem == "cifar" else (2, 3)
-    h, stem_cb = conv_bn_forward(
-        x, params, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train
+    h, stem_cb = conv_norm_forward(
+        x, params, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, train=train,
+        norm=norm, reparam=reparam,
     )
     h, stem_relu = act_forward(h, act_clip)
     if hook is not None:
@@ -494,7 +530,8 @@ def resnet_forward(
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
         h, block_state, block_cache = basic_block_forward(
-            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip, activation_faults=hook
+            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip, activation_faults=hook,
+            norm=norm, reparam=reparam,
         )
         new_state.update(block_state)
         block_caches.append(block_cache)
@@ -511,6 +548,8 @@ def resnet_forward(
         fc_cache,
         tuple(params),
         act_clip,
+        norm,
+        reparam,
     )
     return logits, new_state, cache
 
@@ -547,5 +586,5 @@ def resnet_backward(dlogits: np.ndarray, cache: ResNetCache) -> ModelGrads:
     if cache.stem.maxpool is not None:
         dh = maxpool2d_backward(dh, cache.stem.maxpool).dx
     dh = act_backward(dh, cache.stem.relu)
-    dx = conv_bn_backward(dh, cache.stem.conv_bn, grads)
+    dx = conv_norm_backward(dh, cache.stem.conv_bn, grads)
     return ModelGrads({k: grads[k] for k in cache.param_names}, dx)
