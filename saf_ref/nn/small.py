@@ -17,17 +17,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref.nn.blocks import (
-    ConvBNCache,
     ModelGrads,
     act_backward,
     act_forward,
     check_act_clip,
     check_named_arrays,
-    conv_bn_backward,
-    conv_bn_forward,
     init_from_shapes,
 )
 from saf_ref.nn.linear import linear_backward, linear_forward
+from saf_ref.nn.norms import check_norm, conv_norm_backward, conv_norm_forward, norm_shapes, reparam_init
 from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
 from saf_ref.nn.taps import apply_tap, check_tap_hook, mlp_taps, small_cnn_taps
 from saf_ref.validation import check_float, check_float_dtype, check_int, check_ndim, check_rng
@@ -56,14 +54,15 @@ SMALL_CNN_STRIDES = (1, 2, 2)
 
 
 def small_cnn_shapes(
-    *, in_channels: int = 1, num_classes: int = 10, width: int = 8
+    *, in_channels: int = 1, num_classes: int = 10, width: int = 8, norm: str = "batch"
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """Names and shapes of the small CNN's parameters and running statistics (PyTorch order).
 
     Layers ``conv{i}`` (3x3, padding 1, no bias) and ``bn{i}`` for ``i = 1, 2, 3`` with
-    ``width * 2**(i-1)`` channels, then ``fc``.
+    ``width * 2**(i-1)`` channels, then ``fc``. With ``norm="group"`` the ``bn{i}`` layers are group
+    norms (same names, no running statistics; :mod:`saf_ref.nn.norms`).
     """
-    return _small_cnn_shapes(in_channels, num_classes, width, "small_cnn_shapes")
+    return _small_cnn_shapes(in_channels, num_classes, width, "small_cnn_shapes", norm)
 
 
 def small_cnn_tap_names() -> tuple[str, ...]:
@@ -72,7 +71,8 @@ def small_cnn_tap_names() -> tuple[str, ...]:
     return small_cnn_taps(len(SMALL_CNN_STRIDES))
 
 
-def _small_cnn_shapes(in_channels, num_classes, width, fn):
+def _small_cnn_shapes(in_channels, num_classes, width, fn, norm="batch"):
+    check_norm(norm, False, fn)
     check_int(in_channels, "in_channels", fn, low=1)
     check_int(num_classes, "num_classes", fn, low=1)
     check_int(width, "width", fn, low=1)
@@ -82,10 +82,7 @@ def _small_cnn_shapes(in_channels, num_classes, width, fn):
     for i in range(1, len(SMALL_CNN_STRIDES) + 1):
         c_out = width * 2 ** (i - 1)
         params[f"conv{i}.weight"] = (c_out, c_in, 3, 3)
-        params[f"bn{i}.weight"] = (c_out,)
-        params[f"bn{i}.bias"] = (c_out,)
-        state[f"bn{i}.running_mean"] = (c_out,)
-        state[f"bn{i}.running_var"] = (c_out,)
+        norm_shapes(f"bn{i}", c_out, norm, params, state)
         c_in = c_out
     params["fc.weight"] = (num_classes, c_in)
     params["fc.bias"] = (num_classes,)
@@ -99,6 +96,8 @@ def init_small_cnn(
     width: int = 8,
     rng: np.random.Generator | int,
     dtype: Any = np.float32,
+    norm: str = "batch",
+    reparam: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Initialize the small CNN as torchvision initializes a ResNet (Kaiming-normal fan-out convs,
     BN weight 1 / bias 0, PyTorch-default linear layer); see :func:`saf_ref.nn.resnet.init_from_shapes`.
@@ -112,26 +111,36 @@ def init_small_cnn(
         Channels of the first layer (doubled by each of the two strided layers).
     rng : numpy.random.Generator or int
     dtype : float32 (default) or float64
+    norm : {"batch", "group"}
+        The normalisation layers (:mod:`saf_ref.nn.norms`); group norm has no running statistics.
+    reparam : bool
+        Reparameterized normalisation (scale ``1 + weight``): the normalisation weights start at 0.
 
     Returns
     -------
     params, state : dict[str, ndarray]
+        The options draw nothing: the convolution and linear weights are the same for every ``norm``
+        and ``reparam``.
     """
     fn = "init_small_cnn"
     gen = check_rng(rng, fn)
     dt = check_float_dtype(dtype, fn)
-    shapes = _small_cnn_shapes(in_channels, num_classes, width, fn)
-    return init_from_shapes(*shapes, gen, dt)
+    norm, reparam = check_norm(norm, reparam, fn)
+    param_shapes, state_shapes = _small_cnn_shapes(in_channels, num_classes, width, fn, norm)
+    params, state = init_from_shapes(param_shapes, state_shapes, gen, dt)
+    return (reparam_init(params, param_shapes) if reparam else params), state
 
 
 class SmallCNNCache(NamedTuple):
     """Caches of the small CNN, layer by layer."""
 
-    layers: tuple[tuple[ConvBNCache, Any], ...]  # (conv+BN cache, ReLU cache) per layer
+    layers: tuple[tuple[Any, Any], ...]  # (conv+norm cache, ReLU cache) per layer
     pool: Any
     fc: Any
     param_names: tuple[str, ...]  # the order of the gradients
     act_clip: float | None = None  # the ReLU ceiling used (for inspection; backward reads the caches)
+    norm: str = "batch"  # the normalisation options used (for inspection; backward reads the caches)
+    reparam: bool = False
 
 
 def _check_model_inputs(
@@ -160,6 +169,8 @@ def small_cnn_forward(
     train: bool,
     act_clip: float | None = None,
     activation_faults: Any = None,
+    norm: str = "batch",
+    reparam: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], SmallCNNCache]:
     """Forward pass of the small CNN (PyTorch: an ``nn.Sequential`` of Conv2d/BatchNorm2d/ReLU, then
     ``AdaptiveAvgPool2d(1)``, ``Flatten`` and ``Linear``).
@@ -178,6 +189,9 @@ def small_cnn_forward(
         A tap hook ``hook(name, h) -> h`` called after each ReLU with its tap name (``relu1``, ``relu2``,
         ``relu3``; :func:`small_cnn_tap_names`), e.g. a :class:`saf_ref.faults_act.ActivationFaults`.
         ``None`` (default): no tap, bit for bit the plain forward pass.
+    norm : {"batch", "group"}
+    reparam : bool
+        The normalisation layers (default plain batch norm; :mod:`saf_ref.nn.norms`).
 
     Returns
     -------
@@ -194,11 +208,12 @@ def small_cnn_forward(
     _check_model_inputs(fn, params, state, x, train, ndim=4)
     act_clip = check_act_clip(act_clip, fn)
     hook = check_tap_hook(activation_faults, fn)
+    norm, reparam = check_norm(norm, reparam, fn)
     if params["conv1.weight"].ndim != 4 or params["fc.weight"].ndim != 2:
         raise ValueError(f"{fn}: params['conv1.weight'] must be 4-D and params['fc.weight'] 2-D")
     width, in_channels = params["conv1.weight"].shape[:2]
     param_shapes, state_shapes = small_cnn_shapes(
-        in_channels=in_channels, num_classes=params["fc.weight"].shape[0], width=width
+        in_channels=in_channels, num_classes=params["fc.weight"].shape[0], width=width, norm=norm
     )
     check_named_arrays(fn, "params", params, param_shapes, x.dtype)
     check_named_arrays(fn, "state", state, state_shapes, x.dtype)
@@ -211,8 +226,9 @@ def small_cnn_forward(
     h = x
     layers = []
     for i, stride in enumerate(SMALL_CNN_STRIDES, start=1):
-        h, cb = conv_bn_forward(
-            h, params, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train
+        h, cb = conv_norm_forward(
+            h, params, state, new_state, f"conv{i}", f"bn{i}", stride=stride, padding=1, train=train,
+            norm=norm, reparam=reparam,
         )
         h, relu_cache = act_forward(h, act_clip)
         if hook is not None:
@@ -220,7 +236,7 @@ def small_cnn_forward(
         layers.append((cb, relu_cache))
     h, pool_cache = global_avgpool_forward(h)
     logits, fc_cache = linear_forward(h, params["fc.weight"], params["fc.bias"])
-    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, tuple(params), act_clip)
+    cache = SmallCNNCache(tuple(layers), pool_cache, fc_cache, tuple(params), act_clip, norm, reparam)
     return logits, new_state, cache
 
 
@@ -240,7 +256,7 @@ def small_cnn_backward(dlogits: np.ndarray, cache: SmallCNNCache) -> ModelGrads:
     dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for cb, relu_cache in reversed(cache.layers):
         dh = act_backward(dh, relu_cache)
-        dh = conv_bn_backward(dh, cb, grads)
+        dh = conv_norm_backward(dh, cb, grads)
     return ModelGrads({k: grads[k] for k in cache.param_names}, dh)
 
 
