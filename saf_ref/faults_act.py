@@ -7,7 +7,8 @@ tap points (:mod:`saf_ref.nn.taps`); at each selected tap it
 
 1. stores the activations in the chosen format (``encode_tensor`` of any saf_ref codec: ``float32``,
    ``float16``, ``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2``, fixed point ``qM.N``, ``"int8"`` or any
-   per-tensor :class:`~saf_ref.bits.quantize.Quantizer`),
+   per-tensor :class:`~saf_ref.bits.quantize.Quantizer`, or an OCP Microscaling format such as
+   ``"mxfp4"``, :mod:`saf_ref.bits.mx`),
 2. flips bits of the stored words: independent bit errors at rate ``p`` drawn fresh in every call
    (:class:`~saf_ref.bits.faultmodels.BitErrors`, the same sampler as for weights), or an explicit
    :class:`~saf_ref.bits.faultlist.FaultList` applied in every call,
@@ -28,6 +29,14 @@ Conventions
 - Activations that are already NaN or infinite when they reach a tap (an earlier fault) are passed on
   unchanged and are not exposed to faults (a quantizer cannot encode them; the output is flagged as a
   detected error downstream anyway).
+- MX formats store a tensor as one byte array, block scales first, then the packed elements
+  (:mod:`saf_ref.bits.mx`): every byte is exposed (``words`` counts bytes), a flip in a scale hits its 32
+  values at once, and a non-finite activation makes its whole block NaN, as the specification says. With
+  the default ``axis=None`` the blocks run along each example's activations flattened (C, H, W), so one
+  example's blocks never mix with another's. Explicit fault lists need a format with one word per
+  activation (not MX).
+- Decoded values are rounded to the activations' dtype (exact for every IEEE and MX value that fits in
+  it).
 - An explicit fault list addresses *one example's* activations: record ``(tap, index, bit)`` flips bit
   ``bit`` of the flat C-order element ``index`` of ``h[n]`` for every example ``n`` of every pass (a
   PyTorchFI-style neuron fault), so it does not depend on the batch size. Its records must carry the
@@ -52,6 +61,7 @@ from saf_ref.bits.faultmodels import BitErrors, Target
 from saf_ref.bits.faults import bit_indices
 from saf_ref.bits.fields import Codec
 from saf_ref.bits.formats import resolve_format
+from saf_ref.bits.mx import MXFormat
 from saf_ref.bits.quantize import Quantizer
 
 __all__ = [
@@ -64,7 +74,10 @@ __all__ = [
 ]
 
 #: Format names shown by ``saf-ref`` and the tables (any codec works: ``qM.N``, a Quantizer, aliases).
-ACTIVATION_FORMATS = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")
+ACTIVATION_FORMATS = (
+    "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8",
+    "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8",
+)  # fmt: skip
 
 
 def int8_quantizer() -> Quantizer:
@@ -234,6 +247,7 @@ class ActivationFaults:
         self.taps = _check_taps(taps, fn)
         self.selected = select_taps(layers, self.taps, fn)
         self.codec = activation_format(format, fn)
+        self._blocked = isinstance(self.codec, MXFormat)
         if (p is None) == (faults is None):
             raise ValueError(
                 f"{fn}: exactly one of p (a bit-error rate) and faults (a FaultList) must be given, "
@@ -251,6 +265,11 @@ class ActivationFaults:
             if bit_mask is not None or rng is not None:
                 raise ValueError(f"{fn}: bit_mask and rng must be None with an explicit fault list, "
                                  f"got bit_mask={bit_mask!r}, rng={validation.describe(rng)}")  # fmt: skip
+            if self._blocked:
+                raise ValueError(
+                    f"{fn}: faults (an explicit list) need a format with one word per activation, got the "
+                    f"block format {self.codec.name!r} (use a rate, p)"
+                )
             self.faults = self._check_faults(faults, fn)
             self.rng = None
             self._bits = np.arange(self.codec.nbits, dtype=np.int64)
@@ -323,13 +342,27 @@ class ActivationFaults:
                 f"{fn}: format {self.codec.name!r} must accept {h.dtype} activations (it takes "
                 f"{', '.join(map(str, self.codec.input_dtypes))}) at tap {name!r}"
             )
+        if self._blocked:
+            return self._call_blocked(name, h)
         finite = np.isfinite(h)
         codes, contexts = self._encode(h, finite)
         codes, flips = self._corrupt(name, codes, finite)
-        words = int(np.count_nonzero(finite))
+        self._count(name, int(np.count_nonzero(finite)), flips)
+        return self._decode(h, finite, codes, contexts)
+
+    def _count(self, name: str, words: int, flips: int) -> None:
         old = self.counts[name]
         self.counts[name] = TapCount(old.words + words, old.bits + words * self._bits.size, old.flips + flips)
-        return self._decode(h, finite, codes, contexts)
+
+    def _call_blocked(self, name: str, h: np.ndarray) -> np.ndarray:
+        """A block format: the whole stored byte array (scales and elements) is exposed."""
+        codes, context = self.codec.encode_tensor(h)
+        target = Target(name, codes.shape, codes.dtype, self.codec.nbits, self.codec.name)
+        codes, record = self._model.corrupt(codes, self.rng, target)
+        self._count(name, int(codes.size), len(record))
+        values = np.asarray(self.codec.decode_tensor(codes, context))
+        with np.errstate(over="ignore"):  # a flipped scale may read back beyond float32: inf, on purpose
+            return values.astype(h.dtype)
 
     def _encode(self, h: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, list | None]:
         """Codes of ``h``'s shape (0 where ``h`` is not finite); one context per example for a quantizer."""

@@ -248,3 +248,34 @@ def test_format_objects_and_names():
     assert activation_format(q) is q
     assert activation_format("fp16").name == "float16"
     assert activation_format("q2.5").name == "q2.5"
+
+
+# ------------------------------------------------------------------------------------ MX block formats
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4", "mxint8"])
+def test_mx_rate_zero_is_the_codec_round_trip_per_example_blocks(fmt):
+    from saf_ref.bits.mx import get_mx_format
+
+    codec = get_mx_format(fmt)
+    forward, taps, x = _model("small_cnn")
+    reference = forward(lambda tap, h: codec.decode_tensor(*codec.encode_tensor(h)).astype(np.float32)
+                        if tap == "relu2" else h)  # fmt: skip
+    faults = ActivationFaults("relu2", taps=taps, format=fmt, p=0.0, rng=0)
+    assert forward(faults).tobytes() == reference.tobytes()
+    # blocks run along each example's activations: one example alone reads back the same
+    h = np.random.default_rng(1).standard_normal((3, 8, 4, 4)).astype(np.float32)
+    together = faults("relu2", h)
+    assert together.tobytes() == np.concatenate([faults("relu2", h[i : i + 1]) for i in range(3)]).tobytes()
+
+
+def test_mx_flips_cover_scales_and_elements_binomially():
+    h = np.abs(np.random.default_rng(2).standard_normal((4, 64))).astype(np.float32)
+    p, calls = 0.01, 300
+    faults = ActivationFaults("a", taps=("a",), format="mxfp4", p=p, rng=99)
+    for _ in range(calls):
+        faults("a", h)
+    c = faults.counts["a"]
+    assert c.words == calls * (4 * 2 + 4 * 64 // 2)  # per example: 2 scale bytes + 32 element bytes
+    z = (c.flips - c.bits * p) / np.sqrt(c.bits * p * (1 - p))
+    assert abs(z) < stats.norm.isf(ALPHA / 2)
+    with pytest.raises(ValueError, match="need a format with one word per activation"):
+        ActivationFaults("a", taps=("a",), format="mxfp4", faults=FaultList())
