@@ -3,7 +3,8 @@
 :func:`plot_campaign` draws accuracy against bit-error rate (log scale), one line per stored model with
 its confidence band over trials; float models on the left, quantized models on the right.
 :func:`plot_vulnerability_map` draws a :class:`saf_ref.attack.VulnerabilityMap` as a heatmap, tensors by
-bit positions.
+bit positions. :func:`plot_layer_vulnerability` draws the per-layer SDC rates of an activation campaign
+(:func:`saf_ref.experiments.sdc.run_activation_sdc`) as grouped bars, one group per layer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_campaign", "plot_vulnerability_map"]
+__all__ = ["plot_campaign", "plot_layer_vulnerability", "plot_vulnerability_map"]
 
 _FORMAT_STYLE = {"float32": "-", "float16": "--", "q2.5": ":", "quant8": "-"}
 _TRANSFORM_COLOR = {
@@ -155,3 +156,74 @@ def plot_vulnerability_map(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
+
+
+def plot_layer_vulnerability(
+    summary: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    outcome: str = "sdc",
+    ber: float | None = None,
+    title: str | None = None,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Save a PNG bar chart of an outcome rate per layer (x, in the order of ``summary``), one bar per
+    activation format, with the rate's confidence interval as error bars.
+
+    Parameters
+    ----------
+    summary : sequence of dict
+        Summary rows of :func:`saf_ref.experiments.sdc.run_activation_sdc` (keys ``layer``, ``format``,
+        ``ber``, ``bit``, ``<outcome>_rate``, ``<outcome>_ci_low``, ``<outcome>_ci_high``); rows of
+        per-bit cells (``bit`` not None) are left out.
+    path : path of the PNG to write
+    outcome : {"sdc", "sdc_top5", "detected", "masked"}
+    ber : float, optional
+        The bit-error rate drawn (default: the largest in ``summary``).
+    title : str, optional
+
+    Returns
+    -------
+    layers, formats : list of str
+    rates : ndarray, shape (formats, layers)
+        The drawn rates (NaN where a cell is missing).
+    """
+    fn = "plot_layer_vulnerability"
+    if outcome not in ("sdc", "sdc_top5", "detected", "masked"):
+        raise ValueError(
+            f"{fn}: outcome must be one of ('sdc', 'sdc_top5', 'detected', 'masked'), got {outcome!r}"
+        )
+    rows = [r for r in summary if r.get("bit") is None]
+    if not rows:
+        raise ValueError(f"{fn}: summary must hold activation-campaign rows with bit None, got none")
+    rates_seen = sorted({r["ber"] for r in rows})
+    ber = rates_seen[-1] if ber is None else ber
+    if ber not in rates_seen:
+        raise ValueError(f"{fn}: ber must be one of the summary's rates {rates_seen}, got {ber!r}")
+    rows = [r for r in rows if r["ber"] == ber]
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    rate = np.full((len(formats), len(layers)), np.nan)
+    low, high = rate.copy(), rate.copy()
+    for r in rows:
+        i, j = formats.index(r["format"]), layers.index(r["layer"])
+        if r[f"{outcome}_rate"] is not None:
+            rate[i, j] = r[f"{outcome}_rate"]
+            low[i, j], high[i, j] = r[f"{outcome}_ci_low"], r[f"{outcome}_ci_high"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.5 * len(layers) * max(1, len(formats)) ** 0.5), 4.2))
+    width = 0.8 / len(formats)
+    x = np.arange(len(layers))
+    for i, fmt in enumerate(formats):
+        err = np.vstack((rate[i] - low[i], high[i] - rate[i])) * 100
+        ax.bar(x + (i - (len(formats) - 1) / 2) * width, rate[i] * 100, width, yerr=err, capsize=2, label=fmt)
+    tilt = len(layers) > 6  # ResNet tap names overlap unless tilted
+    ax.set_xticks(x, layers, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    ax.set_ylabel(f"{outcome} rate (% of examples)")
+    ax.set_xlabel("layer (activation tap)")
+    default_title = f"activation faults at bit-error rate {ber:g}: {outcome} rate by layer"
+    ax.set_title(title or default_title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, title="activation format", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return layers, formats, rate

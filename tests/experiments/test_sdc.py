@@ -175,3 +175,24 @@ def test_activation_sdc_errors(digits):
         run(trials=0)
     with pytest.raises(ValueError, match="model must be one of"):
         run_activation_sdc("vgg", params, state, x, y, rates=(0.1,), trials=1, seed=0)
+
+
+def test_layer_vulnerability_plot_draws_the_summary_rates(digits, tmp_path):
+    pytest.importorskip("matplotlib")
+    from saf_ref.experiments.plots import plot_layer_vulnerability
+
+    res = _act(digits, "serial")
+    layers, formats, drawn = plot_layer_vulnerability(res.summary, tmp_path / "v.png")
+    assert (tmp_path / "v.png").stat().st_size > 1000
+    assert layers == ["relu1", "relu3"] and formats == ["float16", "int8"]
+    for r in res.summary:
+        if r["ber"] == 3e-2:
+            assert drawn[formats.index(r["format"]), layers.index(r["layer"])] == r["sdc_rate"]
+    _, _, at_zero = plot_layer_vulnerability(res.summary, tmp_path / "z.png", ber=0.0, outcome="masked")
+    assert np.all(at_zero == 1.0)
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        plot_layer_vulnerability(res.summary, tmp_path / "x.png", outcome="sdc5")
+    with pytest.raises(ValueError, match="ber must be one of the summary's rates"):
+        plot_layer_vulnerability(res.summary, tmp_path / "x.png", ber=0.5)
+    with pytest.raises(ValueError, match="summary must hold activation-campaign rows"):
+        plot_layer_vulnerability([], tmp_path / "x.png")
