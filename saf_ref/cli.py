@@ -308,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_module_command(
         sub,
+        "format-faults",
+        "saf_ref.experiments.formats",
+        help="one model in float16, bfloat16, FP8, MXFP8/6/4, INT8: weight and activation faults, SDC rates",
+        description=(
+            "Train (or load with --checkpoints, shared with saf-ref demo) the demo's baseline and SAF (tanh) "
+            "models; store each in every weight format and flip random bits at the same rates; flip random "
+            "bits of the baseline's activations, layer by layer, in every activation format; classify every "
+            "example against the golden run (masked, SDC, detected). Prints two tables and writes "
+            "results.json, run.json, weights.csv, activations.csv and vulnerability.png to --out. Needs no "
+            "network."
+        ),
+        epilog="Every option is checked before training. Exit status: 0 done, 2 bad option or unusable "
+        "file (one line on stderr), 130 interrupted (partial results written to --out).",
+    )
+
+    _add_module_command(
+        sub,
         "check",
         "saf_ref.testing.runner",
         help="check a backend (numpy, torch, module:Name, file.py:Name) against saf_ref: the oracle kit",
