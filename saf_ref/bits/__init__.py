@@ -41,7 +41,8 @@ from saf_ref.bits.faults import (
 from saf_ref.bits.fields import BitField, Codec, NumberFormat, smallest_container
 from saf_ref.bits.fixed import FixedPointFormat, is_fixed_format_name, parse_fixed_format
 from saf_ref.bits.formats import codec_from_json, format_names, get_format, resolve_format
-from saf_ref.bits.ieee import IEEE_FORMATS, IEEEFormat, get_ieee_format
+from saf_ref.bits.ieee import IEEE_FORMATS, MX_ELEMENT_FORMATS, IEEEFormat, get_ieee_format
+from saf_ref.bits.mx import E8M0, MX_FORMATS, E8M0Format, MXContext, MXFormat, get_mx_format
 from saf_ref.bits.placement import ChipFaults, Placement, layout
 from saf_ref.bits.quantize import QuantContext, Quantizer
 from saf_ref.bits.teaching import expected_corrupted, flip_table, flip_value, prob_nonfinite
@@ -51,6 +52,8 @@ __all__ = [
     "BitField",
     "Bursts",
     "Chip",
+    "E8M0",
+    "E8M0Format",
     "ChipFaults",
     "ChipModel",
     "Codec",
@@ -61,6 +64,10 @@ __all__ = [
     "FixedPointFormat",
     "IEEEFormat",
     "IEEE_FORMATS",
+    "MXContext",
+    "MXFormat",
+    "MX_ELEMENT_FORMATS",
+    "MX_FORMATS",
     "NumberFormat",
     "Placement",
     "QuantContext",
@@ -75,6 +82,7 @@ __all__ = [
     "format_names",
     "get_format",
     "get_ieee_format",
+    "get_mx_format",
     "expected_corrupted",
     "flip_table",
     "flip_value",

@@ -214,7 +214,8 @@ class E8M0Format:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """``2**(code - 127)`` in float32 (exact; ``2**-127`` is subnormal there); NaN for ``0xFF``."""
         c = _check_uint8(codes, f"{self.name}.decode").astype(np.int64)
-        values = np.ldexp(np.float32(1.0), (c - SCALE_BIAS).astype(np.int32)).astype(np.float32)
+        finite = np.where(c == SCALE_NAN, SCALE_BIAS, c)  # 2**128 would overflow float32
+        values = np.ldexp(np.float32(1.0), (finite - SCALE_BIAS).astype(np.int32)).astype(np.float32)
         return np.where(c == SCALE_NAN, np.float32(np.nan), values).astype(np.float32)
 
     def is_nan(self, codes: np.ndarray) -> np.ndarray:
