@@ -1,11 +1,16 @@
 """The model registry: models by name, so that a model pickles into worker processes.
 
 A model is named by a string: ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"`` or
-``"mlp"``, optionally followed by ``@`` and options ``key=value`` separated by commas. The one option today
-is ``act_clip=<c>``, a ReLU ceiling ``c > 0`` (activation clipping; see :mod:`saf_ref.nn.resnet`)::
+``"mlp"``, optionally followed by ``@`` and options ``key=value`` separated by commas:
+
+- ``act_clip=<c>``, a ReLU ceiling ``c > 0`` (activation clipping; see :mod:`saf_ref.nn.resnet`);
+- ``norm=batch`` (default) or ``norm=group``, the normalisation layers, and ``reparam=1`` (default
+  ``0``), the reference code's reparameterized scale ``1 + weight`` (see :mod:`saf_ref.nn.norms`; not for
+  the MLP, which has no normalisation layers)::
 
     model_fns("small_cnn@act_clip=6")      # every ReLU is min(max(z, 0), 6), i.e. ReLU6
     model_fns("resnet20@act_clip=0.5")
+    model_fns("resnet20@norm=group,reparam=1")   # Stutz et al.'s normalisation
 
 See :func:`parse_model_name` for the exact grammar and :func:`format_model_name` to build one.
 """
@@ -20,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref.nn.blocks import ModelGrads, check_act_clip
+from saf_ref.nn.norms import NORMS, check_norm
 from saf_ref.nn.resnet import ARCHS, resnet_backward, resnet_forward
 from saf_ref.nn.small import mlp_backward, mlp_forward, small_cnn_backward, small_cnn_forward
 
@@ -47,27 +53,35 @@ class ModelFns(NamedTuple):
 
 
 MODEL_NAMES: tuple[str, ...] = (*ARCHS, "small_cnn", "mlp")
-#: Options a model name may carry after ``@`` (``"small_cnn@act_clip=6"``).
-MODEL_OPTIONS: tuple[str, ...] = ("act_clip",)
+#: Options a model name may carry after ``@`` (``"small_cnn@act_clip=6"``), in canonical order.
+MODEL_OPTIONS: tuple[str, ...] = ("act_clip", "norm", "reparam")
+_REPARAM_VALUES = {"0": False, "1": True, "false": False, "true": True}
 
 
 class ModelName(NamedTuple):
-    """A parsed model name: the architecture and its options (``act_clip=None``: plain ReLU)."""
+    """A parsed model name: the architecture and its options (``act_clip=None``: plain ReLU;
+    ``norm="batch"``, ``reparam=False``: plain batch norm)."""
 
     base: str
     act_clip: float | None = None
+    norm: str = "batch"
+    reparam: bool = False
 
     @property
     def canonical(self) -> str:
         """The name in canonical form (see :func:`format_model_name`)."""
-        return format_model_name(self.base, act_clip=self.act_clip)
+        return format_model_name(self.base, act_clip=self.act_clip, norm=self.norm, reparam=self.reparam)
 
 
-def format_model_name(base: str, *, act_clip: float | None = None) -> str:
-    """The canonical model name: ``base``, or ``f"{base}@act_clip={float(act_clip)!r}"``.
+def format_model_name(
+    base: str, *, act_clip: float | None = None, norm: str = "batch", reparam: bool = False
+) -> str:
+    """The canonical model name: ``base``, then the options that differ from their defaults, in the
+    order ``act_clip``, ``norm``, ``reparam``: ``"resnet20@act_clip=6.0,norm=group,reparam=1"``.
 
     ``format_model_name("small_cnn", act_clip=6)`` is ``"small_cnn@act_clip=6.0"``; the ceiling is
     written with ``repr(float)``, which round-trips exactly, so ``parse_model_name`` gives it back.
+    ``norm`` and ``reparam`` need normalisation layers (not ``"mlp"``).
     """
     fn = "format_model_name"
     if not isinstance(base, str):
@@ -75,13 +89,23 @@ def format_model_name(base: str, *, act_clip: float | None = None) -> str:
     if base not in MODEL_NAMES:
         raise ValueError(f"{fn}: base must be one of {MODEL_NAMES}, got {base!r}")
     c = check_act_clip(act_clip, fn)
-    return base if c is None else f"{base}@act_clip={c!r}"
+    norm, reparam = check_norm(norm, reparam, fn)
+    if base == "mlp" and (norm != "batch" or reparam):
+        raise ValueError(
+            f"{fn}: norm and reparam need a model with normalisation layers, got base 'mlp' with "
+            f"norm={norm!r}, reparam={reparam!r}"
+        )
+    options = [] if c is None else [f"act_clip={c!r}"]
+    options += [f"norm={norm}"] if norm != "batch" else []
+    options += ["reparam=1"] if reparam else []
+    return base if not options else f"{base}@{','.join(options)}"
 
 
 def _name_error(fn: str, name: str, problem: str) -> ValueError:
     return ValueError(
         f"{fn}: model {problem}; expected '<base>' or '<base>@act_clip=<c>' with <base> in {MODEL_NAMES} "
-        f"and <c> a finite number > 0 (e.g. 'small_cnn@act_clip=6'), got {name!r}"
+        f"and <c> a finite number > 0 (e.g. 'small_cnn@act_clip=6'; other options: norm=batch|group, "
+        f"reparam=0|1), got {name!r}"
     )
 
 
@@ -93,8 +117,11 @@ def parse_model_name(name: str, fn: str = "parse_model_name") -> ModelName:
         name    := base [ "@" option { "," option } ]
         base    := "resnet20" | "resnet18_cifar" | "resnet18" | "small_cnn" | "mlp"
         option  := "act_clip=" number        (a Python float literal: 6, 6.0, 0.5, 2e-1)
+                 | "norm=" ("batch" | "group")
+                 | "reparam=" ("0" | "1" | "false" | "true")
 
-    Each option may appear at most once. ``act_clip`` must be finite and ``> 0``.
+    Each option may appear at most once, in any order. ``act_clip`` must be finite and ``> 0``;
+    ``norm`` and ``reparam`` are refused for the MLP (it has no normalisation layers).
 
     Parameters
     ----------
@@ -105,7 +132,8 @@ def parse_model_name(name: str, fn: str = "parse_model_name") -> ModelName:
     Returns
     -------
     ModelName
-        ``ModelName("small_cnn", 6.0)`` for ``"small_cnn@act_clip=6"``.
+        ``ModelName("small_cnn", 6.0)`` for ``"small_cnn@act_clip=6"``,
+        ``ModelName("resnet20", None, "group", True)`` for ``"resnet20@norm=group,reparam=1"``.
 
     Raises
     ------
@@ -137,13 +165,23 @@ def parse_model_name(name: str, fn: str = "parse_model_name") -> ModelName:
         if key in values:
             raise _name_error(fn, name, f"option {key!r} is given twice")
         values[key] = value
-    try:
-        act_clip = float(values["act_clip"])
-    except ValueError:
-        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a number") from None
-    if not (math.isfinite(act_clip) and act_clip > 0):
-        raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a finite number > 0")
-    return ModelName(base, act_clip)
+    act_clip = None
+    if "act_clip" in values:
+        try:
+            act_clip = float(values["act_clip"])
+        except ValueError:
+            raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a number") from None
+        if not (math.isfinite(act_clip) and act_clip > 0):
+            raise _name_error(fn, name, f"act_clip={values['act_clip']!r} is not a finite number > 0")
+    norm = values.get("norm", "batch")
+    if norm not in NORMS:
+        raise _name_error(fn, name, f"norm={norm!r} is not one of {NORMS}")
+    reparam = values.get("reparam", "0")
+    if reparam not in _REPARAM_VALUES:
+        raise _name_error(fn, name, f"reparam={reparam!r} is not one of {tuple(_REPARAM_VALUES)}")
+    if base == "mlp" and ("norm" in values or "reparam" in values):
+        raise _name_error(fn, name, "options norm and reparam need normalisation layers, which mlp has not")
+    return ModelName(base, act_clip, norm, _REPARAM_VALUES[reparam])
 
 
 def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
@@ -153,7 +191,8 @@ def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
     ----------
     model : str or ModelFns
         ``"resnet20"``, ``"resnet18_cifar"``, ``"resnet18"``, ``"small_cnn"``, ``"mlp"``, optionally with
-        options: ``"small_cnn@act_clip=6"`` (see :func:`parse_model_name`).
+        options: ``"small_cnn@act_clip=6"``, ``"resnet20@norm=group,reparam=1"`` (see
+        :func:`parse_model_name`).
     fn : str
         The function name errors are reported under.
 
@@ -161,7 +200,8 @@ def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
     -------
     ModelFns
         ``name`` is the canonical name (``"small_cnn@act_clip=6.0"`` for ``"small_cnn@act_clip=6"``);
-        with an ``act_clip``, ``forward`` passes it on to the model's forward function. The forward
+        with an ``act_clip``, a ``norm`` or ``reparam``, ``forward`` passes them on to the model's forward
+        function. The forward
         functions are module-level functions or ``functools.partial`` objects (not closures), so a
         ``ModelFns`` pickles too.
     """
@@ -177,5 +217,9 @@ def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
         forward, backward = functools.partial(resnet_forward, arch=base), resnet_backward
     if act_clip is not None:
         forward = functools.partial(forward, act_clip=act_clip)
+    if parsed.norm != "batch":
+        forward = functools.partial(forward, norm=parsed.norm)
+    if parsed.reparam:
+        forward = functools.partial(forward, reparam=True)
     # Partials, not closures: they pickle, and so does the ModelFns.
     return ModelFns(name, forward, backward)

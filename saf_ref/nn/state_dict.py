@@ -15,6 +15,12 @@ and back::
     model.load_state_dict({k: torch.from_numpy(v) for k, v in export_state_dict(params, state).items()})
 
 Every mismatch (a missing, unexpected or mis-shaped tensor) is reported by name, all at once.
+
+Group-norm models (``norm="group"``, :mod:`saf_ref.nn.norms`) have the same parameter names and no
+running statistics: ``load_torch_state_dict(sd, arch="resnet20", norm="group")``. Reparameterized
+normalisation (scale ``1 + weight``) changes values, not names: its state dicts load like the plain ones
+(into the reference code's ``ReparameterizedBatchNorm2d`` / ``ReparameterizedGroupNorm`` on the torch
+side, whose parameters are named ``weight`` and ``bias`` too).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from saf_ref.nn.norms import check_norm
 from saf_ref.nn.resnet import ARCHS, resnet_shapes
 from saf_ref.nn.small import mlp_shapes, small_cnn_shapes
 from saf_ref.validation import FLOAT_DTYPES, check_choice, check_float_dtype
@@ -93,7 +100,7 @@ def split_state_dict(
 
 
 def _expected_shapes(
-    arch: str, params: dict[str, np.ndarray], fn: str
+    arch: str, params: dict[str, np.ndarray], fn: str, norm: str = "batch"
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """The architecture's names and shapes, its free sizes (classes, channels, width) read from ``params``."""
     if arch == "mlp":
@@ -114,8 +121,8 @@ def _expected_shapes(
     width, in_channels = params["conv1.weight"].shape[:2]
     num_classes = params["fc.weight"].shape[0]
     if arch == "small_cnn":
-        return small_cnn_shapes(in_channels=in_channels, num_classes=num_classes, width=width)
-    return resnet_shapes(arch, num_classes=num_classes, in_channels=in_channels, width=width)
+        return small_cnn_shapes(in_channels=in_channels, num_classes=num_classes, width=width, norm=norm)
+    return resnet_shapes(arch, num_classes=num_classes, in_channels=in_channels, width=width, norm=norm)
 
 
 def _mismatches(
@@ -144,6 +151,7 @@ def load_torch_state_dict(
     arch: str | None = None,
     reference: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
     dtype: Any = None,
+    norm: str = "batch",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Load a PyTorch ``state_dict`` into ``(params, state)``; PyTorch: ``model.load_state_dict(sd)``.
 
@@ -161,6 +169,10 @@ def load_torch_state_dict(
     dtype : float32, float64 or None
         Cast every tensor to this dtype (one rounding). ``None`` keeps the file's dtype, which must then
         be float32 or float64 and the same for all tensors.
+    norm : {"batch", "group"}
+        With ``arch`` (not the MLP): the model's normalisation layers; group norm has no running
+        statistics, so a ``running_mean`` in the state dict is then reported as unexpected. Reparameterized
+        or not is the same (the names are).
 
     Returns
     -------
@@ -180,6 +192,11 @@ def load_torch_state_dict(
         raise ValueError(f"{fn}: give arch or reference, not both, got arch={arch!r} and a reference")
     if arch is not None:
         check_choice(arch, "arch", fn, _ARCH_CHOICES)
+    check_norm(norm, False, fn)
+    if norm != "batch" and arch in (None, "mlp"):
+        raise ValueError(
+            f"{fn}: norm={norm!r} needs arch, a model with normalisation layers, got arch={arch!r}"
+        )
     if reference is not None:
         pair = isinstance(reference, tuple) and len(reference) == 2
         if not (pair and all(isinstance(r, dict) for r in reference)):
@@ -195,7 +212,7 @@ def load_torch_state_dict(
         want_params = {k: v.shape for k, v in reference[0].items()}
         want_state = {k: v.shape for k, v in reference[1].items()}
     elif arch is not None:
-        want_params, want_state = _expected_shapes(arch, params, fn)
+        want_params, want_state = _expected_shapes(arch, params, fn, norm)
     else:
         want_params = want_state = None
     if want_params is not None:

@@ -543,7 +543,7 @@ BAD_NAMES = [
     ("small_cnn@act_clip", "option 'act_clip' is not of the form key=value"),
     ("small_cnn@act_clip=", "option 'act_clip=' is not of the form key=value"),
     ("small_cnn@=6", "option '=6' is not of the form key=value"),
-    ("small_cnn@clip=6", r"option 'clip' is unknown \(known: \('act_clip',\)\)"),
+    ("small_cnn@clip=6", r"option 'clip' is unknown \(known: \('act_clip', 'norm', 'reparam'\)\)"),
     ("small_cnn@act_clip=6,act_clip=7", "option 'act_clip' is given twice"),
     ("small_cnn@act_clip=6,", "option '' is not of the form key=value"),
     ("small_cnn@act_clip=six", "act_clip='six' is not a number"),
