@@ -292,6 +292,23 @@ def build_subjects(cfg: SeedsConfig, data) -> tuple[list[Subject], dict[str, Any
     return subjects, facts
 
 
+def exposed_words(subject: Subject) -> dict[str, int]:
+    """The stored words of ``subject`` exposed to faults: conv/linear ``weights``, ``other`` (biases and
+    normalization parameters), and ``bits`` (all exposed bits; the mean number of flips of a pattern at
+    rate ``p`` is ``p * bits``)."""
+    from saf_ref.protect import param_role
+
+    shapes = {k: v.shape for k, v in subject.params.items()}
+    rules = subject.spec.resolve(shapes, "exposed_words")
+    counts = {"weights": 0, "other": 0, "bits": 0}
+    for name, shape in shapes.items():
+        if rules[name].exposed:
+            words = int(np.prod(shape, dtype=np.int64))
+            counts["weights" if param_role(name, shapes) == "weight" else "other"] += words
+            counts["bits"] += words * rules[name].format.nbits
+    return counts
+
+
 def exposure_of(subject_key: str) -> str:
     """The exposure of a subject labelled by :func:`build_subjects` (its last ``/`` field)."""
     return subject_key.rsplit("/", 1)[1]
@@ -413,10 +430,14 @@ def format_table(result: CampaignResult) -> str:
 
 
 def format_claim(
-    claims: Sequence[Mapping[str, Any]], paired: Sequence[Mapping[str, Any]], num_classes: int
+    claims: Sequence[Mapping[str, Any]],
+    paired: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    exposed: Mapping[str, Mapping[str, int]] | None = None,
 ) -> str:
-    """The claim check as text: per exposure, the rates where the float32 baseline is at chance and,
-    there, each model's drop from its clean accuracy (points, with the upper end of its interval)."""
+    """The claim check as text: per exposure, the exposed words of the float32 baseline (``exposed``, by
+    subject, from :func:`exposed_words`), the rates where it is at chance and, there, each model's drop
+    from its clean accuracy (points, with the upper end of its interval)."""
     chance = 100.0 / num_classes
     lines = [
         f"SAF claim: at a rate where the float32 baseline is within {100 * CHANCE_MARGIN:.0f} points of "
@@ -429,6 +450,12 @@ def format_claim(
             f"\nexposure {exposure!r}: float32 baseline accuracy "
             + ", ".join(f"{r['ber']:.0e}: {100 * r['accuracy_mean']:.1f}%" for r in base)
         )
+        words = (exposed or {}).get(f"baseline/identity/float32/{exposure}")
+        if words is not None:
+            flips = ", ".join(f"{r['ber']:.0e}: {r['ber'] * words['bits']:.3g}" for r in base)
+            lines.append(f"  exposed float32 words: {words['weights']:,} conv/linear weights + "
+                         f"{words['other']:,} biases and norm parameters; mean flips per pattern "
+                         f"{flips}")  # fmt: skip
         rows = [c for c in claims if c["exposure"] == exposure]
         if not rows:
             lines.append("  no rate swept puts the baseline at chance")
@@ -482,6 +509,7 @@ def run_seeds(
     _log(cfg, f"seeds: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "
               f"{cfg.model} width {cfg.width}, {cfg.epochs} epochs per model")  # fmt: skip
     subjects, facts = demo.train_subjects(lambda: build_subjects(cfg, data), cfg.checkpoints)
+    facts["exposed"] = {s.key: exposed_words(s) for s in subjects if s.method == "baseline"}
     x_eval, y_eval = demo.eval_split(data, cfg.eval_limit)
     _log(cfg, f"seeds: {len(subjects)} models x {len(cfg.rates)} rates x {cfg.patterns} shared fault "
               f"patterns on {y_eval.shape[0]} test images")  # fmt: skip
@@ -507,7 +535,7 @@ def run_seeds(
             "seconds": time.perf_counter() - start,
         }
     )
-    table, claim = format_table(result), format_claim(claims, paired, num_classes)
+    table, claim = format_table(result), format_claim(claims, paired, num_classes, facts["exposed"])
     files = {"results.json": result.to_json, "results.csv": _csv(result.summary, (*_SUMMARY, "exposure")),
              "paired.json": _json(paired), "paired.csv": _csv(paired, PAIRED_FIELDS),
              "claim.txt": claim + "\n", "table.txt": table + "\n",

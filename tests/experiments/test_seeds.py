@@ -308,3 +308,26 @@ def test_checkpoints_are_reused_and_results_identical(seeds_run, tmp_path):
         assert (seeds_run / name).read_text() == (again / name).read_text()
     seconds = _load(again, "run.json")["config"]["training"]["seconds"]
     assert all(v is None for v in seconds.values())  # every model loaded, none trained
+
+
+def test_exposed_words_counts_by_hand():
+    """The small CNN's conv/linear weights are its 2-D and 4-D arrays; the rest (biases, batch norm) are
+    1-D. float32: 32 bits a word; q2.5: 8."""
+    a, _, state = _two_models()
+    weights = sum(v.size for v in a.values() if v.ndim in (2, 4))
+    other = sum(v.size for v in a.values() if v.ndim == 1)
+    for fmt, nbits in (("float32", 32), ("q2.5", 8)):
+        for exposure, expected_other in (("weights", 0), ("all", other)):
+            s = Subject("m", "tanh", fmt, "small_cnn", a, state, seeds._spec(fmt, "tanh", exposure))
+            assert seeds.exposed_words(s) == {"weights": weights, "other": expected_other,
+                                              "bits": (weights + expected_other) * nbits}  # fmt: skip
+
+
+def test_claim_text_states_the_exposed_words(seeds_run):
+    run = _load(seeds_run, "run.json")
+    exposed = run["config"]["training"]["exposed"]
+    claim = (seeds_run / "claim.txt").read_text()
+    for exposure in ("weights", "all"):
+        words = exposed[f"baseline/identity/float32/{exposure}"]
+        assert f"{words['weights']:,} conv/linear weights + {words['other']:,} biases" in claim
+    assert exposed["baseline/identity/float32/weights"]["other"] == 0
