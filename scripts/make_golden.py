@@ -941,9 +941,145 @@ def sgd_arrays(seed: int) -> tuple[dict[str, np.ndarray], dict, dict]:
 
 
 # ==========================================================================================================
+# OCP Microscaling: element formats, the E8M0 scale, MX blocks
+# ==========================================================================================================
+MX_ELEMENT_NAMES = ("float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn")
+
+
+def _mx_element_inputs(fmt, dtype) -> list[tuple[float, str]]:
+    """Every value of ``fmt`` (both signs), every midpoint (a tie) and its two neighbours in ``dtype``,
+    values past the largest, infinities and tiny values: (input, tag)."""
+    values = fmt.decode(np.arange(1 << (fmt.nbits - 1), dtype=fmt.container)).astype(np.float64)
+    mids = (values[:-1] + values[1:]) / 2
+    out = [(v, "exact") for v in values.tolist()]
+    for m in mids.tolist():
+        md = dtype(m)
+        out += [(float(md), "tie"), (float(np.nextafter(md, dtype(np.inf))), "above_tie"),
+                (float(np.nextafter(md, dtype(0))), "below_tie")]
+    top = float(values[-1])
+    out += [(top * 1.25, "overflow"), (top * 1e3, "overflow"), (math.inf, "inf"), (1e-30, "tiny")]
+    return out + [(-x, tag) for x, tag in out]
+
+
+def _mx_element_doc(fmt) -> dict:
+    codes = np.arange(1 << fmt.nbits, dtype=fmt.container)
+    values = fmt.decode(codes).astype(np.float32)
+    doc = {
+        "nbits": fmt.nbits, "exponent_bits": fmt.exponent_bits, "mantissa_bits": fmt.mantissa_bits,
+        "bias": fmt.bias, "has_infinity": False, "has_nan": False,
+        "max_finite": float_text(fmt.max_finite), "min_normal": float_text(fmt.min_normal),
+        "min_subnormal": float_text(fmt.min_subnormal),
+        "fields": {k: {"lsb": f.lsb, "width": f.width} for k, f in fmt.fields.items()},
+        "decode_columns": ["code", "value_bits", "value", "class"],
+        "decode": [[hex_code(c, fmt.nbits), b, float_text(v), str(k)] for c, b, v, k in zip(
+            codes.tolist(), bits_text(values), values.tolist(), fmt.classify(codes).tolist(), strict=True)],
+        "encode_columns": ["x_bits", "x", "code", "tag"],
+        "encode": {},
+    }  # fmt: skip
+    for src_name, (dtype, _) in SOURCE_DTYPES.items():
+        xs = _mx_element_inputs(fmt, dtype)
+        x = np.array([v for v, _ in xs], dtype=dtype)
+        codes_x = fmt.encode(x)
+        doc["encode"][src_name] = [[b, float_text(v), hex_code(c, fmt.nbits), t] for b, v, c, t in zip(
+            bits_text(x), x.tolist(), codes_x.tolist(), [t for _, t in xs], strict=True)]  # fmt: skip
+    return doc
+
+
+def _e8m0_doc() -> dict:
+    e8 = get_format("float8_e8m0fnu")
+    codes = np.arange(256, dtype=np.uint8)
+    values = e8.decode(codes)
+    k = np.arange(-127, 128, dtype=np.float64)
+    p = np.exp2(k)
+    x = np.concatenate([p, 1.5 * p, np.nextafter(1.5 * p, 0), 1.9 * p,
+                        [2.0**-128, 2.0**-300, 2.0**127 * 1.49, 2.0**127 * 1.5, 2.0**128, 1e300,
+                         0.0, -0.0, -1.0, math.inf, -math.inf, math.nan]])  # fmt: skip
+    return {
+        "nbits": 8, "bias": 127, "fields": {"exponent": {"lsb": 0, "width": 8}},
+        "decode_columns": ["code", "value_bits", "value", "class"],
+        "decode": [[hex_code(c, 8), b, float_text(v), str(cl)] for c, b, v, cl in zip(
+            codes.tolist(), bits_text(values), values.tolist(), e8.classify(codes).tolist(), strict=True)],
+        "encode_columns": ["x_bits", "x", "ieee", "saturate"],
+        "encode": {"float64": [[b, float_text(v), hex_code(a, 8), hex_code(s, 8)] for b, v, a, s in zip(
+            bits_text(x), x.tolist(), e8.encode(x).tolist(), e8.encode(x, overflow="saturate").tolist(),
+            strict=True)]},
+    }  # fmt: skip
+
+
+def mx_elements_file() -> bytes:
+    """``mx_elements.json``: the MX element formats (every code decoded, encode cases) and E8M0."""
+    doc = {"schema": f"{SCHEMA}.mx_elements", "version": VERSION,
+           "nan_input": "error (these formats have no NaN code; saf_ref raises ValueError)",
+           "formats": {name: _mx_element_doc(get_format(name)) for name in MX_ELEMENT_NAMES},
+           "float8_e8m0fnu": _e8m0_doc()}  # fmt: skip
+    return json_bytes(doc)
+
+
+def _mx_block_inputs(fmt, rng: np.random.Generator) -> list[tuple[str, np.ndarray, str]]:
+    """(tag, input, format name) cases of one MX format: random rows with a padded last block, ties,
+    a zero block, NaN and inf blocks, saturation, the smallest and largest scales, blocks along an axis."""
+    elem = fmt.element
+    grid = elem.decode(rng.integers(0, 1 << elem.nbits, 32).astype(elem.container)).astype(np.float64)
+    grid = np.where(np.isfinite(grid), grid, 0.0)
+    emax = fmt.emax_elem
+    nan_block = np.ones(64, np.float32)
+    nan_block[37] = np.nan
+    inf_block = np.ones(64, np.float32)
+    inf_block[3] = -np.inf
+    return [
+        ("random_padded", (rng.standard_normal((2, 40)) * 0.1).astype(np.float32), fmt.name),
+        ("ties", (grid * 2.0**-3 * (1 + 2.0 ** -rng.integers(1, 5, 32))).astype(np.float32), fmt.name),
+        ("zeros", np.array([0.0] * 16 + [-0.0] * 16, np.float32), fmt.name),
+        ("nan", nan_block, fmt.name),
+        ("inf", inf_block, fmt.name),
+        ("wide_range", (rng.standard_normal(32) * np.exp2(rng.integers(-40, 10, 32))).astype(np.float32),
+         fmt.name),
+        ("float32_subnormal", (rng.standard_normal(32) * 2.0**-140).astype(np.float32), fmt.name),
+        ("saturate", np.array([2.0 ** (emax + 1) * 0.999, -(2.0 ** (emax + 1)) * 0.99, 1.0], np.float32),
+         fmt.name),
+        ("largest_scale", np.array([2.0 ** (127 + emax), 1.0], np.float64), fmt.name),
+        ("scale_overflow", np.array([2.0 ** (128 + emax), 1.0], np.float64), fmt.name),
+        ("smallest_scale", np.array([2.0**-140, -(2.0**-127), 2.0**-126], np.float64), fmt.name),
+        ("axis1", (rng.standard_normal((2, 36, 3)) * 4).astype(np.float32), f"{fmt.name}_axis1"),
+    ]  # fmt: skip
+
+
+def mx_blocks_file(seed: int) -> bytes:
+    """``mx_blocks.json``: MX encode cases (input bits -> scales, element codes, stored bytes) and decode
+    cases (random stored bytes -> values) for the six MX formats."""
+    from saf_ref.bits.mx import MX_FORMATS, MXContext, get_mx_format
+
+    rng = np.random.default_rng(seed)
+    doc = {"schema": f"{SCHEMA}.mx_blocks", "version": VERSION, "block_size": 32, "formats": {}}
+    for name, fmt in MX_FORMATS.items():
+        entry = {"element": fmt.element.name, "element_bits": fmt.element_bits, "emax_elem": fmt.emax_elem,
+                 "element_max": float_text(fmt.element_max), "encode": [], "decode": []}  # fmt: skip
+        for tag, x, fname in _mx_block_inputs(fmt, rng):
+            f = get_mx_format(fname)
+            scales, elements = f.quantize(x)
+            codes, _ = f.encode_tensor(x)
+            entry["encode"].append({
+                "tag": tag, "format": fname, "axis": f.axis, "shape": list(x.shape), "x_dtype": str(x.dtype),
+                "x_bits": bits_text(x),
+                "scales": [hex_code(c, 8) for c in scales.reshape(-1).tolist()],
+                "elements": [hex_code(c, fmt.element_bits) for c in elements.reshape(-1).tolist()],
+                "codes": [hex_code(c, 8) for c in codes.tolist()],
+            })  # fmt: skip
+        shape = (2, 40)
+        codes = rng.integers(0, 256, fmt.layout(shape).n_bytes).astype(np.uint8)
+        codes[:3] = [0x00, 0xFE, 0xFF]  # smallest, largest and NaN scales
+        values = fmt.decode_tensor(codes, MXContext(shape))
+        entry["decode"].append({"shape": list(shape), "codes": [hex_code(c, 8) for c in codes.tolist()],
+                                "value_bits": bits_text(values)})  # fmt: skip
+        doc["formats"][name] = entry
+    return json_bytes(doc)
+
+
+# ==========================================================================================================
 # All files
 # ==========================================================================================================
-SEEDS = {"codec": 1, "flip": 2, "faultlist": 3, "quantizer": 4, "nn_ops": 5, "transforms": 6, "sgd": 7}
+SEEDS = {"codec": 1, "flip": 2, "faultlist": 3, "quantizer": 4, "nn_ops": 5, "transforms": 6, "sgd": 7,
+         "mx": 8}
 
 
 def build_all() -> dict[str, bytes]:
@@ -955,6 +1091,8 @@ def build_all() -> dict[str, bytes]:
     files["faults_flip_by_uniform.json"] = flip_file(SEEDS["flip"])
     files.update(faultlist_files(SEEDS["faultlist"]))
     files["quantizer.json"] = quantizer_file(SEEDS["quantizer"])
+    files["mx_elements.json"] = mx_elements_file()
+    files["mx_blocks.json"] = mx_blocks_file(SEEDS["mx"])
     npz_specs, npz_cases = {}, {}
     builders = {
         "codec_decode16.npz": lambda: (*decode16_arrays(), {}),
