@@ -14,7 +14,8 @@ What it does, with no arguments, no network and only the shipped data (about two
    without faults): masked, SDC (top-1 changed), detected (NaN/inf outputs)
    (:func:`saf_ref.experiments.sdc.run_weight_sdc`);
 4. flips random bits of the baseline's *activations*, each layer alone, stored in each activation format,
-   and reports the SDC rate per layer (:func:`saf_ref.experiments.sdc.run_activation_sdc`);
+   and reports the SDC rate per layer (:func:`saf_ref.experiments.sdc.run_activation_sdc`), then per bit
+   position (only that bit may flip) in the ``--bit-formats`` at the largest activation rate;
 5. prints two tables and writes ``results.json`` (both summaries and the golden accuracies), ``run.json``
    (configuration and per-trial records), ``weights.csv``, ``activations.csv``, ``table.txt`` and
    ``vulnerability.png`` (matplotlib) to ``--out``.
@@ -58,7 +59,14 @@ __all__ = [
 
 WEIGHT_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp4", "int8")
 ACT_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "mxfp8_e4m3", "mxfp4", "int8")
-QUICK = {"epochs": 4, "trials": 2, "rates": (1e-4, 1e-3, 1e-2), "act_rates": (1e-3,), "eval_limit": 120}
+QUICK = {
+    "epochs": 4,
+    "trials": 2,
+    "rates": (1e-4, 1e-3, 1e-2),
+    "act_rates": (1e-3,),
+    "eval_limit": 120,
+    "bit_formats": ("int8",),
+}
 OUTPUTS = ("results.json", "run.json", "weights.csv", "activations.csv", "table.txt", "vulnerability.png")
 _DEMO_FIELDS = (*TRAINING_FIELDS, "eval_limit", "workers", "checkpoints", "verbose")
 
@@ -76,6 +84,7 @@ class FormatsConfig(TrainingSettings):
     act_formats: tuple[str, ...] = ACT_FORMATS
     rates: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
     act_rates: tuple[float, ...] = (1e-4, 1e-3)
+    bit_formats: tuple[str, ...] = ("float16",)
     trials: int = 5
     eval_limit: int | None = None
     workers: int | None = None
@@ -137,10 +146,18 @@ def _act_format(v: str, fn: str) -> Any:
     return activation_format(v, fn)
 
 
+def _bit_formats(values: Any, name: str, fn: str) -> None:
+    """Like the activation formats, but may be empty (no per-bit campaign)."""
+    if isinstance(values, (tuple, list)) and not values:
+        return
+    _names(_act_format, "activation format names")(values, name, fn)
+
+
 _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "transforms": _check_transforms,
     "weight_formats": _names(weight_format, "weight format names"),
     "act_formats": _names(_act_format, "activation format names"),
+    "bit_formats": _bit_formats,
     "rates": _check_rates,
     "act_rates": _check_rates,
     "trials": lambda v, name, fn: validation.check_int(v, name, fn, low=1),
@@ -202,8 +219,7 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     ``force`` (checked before anything runs).
     """
     from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
-    from saf_ref.experiments.sdc import run_activation_sdc, run_weight_sdc
-    from saf_ref.protect import default_spec, effective_weights
+    from saf_ref.experiments.sdc import run_weight_sdc
 
     if not isinstance(cfg, FormatsConfig):
         raise TypeError(f"run_formats: cfg must be a FormatsConfig, got {validation.describe(cfg)}")
@@ -219,35 +235,15 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     )
     weights = run_weight_sdc(subjects, x, y, cfg.rates, trials=cfg.trials, seed=cfg.seed, **workers)
     interrupted = weights.interrupted
-    activations = None
+    activations = per_bit = None
     if not interrupted:
-        # activation faults in the plain model (w = u), computing with its float32 weights
-        t = cfg.transforms[0]
-        params, state = models[t]
-        w = params if t == "identity" else effective_weights(params, default_spec("float32", t))[0]
-        _log(
-            cfg,
-            f"format-faults: activations of the {t} model, {len(cfg.act_formats)} formats x "
-            f"{len(cfg.act_rates)} rates x {cfg.trials} trials per layer",
-        )
-        activations = run_activation_sdc(
-            cfg.model,
-            w,
-            state,
-            x,
-            y,
-            layers="*",
-            formats=cfg.act_formats,
-            rates=cfg.act_rates,
-            trials=cfg.trials,
-            seed=cfg.seed,
-            **workers,
-        )
-        interrupted = activations.interrupted
+        activations, per_bit = _activation_campaigns(cfg, models, x, y, workers)
+        interrupted = activations.interrupted or (per_bit is not None and per_bit.interrupted)
     doc = {
         "weights": weights.summary,
         "weights_golden": weights.golden,
         "activations": [] if activations is None else activations.summary,
+        "activations_per_bit": [] if per_bit is None else per_bit.summary,
         "activations_golden": [] if activations is None else activations.golden,
         "activation_model": cfg.transforms[0],
         "interrupted": interrupted,
@@ -257,7 +253,9 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
         "seconds": time.perf_counter() - start,
         "num_classes": data[4],
         "weight_trials": weights.records,
-        "activation_trials": [] if activations is None else activations.records,
+        "activation_trials": [
+            rec for res in (activations, per_bit) if res is not None for rec in res.records
+        ],
     }
     table = format_tables(doc)
     _write(out, doc, run, table)
@@ -269,6 +267,42 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
         + f" in {time.perf_counter() - start:.0f}s"
     )
     return doc
+
+
+def _activation_campaigns(cfg: FormatsConfig, models, x, y, workers):
+    """Activation faults in the first transform's model (computing with its float32 effective weights):
+    every layer alone in every activation format, then per bit position in the ``bit_formats`` at the
+    largest activation rate (None when there are none or the first was interrupted)."""
+    from saf_ref.experiments.sdc import run_activation_sdc
+    from saf_ref.protect import default_spec, effective_weights
+
+    t = cfg.transforms[0]
+    params, state = models[t]
+    w = params if t == "identity" else effective_weights(params, default_spec("float32", t))[0]
+    common = {"layers": "*", "trials": cfg.trials, "seed": cfg.seed, **workers}
+    _log(
+        cfg,
+        f"format-faults: activations of the {t} model, {len(cfg.act_formats)} formats x "
+        f"{len(cfg.act_rates)} rates x {cfg.trials} trials per layer",
+    )
+    per_layer = run_activation_sdc(
+        cfg.model, w, state, x, y, formats=cfg.act_formats, rates=cfg.act_rates, **common
+    )
+    if per_layer.interrupted or not cfg.bit_formats:
+        return per_layer, None
+    _log(cfg, f"format-faults: activations per bit position in {', '.join(cfg.bit_formats)}")
+    per_bit = run_activation_sdc(
+        cfg.model,
+        w,
+        state,
+        x,
+        y,
+        formats=cfg.bit_formats,
+        rates=(max(cfg.act_rates),),
+        per_bit=True,
+        **common,
+    )
+    return per_layer, per_bit
 
 
 def _jsonable(cfg: FormatsConfig) -> dict[str, Any]:
@@ -293,7 +327,7 @@ def _write(out: Path, doc: dict, run: dict, table: str) -> None:
     write_atomic(out / "results.json", dump(doc))
     write_atomic(out / "run.json", dump(run))
     write_atomic(out / "weights.csv", _csv(doc["weights"]))
-    write_atomic(out / "activations.csv", _csv(doc["activations"]))
+    write_atomic(out / "activations.csv", _csv(doc["activations"] + doc["activations_per_bit"]))
     write_atomic(out / "table.txt", table + "\n")
 
 
@@ -347,7 +381,26 @@ def format_tables(doc: Mapping[str, Any]) -> str:
                 c = cells.get((fmt, name, rate))
                 row += f"{'' if c is None else _pct(c['sdc_rate']):>15}"
             lines.append(row)
-    return "\n".join(lines)
+    return "\n".join(lines + _per_bit_table(doc))
+
+
+def _per_bit_table(doc: Mapping[str, Any]) -> list[str]:
+    """SDC % per bit position (rows, most significant first) and layer (columns), per format."""
+    rows = doc.get("activations_per_bit") or []
+    lines: list[str] = []
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    for fmt in dict.fromkeys(r["format"] for r in rows):
+        mine = {(r["layer"], r["bit"]): r for r in rows if r["format"] == fmt}
+        rate = next(iter(mine.values()))["ber"]
+        lines += ["", f"activation faults in {fmt}, only bit b flips (rate {rate:.0e}): SDC % per layer"]
+        head = f"{'bit':<6}" + "".join(f"{name:>16}" for name in layers)
+        lines += [head, "-" * len(head)]
+        for bit in sorted({b for _, b in mine}, reverse=True):
+            cells = "".join(
+                f"{_pct(mine[(name, bit)]['sdc_rate']) if (name, bit) in mine else '':>16}" for name in layers
+            )
+            lines.append(f"{bit:<6}" + cells)
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -398,6 +451,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="distinct bit-error rates of the activations (default: 1e-4 1e-3)",
     )
+    parser.add_argument(
+        "--bit-formats",
+        nargs="*",
+        metavar="FMT",
+        help="activation formats of the per-bit-position campaign at the largest --act-rates "
+        "(default: float16; --quick: int8; none: skip it)",
+    )
     parser.add_argument("--trials", type=int, help="trials per cell, >= 1 (default: 5; --quick: 2)")
     parser.add_argument(
         "--eval-limit", type=int, metavar="N", help="evaluate on the first N >= 1 test images"
@@ -429,6 +489,7 @@ def config_from_args(args: argparse.Namespace) -> FormatsConfig:
         "act_formats",
         "rates",
         "act_rates",
+        "bit_formats",
         "trials",
         "eval_limit",
         "seed",
@@ -436,7 +497,7 @@ def config_from_args(args: argparse.Namespace) -> FormatsConfig:
         "checkpoints",
     )
     values.update({k: getattr(args, k) for k in names if getattr(args, k, None) is not None})
-    for k in ("transforms", "weight_formats", "act_formats", "rates", "act_rates"):
+    for k in ("transforms", "weight_formats", "act_formats", "rates", "act_rates", "bit_formats"):
         values[k] = tuple(values[k])
     values["verbose"] = not args.quiet
     check_config(values, "saf-ref format-faults", flag)

@@ -33,6 +33,8 @@ TINY = [
     "int8",
     "--eval-limit",
     "40",
+    "--bit-formats",
+    "int8",
     "--quiet",
 ]
 
@@ -81,13 +83,16 @@ def test_writes_every_file_with_consistent_rates(tiny_run):
     for row in doc["weights"]:
         if row["ber"] == 0:
             assert row["masked_rate"] == 1.0 and row["accuracy_mean"] == row["clean_accuracy"]
+    per_bit = doc["activations_per_bit"]
+    assert [(r["layer"], r["bit"]) for r in per_bit] == [(f"relu{i}", b) for i in (1, 2, 3) for b in range(8)]
+    assert all(r["format"] == "int8" and r["ber"] == 1e-2 for r in per_bit)
     runinfo = json.loads((run / "run.json").read_text())
     for rec in runinfo["weight_trials"] + runinfo["activation_trials"]:
         assert rec["masked"] + rec["sdc"] + rec["detected"] == rec["n"] == 40
     with open(run / "weights.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 18
     with open(run / "activations.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 6
+        assert len(list(csv.DictReader(fh))) == 6 + 24
     table = (run / "table.txt").read_text()
     assert table.rstrip("\n") == format_tables(doc)
     assert "mxfp4" in table and "relu3" in table
@@ -127,6 +132,7 @@ BAD = [
     (["--act-rates", "2"], "--act-rates must be bit-error rates in [0, 1], got 2.0"),
     (["--transforms", "cosine"], "transform"),
     (["--trials", "0"], "--trials must be in [1, inf], got 0"),
+    (["--bit-formats", "float99"], "format must be an IEEE format name"),
     (["--eval-limit", "0"], "--eval-limit must be in [1, inf], got 0"),
     (["--workers", "0"], "--workers must be in [1, inf], got 0"),
     (["--model", "mlp"], "--model must be one of"),
