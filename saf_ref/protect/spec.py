@@ -15,7 +15,8 @@ none: 1), the codec (:class:`~saf_ref.bits.fields.Codec`: IEEE, ``qM.N`` or a qu
 Roles, the one rule for which tensors are transformed (:func:`param_role`): a ``*.weight`` of rank >= 2 is
 a conv/linear ``"weight"``; a rank-1 ``*.weight`` and the ``*.bias`` beside it are ``"bn"``; any other
 ``*.bias`` is ``"bias"``; everything else ``"other"``. :func:`default_spec` transforms role ``"weight"``
-only.
+only, and clips the roles named in ``clip_roles`` (conv/linear weights by default; every role,
+``clip_roles=ROLES``, as the reference code of Stutz et al. clips every trained tensor).
 """
 
 from __future__ import annotations
@@ -31,9 +32,32 @@ from saf_ref import validation
 from saf_ref.bits.formats import codec_from_json, resolve_format
 from saf_ref.protect.transforms import Transform, get_transform
 
-__all__ = ["ROLES", "StorageRule", "StorageSpec", "check_spec", "default_spec", "param_role"]
+__all__ = [
+    "ROLES",
+    "StorageRule",
+    "StorageSpec",
+    "check_clip_roles",
+    "check_spec",
+    "default_spec",
+    "param_role",
+]
 
 ROLES = ("weight", "bias", "bn", "other")
+
+
+def check_clip_roles(clip_roles: Any, fn: str) -> tuple[str, ...]:
+    """Validate the roles a clip applies to: a tuple or list of distinct names from :data:`ROLES`
+    (TypeError for another type, ValueError for an unknown or repeated role); returned as a tuple in the
+    order of :data:`ROLES`."""
+    if isinstance(clip_roles, str) or not isinstance(clip_roles, (tuple, list)):
+        raise TypeError(
+            f"{fn}: clip_roles must be a tuple of roles from {ROLES}, got {validation.describe(clip_roles)}"
+        )
+    for role in clip_roles:
+        validation.check_choice(role, "clip_roles[i]", fn, ROLES)
+    if len(set(clip_roles)) != len(clip_roles):
+        raise ValueError(f"{fn}: clip_roles must not repeat a role, got {tuple(clip_roles)!r}")
+    return tuple(r for r in ROLES if r in clip_roles)
 
 
 # ==================================================================================================
@@ -297,6 +321,7 @@ def default_spec(
     *,
     expose_non_weights: bool = True,
     weight_clip: float | None = None,
+    clip_roles: tuple[str, ...] = ("weight",),
 ) -> StorageSpec:
     """The default storage spec: everything stored in ``format``; conv/linear weights transformed.
 
@@ -310,22 +335,36 @@ def default_spec(
     expose_non_weights : bool
         Whether biases and batch-norm parameters are exposed to faults (conv/linear weights always are).
     weight_clip : float or None
-        Optional clip of the conv/linear weight latents (weight clipping).
+        Optional clip ``c`` of the latents of the roles in ``clip_roles`` (weight clipping).
+    clip_roles : tuple of {"weight", "bias", "bn", "other"}
+        Which roles (:func:`param_role`) ``weight_clip`` applies to: conv/linear weights only (default),
+        or every trained tensor, ``ROLES``, as the reference code of Stutz et al. (its projection and
+        its quantizer's range cover biases and normalisation parameters too; with reparameterized
+        normalisation, :mod:`saf_ref.nn.norms`, those sit near 0 and survive the clip).
 
     Returns
     -------
     StorageSpec
-        Two rules: ``("*", role="weight")`` with the transform, then ``"*"`` for the rest.
+        ``("*", role="weight")`` with the transform, then one ``("*", role=r)`` rule with the clip for
+        each other clipped role ``r``, then ``"*"`` for the rest: two rules with the default
+        ``clip_roles`` (the spec saf_ref always had), and with ``weight_clip=None``.
     """
     fn = "default_spec"
     if not isinstance(expose_non_weights, bool):
         raise TypeError(
             f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
         )
-    return StorageSpec((
-        StorageRule("*", format=format, transform=transform, clip=weight_clip, role="weight"),
-        StorageRule("*", format=format, transform="identity", exposed=expose_non_weights),
-    ))
+    clip_roles = check_clip_roles(clip_roles, fn)
+    weight_rule_clip = weight_clip if "weight" in clip_roles else None
+    rules = [StorageRule("*", format=format, transform=transform, clip=weight_rule_clip, role="weight")]
+    if weight_clip is not None:
+        rules += [
+            StorageRule("*", format=format, clip=weight_clip, exposed=expose_non_weights, role=role)
+            for role in clip_roles
+            if role != "weight"
+        ]
+    rules.append(StorageRule("*", format=format, transform="identity", exposed=expose_non_weights))
+    return StorageSpec(tuple(rules))
 
 
 def check_spec(spec: Any, fn: str) -> StorageSpec:

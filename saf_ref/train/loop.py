@@ -156,10 +156,11 @@ def train_step(
     ----
     Without a spec: ``g = dL(u)/du``, ``u' = SGD(u, g)``. With a spec and a RandBET configuration:
     ``g = (g_clean + clamp(g_pert)) / 2`` (:func:`saf_ref.train.randbet.randbet_gradients`),
-    ``u' = clip(SGD(u, g), -w_max, w_max)`` for conv/linear weights. With ``randbet.adversarial``
-    (AdvBET): ``F_adv = attack(u, state, x, y)`` first, then ``g`` as
-    :func:`~saf_ref.train.randbet.randbet_gradients` with ``adversarial=F_adv``: ``(g_clean +
-    clamp(g_adv)) / 2``, or ``(g_clean + clamp(g_rand) + clamp(g_adv)) / 3`` with ``p_train > 0``.
+    ``u' = clip(SGD(u, g), -w_max, w_max)`` for conv/linear weights (the tensors of the roles
+    ``randbet.clip_roles``). With ``randbet.adversarial`` (AdvBET): ``F_adv = attack(u, state, x, y)``
+    first, then ``g`` as :func:`~saf_ref.train.randbet.randbet_gradients` with ``adversarial=F_adv``:
+    ``(g_clean + clamp(g_adv)) / 2``, or ``(g_clean + clamp(g_rand) + clamp(g_adv)) / 3`` with
+    ``p_train > 0``.
     """
     fns = model_fns(model, "train_step")
     if spec is None:
@@ -181,7 +182,7 @@ def train_step(
         grads, new_state, info = result.update, result.state, result.info
     new_params, new_opt_state = sgd_step(params, grads, opt_state, optimizer, lr=lr)
     if randbet is not None and randbet.weight_clip is not None:
-        new_params = clip_weights(new_params, randbet.weight_clip)
+        new_params = clip_weights(new_params, randbet.weight_clip, roles=randbet.clip_roles)
     return new_params, new_state, new_opt_state, info
 
 
@@ -500,7 +501,7 @@ def train(
     # One draw from the caller's generator; every epoch derives its own generators from it.
     base_seed = int(gen.integers(2**63))
     if config.weight_clip is not None:
-        params = clip_weights(params, config.weight_clip)
+        params = clip_weights(params, config.weight_clip, roles=config.clip_roles)
     opt_state = sgd_init(params)
     errors_on = config.perturbs and config.curriculum_loss is None
     history: list[dict[str, Any]] = []

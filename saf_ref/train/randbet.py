@@ -17,7 +17,8 @@ for Energy-Efficient DNN Accelerators" (MLSys 2021) and "Random and Adversarial 
    faults=BitErrors(p_train), rng=rng)``,
    forward and backward, ``g_pert = dL(w~)/du`` (straight-through);
 3. **update**: ``g = (g_clean + clamp(g_pert, -c, c)) / 2`` (only ``g_clean`` without errors), one SGD
-   step on ``u``, then **weight clipping**: conv/linear weight latents projected onto ``[-w_max, w_max]``.
+   step on ``u``, then **weight clipping**: conv/linear weight latents projected onto ``[-w_max, w_max]``
+   (every trained tensor with ``clip_roles=ROLES``, as the reference code).
 
 **AdvBET** (adversarial bit-error training, TPAMI 2022) is the same recipe with the pattern chosen by an
 attack on the current stored model and the step's batch instead of drawn at random:
@@ -69,6 +70,7 @@ from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.faultmodels import BitErrors
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
 from saf_ref.nn.registry import ModelFns, model_fns
+from saf_ref.protect.spec import check_clip_roles
 from saf_ref.protect.storage import (
     NONFINITE_POLICIES,
     StorageSpec,
@@ -189,6 +191,12 @@ class RandBETConfig:
           (:func:`curriculum_errors_on`);
         - ``"epoch"``: a latch, errors on from the epoch after the first whose mean clean loss fell below
           ``tau``, and never off again (:func:`errors_on_after`); saf_ref's only rule before issue 16.
+    clip_roles : tuple of {"weight", "bias", "bn", "other"}, default ("weight",)
+        The roles (:func:`saf_ref.protect.spec.param_role`) ``weight_clip`` projects: conv/linear
+        weights only, or every trained tensor (``saf_ref.protect.spec.ROLES``) as the reference code
+        does, which needs reparameterized normalisation (:mod:`saf_ref.nn.norms`: the scale is
+        ``1 + weight``, so ``weight`` sits near 0) for the normalisation layers to survive the clip.
+        Use the same roles in the spec (``default_spec(..., clip_roles=...)``).
     """
 
     p_train: float
@@ -197,6 +205,7 @@ class RandBETConfig:
     curriculum_loss: float | None = None
     adversarial: AdversarialErrors | None = None
     curriculum: str = "batch"
+    clip_roles: tuple[str, ...] = ("weight",)
 
     def __post_init__(self) -> None:
         fn = "RandBETConfig"
@@ -210,6 +219,7 @@ class RandBETConfig:
                 f"(e.g. saf_ref.attack.AdvBETConfig), got {validation.describe(self.adversarial)}"
             )
         validation.check_choice(self.curriculum, "curriculum", fn, CURRICULA)
+        set_(self, "clip_roles", check_clip_roles(self.clip_roles, fn))
 
     @property
     def batch_curriculum(self) -> bool:
@@ -225,8 +235,9 @@ class RandBETConfig:
         """The configuration as JSON-able numbers (as a checkpoint's metadata stores it).
 
         ``"adversarial"`` (the attack's own :meth:`AdversarialErrors.to_dict`) appears only with an
-        attack, and ``"curriculum": "batch"`` only with a threshold and the per-batch rule, so checkpoints
-        written before AdvBET and the per-batch rule existed keep their identity (a run with the
+        attack, ``"curriculum": "batch"`` only with a threshold and the per-batch rule, and
+        ``"clip_roles"`` only when not the default, so checkpoints written before these existed keep
+        their identity (a run with the
         per-epoch latch resumes them; one with the per-batch rule, which trains differently, refuses to).
         """
         out = {
@@ -239,6 +250,8 @@ class RandBETConfig:
             out["adversarial"] = self.adversarial.to_dict()
         if self.curriculum_loss is not None and self.curriculum == "batch":
             out["curriculum"] = self.curriculum
+        if self.clip_roles != ("weight",):
+            out["clip_roles"] = list(self.clip_roles)
         return out
 
 
@@ -494,19 +507,26 @@ def _average(
     return update
 
 
-def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str, np.ndarray]:
-    """Weight clipping: project conv/linear weights onto ``[-weight_clip, weight_clip]``.
+def clip_weights(
+    params: dict[str, np.ndarray], weight_clip: float, *, roles: tuple[str, ...] = ("weight",)
+) -> dict[str, np.ndarray]:
+    """Weight clipping: project conv/linear weights (or every tensor of ``roles``) onto
+    ``[-weight_clip, weight_clip]``.
 
     PyTorch equivalent: ``for w in conv_and_linear_weights: w.data.clamp_(-c, c)`` after
-    ``optimizer.step()``.
+    ``optimizer.step()`` (``for w in model.parameters()`` with every role, the reference code's
+    ``BoxProjection``).
 
     Parameters
     ----------
     params : dict str -> ndarray
-        Latents; the parameters of role ``"weight"`` (see :func:`saf_ref.protect.storage.param_role`:
-        ``*.weight`` with ``ndim >= 2``) are clipped, the others returned unchanged. Not modified.
+        Latents; the parameters whose role (see :func:`saf_ref.protect.storage.param_role`) is in
+        ``roles`` are clipped, the others returned unchanged. Not modified.
     weight_clip : float
         ``w_max > 0``, rounded to each parameter's dtype.
+    roles : tuple of {"weight", "bias", "bn", "other"}
+        Default ``("weight",)``: ``*.weight`` with ``ndim >= 2`` (conv/linear weights);
+        ``saf_ref.protect.spec.ROLES``: every tensor, biases and normalisation parameters included.
 
     Returns
     -------
@@ -519,19 +539,23 @@ def clip_weights(params: dict[str, np.ndarray], weight_clip: float) -> dict[str,
 
     Notes
     -----
-    The reference code projects every trainable tensor of its models (whose normalisation layers are
-    not trained); here biases and batch-norm parameters are left alone, so that clipping bounds the
-    weights a bit error can corrupt without constraining the normalisation layers.
+    The reference code projects every trainable tensor of its models, normalisation parameters included,
+    and reparameterizes its normalisation layers (scale ``1 + weight``) so that this does not bound the
+    scale near 0 (``roles=ROLES`` with ``norm="group"``/``"batch"`` and ``reparam=True`` models,
+    :mod:`saf_ref.nn.norms`). The default leaves biases and normalisation parameters alone, so that
+    clipping bounds the weights a bit error can corrupt without constraining a plain batch-norm scale
+    (which sits near 1 and would be cut to ``w_max``).
     """
     fn = "clip_weights"
     _check_params(params, fn)
     weight_clip = validation.check_optional_positive(weight_clip, "weight_clip", fn)
     if weight_clip is None:
         raise ValueError(f"{fn}: weight_clip must be a finite positive number, got None")
+    roles = check_clip_roles(roles, fn)
     shapes = {k: v.shape for k, v in params.items()}
     out = {}
     for name, u in params.items():
-        if param_role(name, shapes) == "weight":
+        if param_role(name, shapes) in roles:
             with np.errstate(over="ignore", under="ignore"):
                 c = u.dtype.type(weight_clip)
             if not (np.isfinite(c) and c > 0):  # float32(1e-50) = 0 would zero the weights
