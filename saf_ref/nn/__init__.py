@@ -6,7 +6,9 @@ implementations of every op, the executable specification the tests compare agai
 (:mod:`~saf_ref.nn.resnet`, :mod:`~saf_ref.nn.small`) keep parameters in ``dict[str, ndarray]`` keyed by
 torchvision ``state_dict`` names and compute with the weights they are given: latents become weights
 only in :mod:`saf_ref.protect` (``nn`` never imports ``protect``). :mod:`~saf_ref.nn.blocks` holds the
-composites they are built of (conv + batch norm, clipped ReLU) and :mod:`~saf_ref.nn.registry` names them.
+composites they are built of (conv + batch norm, clipped ReLU), :mod:`~saf_ref.nn.norms` the normalisation
+options (batch or group norm, :mod:`~saf_ref.nn.groupnorm`; reparameterized or not), and
+:mod:`~saf_ref.nn.registry` names them.
 """
 
 from saf_ref.nn.activations import (
@@ -20,6 +22,7 @@ from saf_ref.nn.activations import (
 from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward, batchnorm2d_vjp
 from saf_ref.nn.blocks import ModelGrads, conv_bn_backward, conv_bn_forward
 from saf_ref.nn.conv import conv2d_backward, conv2d_forward, conv2d_vjp
+from saf_ref.nn.groupnorm import default_num_groups, groupnorm_backward, groupnorm_forward, groupnorm_vjp
 from saf_ref.nn.linear import linear_backward, linear_forward, linear_vjp
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_vjp
 from saf_ref.nn.pool import (
@@ -67,10 +70,14 @@ __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
     "cross_entropy_vjp",
+    "default_num_groups",
     "export_state_dict",
     "global_avgpool_backward",
     "global_avgpool_forward",
     "global_avgpool_vjp",
+    "groupnorm_backward",
+    "groupnorm_forward",
+    "groupnorm_vjp",
     "init_mlp",
     "init_resnet",
     "init_small_cnn",

@@ -26,8 +26,14 @@ import numpy as np
 
 from saf_ref.nn.blocks import ModelGrads, check_act_clip
 from saf_ref.nn.norms import NORMS, check_norm
-from saf_ref.nn.resnet import ARCHS, resnet_backward, resnet_forward
-from saf_ref.nn.small import mlp_backward, mlp_forward, small_cnn_backward, small_cnn_forward
+from saf_ref.nn.resnet import ARCHS, init_resnet, resnet_backward, resnet_forward
+from saf_ref.nn.small import (
+    init_small_cnn,
+    mlp_backward,
+    mlp_forward,
+    small_cnn_backward,
+    small_cnn_forward,
+)
 
 __all__ = [
     "MODEL_NAMES",
@@ -35,6 +41,7 @@ __all__ = [
     "ModelFns",
     "ModelName",
     "format_model_name",
+    "init_model",
     "model_fns",
     "parse_model_name",
 ]
@@ -223,3 +230,40 @@ def model_fns(model: str | ModelFns, fn: str = "model_fns") -> ModelFns:
         forward = functools.partial(forward, reparam=True)
     # Partials, not closures: they pickle, and so does the ModelFns.
     return ModelFns(name, forward, backward)
+
+
+def init_model(
+    model: str,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    width: int | None = None,
+    rng: np.random.Generator | int,
+    dtype: Any = np.float32,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The initial ``(params, state)`` of a named model, with the name's normalisation options.
+
+    ``init_model("resnet20@norm=group,reparam=1", in_channels=1, width=8, rng=0)`` is
+    ``init_resnet("resnet20", in_channels=1, width=8, rng=0, norm="group", reparam=True)``; ``act_clip``
+    changes no parameter and is ignored here.
+
+    Parameters
+    ----------
+    model : str
+        A model name (:func:`parse_model_name`), not ``"mlp"`` (its input size is not a channel count:
+        use :func:`saf_ref.nn.small.init_mlp`).
+    in_channels, num_classes : int
+    width : int or None
+        Channels of the first layer; None: the architecture's own (8 for the small CNN).
+    rng : numpy.random.Generator or int
+    dtype : float32 (default) or float64
+    """
+    fn = "init_model"
+    parsed = parse_model_name(model, fn)
+    if parsed.base == "mlp":
+        raise ValueError(f"{fn}: model must have image inputs (not 'mlp': use init_mlp), got {model!r}")
+    options = {"rng": rng, "dtype": dtype, "norm": parsed.norm, "reparam": parsed.reparam}
+    if parsed.base == "small_cnn":
+        return init_small_cnn(in_channels=in_channels, num_classes=num_classes,
+                              width=8 if width is None else width, **options)  # fmt: skip
+    return init_resnet(parsed.base, in_channels=in_channels, num_classes=num_classes, width=width, **options)

@@ -19,6 +19,7 @@ from saf_ref.train.randbet import (
     RandBETGradients,
     StepInfo,
     clip_weights,
+    curriculum_errors_on,
     errors_on_after,
     randbet_gradients,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "StepInfo",
     "Warmup",
     "clip_weights",
+    "curriculum_errors_on",
     "errors_on_after",
     "evaluate",
     "format_model_name",

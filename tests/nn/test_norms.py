@@ -314,3 +314,23 @@ def test_option_validation():
         resnet_forward(*_init("resnet20", "batch", False), x, arch="resnet20", train=True, reparam="1")
     with pytest.raises(ValueError, match=r"small_cnn_forward: norm must be one of"):
         small_cnn_forward(p, s, x, train=True, norm=None)
+
+
+def test_init_model_follows_the_name():
+    from saf_ref.nn.registry import init_model
+
+    for model in ("small_cnn", "resnet20"):
+        for norm, reparam in OPTIONS:
+            name = format_model_name(model, act_clip=6, norm=norm, reparam=reparam)
+            got = init_model(name, in_channels=2, width=4, rng=3, dtype=np.float64)
+            want = _init(model, norm, reparam, seed=3)
+            for a, b in zip(got, want, strict=True):
+                assert list(a) == list(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    p, _ = init_model("small_cnn", in_channels=1, rng=0)
+    assert p["conv1.weight"].shape == (8, 1, 3, 3) and p["conv1.weight"].dtype == np.float32
+    p, _ = init_model("resnet18", num_classes=7, rng=0)
+    assert p["conv1.weight"].shape == (64, 3, 7, 7) and p["fc.bias"].shape == (7,)
+    with pytest.raises(ValueError, match=r"init_model: model must have image inputs \(not 'mlp'"):
+        init_model("mlp", rng=0)
+    with pytest.raises(ValueError, match="init_model: model must be one of"):
+        init_model("vgg", rng=0)
