@@ -408,7 +408,8 @@ def claim_rows(paired: Sequence[Mapping[str, Any]], num_classes: int) -> list[di
         rows.append({"exposure": r["exposure"], "ber": r["ber"], "baseline_accuracy": b["accuracy_mean"],
                      "subject": r["subject"], "clean_accuracy": r["clean_accuracy"],
                      "accuracy_mean": r["accuracy_mean"], "drop_mean": r["drop_mean"],
-                     "drop_ci_high": r["drop_ci_high"], "holds": r["drop_mean"] <= MINOR_LOSS,
+                     "drop_ci_high": r["drop_ci_high"], "at_chance_fraction": r["at_chance_fraction"],
+                     "holds": r["drop_mean"] <= MINOR_LOSS,
                      "holds_ci": r["drop_ci_high"] <= MINOR_LOSS})  # fmt: skip
     return rows
 
@@ -442,7 +443,9 @@ def format_claim(
     lines = [
         f"SAF claim: at a rate where the float32 baseline is within {100 * CHANCE_MARGIN:.0f} points of "
         f"chance ({chance:.0f}%), the SAF model is within {100 * MINOR_LOSS:.0f} points of its clean "
-        "accuracy. Drop = clean - faulty accuracy (points), mean over patterns [95% upper bound]."
+        "accuracy. drop = clean - faulty accuracy (points), mean over the patterns [upper end of its 95% "
+        f"interval]; at chance: the patterns that leave the model within {100 * CHANCE_MARGIN:.0f} points of "
+        "chance."
     ]
     for exposure in dict.fromkeys(r["exposure"] for r in paired):
         base = [r for r in paired if r["exposure"] == exposure and r["method"] == "baseline"]
@@ -460,11 +463,14 @@ def format_claim(
         if not rows:
             lines.append("  no rate swept puts the baseline at chance")
             continue
+        lines.append(f"  {'rate':<7}{'model':<33}{'clean':>6}{'faulty':>7}{'drop':>6} {'[high]':<8}"
+                     f"{'at chance':>9}  claim")  # fmt: skip
         for c in rows:
             verdict = "holds" if c["holds"] else "FAILS"
-            lines.append(f"  {c['ber']:.0e}  {c['subject']:<34} clean {100 * c['clean_accuracy']:5.1f}  "
-                         f"faulty {100 * c['accuracy_mean']:5.1f}  drop {100 * c['drop_mean']:5.1f} "
-                         f"[{100 * c['drop_ci_high']:5.1f}]  {verdict}")  # fmt: skip
+            lines.append(f"  {c['ber']:<7.0e}{c['subject']:<33}{100 * c['clean_accuracy']:>6.1f}"
+                         f"{100 * c['accuracy_mean']:>7.1f}{100 * c['drop_mean']:>6.1f} "
+                         f"[{100 * c['drop_ci_high']:>5.1f}]{100 * c['at_chance_fraction']:>8.0f}%  "
+                         f"{verdict}")  # fmt: skip
     return "\n".join(lines)
 
 
