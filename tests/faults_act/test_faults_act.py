@@ -279,3 +279,22 @@ def test_mx_flips_cover_scales_and_elements_binomially():
     assert abs(z) < stats.norm.isf(ALPHA / 2)
     with pytest.raises(ValueError, match="need a format with one word per activation"):
         ActivationFaults("a", taps=("a",), format="mxfp4", faults=FaultList())
+
+
+OPTIONED = ["resnet20@norm=group", "small_cnn@norm=group,reparam=1", "small_cnn@act_clip=6"]
+
+
+@pytest.mark.parametrize("name", OPTIONED)
+def test_taps_with_model_options(name):
+    from saf_ref.nn.registry import init_model
+
+    params, state = init_model(name, width=4, rng=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    forward = model_fns(name).forward
+    clean = forward(params, state, x, train=False)[0]
+    faults = ActivationFaults("*", taps=name, format="float32", p=0.0, rng=0)
+    assert forward(params, state, x, train=False, activation_faults=faults)[0].tobytes() == clean.tobytes()
+    assert set(faults.counts) == set(activation_taps(name))
+    noisy = ActivationFaults("*", taps=name, format="float16", p=1e-2, rng=0)
+    forward(params, state, x, train=False, activation_faults=noisy)
+    assert sum(c.flips for c in noisy.counts.values()) > 0
