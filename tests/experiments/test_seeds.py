@@ -249,7 +249,7 @@ def _paired_row(subject, exposure, ber, accuracy, drop=0.0, drop_high=0.0, clean
     method = subject.split("/")[0]
     return {"subject": subject, "method": method, "format": "float32", "exposure": exposure, "ber": ber,
             "accuracy_mean": accuracy, "clean_accuracy": clean, "drop_mean": drop,
-            "drop_ci_high": drop_high}  # fmt: skip
+            "drop_ci_high": drop_high, "at_chance_fraction": 0.0}  # fmt: skip
 
 
 def test_claim_rows_only_at_rates_where_the_baseline_is_at_chance():
