@@ -3,37 +3,63 @@
 Layout is NCHW for activations and OIHW for weights, as in PyTorch. Dilation and groups are not
 supported (no network in saf_ref needs them); only ``stride`` and zero ``padding``.
 
-Implementation: *im2col* by matrix products. The zero-padded input is viewed as a grid of
-``kh x kw`` windows with :func:`numpy.lib.stride_tricks.sliding_window_view` (no copy), the windows are
-copied once into a column matrix ``cols`` of shape ``(C*kh*kw, N*Ho*Wo)``, and the convolution becomes a
-single matrix product ``w.reshape(O, C*kh*kw) @ cols``. The backward pass rebuilds ``cols`` from the
-cached padded input and uses two more products, ``dw = dy @ cols.T`` and ``dcols = w.T @ dy``, followed
-by *col2im*, which adds each kernel offset's slice of ``dcols`` back into the input positions it was read
-from (``kh*kw`` strided additions). All arithmetic stays in the input dtype: a float32 call allocates no
-float64 array.
+Every path computes a convolution as matrix products over *columns*: for each output position the
+``C*kh*kw`` input values its window reads (*im2col*), so that ``y = w.reshape(O, C*kh*kw) @ cols``,
+``dw = dy @ cols.T`` and, for the input gradient, either a second convolution or the adjoint of im2col
+(*col2im*). The loops of :mod:`saf_ref.nn.naive` (``conv2d_naive``, ``conv2d_backward_naive``) are the
+specification; three paths make it fast, chosen by the shape alone (never by the machine):
 
-Choices made by measurement (``benchmarks/bench_conv.py``, ResNet-18 CIFAR shapes, N=32, float32): the
-matrix products take 60-90% of the time. Rebuilding ``cols`` costs about a tenth of the backward pass,
-while caching it would hold ``kh*kw`` times the input in memory per layer until the backward pass (GBs
-for a ResNet-18 batch), so it is rebuilt. Per-kernel-offset products (``kh*kw`` products with inner
-dimension ``C`` on shifted copies) were as fast on wide layers and up to 20% slower on the others, and
-a batch-last ``(C, H, W, N)`` layout gained under 10% overall (losing on 1x1 convolutions) at the price
-of a less natural cache, so neither is used.
+1. **Stride 1** (every 3x3 convolution of a ResNet but the downsampling ones), when each padding is
+   below its kernel size. The padded input is stored once per call in a *grid*: one flat row per
+   channel, images one after the other, each image row followed by ``pw`` zeros and each image by
+   ``ph`` zero rows (one zero border serves as the right padding of a row and the left padding of the
+   next). In this layout the input under kernel offset ``(i, j)`` for a run of output positions is one
+   contiguous slice of every channel's row, shifted by ``i*Wg + j``, so the columns of a chunk of
+   images are ``kh*kw`` plain slice copies and the product comes out on the same grid (the few
+   positions that fall on the zero border are computed and dropped). The input gradient of a stride-1
+   convolution is itself a stride-1 convolution of ``dy`` with the flipped, transposed kernel (a
+   *transposed convolution*), and ``dy`` stored on a grid of the same geometry lines up with the
+   forward columns for ``dw``: no col2im and no wide ``w.T @ dy`` product.
+2. **1x1, no padding** (the downsampling shortcuts): one matrix product on the (strided) pixels.
+3. **Everything else** (strided 3x3, the 7x7 stem, odd paddings): classic im2col from the zero-padded
+   input and col2im for ``dx``.
 
-Caches keep references to the caller's arrays (``x_padded`` *is* ``x`` when there is no padding).
-Arrays are treated as immutable: do not modify an input between the forward and the backward call.
+Paths 1 and 3 work on chunks of whole images (about ``_CHUNK_COLUMNS`` output positions each) so that
+the column matrix stays a few MB, in a scratch buffer reused across chunks and calls, and each chunk's
+product goes straight into the output. The chunk size depends only on the shapes, and every output
+element is one BLAS dot product over the same ``k`` in every chunking (the ``dw`` sum is accumulated
+chunk after chunk in a fixed order), so results do not depend on the number of BLAS threads.
+
+Measured (``benchmarks/bench_conv.py``, one thread, process CPU time, against the single-product
+im2col/col2im code this replaced): ResNet-20 shapes (batch 128) forward + backward 2-3x faster,
+ResNet-18 3x3 shapes (batch 32) 1.3-1.6x; the table and the ratio to PyTorch are in the README.
+
+All arithmetic stays in the input dtype: a float32 call allocates no float64 array.
+
+Caches keep references to the caller's arrays (``x_padded`` *is* ``x`` when there is no padding, and a
+read-only view into the grid on the stride-1 path). Arrays are treated as immutable: do not modify an
+input between the forward and the backward call.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from saf_ref import validation
 
-__all__ = ["Conv2dCache", "Conv2dGrads", "conv2d_backward", "conv2d_forward", "conv2d_vjp"]
+__all__ = [
+    "Conv2dCache",
+    "Conv2dGrads",
+    "conv2d_backward",
+    "conv2d_backward_unchecked",
+    "conv2d_forward",
+    "conv2d_forward_unchecked",
+    "conv2d_vjp",
+]
 
 
 class Conv2dCache(NamedTuple):
@@ -51,6 +77,10 @@ class Conv2dCache(NamedTuple):
         ``(sh, sw)``.
     padding : tuple[int, int]
         ``(ph, pw)``.
+    grid : ndarray or None
+        On the stride-1 path, the padded input in the flat layout that path computes on (shape
+        ``(C, N*(H + ph)*(W + pw) + ...)``, see ``_to_grid``); ``x_padded`` is then a read-only view of
+        it. None on the other paths.
     """
 
     x_padded: np.ndarray
@@ -58,6 +88,7 @@ class Conv2dCache(NamedTuple):
     has_bias: bool
     stride: tuple[int, int]
     padding: tuple[int, int]
+    grid: np.ndarray | None = None
 
 
 class Conv2dGrads(NamedTuple):
@@ -119,48 +150,257 @@ def pad_spatial(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> 
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
-def _windows(x_padded: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
-    """Read-only view of the sliding windows, shape ``(N, C, Ho, Wo, kh, kw)`` (no copy).
+#: Output positions per chunk of images (at least one image per chunk): about 4096 keeps the column
+#: matrix of every ResNet layer at 2-10 MB and the matrix products as fast as on the whole batch.
+_CHUNK_COLUMNS = 4096
 
-    ``sliding_window_view`` yields every window at stride 1; slicing with ``::sh, ::sw`` keeps those a
-    strided convolution visits. Because the output size uses floor, the last window may leave unused
-    rows or columns of the padded input, exactly as in PyTorch.
+_scratch = threading.local()
+
+
+def _scratch_buffer(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A 1-D array of ``size`` elements of ``dtype``, reused across chunks and calls (one per slot and
+    thread). Its contents are overwritten before use; reusing it saves the page faults that a fresh
+    multi-MB allocation costs on every call."""
+    nbytes = size * dtype.itemsize
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buf = buffers.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = buffers[slot] = np.empty(nbytes, np.uint8)
+    return buf[:nbytes].view(dtype)
+
+
+def _chunks(n: int, per_image: int) -> tuple[list[tuple[int, int]], int]:
+    """Image ranges ``(start, stop)`` of about ``_CHUNK_COLUMNS`` output positions, and their size."""
+    step = max(1, min(n, -(-_CHUNK_COLUMNS // per_image)))
+    return [(start, min(start + step, n)) for start in range(0, n, step)], step
+
+
+# --------------------------------------------------------------------------------------------------
+# Path 1: stride 1, on the grid layout
+# --------------------------------------------------------------------------------------------------
+
+
+def _uses_grid(kernel, stride, padding) -> bool:
+    """Whether the grid path applies: stride 1 and each padding below its kernel size."""
+    return stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
+
+
+def _to_grid(x: np.ndarray, padding: tuple[int, int], kernel: tuple[int, int]) -> np.ndarray:
+    """Copy an NCHW batch into the grid layout, shape ``(C, N*Hg*Wg + (kh-1)*Wg + kw-1)``.
+
+    ``Hg = H + ph`` and ``Wg = W + pw``; pixel ``(n, c, h, w)`` goes to ``grid[c, lead + n*Hg*Wg +
+    h*Wg + w]`` with ``lead = ph*Wg + pw``, and every other entry is zero. Then the padded input
+    ``xp[n, c, a, b]`` is ``grid[c, n*Hg*Wg + a*Wg + b]`` for every ``a < H + 2*ph``, ``b < W + 2*pw``
+    (an index past the end of a row runs into the zero border at the start of the next, which is the
+    padding it stands for), so output ``(p, q)`` of image ``n`` reads kernel offset ``(i, j)`` at
+    ``grid[c, n*Hg*Wg + p*Wg + q + i*Wg + j]``. The ``(kh-1)*Wg + kw-1`` trailing zeros keep the reads
+    of the last image in bounds.
     """
-    sh, sw = stride
-    return sliding_window_view(x_padded, kernel, axis=(2, 3))[:, :, ::sh, ::sw]
+    n, c, h, w = x.shape
+    (ph, pw), (kh, kw) = padding, kernel
+    hg, wg = h + ph, w + pw
+    size = n * hg * wg
+    grid = np.zeros((c, size + (kh - 1) * wg + kw - 1), dtype=x.dtype)
+    lead = ph * wg + pw
+    grid[:, lead : lead + size].reshape(c, n, hg, wg)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    return grid
 
 
-def _im2col(x_padded: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
-    """Column matrix ``cols[(c, i, j), (n, ho, wo)] = x_padded[n, c, ho*sh + i, wo*sw + j]``.
+def _padded_view(grid: np.ndarray, x_shape, padding: tuple[int, int]) -> np.ndarray:
+    """The zero-padded input ``(N, C, H + 2*ph, W + 2*pw)`` as a read-only view of its grid (no copy).
 
-    Shape ``(C*kh*kw, N*Ho*Wo)``; its row order matches ``w.reshape(O, C*kh*kw)``. The transpose puts
-    the output width last so that the copy reads contiguous (stride 1) or evenly strided memory.
+    Neighbouring rows overlap in memory, on zeros only (see :func:`_to_grid`).
     """
-    win = _windows(x_padded, kernel, stride)  # (N, C, Ho, Wo, kh, kw)
-    n, c, ho, wo, kh, kw = win.shape
-    return np.ascontiguousarray(win.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, n * ho * wo)
+    n, c, h, w = x_shape
+    ph, pw = padding
+    hg, wg, item = h + ph, w + pw, grid.itemsize
+    return as_strided(
+        grid,
+        shape=(n, c, h + 2 * ph, w + 2 * pw),
+        strides=(hg * wg * item, grid.strides[0], wg * item, item),
+        writeable=False,
+    )
 
 
-def _col2im(
-    dcols: np.ndarray, x_padded_shape, kernel: tuple[int, int], stride: tuple[int, int], out_hw
-) -> np.ndarray:
-    """Adjoint of :func:`_im2col`: add every column entry back to the input position it was read from.
-
-    Returns the gradient with respect to the padded input, shape ``(N, C, Hp, Wp)``, as a transposed view
-    of a ``(C, N, Hp, Wp)`` buffer (the layout in which each kernel offset's slice of ``dcols`` adds
-    without a transpose).
-    """
-    n, c, hp, wp = x_padded_shape
-    kh, kw = kernel
-    sh, sw = stride
-    ho, wo = out_hw
-    dcols = dcols.reshape(c, kh, kw, n, ho, wo)
-    dxp = np.zeros((c, n, hp, wp), dtype=dcols.dtype)
+def _grid_columns(grid: np.ndarray, start: int, row: int, cols: np.ndarray) -> np.ndarray:
+    """Fill ``cols[c, i, j, t] = grid[c, start + i*row + j + t]`` (one slice copy per kernel offset);
+    return it as a matrix ``(C*kh*kw, length)`` whose rows are ordered like ``w.reshape(O, C*kh*kw)``
+    (the order of the im2col path, so that both sum each output's terms in the same order)."""
+    c, kh, kw, length = cols.shape
     for i in range(kh):
         for j in range(kw):
-            # Offset (i, j) of the kernel read x_padded[:, :, i + sh*ho, j + sw*wo] for every output.
-            dxp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw] += dcols[:, i, j]
-    return dxp.transpose(1, 0, 2, 3)
+            offset = start + i * row + j
+            cols[:, i, j] = grid[:, offset : offset + length]
+    return cols.reshape(c * kh * kw, length)
+
+
+def _grid_conv(grid: np.ndarray, wmat: np.ndarray, kernel, grid_hw, out: np.ndarray) -> None:
+    """Stride-1 convolution of a grid into the NCHW array ``out`` (every element written).
+
+    ``out[n, o, p, q] = sum_{c, i, j} wmat[o, (c*kh + i)*kw + j] * grid[c, n*S + (p + i)*Wg + q + j]``
+    with ``S = Hg*Wg``, chunk by chunk: one matrix product gives a chunk's output on the grid, and its
+    ``(Ho, Wo)`` corner of each image is copied into ``out``.
+    """
+    (kh, kw), (hg, wg) = kernel, grid_hw
+    n, o, ho, wo = out.shape
+    c, k, per_image = grid.shape[0], wmat.shape[1], hg * wg
+    chunks, step = _chunks(n, per_image)
+    cols_buf = _scratch_buffer("cols", k * step * per_image, grid.dtype)
+    prod_buf = _scratch_buffer("product", o * step * per_image, grid.dtype)
+    for start, stop in chunks:
+        length = (stop - start) * per_image
+        cols = _grid_columns(grid, start * per_image, wg, cols_buf[: k * length].reshape(c, kh, kw, length))
+        prod = np.matmul(wmat, cols, out=prod_buf[: o * length].reshape(o, length))
+        out[start:stop] = prod.reshape(o, stop - start, hg, wg)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+
+def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n: int) -> np.ndarray:
+    """``dw.T[(c, i, j), o] = sum_t grid[c, t + i*Wg + j] * dy_grid[o, t]``, chunk by chunk in order.
+
+    ``dy_grid[o, n*S + p*Wg + q]`` is ``dy[n, o, p, q]`` on the forward pass's output grid and zero
+    where a grid position is not an output, so the columns are exactly those of the forward pass. The
+    transposed product ``cols @ dy.T`` runs 1.2-1.6x faster in OpenBLAS than ``dy @ cols.T`` when ``O``
+    is small (16-64 channels).
+    """
+    (kh, kw), (hg, wg) = kernel, grid_hw
+    o, c, per_image = dy_grid.shape[0], grid.shape[0], hg * wg
+    k = kh * kw * c
+    chunks, step = _chunks(n, per_image)
+    cols_buf = _scratch_buffer("cols", k * step * per_image, grid.dtype)
+    dw_t, part = np.zeros((k, o), dtype=grid.dtype), np.empty((k, o), dtype=grid.dtype)
+    for start, stop in chunks:
+        length, first = (stop - start) * per_image, start * per_image
+        cols = _grid_columns(grid, first, wg, cols_buf[: k * length].reshape(c, kh, kw, length))
+        dw_t += np.matmul(cols, dy_grid[:, first : first + length].T, out=part)
+    return dw_t
+
+
+def _forward_grid(x, w, padding) -> tuple[np.ndarray, np.ndarray]:
+    """Path 1 forward: ``(y, grid)``."""
+    (n, c, h, wd), (o, _, kh, kw), (ph, pw) = x.shape, w.shape, padding
+    grid = _to_grid(x, padding, (kh, kw))
+    wmat = w.reshape(o, c * kh * kw)
+    y = np.empty((n, o, h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1), dtype=x.dtype)
+    _grid_conv(grid, wmat, (kh, kw), (h + ph, wd + pw), y)
+    return y, grid
+
+
+def _backward_grid(dy, grid, w, x_shape, padding) -> tuple[np.ndarray, np.ndarray]:
+    """Path 1 backward: ``(dx, dw)``.
+
+    ``dx`` is the stride-1 convolution of ``dy`` padded by ``(kh-1-ph, kw-1-pw)`` with the kernel
+    flipped in both spatial axes and its channel axes swapped (``wt[c, o, i, j] = w[o, c, kh-1-i,
+    kw-1-j]``). Its grid has the forward geometry (``Ho + kh-1-ph = H + ph``), so the same ``dy`` grid,
+    shifted by its lead, is ``dy`` on the forward output grid for ``dw``.
+    """
+    (n, c, h, wd), (o, _, kh, kw), (ph, pw) = x_shape, w.shape, padding
+    grid_hw, dpad = (h + ph, wd + pw), (kh - 1 - ph, kw - 1 - pw)
+    dy_grid = _to_grid(dy, dpad, (kh, kw))
+    wt = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o * kh * kw)
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    _grid_conv(dy_grid, wt, (kh, kw), grid_hw, dx)
+    lead = dpad[0] * grid_hw[1] + dpad[1]
+    dw_t = _grid_weight_grad(grid, dy_grid[:, lead:], (kh, kw), grid_hw, n)
+    return dx, np.ascontiguousarray(dw_t.T).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Path 2: 1x1 kernels without padding
+# --------------------------------------------------------------------------------------------------
+
+
+def _pixels(x: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """The pixels a 1x1 convolution reads, as a matrix ``(C, N*Ho*Wo)``."""
+    xs = x[:, :, :: stride[0], :: stride[1]]
+    return np.ascontiguousarray(xs.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
+
+
+def _forward_1x1(x, w, stride) -> np.ndarray:
+    """Path 2 forward: one product per image, written straight into ``y`` (no transpose)."""
+    xs = np.ascontiguousarray(x[:, :, :: stride[0], :: stride[1]])
+    n, c, ho, wo = xs.shape
+    y = np.empty((n, w.shape[0], ho, wo), dtype=x.dtype)
+    np.matmul(w.reshape(w.shape[0], c), xs.reshape(n, c, ho * wo), out=y.reshape(n, w.shape[0], ho * wo))
+    return y
+
+
+def _backward_1x1(dy, x, w, stride) -> tuple[np.ndarray, np.ndarray]:
+    """Path 2 backward: ``dw = dy @ pixels.T`` and ``dx = w.T @ dy`` at the pixels read, zero elsewhere."""
+    n, o, ho, wo = dy.shape
+    dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)
+    dw = (dy_mat @ _pixels(x, stride).T).reshape(w.shape)
+    dx_pixels = w.reshape(o, -1).T @ dy_mat  # (C, N*Ho*Wo)
+    dx = np.zeros(x.shape, dtype=dy.dtype)
+    dx[:, :, :: stride[0], :: stride[1]] = dx_pixels.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3)
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------------
+# Path 3: im2col / col2im, any stride and padding
+# --------------------------------------------------------------------------------------------------
+
+
+def _im2col(xp: np.ndarray, kernel, stride, out_hw, cols: np.ndarray) -> np.ndarray:
+    """Fill ``cols[c, i, j, n, p, q] = xp[n, c, p*sh + i, q*sw + j]`` for a chunk of padded images;
+    return it as a matrix ``(C*kh*kw, n*Ho*Wo)`` whose row order matches ``w.reshape(O, C*kh*kw)``."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw].transpose(1, 0, 2, 3)
+    return cols.reshape(cols.shape[0] * kh * kw, -1)
+
+
+def _col2im_add(dcols: np.ndarray, kernel, stride, out_hw, dxp: np.ndarray) -> None:
+    """Adjoint of :func:`_im2col` for a chunk: add every column entry back to the padded-input position
+    it was read from (``kh*kw`` strided additions, in kernel order)."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw] += dcols[:, i, j].transpose(1, 0, 2, 3)
+
+
+def _forward_im2col(xp, w, stride, out_hw) -> np.ndarray:
+    """Path 3 forward, chunk by chunk: ``y[chunk] = w.reshape(O, -1) @ cols[chunk]``."""
+    (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
+    k, per_image = c * kh * kw, ho * wo
+    chunks, step = _chunks(n, per_image)
+    cols_buf = _scratch_buffer("cols", k * step * per_image, xp.dtype)
+    prod_buf = _scratch_buffer("product", o * step * per_image, xp.dtype)
+    y = np.empty((n, o, ho, wo), dtype=xp.dtype)
+    wmat = w.reshape(o, k)
+    for start, stop in chunks:
+        cols = cols_buf[: k * (stop - start) * per_image].reshape(c, kh, kw, stop - start, ho, wo)
+        cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
+        prod = np.matmul(wmat, cols, out=prod_buf[: o * cols.shape[1]].reshape(o, -1))
+        y[start:stop] = prod.reshape(o, stop - start, ho, wo).transpose(1, 0, 2, 3)
+    return y
+
+
+def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
+    """Path 3 backward, chunk by chunk: ``dw += dy[chunk] @ cols.T`` (in chunk order) and col2im of
+    ``w.T @ dy[chunk]``. Returns ``dx`` with respect to the *padded* input, and ``dw``."""
+    (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, dy.shape[2:]
+    k, per_image = c * kh * kw, ho * wo
+    chunks, step = _chunks(n, per_image)
+    cols_buf = _scratch_buffer("cols", k * step * per_image, xp.dtype)
+    dcols_buf = _scratch_buffer("dcols", k * step * per_image, xp.dtype)
+    dy_buf = _scratch_buffer("product", o * step * per_image, xp.dtype)
+    wmat = w.reshape(o, k)
+    dxp = np.zeros(xp.shape, dtype=xp.dtype)
+    dw_t, part = np.zeros((k, o), dtype=xp.dtype), np.empty((k, o), dtype=xp.dtype)
+    for start, stop in chunks:
+        length = (stop - start) * per_image
+        cols = cols_buf[: k * length].reshape(c, kh, kw, stop - start, ho, wo)
+        cols = _im2col(xp[start:stop], (kh, kw), stride, (ho, wo), cols)
+        dy_chunk = dy_buf[: o * length].reshape(o, stop - start, ho, wo)
+        dy_chunk[...] = dy[start:stop].transpose(1, 0, 2, 3)
+        dy_mat = dy_chunk.reshape(o, length)
+        dw_t += np.matmul(cols, dy_mat.T, out=part)  # dw.T: faster for few channels (_grid_weight_grad)
+        dcols = np.matmul(wmat.T, dy_mat, out=dcols_buf[: k * length].reshape(k, length))
+        _col2im_add(
+            dcols.reshape(c, kh, kw, stop - start, ho, wo), (kh, kw), stride, (ho, wo), dxp[start:stop]
+        )
+    return dxp, np.ascontiguousarray(dw_t.T).reshape(w.shape)
 
 
 def _check_conv2d_inputs(fn, x, w, b, stride, padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -220,23 +460,35 @@ def conv2d_forward(
     columns that do not fill a whole window are ignored, as in PyTorch.
     """
     stride, padding = _check_conv2d_inputs("conv2d", x, w, b, stride, padding)
+    return conv2d_forward_unchecked(x, w, b, stride, padding)
+
+
+def conv2d_forward_unchecked(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[np.ndarray, Conv2dCache]:
+    """:func:`conv2d_forward` without the argument checks, for callers that pass checked arrays
+    (the models' layers); ``stride`` and ``padding`` are pairs. Chooses the path (module docstring)."""
     kernel = (w.shape[2], w.shape[3])
-    n, o = x.shape[0], w.shape[0]
-    ho = output_size(x.shape[2], kernel[0], stride[0], padding[0])
-    wo = output_size(x.shape[3], kernel[1], stride[1], padding[1])
-    x_padded = pad_spatial(x, padding)
-    cols = _im2col(x_padded, kernel, stride)  # (C*kh*kw, N*Ho*Wo)
-    y = w.reshape(o, -1) @ cols  # (O, N*Ho*Wo): one matrix product does all the work
+    grid = None
+    if kernel == (1, 1) and padding == (0, 0):
+        y, x_padded = _forward_1x1(x, w, stride), x
+    elif _uses_grid(kernel, stride, padding):
+        y, grid = _forward_grid(x, w, padding)
+        x_padded = _padded_view(grid, x.shape, padding)
+    else:
+        x_padded = pad_spatial(x, padding)
+        ho = output_size(x.shape[2], kernel[0], stride[0], padding[0])
+        wo = output_size(x.shape[3], kernel[1], stride[1], padding[1])
+        y = _forward_im2col(x_padded, w, stride, (ho, wo))
     if b is not None:
-        y += b[:, None]  # y is our own new array: adding in place is safe
-    y = np.ascontiguousarray(y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
-    return y, Conv2dCache(x_padded, w, b is not None, stride, padding)
+        y += b[:, None, None]  # y is our own new array: adding in place is safe
+    return y, Conv2dCache(x_padded, w, b is not None, stride, padding, grid)
 
 
 def _check_conv2d_backward_inputs(fn, dy, cache) -> None:
     if not isinstance(cache, Conv2dCache):
         raise TypeError(f"{fn}: cache must be a Conv2dCache from conv2d_forward, got {type(cache).__name__}")
-    x_padded, w, _, stride, _ = cache
+    x_padded, w, _, stride, *_ = cache
     ho = (x_padded.shape[2] - w.shape[2]) // stride[0] + 1
     wo = (x_padded.shape[3] - w.shape[3]) // stride[1] + 1
     validation.check_float(dy, "dy", fn)
@@ -272,19 +524,24 @@ def conv2d_backward(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
     the output size) get a zero gradient.
     """
     _check_conv2d_backward_inputs("conv2d_backward", dy, cache)
-    x_padded, w, has_bias, stride, padding = cache
-    n, c, hp, wp = x_padded.shape
-    o, _, kh, kw = w.shape
-    ho, wo = dy.shape[2:]
+    return conv2d_backward_unchecked(dy, cache)
 
-    cols = _im2col(x_padded, (kh, kw), stride)  # rebuilt rather than cached: see the module docstring
-    dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)
-    dw = (dy_mat @ cols.T).reshape(w.shape)
-    db = dy_mat.sum(axis=1) if has_bias else None
-    dcols = w.reshape(o, -1).T @ dy_mat  # (C*kh*kw, N*Ho*Wo)
-    dxp = _col2im(dcols, x_padded.shape, (kh, kw), stride, (ho, wo))
-    ph, pw = padding
-    dx = np.ascontiguousarray(dxp[:, :, ph : hp - ph, pw : wp - pw])
+
+def conv2d_backward_unchecked(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads:
+    """:func:`conv2d_backward` without the argument checks (``dy`` must have the output's shape and
+    dtype), for the models' layers."""
+    x_padded, w, has_bias, stride, padding, grid = cache
+    (ph, pw), kernel = padding, (w.shape[2], w.shape[3])
+    n, c, hp, wp = x_padded.shape
+    x_shape = (n, c, hp - 2 * ph, wp - 2 * pw)
+    if grid is not None:
+        dx, dw = _backward_grid(dy, grid, w, x_shape, padding)
+    elif kernel == (1, 1) and padding == (0, 0):
+        dx, dw = _backward_1x1(dy, x_padded, w, stride)
+    else:
+        dxp, dw = _backward_im2col(dy, x_padded, w, stride)
+        dx = dxp if (ph, pw) == (0, 0) else np.ascontiguousarray(dxp[:, :, ph : hp - ph, pw : wp - pw])
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return Conv2dGrads(dx, dw, db)
 
 
