@@ -157,7 +157,7 @@ _CHUNK_COLUMNS = 4096
 _scratch = threading.local()
 
 
-def _scratch_buffer(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
+def scratch_buffer(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
     """A 1-D array of ``size`` elements of ``dtype``, reused across chunks and calls (one per slot and
     thread). Its contents are overwritten before use; reusing it saves the page faults that a fresh
     multi-MB allocation costs on every call."""
@@ -245,8 +245,8 @@ def _grid_conv(grid: np.ndarray, wmat: np.ndarray, kernel, grid_hw, out: np.ndar
     n, o, ho, wo = out.shape
     c, k, per_image = grid.shape[0], wmat.shape[1], hg * wg
     chunks, step = _chunks(n, per_image)
-    cols_buf = _scratch_buffer("cols", k * step * per_image, grid.dtype)
-    prod_buf = _scratch_buffer("product", o * step * per_image, grid.dtype)
+    cols_buf = scratch_buffer("cols", k * step * per_image, grid.dtype)
+    prod_buf = scratch_buffer("product", o * step * per_image, grid.dtype)
     for start, stop in chunks:
         length = (stop - start) * per_image
         cols = _grid_columns(grid, start * per_image, wg, cols_buf[: k * length].reshape(c, kh, kw, length))
@@ -266,7 +266,7 @@ def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n:
     o, c, per_image = dy_grid.shape[0], grid.shape[0], hg * wg
     k = kh * kw * c
     chunks, step = _chunks(n, per_image)
-    cols_buf = _scratch_buffer("cols", k * step * per_image, grid.dtype)
+    cols_buf = scratch_buffer("cols", k * step * per_image, grid.dtype)
     dw_t, part = np.zeros((k, o), dtype=grid.dtype), np.empty((k, o), dtype=grid.dtype)
     for start, stop in chunks:
         length, first = (stop - start) * per_image, start * per_image
@@ -364,8 +364,8 @@ def _forward_im2col(xp, w, stride, out_hw) -> np.ndarray:
     (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
     k, per_image = c * kh * kw, ho * wo
     chunks, step = _chunks(n, per_image)
-    cols_buf = _scratch_buffer("cols", k * step * per_image, xp.dtype)
-    prod_buf = _scratch_buffer("product", o * step * per_image, xp.dtype)
+    cols_buf = scratch_buffer("cols", k * step * per_image, xp.dtype)
+    prod_buf = scratch_buffer("product", o * step * per_image, xp.dtype)
     y = np.empty((n, o, ho, wo), dtype=xp.dtype)
     wmat = w.reshape(o, k)
     for start, stop in chunks:
@@ -382,9 +382,9 @@ def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
     (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, dy.shape[2:]
     k, per_image = c * kh * kw, ho * wo
     chunks, step = _chunks(n, per_image)
-    cols_buf = _scratch_buffer("cols", k * step * per_image, xp.dtype)
-    dcols_buf = _scratch_buffer("dcols", k * step * per_image, xp.dtype)
-    dy_buf = _scratch_buffer("product", o * step * per_image, xp.dtype)
+    cols_buf = scratch_buffer("cols", k * step * per_image, xp.dtype)
+    dcols_buf = scratch_buffer("dcols", k * step * per_image, xp.dtype)
+    dy_buf = scratch_buffer("product", o * step * per_image, xp.dtype)
     wmat = w.reshape(o, k)
     dxp = np.zeros(xp.shape, dtype=xp.dtype)
     dw_t, part = np.zeros((k, o), dtype=xp.dtype), np.empty((k, o), dtype=xp.dtype)
