@@ -133,6 +133,29 @@ def test_ieee_format_without_nan_must_have_no_infinity():
         IEEEFormat("bad", 2, 1, True, np.dtype(np.float32), has_nan=False)
 
 
+@pytest.mark.parametrize("name", MX_NAMES)
+def test_every_element_code_of_every_mx_format_matches_the_loop_and_ml_dtypes(name):
+    """All 256 / 64 / 16 element codes: the element format's decode against the textbook loop, and
+    against ml_dtypes for the float elements (MXINT8's element is two's complement / 64)."""
+    elem = MX_FORMATS[name].element
+    codes = np.arange(1 << elem.nbits, dtype=np.uint8)
+    got = np.asarray(elem.decode(codes), np.float64)
+    ref_name = ref.MX_ELEMENT[name]
+    for c, g in zip(codes.tolist(), got.tolist(), strict=True):
+        v, negative = ref.element_value(ref_name, c)
+        if v == ref.NAN:
+            assert math.isnan(g), (name, c)
+        elif v == ref.INF:
+            assert g == (-math.inf if negative else math.inf), (name, c)
+        else:
+            assert g == float(v) and math.copysign(1.0, g) == (-1.0 if negative else 1.0), (name, c)
+    if name != "mxint8":
+        expected = codes.view(ml_type(elem.name)).astype(np.float64)
+        assert_same_values(got, expected)
+    else:
+        np.testing.assert_array_equal(got, codes.view(np.int8).astype(np.float64) / 64)
+
+
 # ==================================================================================== E8M0
 
 
