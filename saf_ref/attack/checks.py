@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.bits.mx import MXFormat
 from saf_ref.nn.registry import ModelFns, model_fns
 from saf_ref.protect.spec import StorageRule, check_spec
 from saf_ref.protect.stored import check_encodable, check_params
@@ -45,6 +46,12 @@ def check_model_inputs(model: Any, latents: Any, state: Any, spec: Any, x: Any, 
     rules = spec.resolve(shapes, fn)
     check_encodable(latents, rules, fn, "latents")
     exposed = [name for name in shapes if rules[name].exposed]
+    for name in exposed:  # the first-order estimate maps word i to weight i: no shared-scale layouts
+        if isinstance(rules[name].format, MXFormat):
+            raise ValueError(
+                f"{fn}: spec formats of exposed parameters must be per-word formats (IEEE, qM.N, a "
+                f"quantizer), got the MX block format {rules[name].format_name!r} for {name!r}"
+            )
     if not exposed:
         raise ValueError(f"{fn}: spec must expose at least one parameter to bit flips, got none exposed "
                          f"among {tuple(shapes)}")

@@ -284,6 +284,9 @@ def _call(**kw):
         ({"spec": default_spec(Quantizer(4), expose_non_weights=False).__class__(
             (StorageRule("*", format=Quantizer(4), exposed=False),))},
          ValueError, "bit_flip_attack: spec must expose at least one parameter"),
+        ({"spec": StorageSpec((StorageRule("*", format="mxfp4"),))}, ValueError,
+         "bit_flip_attack: spec formats of exposed parameters must be per-word formats (IEEE, qM.N, a "
+         "quantizer), got the MX block format 'mxfp4' for 'fc1.weight'"),
         ({"target": 3}, ValueError, "bit_flip_attack: target must be a class in [0, 2], got 3"),
         ({"target": -1}, ValueError, "bit_flip_attack: target must be in [0, inf], got -1"),
         ({"target": 0, "source": 5}, ValueError, "bit_flip_attack: the attack batch must hold examples"),
