@@ -468,7 +468,10 @@ def train(
     x_train, y_train, x_test, y_test = _unpack_data(data, fn)
     dtype = _check_params(params, x_train, x_test, fn)
     spec = _resolve_spec(spec, transform, randbet, dtype, fn)
-    records_errors = spec is not None and transform is None
+    # The transform= shorthand records no bit-error state, unless a per-batch curriculum switches errors
+    # (its state must reach the next epoch and a resumed run through the records).
+    per_batch = randbet is not None and randbet.batch_curriculum
+    records_errors = spec is not None and (transform is None or per_batch)
     optimizer = SGD(0.1, momentum=0.9, weight_decay=5e-4) if optimizer is None else optimizer
     if not isinstance(optimizer, SGD):
         raise TypeError(f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {type(optimizer).__name__}")
@@ -523,8 +526,7 @@ def train(
             weights = params if spec is None else effective_weights(params, spec, nonfinite=nonfinite)[0]
             test = evaluate(weights, state, x_test, y_test, model=fns, batch_size=eval_batch_size)
             record["test_acc"], record["test_loss"] = test.accuracy, test.loss
-        if records_errors or config.batch_curriculum:
-            # (the per-epoch latch is only run for records that keep errors_on, as before)
+        if records_errors:
             next_errors_on = errors_on_after(record, config)
         if not records_errors:
             for key in _ERROR_KEYS:
@@ -538,7 +540,7 @@ def train(
             )
         if callback is not None:
             callback(epoch, params, state, record)
-        if records_errors or config.batch_curriculum:
+        if records_errors:
             errors_on = next_errors_on
     return params, state, history
 

@@ -125,9 +125,10 @@ def _scripted_run(clean, perturbed, *, epochs, batches_per_epoch, curriculum="ba
     n = 4 * batches_per_epoch
     data = (np.zeros((n, 4)), np.zeros(n, dtype=np.int64))
     config = RandBETConfig(0.5, curriculum_loss=TAU, curriculum=curriculum, grad_clamp=None)
-    _, _, history = train(params, {}, data, model=model.fns(), spec=default_spec("float64"), epochs=epochs,
-                          batch_size=4, optimizer=SGD(0.1), randbet=config, augment=None, rng=0,
-                          verbose=False, **kw)  # fmt: skip
+    kw.setdefault("spec", None if "transform" in kw else default_spec("float64"))
+    _, _, history = train(params, {}, data, model=model.fns(), epochs=epochs, batch_size=4,
+                          optimizer=SGD(0.1), randbet=config, augment=None, rng=0, verbose=False,
+                          **kw)  # fmt: skip
     return model, history
 
 
@@ -151,6 +152,24 @@ def test_loop_switches_errors_per_batch_across_epochs():
             clean[4 * e + 3], perturbed[4 * e + 3] if steps[3] else None, TAU
         )
         assert errors_on_after(record, RandBETConfig(0.5, curriculum_loss=TAU)) is record["errors_on_next"]
+
+
+def test_transform_shorthand_switches_errors_and_resumes_too(tmp_path):
+    """With ``transform=`` (float storage) the per-batch state is recorded too, so it reaches the next
+    epoch and a resumed run."""
+    clean = [loss for _, loss, _, _ in SCRIPT] + [0.3]
+    perturbed = [0.0 if p is None else p for _, _, p, _ in SCRIPT] + [0.9]
+    expected_on = [on for on, *_ in SCRIPT] + [SCRIPT[-1][3]]
+    model, history = _scripted_run(clean, perturbed, epochs=3, batches_per_epoch=4, transform="identity")
+    assert model.perturbed_steps == [i for i, on in enumerate(expected_on) if on]
+    _scripted_run(clean, perturbed, epochs=2, batches_per_epoch=4, transform="identity",
+                  checkpoint=tmp_path / "ck.npz")  # fmt: skip
+    # Resumed: the scripted model counts steps from 0 again, so it replays epoch 2's part of the script.
+    resumed, h_res = _scripted_run(clean[8:], perturbed[8:], epochs=3, batches_per_epoch=4,
+                                   transform="identity", checkpoint=tmp_path / "ck.npz",
+                                   resume=True)  # fmt: skip
+    assert [8 + i for i in resumed.perturbed_steps] == [i for i in range(8, 12) if expected_on[i]]
+    assert h_res[2]["error_batches"] == history[2]["error_batches"]
 
 
 def test_loop_never_switches_on_above_the_margin_and_latch_never_switches_off():
