@@ -1,106 +1,173 @@
-"""Benchmark: saf_ref conv2d forward + backward against PyTorch CPU, ResNet-18 (CIFAR) layer shapes.
+"""Benchmark: saf_ref conv2d forward + backward against PyTorch CPU, ResNet-18 and ResNet-20 layer shapes.
 
 Usage::
 
-    python benchmarks/bench_conv.py [--threads 2] [--batch 32] [--repeats 7] [--dtype float32]
-                                    [--clock wall|cpu] [--openblas-coretype NAME]
+    python benchmarks/bench_conv.py                    # both suites, float32 and float64, 1 and 2 threads
+    python benchmarks/bench_conv.py --quick            # a smoke run: fewer shapes, 2 repeats (about 1 min)
+    python benchmarks/bench_conv.py --suites resnet20 --dtypes float32 --threads 1 --repeats 9
 
-Both libraries get the same number of threads (default 2, the CI machine's cores): PyTorch through
-``torch.set_num_threads``, NumPy's BLAS through the environment variables ``OPENBLAS_NUM_THREADS``,
-``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``, which this script sets *before* importing NumPy (BLAS reads
-them once, when it loads; setting them later has no effect).
+Suites (the targets of issue 14 in brackets, single thread, float32; float64 <= 1.0 everywhere):
 
-Each measurement is one forward pass and one backward pass giving ``dx`` and ``dw`` (no bias, as in
-ResNet). The two libraries run alternately, ``--repeats`` times each after a warm-up, in the same
-process; the best time of each is reported (the minimum is the least noisy estimate on a shared
-machine, as ``timeit`` recommends). The last line is the geometric mean of the per-shape ratios
-saf_ref / torch.
+- ``resnet18``: the 3x3 convolutions of every stage of ResNet-18 at CIFAR size (stride 1 and the stride-2
+  transitions) and the 1x1 downsampling shortcuts, batch 32, plus the ImageNet 7x7 stride-2 stem at 224x224,
+  batch 8 [geometric mean <= 1.0x torch];
+- ``resnet20``: every convolution shape of ResNet-20 (16-64 channels), batch 128 [<= 1.3x].
+
+One measurement is one forward pass and one backward pass giving ``dx`` and ``dw`` (no bias, as in
+ResNet), against ``torch.nn.functional.conv2d`` and autograd. The two libraries alternate, ``--repeats``
+times each after a warm-up, in one process, and the minimum is kept (the least noisy estimate on a shared
+machine). Thread counts are switched inside the run: NumPy's BLAS with threadpoolctl (the script starts
+BLAS with the largest count asked for, through ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` /
+``MKL_NUM_THREADS`` set before NumPy is imported), PyTorch with ``torch.set_num_threads``.
+
+Clocks: with one thread the ratio is taken on process CPU time (``time.process_time``), which other
+processes on the machine barely disturb; with more threads CPU time counts every thread's work (and
+the spin-waiting of idle BLAS threads), so the ratio is taken on wall-clock time, which is only
+meaningful on an otherwise idle machine. Both are printed. ``ours(2)/ours(1)`` (wall clock) checks that
+two threads are no slower than one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
+
+#: (name, N, in channels, out channels, input size, kernel, stride, padding)
+SUITES = {
+    "resnet18": [
+        ("64ch @32x32, 3x3", 32, 64, 64, 32, 3, 1, 1),
+        ("128ch @16x16, 3x3", 32, 128, 128, 16, 3, 1, 1),
+        ("256ch @8x8, 3x3", 32, 256, 256, 8, 3, 1, 1),
+        ("512ch @4x4, 3x3", 32, 512, 512, 4, 3, 1, 1),
+        ("64->128 @32->16, 3x3 s2", 32, 64, 128, 32, 3, 2, 1),
+        ("128->256 @16->8, 3x3 s2", 32, 128, 256, 16, 3, 2, 1),
+        ("256->512 @8->4, 3x3 s2", 32, 256, 512, 8, 3, 2, 1),
+        ("64->128 @32->16, 1x1 s2", 32, 64, 128, 32, 1, 2, 0),
+        ("128->256 @16->8, 1x1 s2", 32, 128, 256, 16, 1, 2, 0),
+        ("256->512 @8->4, 1x1 s2", 32, 256, 512, 8, 1, 2, 0),
+        ("stem 3->64 @224->112, 7x7 s2", 8, 3, 64, 224, 7, 2, 3),
+    ],
+    "resnet20": [
+        ("stem 3->16 @32x32, 3x3", 128, 3, 16, 32, 3, 1, 1),
+        ("16ch @32x32, 3x3", 128, 16, 16, 32, 3, 1, 1),
+        ("16->32 @32->16, 3x3 s2", 128, 16, 32, 32, 3, 2, 1),
+        ("32ch @16x16, 3x3", 128, 32, 32, 16, 3, 1, 1),
+        ("32->64 @16->8, 3x3 s2", 128, 32, 64, 16, 3, 2, 1),
+        ("64ch @8x8, 3x3", 128, 64, 64, 8, 3, 1, 1),
+        ("16->32 @32->16, 1x1 s2", 128, 16, 32, 32, 1, 2, 0),
+        ("32->64 @16->8, 1x1 s2", 128, 32, 64, 16, 1, 2, 0),
+    ],
+}
+#: Shapes of the --quick run (by name).
+QUICK = {
+    "64ch @32x32, 3x3",
+    "256ch @8x8, 3x3",
+    "16ch @32x32, 3x3",
+    "64ch @8x8, 3x3",
+    "16->32 @32->16, 1x1 s2",
+}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size N (default 32)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per shape and library")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: time.perf_counter (default); cpu: time.process_time, the process's CPU time, robust "
-        "to other processes on a shared machine but only meaningful with --threads 1 (BLAS worker "
-        "threads spin while they wait, which CPU time counts)",
-    )
-    parser.add_argument(
-        "--openblas-coretype",
-        default=None,
-        help="force OpenBLAS's kernel family (OPENBLAS_CORETYPE, e.g. SkylakeX) where its run-time "
-        "detection falls back to older kernels on an unrecognised CPU; default: leave it alone",
-    )
-    return parser.parse_args(argv)
+    parser.add_argument("--suites", default="resnet18,resnet20", help="comma-separated: resnet18, resnet20")
+    parser.add_argument("--dtypes", default="float32,float64", help="comma-separated: float32, float64")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per shape and library (default 5)")
+    parser.add_argument("--quick", action="store_true", help="a few shapes, float32, 2 repeats")
+    args = parser.parse_args(argv)
+    args.suites = [s for s in args.suites.split(",") if s]
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    for s in args.suites:
+        if s not in SUITES:
+            parser.error(f"--suites: unknown suite {s!r} (choose from {', '.join(SUITES)})")
+    for d in args.dtypes:
+        if d not in ("float32", "float64"):
+            parser.error(f"--dtypes: {d!r} is not float32 or float64")
+    if args.quick:
+        args.repeats, args.dtypes = 2, ["float32"]
+    return args
 
 
-#: (name, in channels, out channels, input size, kernel, stride, padding): ResNet-18 for CIFAR (32x32).
-SHAPES = [
-    ("64ch @32x32, 3x3 s1", 64, 64, 32, 3, 1, 1),
-    ("128ch @16x16, 3x3 s1", 128, 128, 16, 3, 1, 1),
-    ("256ch @8x8, 3x3 s1", 256, 256, 8, 3, 1, 1),
-    ("512ch @4x4, 3x3 s1", 512, 512, 4, 3, 1, 1),
-    ("64->128 @32->16, 3x3 s2", 64, 128, 32, 3, 2, 1),
-    ("128->256 @16->8, 3x3 s2", 128, 256, 16, 3, 2, 1),
-    ("256->512 @8->4, 3x3 s2", 256, 512, 8, 3, 2, 1),
-    ("64->128 @32->16, 1x1 s2", 64, 128, 32, 1, 2, 0),
-    ("128->256 @16->8, 1x1 s2", 128, 256, 16, 1, 2, 0),
-    ("256->512 @8->4, 1x1 s2", 256, 512, 8, 1, 2, 0),
-]
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def _openblas_core() -> str:
-    """The kernel family OpenBLAS picked at run time (``Haswell``, ``SkylakeX``, ...), if it says."""
-    import ctypes
-    import glob
-
+def describe_machine(torch) -> str:
+    """CPU model, core count, NumPy's BLAS (library, version, kernel family) and the library versions."""
     import numpy as np
 
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in glob.glob(os.path.join(libdir, "*openblas*")):
-        lib = ctypes.CDLL(path)
-        for symbol in (
-            "scipy_openblas_get_corename64_",
-            "scipy_openblas_get_corename",
-            "openblas_get_corename",
-        ):
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return "unknown"
+    blas = "unknown BLAS"
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                blas = f"{lib['internal_api']} {lib.get('version')} ({lib.get('architecture')} kernels)"
+                break
+    except ImportError:
+        pass
+    return (
+        f"{cpu_model()}, {os.cpu_count()} CPUs; numpy {np.__version__} with {blas}; "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "
+        f"Python {platform.python_version()}"
+    )
 
 
-def time_shape(shape, args, rng):
-    """Best forward + backward times (seconds) of saf_ref and of torch for one layer shape."""
+def blas_limit(threads: int):
+    """A context manager limiting NumPy's BLAS to ``threads`` (a no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is in the test extra
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Run the callables alternately ``repeats`` times after a warm-up; ``{name: (min cpu, min wall)}``."""
+    for fn in fns.values():
+        fn()
+    cpu = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    return {name: (min(cpu[name]), min(wall[name])) for name in fns}
+
+
+def time_shape(shape, dtype, repeats, torch, rng) -> dict:
+    """``{"saf_ref": (cpu, wall), "torch": (cpu, wall)}`` for one layer shape (seconds)."""
     import numpy as np
-    import torch
 
     from saf_ref.nn.conv import conv2d_backward, conv2d_forward
 
-    _, c, o, size, k, stride, pad = shape
-    dtype = np.dtype(args.dtype)
-    x = rng.standard_normal((args.batch, c, size, size)).astype(dtype)
+    _, n, c, o, size, k, stride, pad = shape
+    x = rng.standard_normal((n, c, size, size)).astype(dtype)
     w = (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(dtype)
     out = (size + 2 * pad - k) // stride + 1
-    dy = rng.standard_normal((args.batch, o, out, out)).astype(dtype)
-    tx = torch.from_numpy(x).requires_grad_(True)
-    tw = torch.from_numpy(w).requires_grad_(True)
-    tdy = torch.from_numpy(dy)
+    dy = rng.standard_normal((n, o, out, out)).astype(dtype)
+    tx, tw, tdy = (
+        torch.from_numpy(x).requires_grad_(True),
+        torch.from_numpy(w).requires_grad_(True),
+        torch.from_numpy(dy),
+    )
 
     def ours():
         _, cache = conv2d_forward(x, w, stride=stride, padding=pad)
@@ -110,23 +177,20 @@ def time_shape(shape, args, rng):
         tx.grad = tw.grad = None
         torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tdy)
 
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    ours(), theirs()  # warm-up (allocator, BLAS and oneDNN initialisation)
-    t_ours, t_theirs = [], []
-    for _ in range(args.repeats):  # alternate, so that both see the same machine conditions
-        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
-            start = clock()
-            fn()
-            times.append(clock() - start)
-    return min(t_ours), min(t_theirs)
+    return interleaved({"saf_ref": ours, "torch": theirs}, repeats)
+
+
+def geomean(values) -> float:
+    import numpy as np
+
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    most = str(max(args.threads))
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # must happen before NumPy (and its BLAS) is imported
-    if args.openblas_coretype:
-        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
+        os.environ[var] = most  # before NumPy (and its BLAS) is imported: the size of BLAS's thread pool
     import numpy as np
 
     try:
@@ -135,24 +199,55 @@ def main(argv=None) -> int:
         print("bench_conv: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 1
 
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    print(
-        f"conv2d forward + backward (dx, dw), N={args.batch}, {args.dtype}, {args.threads} threads, "
-        f"best of {args.repeats}, {args.clock} clock; numpy {np.__version__} "
-        f"(OpenBLAS kernels: {_openblas_core()}), torch {torch.__version__}"
-    )
+    print(describe_machine(torch))
+    print(f"conv2d forward + backward (dx, dw), best of {args.repeats}, saf_ref and torch interleaved")
+    summary = []
+    for suite in args.suites:
+        shapes = [s for s in SUITES[suite] if not args.quick or s[0] in QUICK]
+        for dtype in args.dtypes:
+            results = {}
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                rng = np.random.default_rng(0)
+                with blas_limit(threads):
+                    results[threads] = [
+                        time_shape(s, np.dtype(dtype), args.repeats, torch, rng) for s in shapes
+                    ]
+            print()
+            print(f"### {suite}, {dtype}")
+            print()
+            head = "| layer | N |"
+            for t in args.threads:
+                clock = "CPU" if t == 1 else "wall"
+                head += f" saf_ref {t}T (ms) | torch {t}T (ms) | ratio {t}T ({clock}) |"
+            if 1 in args.threads and len(args.threads) > 1:
+                head += " saf_ref 2T/1T (wall) |"
+            print(head)
+            print(
+                "|---|---:|"
+                + "---:|" * (3 * len(args.threads) + (1 in args.threads and len(args.threads) > 1))
+            )
+            ratios = {t: [] for t in args.threads}
+            for i, shape in enumerate(shapes):
+                row = f"| {shape[0]} | {shape[1]} |"
+                for t in args.threads:
+                    r = results[t][i]
+                    k = 0 if t == 1 else 1  # CPU time for one thread, wall clock for more
+                    ratios[t].append(r["saf_ref"][k] / r["torch"][k])
+                    row += f" {1e3 * r['saf_ref'][k]:.1f} | {1e3 * r['torch'][k]:.1f} | {ratios[t][-1]:.2f} |"
+                if 1 in args.threads and len(args.threads) > 1:
+                    t2 = max(args.threads)
+                    row += f" {results[t2][i]['saf_ref'][1] / results[1][i]['saf_ref'][1]:.2f} |"
+                print(row)
+            line = "| **geometric mean** | |"
+            for t in args.threads:
+                line += f" | | **{geomean(ratios[t]):.2f}** |"
+                summary.append((suite, dtype, t, geomean(ratios[t])))
+            print(line + (" |" if 1 in args.threads and len(args.threads) > 1 else ""))
     print()
-    print("| layer | saf_ref (ms) | torch (ms) | saf_ref / torch |")
-    print("|---|---:|---:|---:|")
-    ratios = []
-    for shape in SHAPES:
-        best_ours, best_theirs = time_shape(shape, args, rng)
-        ratios.append(best_ours / best_theirs)
-        print(f"| {shape[0]} | {1e3 * best_ours:.2f} | {1e3 * best_theirs:.2f} | {ratios[-1]:.2f} |")
-    geomean = float(np.exp(np.mean(np.log(ratios))))
-    print()
-    print(f"geometric mean saf_ref / torch: {geomean:.2f}")
+    print("geometric means saf_ref / torch:")
+    for suite, dtype, t, g in summary:
+        print(f"  {suite:9s} {dtype}  {t} thread(s): {g:.2f}")
     return 0
 
 

@@ -20,7 +20,8 @@ specification; three paths make it fast, chosen by the shape alone (never by the
    convolution is itself a stride-1 convolution of ``dy`` with the flipped, transposed kernel (a
    *transposed convolution*), and ``dy`` stored on a grid of the same geometry lines up with the
    forward columns for ``dw``: no col2im and no wide ``w.T @ dy`` product.
-2. **1x1, no padding** (the downsampling shortcuts): one matrix product on the (strided) pixels.
+2. **1x1, no padding** (the downsampling shortcuts): forward, one matrix product per image on its
+   (strided) pixels, straight into the output; backward as path 3.
 3. **Everything else** (strided 3x3, the 7x7 stem, odd paddings): classic im2col from the zero-padded
    input and col2im for ``dx``.
 
@@ -43,13 +44,16 @@ input between the forward and the backward call.
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import NamedTuple
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from saf_ref import validation
+from saf_ref import determinism, validation
 
 __all__ = [
     "Conv2dCache",
@@ -169,10 +173,39 @@ def scratch_buffer(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype)
 
 
-def _chunks(n: int, per_image: int) -> tuple[list[tuple[int, int]], int]:
-    """Image ranges ``(start, stop)`` of about ``_CHUNK_COLUMNS`` output positions, and their size."""
+def _chunks(n: int, per_image: int) -> list[tuple[int, int]]:
+    """Image ranges ``(start, stop)`` of about ``_CHUNK_COLUMNS`` output positions each."""
     step = max(1, min(n, -(-_CHUNK_COLUMNS // per_image)))
-    return [(start, min(start + step, n)) for start in range(0, n, step)], step
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _blas_threads() -> int:
+    """How many threads NumPy's BLAS may use now (1 inside :func:`saf_ref.determinism.blas_threads_pinned`,
+    or where the library cannot be asked)."""
+    openblas = determinism._bundled_openblas()
+    return max(1, openblas[0]()) if openblas is not None else 1
+
+
+def _run_chunks(task: Callable[[int, int], Any], chunks: list[tuple[int, int]]) -> list:
+    """``[task(start, stop) for each chunk]``, in chunk order.
+
+    Where BLAS may use several threads, the chunks are spread over that many worker threads instead,
+    with BLAS pinned to one thread: chunks of whole images are independent, NumPy releases the GIL in
+    its copies and products, and many mid-sized products split over BLAS threads spin-wait (on a busy
+    2-core machine two BLAS threads ran these convolutions 3-6x *slower* than one). Every chunk's
+    arithmetic is the same either way, so the results do not depend on the number of threads.
+    """
+    workers = min(_blas_threads(), len(chunks))
+    if workers <= 1:
+        return [task(start, stop) for start, stop in chunks]
+    key = (os.getpid(), workers)  # a pool inherited through fork() has no threads: make a new one
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="saf_ref-conv")
+    with determinism.blas_threads_pinned():
+        return list(_pools[key].map(lambda chunk: task(*chunk), chunks))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,14 +277,15 @@ def _grid_conv(grid: np.ndarray, wmat: np.ndarray, kernel, grid_hw, out: np.ndar
     (kh, kw), (hg, wg) = kernel, grid_hw
     n, o, ho, wo = out.shape
     c, k, per_image = grid.shape[0], wmat.shape[1], hg * wg
-    chunks, step = _chunks(n, per_image)
-    cols_buf = scratch_buffer("cols", k * step * per_image, grid.dtype)
-    prod_buf = scratch_buffer("product", o * step * per_image, grid.dtype)
-    for start, stop in chunks:
+
+    def chunk(start: int, stop: int) -> None:
         length = (stop - start) * per_image
-        cols = _grid_columns(grid, start * per_image, wg, cols_buf[: k * length].reshape(c, kh, kw, length))
-        prod = np.matmul(wmat, cols, out=prod_buf[: o * length].reshape(o, length))
+        cols = scratch_buffer("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
+        cols = _grid_columns(grid, start * per_image, wg, cols)
+        prod = np.matmul(wmat, cols, out=scratch_buffer("product", o * length, grid.dtype).reshape(o, length))
         out[start:stop] = prod.reshape(o, stop - start, hg, wg)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+    _run_chunks(chunk, _chunks(n, per_image))
 
 
 def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n: int) -> np.ndarray:
@@ -263,16 +297,23 @@ def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n:
     is small (16-64 channels).
     """
     (kh, kw), (hg, wg) = kernel, grid_hw
-    o, c, per_image = dy_grid.shape[0], grid.shape[0], hg * wg
+    c, per_image = grid.shape[0], hg * wg
     k = kh * kw * c
-    chunks, step = _chunks(n, per_image)
-    cols_buf = scratch_buffer("cols", k * step * per_image, grid.dtype)
-    dw_t, part = np.zeros((k, o), dtype=grid.dtype), np.empty((k, o), dtype=grid.dtype)
-    for start, stop in chunks:
+
+    def chunk(start: int, stop: int) -> np.ndarray:
         length, first = (stop - start) * per_image, start * per_image
-        cols = _grid_columns(grid, first, wg, cols_buf[: k * length].reshape(c, kh, kw, length))
-        dw_t += np.matmul(cols, dy_grid[:, first : first + length].T, out=part)
-    return dw_t
+        cols = scratch_buffer("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
+        return _grid_columns(grid, first, wg, cols) @ dy_grid[:, first : first + length].T
+
+    return _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
+
+
+def _sum_in_order(parts: list[np.ndarray]) -> np.ndarray:
+    """``((parts[0] + parts[1]) + parts[2]) + ...``: a fixed order, whatever ran the chunks."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _forward_grid(x, w, padding) -> tuple[np.ndarray, np.ndarray]:
@@ -309,30 +350,27 @@ def _backward_grid(dy, grid, w, x_shape, padding) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
-def _pixels(x: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """The pixels a 1x1 convolution reads, as a matrix ``(C, N*Ho*Wo)``."""
-    xs = x[:, :, :: stride[0], :: stride[1]]
-    return np.ascontiguousarray(xs.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
-
-
 def _forward_1x1(x, w, stride) -> np.ndarray:
-    """Path 2 forward: one product per image, written straight into ``y`` (no transpose)."""
-    xs = np.ascontiguousarray(x[:, :, :: stride[0], :: stride[1]])
-    n, c, ho, wo = xs.shape
-    y = np.empty((n, w.shape[0], ho, wo), dtype=x.dtype)
-    np.matmul(w.reshape(w.shape[0], c), xs.reshape(n, c, ho * wo), out=y.reshape(n, w.shape[0], ho * wo))
+    """Path 2 forward: for each image, ``y[n] = w.reshape(O, C) @ x[n, :, ::sh, ::sw].reshape(C, -1)``,
+    written straight into ``y`` (no column matrix, no transpose). The backward pass is path 3's, whose
+    im2col of a 1x1 kernel is just this pixel matrix."""
+    n, c = x.shape[:2]
+    o, (sh, sw) = w.shape[0], stride
+    ho, wo = output_size(x.shape[2], 1, sh, 0), output_size(x.shape[3], 1, sw, 0)
+    y = np.empty((n, o, ho, wo), dtype=x.dtype)
+    wmat = w.reshape(o, c)
+
+    def chunk(start: int, stop: int) -> None:
+        pixels = scratch_buffer("cols", (stop - start) * c * ho * wo, x.dtype).reshape(
+            stop - start, c, ho, wo
+        )
+        pixels[...] = x[start:stop, :, ::sh, ::sw]
+        np.matmul(
+            wmat, pixels.reshape(stop - start, c, ho * wo), out=y[start:stop].reshape(stop - start, o, -1)
+        )
+
+    _run_chunks(chunk, _chunks(n, ho * wo))
     return y
-
-
-def _backward_1x1(dy, x, w, stride) -> tuple[np.ndarray, np.ndarray]:
-    """Path 2 backward: ``dw = dy @ pixels.T`` and ``dx = w.T @ dy`` at the pixels read, zero elsewhere."""
-    n, o, ho, wo = dy.shape
-    dy_mat = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, n * ho * wo)
-    dw = (dy_mat @ _pixels(x, stride).T).reshape(w.shape)
-    dx_pixels = w.reshape(o, -1).T @ dy_mat  # (C, N*Ho*Wo)
-    dx = np.zeros(x.shape, dtype=dy.dtype)
-    dx[:, :, :: stride[0], :: stride[1]] = dx_pixels.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3)
-    return dx, dw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,16 +401,17 @@ def _forward_im2col(xp, w, stride, out_hw) -> np.ndarray:
     """Path 3 forward, chunk by chunk: ``y[chunk] = w.reshape(O, -1) @ cols[chunk]``."""
     (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
     k, per_image = c * kh * kw, ho * wo
-    chunks, step = _chunks(n, per_image)
-    cols_buf = scratch_buffer("cols", k * step * per_image, xp.dtype)
-    prod_buf = scratch_buffer("product", o * step * per_image, xp.dtype)
     y = np.empty((n, o, ho, wo), dtype=xp.dtype)
     wmat = w.reshape(o, k)
-    for start, stop in chunks:
-        cols = cols_buf[: k * (stop - start) * per_image].reshape(c, kh, kw, stop - start, ho, wo)
+
+    def chunk(start: int, stop: int) -> None:
+        length = (stop - start) * per_image
+        cols = scratch_buffer("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
         cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
-        prod = np.matmul(wmat, cols, out=prod_buf[: o * cols.shape[1]].reshape(o, -1))
+        prod = np.matmul(wmat, cols, out=scratch_buffer("product", o * length, xp.dtype).reshape(o, length))
         y[start:stop] = prod.reshape(o, stop - start, ho, wo).transpose(1, 0, 2, 3)
+
+    _run_chunks(chunk, _chunks(n, per_image))
     return y
 
 
@@ -381,25 +420,25 @@ def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
     ``w.T @ dy[chunk]``. Returns ``dx`` with respect to the *padded* input, and ``dw``."""
     (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, dy.shape[2:]
     k, per_image = c * kh * kw, ho * wo
-    chunks, step = _chunks(n, per_image)
-    cols_buf = scratch_buffer("cols", k * step * per_image, xp.dtype)
-    dcols_buf = scratch_buffer("dcols", k * step * per_image, xp.dtype)
-    dy_buf = scratch_buffer("product", o * step * per_image, xp.dtype)
     wmat = w.reshape(o, k)
     dxp = np.zeros(xp.shape, dtype=xp.dtype)
-    dw_t, part = np.zeros((k, o), dtype=xp.dtype), np.empty((k, o), dtype=xp.dtype)
-    for start, stop in chunks:
+
+    def chunk(start: int, stop: int) -> np.ndarray:
         length = (stop - start) * per_image
-        cols = cols_buf[: k * length].reshape(c, kh, kw, stop - start, ho, wo)
+        cols = scratch_buffer("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
         cols = _im2col(xp[start:stop], (kh, kw), stride, (ho, wo), cols)
-        dy_chunk = dy_buf[: o * length].reshape(o, stop - start, ho, wo)
+        dy_chunk = scratch_buffer("product", o * length, xp.dtype).reshape(o, stop - start, ho, wo)
         dy_chunk[...] = dy[start:stop].transpose(1, 0, 2, 3)
         dy_mat = dy_chunk.reshape(o, length)
-        dw_t += np.matmul(cols, dy_mat.T, out=part)  # dw.T: faster for few channels (_grid_weight_grad)
-        dcols = np.matmul(wmat.T, dy_mat, out=dcols_buf[: k * length].reshape(k, length))
+        dcols = np.matmul(
+            wmat.T, dy_mat, out=scratch_buffer("dcols", k * length, xp.dtype).reshape(k, length)
+        )
         _col2im_add(
             dcols.reshape(c, kh, kw, stop - start, ho, wo), (kh, kw), stride, (ho, wo), dxp[start:stop]
         )
+        return cols @ dy_mat.T  # dw.T: faster for few channels (see _grid_weight_grad)
+
+    dw_t = _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
     return dxp, np.ascontiguousarray(dw_t.T).reshape(w.shape)
 
 
@@ -531,13 +570,11 @@ def conv2d_backward_unchecked(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads
     """:func:`conv2d_backward` without the argument checks (``dy`` must have the output's shape and
     dtype), for the models' layers."""
     x_padded, w, has_bias, stride, padding, grid = cache
-    (ph, pw), kernel = padding, (w.shape[2], w.shape[3])
+    ph, pw = padding
     n, c, hp, wp = x_padded.shape
     x_shape = (n, c, hp - 2 * ph, wp - 2 * pw)
     if grid is not None:
         dx, dw = _backward_grid(dy, grid, w, x_shape, padding)
-    elif kernel == (1, 1) and padding == (0, 0):
-        dx, dw = _backward_1x1(dy, x_padded, w, stride)
     else:
         dxp, dw = _backward_im2col(dy, x_padded, w, stride)
         dx = dxp if (ph, pw) == (0, 0) else np.ascontiguousarray(dxp[:, :, ph : hp - ph, pw : wp - pw])
