@@ -60,8 +60,8 @@ def stored_shape(codec: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def resolve_format(
-    fmt: Any, *, fn: str = "resolve_format", name: str = "fmt", quantizer: bool = True
-) -> IEEEFormat | FixedPointFormat | Quantizer:
+    fmt: Any, *, fn: str = "resolve_format", name: str = "fmt", quantizer: bool = True, block: bool = True
+) -> IEEEFormat | E8M0Format | MXFormat | FixedPointFormat | Quantizer:
     """The format object ``fmt`` names (or ``fmt`` itself when it already is one).
 
     Parameters
@@ -72,10 +72,13 @@ def resolve_format(
         The function and argument named in error messages (``"StorageRule"``, ``"rule 'fc.*' format"``).
     quantizer : bool
         Whether a :class:`~saf_ref.bits.quantize.Quantizer` is accepted.
+    block : bool
+        Whether an MX block format (:class:`~saf_ref.bits.mx.MXFormat`, a codec whose words are bytes of
+        scales and packed elements) is accepted; callers that work word by word pass False.
 
     Returns
     -------
-    IEEEFormat, FixedPointFormat or Quantizer
+    IEEEFormat, E8M0Format, MXFormat, FixedPointFormat or Quantizer
 
     Raises
     ------
@@ -83,8 +86,20 @@ def resolve_format(
         ``fmt`` is neither a string nor an accepted format object.
     ValueError
         ``fmt`` is a string that names no format (for a ``qM.N``-looking string, the message says what is
-        wrong with it: its form, or a width outside 2..32 bits).
+        wrong with it: its form, or a width outside 2..32 bits), or an MX block format where ``block`` is
+        False.
     """
+    out = _resolve(fmt, fn, name, quantizer)
+    if isinstance(out, MXFormat) and not block:
+        raise ValueError(
+            f"{fn}: {name} must be a per-word number format, got the MX block format {out.name!r} (a codec: "
+            f"use it in a StorageRule, or saf_ref.bits.mx.get_mx_format)"
+        )
+    return out
+
+
+def _resolve(fmt: Any, fn: str, name: str, quantizer: bool):
+    """The lookup of :func:`resolve_format` (MX block formats included)."""
     base = (IEEEFormat, E8M0Format, MXFormat, FixedPointFormat)
     objects = (*base, Quantizer) if quantizer else base
     if isinstance(fmt, objects):
@@ -142,13 +157,7 @@ def get_format(name: str) -> NumberFormat:
     ValueError
         ``name`` is not a known format.
     """
-    fmt = resolve_format(name, fn="get_format", name="name", quantizer=False)
-    if isinstance(fmt, MXFormat):
-        raise ValueError(
-            f"get_format: name must be a per-word number format, got the MX block format {fmt.name!r} "
-            f"(a codec: use it in a StorageRule, or saf_ref.bits.mx.get_mx_format)"
-        )
-    return fmt
+    return resolve_format(name, fn="get_format", name="name", quantizer=False, block=False)
 
 
 def codec_from_json(data: Any, *, fn: str = "codec_from_json", where: str = "") -> Codec:

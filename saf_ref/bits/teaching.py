@@ -93,7 +93,7 @@ def flip_value(x: Any, bit: int, fmt: Any):
     ``b < nbits - 1`` adds ``+-2^(b - N)`` and the sign flip adds ``-+2^M``.
     """
     fn = "flip_value"
-    fmt = resolve_format(fmt, fn=fn)
+    fmt = resolve_format(fmt, fn=fn, block=False)
     bit = validation.check_int(bit, "bit", fn, low=0, high=fmt.nbits - 1)
     codes, decode, _ = _store(fmt, x, fn)
     flipped = np.asarray(codes ^ codes.dtype.type(1 << bit))  # 0-d stays an array
@@ -162,7 +162,7 @@ def flip_table(x: float, fmt: Any) -> FlipTable:
     ``relative_change = (value_b - value) / |value|``.
     """
     fn = "flip_table"
-    fmt = resolve_format(fmt, fn=fn)
+    fmt = resolve_format(fmt, fn=fn, block=False)
     if np.ndim(x) != 0:
         raise ValueError(f"{fn}: x must be a scalar, got shape {np.shape(x)}")
     codes, decode, _ = _store(fmt, x, fn)
@@ -287,7 +287,7 @@ def prob_nonfinite(x: Any, fmt: Any, p: float, *, kind: str = "nonfinite"):
     ``p = 1e-3`` about ``9.9e-4``), while ``0.1`` (``01111011``) needs two flips: ``p^2 (1 - p)^6``.
     """
     fn = "prob_nonfinite"
-    fmt = resolve_format(fmt, fn=fn)
+    fmt = resolve_format(fmt, fn=fn, block=False)
     p = validation.check_probability(p, "p", fn)
     validation.check_choice(kind, "kind", fn, NONFINITE_KINDS)
     codes, _, _ = _store(fmt, x, fn)

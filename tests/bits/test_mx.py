@@ -15,7 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saf_ref.bits import BitErrors, Codec, ExactCount, FaultList, NumberFormat, codec_from_json, get_format
+from saf_ref.bits import (
+    BitErrors,
+    Codec,
+    ExactCount,
+    FaultList,
+    NumberFormat,
+    codec_from_json,
+    flip_value,
+    get_format,
+)
 from saf_ref.bits.formats import resolve_format
 from saf_ref.bits.ieee import MX_ELEMENT_FORMATS
 from saf_ref.bits.mx import E8M0, MX_FORMATS, MXContext, MXFormat, get_mx_format
@@ -515,6 +524,8 @@ def test_names_and_lookups():
     ("call", "exc", "match"),
     [
         (lambda: get_format("mxfp4"), ValueError, "get_format: name must be a per-word number format, got"),
+        (lambda: flip_value(0.1, 3, "mxfp4"), ValueError,
+         "flip_value: fmt must be a per-word number format, got the MX block format 'mxfp4'"),
         (lambda: get_mx_format("mxfp5"), ValueError,
          r"get_mx_format: name must be an MX format name .* got 'mxfp5'"),
         (lambda: get_mx_format(3), TypeError, "get_mx_format: name must be a str, got int"),
