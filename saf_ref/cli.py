@@ -251,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--eval-limit", type=int, metavar="N", help="evaluate on the first N >= 1 test images only"
     )
+    demo.add_argument(
+        "--quant-setting",
+        help="the 8-bit models' setting: reference (group norm with scale 1 + weight, every tensor "
+        "clipped, quantized and exposed, as Stutz et al.'s code; the default) or weights (batch norm, only "
+        "conv/linear weights clipped, as before)",
+    )
     demo.add_argument("--seed", type=int, help="seed of training and of the campaign (default: 0)")
     demo.add_argument("--workers", type=int, help="worker processes for the sweep (default: all cores)")
     demo.add_argument("--checkpoints", help="directory to save trained models to, and load them from")

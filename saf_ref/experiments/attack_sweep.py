@@ -148,8 +148,10 @@ class AttackSweepConfig(demo.TrainingSettings):
         transforms = tuple(t for t in ("identity", "tanh") if any(c[1] == t for c in floats))
         formats = tuple(f for f in ("float32", "q2.5") if any(c[2] == f for c in chosen))
         shared = {k: getattr(self, k) for k in _DEMO_FIELDS}
+        # quant_setting "weights": the quantized models of the setting AdvBET is trained in (batch norm, only
+        # conv/linear weights clipped), so that RandBET and AdvBET are compared like for like.
         return demo.DemoConfig(**shared, float_transforms=transforms, float_formats=formats or ("float32",),
-                               scaled_formats=(), verbose=self.verbose)
+                               scaled_formats=(), quant_setting="weights", verbose=self.verbose)
 
 
 QUICK = {"epochs": 6, "trials": 4, "budgets": (0, 1, 2, 5, 10, 20, 50)}

@@ -5,7 +5,11 @@ What it does, with no arguments, no network and only the shipped data:
 1. trains three float models with the same seed and budget: a plain **baseline** (w = u), and two
    **SAF** models (w = tanh(u), w = arctan(u)); and four 8-bit **robust-quantization** models
    (per-tensor asymmetric, offset binary, rounded; Stutz et al.): plain, with **weight clipping**,
-   clipping plus **RandBET** (random bit-error training), and RandBET without clipping;
+   clipping plus **RandBET** (random bit-error training), and RandBET without clipping. By default
+   (``quant_setting="reference"``) these four use the reference code's setting: group normalization
+   with the reparameterized scale ``1 + weight`` and every trained tensor (biases and normalization
+   parameters included) clipped, quantized and exposed; ``"weights"`` keeps the earlier setting (the
+   model as given, batch norm, only conv/linear weights clipped);
 2. stores the float models in float32, float16 and q2.5 (raw latents u in memory, f applied after
    reading) and the quantized models in their 8-bit quantizer;
 3. runs a bit-error campaign (rates from 1e-7 up to where everything breaks; nested fault patterns per
@@ -29,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +123,8 @@ class DemoConfig:
     scaled_formats: tuple[str, ...] = ("float32", "float16")
     weight_clip: float = _TRAINING.weight_clip
     p_train: float = _TRAINING.p_train
+    # The quantized models' setting: "reference" (Stutz et al.'s code) or "weights" (see quant_model).
+    quant_setting: str = "reference"
     rates: tuple[float, ...] = DEFAULT_RATES
     trials: int = 20
     eval_limit: int | None = None
@@ -133,6 +140,8 @@ class DemoConfig:
 
 QUICK = {"epochs": 6, "trials": 4, "rates": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)}
 DATASETS = ("digits", "mnist5k", "cifar10")
+#: The quantized models' settings (:func:`quant_model`, :func:`quantized_spec`).
+QUANT_SETTINGS = ("reference", "weights")
 #: What the demo writes to its output directory (``trials.jsonl`` only while a sweep runs).
 OUTPUTS = ("results.json", "run.json", "results.csv", "table.txt", "results.png", "trials.jsonl")
 
@@ -246,6 +255,7 @@ _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "scaled_formats": _check_names(get_format),
     "weight_clip": _real(lambda x: x > 0, "a finite number > 0"),
     "p_train": _real(lambda x: 0 <= x <= 1, "a probability in [0, 1]"),
+    "quant_setting": lambda v, name, fn: validation.check_choice(v, name, fn, QUANT_SETTINGS),
     "rates": _check_rates,
     "trials": _positive_int,
     "eval_limit": _optional(_positive_int),
@@ -319,14 +329,18 @@ def quantizer_8bit(clip: float | None = None) -> Quantizer:
     return quantizer(8, clip)
 
 
-def quantized_spec(clip: float | None = None, nbits: int = 8) -> StorageSpec:
+def quantized_spec(clip: float | None = None, nbits: int = 8, *, every_tensor: bool = False) -> StorageSpec:
     """Every parameter stored with the ``nbits``-bit quantizer (default 8); only conv/linear weights with
-    the clipped one.
+    the clipped one, or every tensor with it (``every_tensor``, the reference setting).
 
-    Weight clipping bounds the *weights*. Batch-norm scales and shifts and biases are stored with the
-    unclipped quantizer: clipping them too would silently change the network (a batch-norm scale of 11
-    read back as 0.3).
+    Weight clipping bounds the *weights*. In a plain network batch-norm scales and shifts and biases are
+    stored with the unclipped quantizer: clipping them too would silently change the network (a
+    batch-norm scale of 11 read back as 0.3). The reference code clips every tensor, which works because
+    its normalization layers are reparameterized (scale ``1 + weight``, the stored ``weight`` near 0):
+    use ``every_tensor=True`` only with such a model (:func:`quant_model`).
     """
+    if every_tensor:
+        return StorageSpec((StorageRule("*", format=quantizer(nbits, clip)),))
     return StorageSpec(
         (
             StorageRule("*", format=quantizer(nbits, clip), role="weight"),
@@ -353,6 +367,18 @@ def load_dataset(name: str, path: str | None = None):
     else:
         raise ValueError(f"demo: dataset must be one of ('digits', 'mnist5k', 'cifar10'), got {name!r}")
     return d.x_train, d.y_train, d.x_test, d.y_test, int(max(d.y_train.max(), d.y_test.max())) + 1
+
+
+def quant_model(cfg: DemoConfig) -> str:
+    """The model the quantized methods train: ``cfg.model`` with group normalization and the
+    reparameterized scale (``quant_setting="reference"``, Stutz et al.'s code:
+    ``"small_cnn@norm=group,reparam=1"``), or ``cfg.model`` itself (``"weights"``)."""
+    from saf_ref.nn.registry import format_model_name, parse_model_name
+
+    if cfg.quant_setting == "weights":
+        return cfg.model
+    parsed = parse_model_name(cfg.model, "demo")
+    return format_model_name(parsed.base, act_clip=parsed.act_clip, norm="group", reparam=True)
 
 
 def init_model(cfg: DemoConfig, in_channels: int, num_classes: int):
@@ -441,23 +467,28 @@ def train_float(cfg, data, init, transform: str):
     return params, state
 
 
-def train_quantized(cfg, data, init, *, clip: float | None, p_train: float, nbits: int = 8):
-    """Train with every parameter stored by :func:`quantized_spec` ``(clip, nbits)`` and RandBET at
-    ``p_train`` (0: robust quantization or clipping only); returns ``(params, state)``."""
+def train_quantized(cfg, data, init, *, clip: float | None, p_train: float, nbits: int = 8,
+                    model: str | None = None, every_tensor: bool = False):  # fmt: skip
+    """Train ``model`` (default ``cfg.model``) with every parameter stored by :func:`quantized_spec`
+    ``(clip, nbits, every_tensor=every_tensor)`` and RandBET at ``p_train`` (0: robust quantization or
+    clipping only), clipping the conv/linear weights (or every tensor) after each step; returns
+    ``(params, state)``."""
+    from saf_ref.protect.spec import ROLES
     from saf_ref.train.randbet import RandBETConfig
 
     optimizer = SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    spec = quantized_spec(clip, nbits)
+    spec = quantized_spec(clip, nbits, every_tensor=every_tensor)
+    roles = ROLES if every_tensor else ("weight",)
     params, state, _ = train(
         *init,
         data,
-        model=cfg.model,
+        model=cfg.model if model is None else model,
         spec=spec,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         optimizer=optimizer,
         schedule=Cosine(cfg.lr, cfg.epochs),
-        randbet=RandBETConfig(p_train=p_train, weight_clip=clip),
+        randbet=RandBETConfig(p_train=p_train, weight_clip=clip, clip_roles=roles),
         augment=None,
         rng=cfg.seed + 1,
         verbose=False,
@@ -487,6 +518,17 @@ def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
                 spec = weight_scaling_spec(params, "auto", fmt, roles=every_role)
                 subjects.append(Subject("weight_scaling", "identity", fmt, cfg.model, params, state, spec,
                                         nonfinite="zero"))  # fmt: skip
+    subjects += quantized_subjects(cfg, data, init)
+    return subjects
+
+
+def quantized_subjects(cfg: DemoConfig, data, init) -> list[Subject]:
+    """Train (or load) the four 8-bit models in ``cfg.quant_setting`` and describe how each is stored.
+
+    The reference setting trains :func:`quant_model` from its own initialization (same seed) with every
+    tensor clipped, quantized and exposed; its checkpoints are ``<method>_reference.npz`` (the earlier
+    setting's keep their names, ``<method>.npz``).
+    """
     # Stutz et al.'s RandBET trains with weight clipping; RandBET without clipping is shown too, because
     # on a small network whose classifier layer is not followed by batch norm, clipping costs clean
     # accuracy (see the README).
@@ -496,11 +538,20 @@ def build_subjects(cfg: DemoConfig, data) -> list[Subject]:
         ("randbet", cfg.weight_clip, cfg.p_train),
         ("randbet_noclip", None, cfg.p_train),
     )
+    reference = cfg.quant_setting == "reference"
+    model = quant_model(cfg)
+    if reference:
+        from saf_ref.nn.registry import init_model as init_named
+
+        init = init_named(model, in_channels=data[0].shape[1], num_classes=data[4], width=cfg.width,
+                          rng=cfg.seed)  # fmt: skip
+    subjects = []
     for method, clip, p_train in quantized:
-        params, state = train_or_load(
-            cfg, method, lambda c=clip, p=p_train: train_quantized(cfg, data[:4], init, clip=c, p_train=p)
-        )
-        subjects.append(Subject(method, "identity", "quant8", cfg.model, params, state, quantized_spec(clip)))
+        trainer = partial(train_quantized, cfg, data[:4], init, clip=clip, p_train=p_train, model=model,
+                          every_tensor=reference)  # fmt: skip
+        params, state = train_or_load(cfg, method + ("_reference" if reference else ""), trainer)
+        spec = quantized_spec(clip, every_tensor=reference)
+        subjects.append(Subject(method, "identity", "quant8", model, params, state, spec))
     return subjects
 
 
@@ -630,7 +681,7 @@ def config_from_args(args) -> DemoConfig:
     """
     base = replace(DemoConfig(), **QUICK) if args.quick else DemoConfig()
     names = ("dataset", "data_path", "model", "width", "epochs", "trials", "rates", "seed", "workers",
-             "checkpoints", "eval_limit")  # fmt: skip
+             "checkpoints", "eval_limit", "quant_setting")  # fmt: skip
     values = asdict(base) | {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     values["rates"] = tuple(values["rates"])
     values["verbose"] = not args.quiet

@@ -64,10 +64,10 @@ def test_checkpoints_are_reused_and_results_identical(demo_run, tmp_path):
             "baseline_identity",
             "saf_tanh",
             "saf_arctan",
-            "robust_quant",
-            "clipping",
-            "randbet",
-            "randbet_noclip",
+            "robust_quant_reference",
+            "clipping_reference",
+            "randbet_reference",
+            "randbet_noclip_reference",
         )  # fmt: skip
     )
     again = tmp_path / "again"
@@ -130,6 +130,51 @@ def test_quantized_spec_clips_only_conv_and_linear_weights():
         assert np.abs(back[name] - params[name]).max() <= span / 254 * 1.01
 
 
+def test_quantized_spec_every_tensor_clips_and_quantizes_every_tensor():
+    """The reference setting: every tensor clipped to [-c, c] and stored by the clipped 8-bit quantizer,
+    compared with np.clip and the quantizer's own encode/decode by hand."""
+    import numpy as np
+
+    from saf_ref.experiments.demo import quantized_spec, quantizer
+    from saf_ref.protect import load, store
+
+    params = {"conv1.weight": np.float32([[[[0.9, -0.05]]]]), "bn1.weight": np.float32([0.4, -0.01]),
+              "bn1.bias": np.float32([-2.0, 0.1]), "fc.weight": np.float32([[0.5, -0.02]]),
+              "fc.bias": np.float32([3.0])}  # fmt: skip
+    back = load(store(params, quantized_spec(0.3, every_tensor=True)))
+    q = quantizer(8, None)
+    for name, u in params.items():
+        clipped = np.clip(u, np.float32(-0.3), np.float32(0.3))
+        assert back[name].tobytes() == q.decode(*q.encode(clipped)).tobytes(), name
+        assert np.abs(back[name]).max() <= np.float32(0.3)
+    unclipped = load(store(params, quantized_spec(None, every_tensor=True)))
+    assert unclipped["fc.bias"][0] == pytest.approx(3.0, rel=1e-2)  # no clip: only quantized
+
+
+def test_reference_setting_trains_group_norm_reparam_models_with_every_tensor_in_the_box(demo_run):
+    """The demo's default quantized models (quant_setting "reference"): group norm with the scale 1 +
+    weight (no running statistics), every latent within the clip for the clipped methods, and the run
+    records the setting; the earlier setting stays available."""
+    import numpy as np
+
+    from saf_ref.experiments.demo import DemoConfig, quant_model
+    from saf_ref.train.checkpoint import load_checkpoint
+
+    assert quant_model(DemoConfig()) == "small_cnn@norm=group,reparam=1"
+    assert quant_model(DemoConfig(quant_setting="weights")) == "small_cnn"
+    expected = "resnet20@act_clip=6.0,norm=group,reparam=1"
+    assert quant_model(DemoConfig(model="resnet20@act_clip=6")) == expected
+    for method in ("clipping", "randbet"):
+        ckpt = load_checkpoint(demo_run / "ckpt" / f"{method}_reference.npz")
+        assert ckpt.state == {} or all("running" not in k for k in ckpt.state)
+        for name, u in ckpt.params.items():
+            assert np.abs(u).max() <= np.float32(0.3), (method, name)
+    ckpt = load_checkpoint(demo_run / "ckpt" / "robust_quant_reference.npz")
+    assert any(np.abs(u).max() > 0.3 for u in ckpt.params.values())  # not clipped
+    run = json.loads((demo_run / "run.json").read_text())
+    assert run["config"]["demo"]["quant_setting"] == "reference"
+
+
 def test_plot_rejects_an_unknown_metric(tmp_path):
     pytest.importorskip("matplotlib")
     from saf_ref.experiments.campaign import CampaignResult
@@ -180,6 +225,7 @@ def no_work(monkeypatch):
         (["--dataset", "cifar10", "--data-path", "no/such.tar.gz"],
          "--data-path must be an existing file or folder, got 'no/such.tar.gz'"),
         (["--quick", "--epochs", "0"], "--epochs must be in [1, inf], got 0"),
+        (["--quant-setting", "all"], "--quant-setting must be one of ('reference', 'weights'), got 'all'"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors_naming_the_option(no_work, tmp_path, capsys, argv, message):
