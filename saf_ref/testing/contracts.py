@@ -107,6 +107,12 @@ KNOWN_DIVERGENCES: dict[str, str] = {
         "the gradient at a NaN latent: saf_ref propagates NaN; PyTorch's autograd passes dw through "
         "(identity, hardtanh) or returns 0."
     ),
+    "flush-to-zero": (
+        "a result of +-0 where saf_ref's (or an intermediate such as u / a, or a float64 -> float32 "
+        "conversion) is below the smallest normal number: the flush-to-zero and denormals-are-zero modes "
+        "that XLA sets on the CPU (JAX) and that GPU kernels often use. saf_ref, NumPy and PyTorch's CPU "
+        "kernels keep subnormals (gradual underflow)."
+    ),
     "relu-negative-zero": (
         "relu(-0.0): saf_ref and PyTorch return -0.0 (x < 0 is false); max(x, 0) implementations "
         "return +0.0. The values are equal; only the sign of zero differs."

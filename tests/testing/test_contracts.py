@@ -249,5 +249,6 @@ def test_known_divergences_are_documented():
         "softsign-infinity",
         "nan-latent-gradient",
         "relu-negative-zero",
+        "flush-to-zero",
     }
     assert all(len(v) > 40 for v in KNOWN_DIVERGENCES.values())

@@ -53,7 +53,8 @@ def _other(choices: tuple[str, str], value: str) -> str:
 
 
 def _encode_explain(fmt, x: np.ndarray, got: np.ndarray, options: SuiteOptions):
-    """Known divergences of encoding: the other e4m3fn overflow policy, the other narrowing, or both."""
+    """Known divergences of encoding: the other e4m3fn overflow policy, the other narrowing, or both; float64
+    inputs below float32's normal range flushed to +-0."""
     policy, narrowing = options.overflow_for(fmt.name), options.narrowing
     candidates: list[tuple[str, np.ndarray]] = []
     if fmt.name == "float8_e4m3fn":
@@ -64,6 +65,11 @@ def _encode_explain(fmt, x: np.ndarray, got: np.ndarray, options: SuiteOptions):
         if fmt.name == "float8_e4m3fn":
             both = _encode_with(fmt, x, other, _other(OVERFLOW, policy))
             candidates.append(("narrowing-via-float32+e4m3fn-overflow", both))
+
+    if x.dtype == np.float64 and fmt.nbits <= 32:  # a float64 -> float32 conversion that flushes subnormals
+        tiny = np.finfo(np.float32).tiny
+        flushed = np.where(np.abs(x) < tiny, np.copysign(0.0, x), x)
+        candidates.append(("flush-to-zero", _encode_with(fmt, flushed, narrowing, policy)))
 
     def explain(bad: np.ndarray) -> dict[str, np.ndarray]:
         return {name: bad & ((got == alt) | (fmt.is_nan(got) & fmt.is_nan(alt))) for name, alt in candidates}

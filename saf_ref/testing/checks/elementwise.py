@@ -79,16 +79,19 @@ def _transform_cases(draw, dtype: np.dtype, vjp: bool):
     return scale, u, dw
 
 
-def _transform_explain(u: np.ndarray, scale: float, got: np.ndarray):
-    """softsign(+-inf) = NaN (also where ``u / a`` overflows), and gradients at NaN latents."""
+def _transform_explain(u: np.ndarray, scale: float, got: np.ndarray, forward: bool = False):
+    """softsign(+-inf) = NaN (also where ``u / a`` overflows), gradients at NaN latents, and a forward
+    flushed to +-0 where ``u`` or ``u / a`` is below the normal range."""
     with np.errstate(over="ignore"):
         infinite = np.isinf(u) | np.isinf(u / u.dtype.type(scale))
+    tiny = max(1.0, scale) * float(np.finfo(u.dtype).tiny)
 
     def explain(bad: np.ndarray) -> dict[str, np.ndarray]:
         g = np.asarray(got, dtype=np.float64)
         return {
             "softsign-infinity": bad & infinite & np.isnan(g),
             "nan-latent-gradient": bad & np.isnan(u) & ~np.isnan(g),
+            "flush-to-zero": bad & (g == 0) & (np.abs(u) < tiny) if forward else np.zeros_like(bad),
         }
 
     return explain
@@ -141,7 +144,7 @@ def _make_transform(name: str, vjp: bool) -> Check:
             magnitude=magnitude,
             atol=atol,
             inputs=inputs,
-            explain=_transform_explain(u, scale, got),
+            explain=_transform_explain(u, scale, got, forward=not vjp),
         )
 
     def explicit(ctx: Context):

@@ -1,0 +1,68 @@
+"""saf_ref.testing.jax_backend: JAX through the conformance suite, and the flush-to-zero divergence it needs.
+
+The first tests need no JAX: they check that the suite recognises a flush to zero (XLA's FTZ/DAZ modes on
+the CPU) only where saf_ref's result or an intermediate is below the normal range, and still fails a
+zero elsewhere. The rest run JaxBackend through the suite and are skipped where jax is not installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saf_ref.testing.checks import SuiteOptions
+from saf_ref.testing.numpy_backend import NumpyBackend
+from saf_ref.testing.suite import run_suite
+
+OPTIONS = SuiteOptions(examples=5, model_examples=1, seed=0)
+
+
+class FlushingBackend(NumpyBackend):
+    """saf_ref with flush-to-zero: float64 -> float32 conversions and transform results below the normal
+    range become +-0 (what XLA's CPU runtime does)."""
+
+    def encode(self, format_name, x):
+        if x.dtype == np.float64:
+            tiny = np.finfo(np.float32).tiny
+            x = np.where(np.abs(x) < tiny, np.copysign(0.0, x), x)
+        return super().encode(format_name, x)
+
+    def transform_forward(self, name, u, *, scale):
+        w = super().transform_forward(name, u, scale=scale)
+        small = np.abs(u) < max(1.0, scale) * np.finfo(u.dtype).tiny
+        return np.where(small, np.copysign(np.zeros_like(w), w), w)
+
+
+class ZeroAtOne(NumpyBackend):
+    """A bug, not a flush: tanh returns 0 for |u| < 1 (a normal range)."""
+
+    def transform_forward(self, name, u, *, scale):
+        w = super().transform_forward(name, u, scale=scale)
+        return np.where(np.abs(u) < 1, np.zeros_like(w), w) if name == "tanh" else w
+
+    def encode(self, format_name, x):
+        codes = super().encode(format_name, x)
+        return np.where(np.abs(x) < 1e-30, np.zeros_like(codes), codes)  # normal float32 values lost
+
+
+def _statuses(report):
+    return {r.name: r for r in report.results}
+
+
+def test_flush_to_zero_is_a_known_divergence_where_values_are_subnormal():
+    report = run_suite(FlushingBackend(), OPTIONS, only=["encode[float32]", "encode[bfloat16]",
+                                                          "transform_forward*"])
+    results = _statuses(report)
+    for name in ("encode[float32]", "encode[bfloat16]", "transform_forward[tanh]",
+                 "transform_forward[arctan]"):
+        assert results[name].status == "known divergence", (name, results[name].message)
+        assert results[name].divergences.get("flush-to-zero", 0) > 0, name
+    assert report.ok
+    strict = SuiteOptions(examples=5, model_examples=1, seed=0, strict=True)
+    assert not run_suite(FlushingBackend(), strict, only=["encode[float32]"]).ok
+
+
+def test_a_zero_in_the_normal_range_is_not_excused():
+    results = _statuses(run_suite(ZeroAtOne(), OPTIONS, only=["encode[float32]", "transform_forward[tanh]"]))
+    assert results["encode[float32]"].status == "fail"
+    assert results["transform_forward[tanh]"].status == "fail"
