@@ -24,7 +24,7 @@ from saf_ref.nn.activations import (
     relu_forward,
 )
 from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from saf_ref.nn.conv import conv2d_backward, conv2d_forward
+from saf_ref.nn.conv import conv2d_backward_unchecked, conv2d_forward_unchecked
 from saf_ref.validation import check_real
 
 __all__ = [
@@ -200,13 +200,18 @@ def conv_bn_forward(
     statistics ``state[f"{bn_name}.running_mean"]`` / ``.running_var``; writes the updated running
     statistics into ``new_state`` (a dict the caller owns and builds up layer by layer).
 
+    The arrays are expected checked, as a model's entry point does (``check_named_arrays`` with the
+    input's dtype): the convolution runs without its own argument checks (batch norm keeps its).
+
     Math
     ----
     ``y = gamma * (conv(x, w) - mu) / sqrt(var + eps) + beta`` with batch statistics (``train``) or
     running ones; see :func:`saf_ref.nn.conv.conv2d_forward` and
     :func:`saf_ref.nn.batchnorm.batchnorm2d_forward`.
     """
-    y, conv_cache = conv2d_forward(x, params[f"{conv_name}.weight"], None, stride=stride, padding=padding)
+    # The model's entry point has checked x and every parameter (dtype, shape): skip conv2d's checks.
+    w = params[f"{conv_name}.weight"]
+    y, conv_cache = conv2d_forward_unchecked(x, w, None, (stride, stride), (padding, padding))
     y, mean, var, bn_cache = batchnorm2d_forward(
         y,
         params[f"{bn_name}.weight"],
@@ -226,6 +231,6 @@ def conv_bn_backward(dy: np.ndarray, cache: ConvBNCache, grads: dict[str, np.nda
     bn_grads = batchnorm2d_backward(dy, cache.bn)
     grads[f"{cache.bn_name}.weight"] = bn_grads.dweight
     grads[f"{cache.bn_name}.bias"] = bn_grads.dbias
-    conv_grads = conv2d_backward(bn_grads.dx, cache.conv)
+    conv_grads = conv2d_backward_unchecked(bn_grads.dx, cache.conv)
     grads[f"{cache.conv_name}.weight"] = conv_grads.dw
     return conv_grads.dx
