@@ -23,7 +23,11 @@ The core depends on NumPy and SciPy alone; threadpoolctl is used only when prese
 
 Cost: inside these loops BLAS runs on one thread. Campaigns get their parallelism from worker
 processes instead, which is deterministic by construction (each trial's pattern depends only on the
-campaign seed and the trial number).
+campaign seed and the trial number). Those workers pin BLAS to one thread for their whole life
+(:func:`pin_blas_for_this_process`, their initializer), and their default number is
+:func:`available_cpus`, the CPUs this process may run on: ``n`` workers each running an ``n``-thread
+BLAS on ``n`` cores would oversubscribe the machine ``n``-fold, and OpenBLAS threads that wait for a
+core spin rather than sleep.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["blas_threads_pinned", "pinning_method"]
+__all__ = [
+    "available_cpus",
+    "blas_thread_count",
+    "blas_threads_pinned",
+    "pin_blas_for_this_process",
+    "pinning_method",
+]
 
 _lock = threading.Lock()
 _depth = 0  # nesting depth of blas_threads_pinned across threads
@@ -133,3 +143,47 @@ def blas_threads_pinned(method: str | None = "auto") -> Iterator[None]:
             if _depth == 0 and _restore is not None:
                 _restore()
                 _restore = None
+
+
+def pin_blas_for_this_process() -> None:
+    """Limit BLAS to one thread for the rest of this process (the initializer of campaign workers).
+
+    Also sets ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` to ``"1"`` in
+    ``os.environ``, for BLAS libraries loaded later and for processes this one starts (a library reads
+    them once, when it loads: for those already loaded the call through :func:`pinning_method`'s route
+    is what counts). A :func:`blas_threads_pinned` block inside keeps the pin and restores one thread.
+    """
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    _pin_one_thread(pinning_method())  # never undone: the restore function is dropped
+
+
+def blas_thread_count() -> int | None:
+    """The number of threads NumPy's BLAS may use now, or None where it cannot be asked.
+
+    Through threadpoolctl where it is installed (the largest count over the BLAS libraries loaded),
+    else through the OpenBLAS bundled with NumPy.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        openblas = _bundled_openblas()
+        return int(openblas[0]()) if openblas is not None else None
+    counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may run on (at least 1): the default number of worker processes.
+
+    ``len(os.sched_getaffinity(0))`` where the OS has it (Linux: it reflects ``taskset``, a cgroup
+    cpuset and the CPUs a container was given), else ``os.cpu_count()``, which counts every CPU of the
+    machine whether or not this process may use it.
+    """
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        try:
+            return max(1, len(getaffinity(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
-from saf_ref.determinism import blas_threads_pinned
+from saf_ref.determinism import available_cpus, blas_threads_pinned, pin_blas_for_this_process
 from saf_ref.experiments.stats import mean_interval, wilson_interval
 from saf_ref.nn.registry import model_fns
 from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, check_params, inject_nested, load, store
@@ -260,12 +260,18 @@ def run_trial(
     return records
 
 
-def _leave_ctrl_c_to_the_parent() -> None:
-    """Worker initializer: ignore SIGINT, which Ctrl-C sends to every process of the terminal's group.
+def _init_worker() -> None:
+    """Worker initializer: BLAS on one thread, and Ctrl-C left to the parent.
 
-    The parent alone stops the campaign (cancels what has not started, keeps what finished); a worker
-    interrupted while waiting for work would otherwise die with a traceback on the user's terminal.
+    BLAS: a pool of ``n`` workers already uses the ``n`` cores; each worker's BLAS spreading its
+    products over ``n`` threads more would oversubscribe them ``n``-fold (OpenBLAS threads spin while
+    they wait). See :func:`saf_ref.determinism.pin_blas_for_this_process`.
+
+    SIGINT, which Ctrl-C sends to every process of the terminal's group, is ignored: the parent alone
+    stops the campaign (cancels what has not started, keeps what finished); a worker interrupted while
+    waiting for work would otherwise die with a traceback on the user's terminal.
     """
+    pin_blas_for_this_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -281,8 +287,10 @@ def run_units(
     stopped it.
 
     ``executor``: ``"serial"`` or ``None`` runs the units here, in order; ``"process"`` makes a
-    ``ProcessPoolExecutor(max_workers)`` whose workers ignore SIGINT, for the duration of the call; any
-    other ``concurrent.futures.Executor`` is used as is and not shut down. ``collect`` runs in this process,
+    ``ProcessPoolExecutor`` for the duration of the call, with ``max_workers`` workers (default: the
+    CPUs this process may use, :func:`saf_ref.determinism.available_cpus`, and never more than there
+    are units) that pin BLAS to one thread and ignore SIGINT; any other ``concurrent.futures.Executor``
+    is used as is and not shut down. ``collect`` runs in this process,
     in completion order. On ``KeyboardInterrupt`` the pending units are cancelled, the collected ones
     stay collected, and the result is ``True`` (an own pool is then shut down without waiting). ``fn`` must
     be a module-level function for a process pool (it pickles).
@@ -296,7 +304,9 @@ def run_units(
         return False
     own_pool = executor == "process"
     if own_pool:
-        executor = cf.ProcessPoolExecutor(max_workers=max_workers, initializer=_leave_ctrl_c_to_the_parent)
+        workers = available_cpus() if max_workers is None else max_workers
+        workers = max(1, min(workers, len(units)))  # (a process per unit at most: each costs an import)
+        executor = cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
     futures = [executor.submit(fn, unit) for unit in units]
     interrupted = False
     try:
@@ -636,7 +646,8 @@ def run_campaign(
         executor, a thread pool) is used as is and not shut down. Results are identical for any executor
         and worker count.
     max_workers : int >= 1, optional
-        Worker processes of the ``"process"`` pool (default: the number of CPUs).
+        Worker processes of the ``"process"`` pool (default: the CPUs this process may use, at most one
+        per unit); each runs BLAS on one thread, so that the workers do not oversubscribe the cores.
     progress : bool
         Show a one-line progress display on stderr.
     confidence : float in (0, 1)

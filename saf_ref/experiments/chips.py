@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.determinism import available_cpus
 from saf_ref.experiments.demo import TRAINING_FIELDS, TrainingSettings, check_sequence
 
 __all__ = [
@@ -557,7 +558,7 @@ def _sweep(cfg: ChipsConfig, subjects: list, x, y, clean: list, journal) -> tupl
         _log(cfg, f"  [{len(results)}/{len(units)}] {subjects[i].key}, chip {c}  "
                   f"({time.perf_counter() - start:.0f}s)")  # fmt: skip
 
-    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
+    workers = cfg.workers if cfg.workers is not None else available_cpus()  # (the CPUs this process may use)
     executor = "serial" if workers == 1 else "process"
     interrupted = run_units(_unit, units, collect, executor=executor, max_workers=workers)
     return results, interrupted
