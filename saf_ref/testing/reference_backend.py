@@ -96,7 +96,8 @@ class ReferenceBackend:
         sign.
         """
         f = _Layout(format_name)
-        v = np.asarray(x).astype(np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN widens to a quiet one, with a warning
+            v = np.asarray(x).astype(np.float64)
         negative = np.signbit(v)
         nan, inf = np.isnan(v), np.isinf(v)
         a = np.where(nan | inf, 0.0, np.abs(v))
@@ -130,7 +131,7 @@ class ReferenceBackend:
             _QUIET_NAN[out.dtype]
         )
         bits = np.where(np.isnan(value), nan_bits.astype(bits_dtype), out.view(bits_dtype))
-        return np.ascontiguousarray(bits).view(f.out)
+        return np.array(bits, order="C").view(f.out)
 
     def flip_by_uniform(self, codes, uniform, p, *, protected=None):
         """Flip bit ``j`` (LSB first) where ``uniform[..., j] < float32(p)`` and ``j`` is not protected."""
@@ -165,7 +166,7 @@ class ReferenceBackend:
         """Codes of float32 ``t`` on the grid ``k * step`` within ``[-q, q]`` (offset binary or two's)."""
         nbits = config["nbits"]
         half = np.float32(2.0 ** (nbits - 1))
-        s = np.zeros_like(t) if step == 0 else np.minimum(np.maximum(t, -q), q) / step
+        s = np.zeros_like(t) if step == 0 else np.clip(t, -q, q) / step
         container = np.uint8 if nbits <= 8 else np.uint16
         nearest = config["rounding"] == "nearest_even"
         if config["code"] == "offset_binary":
@@ -197,7 +198,7 @@ class ReferenceBackend:
             return codes, context
         if cfg["clip"] is not None:
             c = f32(cfg["clip"])
-            x = np.minimum(np.maximum(x, -c), c)
+            x = np.clip(x, -c, c)
         lo, hi = x.min(), x.max()
         width = f32(float(hi) - float(lo))
         t = np.zeros_like(x) if width == 0 else ((x - lo) / width) * f32(2) - f32(1)
@@ -217,13 +218,13 @@ class ReferenceBackend:
         else:
             k = np.where(c >= 2 ** (nbits - 1), c - 2**nbits, c).astype(f32)
         q = f32(context["q"])
-        y = np.minimum(np.maximum(k * f32(context["step"]), -q), q)
+        y = np.clip(k * f32(context["step"]), -q, q)
         if context["scheme"] == "symmetric":
             return y
         lo, hi = f32(context["min"]), f32(context["max"])
         width = f32(context["max"] - context["min"])
         y = (y + f32(1)) / f32(2) * width + lo
-        return np.minimum(np.maximum(y, lo), hi)
+        return np.clip(y, lo, hi)
 
     # ========================================================================================= protect
     @staticmethod

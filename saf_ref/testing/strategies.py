@@ -51,7 +51,12 @@ __all__ = [
     "ce_cases",
     "codes",
     "conv_cases",
+    "encode_classes",
     "encode_inputs",
+    "format_edge_classes",
+    "layout_variants",
+    "nan_kinds",
+    "strided",
     "fault_lists",
     "flip_cases",
     "float_arrays",
@@ -98,47 +103,111 @@ def _same_float(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
 
 
-def _format_edges(fmt: IEEEFormat) -> list[float]:
-    """Edges of an IEEE format, as exact float64 values: the ones every encoder gets wrong somewhere."""
+def format_edge_classes(fmt: IEEEFormat) -> dict[str, list[float]]:
+    """Edges of an IEEE format by class, as exact float64 values: the ones every encoder gets wrong somewhere.
+
+    Each list holds magnitudes; :func:`representable` adds their negatives.
+    """
     m = fmt.mantissa_bits
     sub, tiny, top = fmt.min_subnormal, fmt.min_normal, fmt.max_finite
     ulp_top = math.ldexp(1.0, fmt.emax - m)  # spacing in the top binade
-    half_ulp_one = math.ldexp(1.0, -m - 1)  # half the spacing just above 1
-    edges = [
-        0.0,
-        1.0,
-        1.5,
-        2.0,
-        0.5,
-        sub,
-        sub / 2,
-        3 * sub / 2,
-        sub / 4,
-        3 * sub / 4,
-        5 * sub / 4,  # ties and near-ties at 0 and sub
-        tiny - sub,
-        tiny - sub / 2,
-        tiny,
-        tiny + sub,
-        tiny - sub / 4,  # largest subnormal / smallest normal
-        top,
-        top + ulp_top / 2,
-        top + ulp_top / 4,
-        top + ulp_top,
-        2 * top,
-        top - ulp_top / 2,  # overflow
-        1 + half_ulp_one,
-        1 + 3 * half_ulp_one,
-        1 + half_ulp_one / 2,  # ties to even at 1 (even, odd base)
-        1 + 2 * half_ulp_one + half_ulp_one,
-        # Double-rounding traps: just above / below a tie by less than half a float32 ulp.
-        1 + half_ulp_one + 2.0**-40,
-        1 + half_ulp_one - 2.0**-40,
-        1 + 3 * half_ulp_one - 2.0**-40,
-        math.inf,
-        math.nan,
+    h = math.ldexp(1.0, -m - 1)  # half the spacing just above 1
+    return {
+        "signed zeros": [0.0],
+        # ties and near-ties at 0 and at the smallest subnormal; the largest subnormal
+        "subnormals (smallest, the ties around it, largest)": [
+            sub, sub / 2, 3 * sub / 2, sub / 4, 3 * sub / 4, 5 * sub / 4,
+            tiny - sub, tiny - sub / 2, tiny - sub / 4,
+        ],
+        "smallest normal and its neighbours": [tiny, tiny + sub],
+        "ordinary values (1/2, 1, 3/2, 2)": [0.5, 1.0, 1.5, 2.0],
+        "ties to even at 1 (even and odd base)": [1 + h, 1 + 3 * h, 1 + h / 2, 1 + 2 * h + h],
+        "overflow edge (largest finite, half an ulp above, beyond)": [
+            top, top + ulp_top / 2, top + ulp_top / 4, top + ulp_top, 2 * top, top - ulp_top / 2,
+        ],
+        # just above / below a tie by less than half a float32 ulp
+        "double-rounding traps": [1 + h + 2.0**-40, 1 + h - 2.0**-40, 1 + 3 * h - 2.0**-40],
+        "infinities": [math.inf],
+    }  # fmt: skip
+
+
+def _format_edges(fmt: IEEEFormat) -> list[float]:
+    """Every edge of :func:`format_edge_classes` and NaN, in one list."""
+    return [v for values in format_edge_classes(fmt).values() for v in values] + [math.nan]
+
+
+def nan_kinds(dtype: Any) -> np.ndarray:
+    """NaNs of every kind in a float dtype: quiet and signalling, payload in the high bits and only in
+    the low bits, both signs (10 values).
+
+    A careless conversion turns a signalling NaN whose payload sits in the low bits into an infinity
+    (truncating the mantissa drops the payload); a quiet NaN with all payload bits set is the other end.
+    """
+    dtype = np.dtype(dtype)
+    m = np.finfo(dtype).nmant
+    bits = np.dtype(f"u{dtype.itemsize}")
+    exp = ((1 << (8 * dtype.itemsize - 1)) - 1) ^ ((1 << m) - 1)  # exponent all ones, sign clear
+    quiet = 1 << (m - 1)
+    payloads = [
+        quiet,
+        quiet | 1,
+        (1 << m) - 1,
+        1,
+        1 << (m - 2),
+    ]  # quiet; quiet low; all; signalling low; high
+    sign = 1 << (8 * dtype.itemsize - 1)
+    words = [exp | p for p in payloads] + [sign | exp | p for p in payloads]
+    return np.array(words, dtype=bits).view(dtype)
+
+
+def layout_variants(values: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The values in other ranks and memory layouts: rank 0, rank 2 transposed (not C-contiguous), rank 3,
+    and rank 4 as a strided view (every other element of a wider buffer)."""
+    values = np.asarray(values).reshape(-1)
+    return [
+        ("rank 0", np.array(values[len(values) // 2])),
+        ("rank 2, transposed (Fortran order)", np.resize(values, 24).reshape(4, 6).T),
+        ("rank 3", np.resize(values, 60).reshape(3, 4, 5)),
+        ("rank 4, strided view (not contiguous)", np.resize(values, 240).reshape(2, 3, 4, 10)[..., ::2]),
     ]
-    return edges
+
+
+def strided(a: np.ndarray) -> np.ndarray:
+    """A non-contiguous view holding the values of ``a`` (its last axis every other element of a buffer)."""
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return a
+    buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+    buf[..., ::2] = a
+    return buf[..., ::2]
+
+
+def encode_classes(format_name: str, dtype: Any) -> list[tuple[str, np.ndarray]]:
+    """The boundary table of ``encode(format_name)`` for inputs of ``dtype``: one array per class.
+
+    The edges of the format by class (:func:`format_edge_classes`), every NaN kind, the input dtype's own
+    extremes, the bfloat16 ties in the float32 bits, all of them at once, and the layouts of
+    :func:`layout_variants`. Classes with no value the input dtype holds exactly are left out.
+    """
+    dtype = np.dtype(dtype)
+    fmt = get_ieee_format(format_name)
+    out = []
+    for name, values in format_edge_classes(fmt).items():
+        kept = representable(values, dtype)
+        if kept:
+            out.append((name, np.array(kept, dtype=dtype)))
+    out.append(("NaN kinds (quiet, signalling, payload high / low bits only, both signs)", nan_kinds(dtype)))
+    info = np.finfo(dtype)
+    extremes = [float(info.max), float(info.smallest_subnormal), float(info.tiny)]
+    out.append((f"extremes of the input dtype {dtype.name}", np.array(representable(extremes, dtype), dtype)))
+    if dtype.itemsize >= 4:
+        low = np.array([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x7F7F8000, 0x00008000], np.uint32)
+        ties = [float(v) for v in low.view(np.float32)]
+        out.append(("bfloat16 ties in the float32 bits", np.array(representable(ties, dtype), dtype)))
+    every = boundary_values(format_name, dtype)
+    out.append(("all boundary values at once", every))
+    out += [(name, a) for name, a in layout_variants(every)]
+    return [(f"x {dtype.name}: {name}", a) for name, a in out]
 
 
 def boundary_values(format_name: str, dtype: Any) -> np.ndarray:

@@ -36,10 +36,19 @@ from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
 from hypothesis.errors import Unsatisfiable
 
 from saf_ref.testing.checks import Check, Context, SuiteOptions, Unsupported, all_checks
+from saf_ref.testing.checks.core import Boundary, label
 from saf_ref.testing.contracts import KNOWN_DIVERGENCES
 from saf_ref.testing.protocol import describe_backend, has_method
 
-__all__ = ["CheckResult", "Report", "SuiteOptions", "run_check", "run_suite", "select_checks"]
+__all__ = [
+    "CheckResult",
+    "Report",
+    "SuiteOptions",
+    "coverage_text",
+    "run_check",
+    "run_suite",
+    "select_checks",
+]
 
 STATUSES = ("pass", "known divergence", "fail", "skip")
 #: a check whose first GIVE_UP cases all raise NotImplementedError is skipped without trying more
@@ -74,6 +83,11 @@ class CheckResult:
     message : str
         Why it failed (with the reproduction), or why it was skipped.
     seconds : float
+    classes : list of str
+        The check's boundary classes (its boundary table), in the order they run.
+    classes_run : list of str
+        Those that ran (all of them unless the check failed or was skipped first, or boundary examples
+        were turned off).
     """
 
     name: str
@@ -86,6 +100,8 @@ class CheckResult:
     unsupported: int = 0
     message: str = ""
     seconds: float = 0.0
+    classes: list[str] = field(default_factory=list)
+    classes_run: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +213,24 @@ class Report:
     def failures_text(self) -> str:
         return "\n\n".join(f"{r.name}: {r.message}" for r in self.failed)
 
+    def coverage_text(self) -> str:
+        """Which boundary classes of each check ran (:func:`coverage_text` of the report)."""
+        return coverage_text(self.to_dict())
+
+
+def coverage_text(report: dict[str, Any]) -> str:
+    """The boundary classes of every check of a report (its :meth:`Report.to_dict` or JSON), each marked
+    ``ran`` or ``NOT RUN``, and a total: ``saf-ref check --coverage``."""
+    lines, total, ran = ["boundary classes (run first, before the generated examples):"], 0, 0
+    for r in report["checks"]:
+        done = set(r.get("classes_run", []))
+        classes = r.get("classes", [])
+        total, ran = total + len(classes), ran + len(done)
+        lines.append(f"{r['name']}: {len(done)} of {len(classes)} classes ran")
+        lines += [f"  {'ran    ' if c in done else 'NOT RUN'}  {c}" for c in classes]
+    lines.append(f"{ran} of {total} boundary classes ran" + ("" if ran == total else "  -> some did not run"))
+    return "\n".join(lines)
+
 
 def select_checks(only: Iterable[str] | None = None, skip: Iterable[str] | None = None) -> list[Check]:
     """The checks whose names match a pattern of ``only`` (all if None) and none of ``skip``.
@@ -258,11 +292,21 @@ def run_check(check: Check, backend: Any, options: SuiteOptions, *, spec: str = 
     missing = [m for m in check.methods if not has_method(backend, m)]
     if missing:
         result.status, result.message = "skip", f"backend has no {', '.join(missing)}"
+        if options.boundary_examples:
+            result.classes = [
+                b.name for b in label(check.explicit(Context(backend, info, options, check.name)))
+            ]
         return result
     ctx = Context(backend, info, options, check.name)
     state = {"count": 0, "first": None, "unsupported": 0, "why": "", "worst": 0.0, "divergences": {}}
+    table = label(check.explicit(ctx)) if options.boundary_examples else []
+    result.classes = [b.name for b in table]
 
     def body(case):
+        if isinstance(case, Boundary):  # a row of the boundary table: record its class, run its case
+            if case.name not in result.classes_run:
+                result.classes_run.append(case.name)
+            case = case.case
         state["count"] += 1
         try:
             out = check.run(ctx, case)
@@ -282,9 +326,8 @@ def run_check(check: Check, backend: Any, options: SuiteOptions, *, spec: str = 
             state["divergences"][k] = state["divergences"].get(k, 0) + v
 
     test = given(check.strategy(ctx))(body)
-    if options.boundary_examples:
-        for case in reversed(check.explicit(ctx)):  # example() decorators apply bottom-up
-            test = example(case)(test)
+    for row in reversed(table):  # example() decorators apply bottom-up: the table runs in its order
+        test = example(row)(test)
     test = _settings(options, options.examples_for(check))(test)
     if options.seed is not None:
         test = hypothesis_seed(options.seed)(test)

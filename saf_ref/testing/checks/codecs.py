@@ -21,6 +21,7 @@ from saf_ref.testing import strategies as sst
 from saf_ref.testing.checks.core import (
     NARROWING,
     OVERFLOW,
+    Boundary,
     Check,
     Context,
     Outcome,
@@ -31,7 +32,7 @@ from saf_ref.testing.checks.core import (
 )
 from saf_ref.testing.contracts import ContractFailure, assert_exact
 
-__all__ = ["DECODE_FORMATS", "ENCODE_FORMATS", "codec_checks"]
+__all__ = ["DECODE_FORMATS", "ENCODE_FORMATS", "QUANT_RANGES", "codec_checks", "quant_combinations"]
 
 ENCODE_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float32")
 DECODE_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -43,7 +44,7 @@ DECODE_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 def _encode_with(fmt, x: np.ndarray, narrowing: str, overflow: str) -> np.ndarray:
     """saf_ref's codes for ``x`` under a narrowing and an overflow policy."""
     if x.dtype == np.float64 and fmt.nbits < 32 and narrowing == "via-float32":
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # (signalling NaNs warn)
             x = x.astype(np.float32)  # the double rounding of PyTorch and ml_dtypes
     return fmt.encode(x, overflow=overflow)
 
@@ -111,7 +112,7 @@ def _make_encode(format_name: str) -> Check:
         ("encode",),
         strategy,
         run,
-        explicit=lambda ctx: [sst.boundary_values(format_name, d) for d in dtypes],
+        explicit=lambda ctx: [Boundary(n, x) for d in dtypes for n, x in sst.encode_classes(format_name, d)],
         doc=f"round float32/float64 values to {format_name} codes (ties to even, overflow, subnormals, -0)",
     )
 
@@ -128,7 +129,12 @@ def _make_decode(format_name: str) -> Check:
         )
 
     def explicit(ctx: Context):
-        return [np.arange(1 << fmt.nbits, dtype=fmt.container)]  # every code: 256 or 65536 of them
+        edges = sst.boundary_codes(format_name)
+        rows = [
+            Boundary(f"every code ({1 << fmt.nbits})", np.arange(1 << fmt.nbits, dtype=fmt.container)),
+            Boundary("edge codes (zeros, subnormal and normal edges, largest finite, inf, NaNs)", edges),
+        ]
+        return rows + [Boundary(f"edge codes, {name}", a) for name, a in sst.layout_variants(edges)]
 
     return Check(
         f"decode[{format_name}]",
@@ -152,9 +158,9 @@ def _flip_run(ctx: Context, case: sst.FlipCase) -> Outcome:
     return assert_exact(got, expected, what=what, inputs={"code": case.codes})
 
 
-def _flip_explicit(ctx: Context) -> list[sst.FlipCase]:
-    """Uniform values exactly at float32(p) (must not flip), at 0 (must flip), and one bit below p per
-    word at the MSB, the LSB and in between (so that the bit order is visible)."""
+def _flip_explicit(ctx: Context) -> list[Boundary]:
+    """The boundary table of flip_by_uniform: ties at float32(p), p = 0 and 1, a p that float32 rounds
+    down, protected bits, every container with all its bits, and codes of rank 0, 3 and non-contiguous."""
     p = 0.25
     codes = np.array([0x0000, 0xFFFF, 0x1234, 0x8001], dtype=np.uint16)
     uniform = np.full((4, 16), 0.75, dtype=np.float32)
@@ -164,17 +170,53 @@ def _flip_explicit(ctx: Context) -> list[sst.FlipCase]:
     uniform[2, 3] = np.nextafter(np.float32(p), np.float32(0))  # just below p: flips
     uniform[3, 0] = np.float32(p)
     uniform[3, 8] = 0.0
-    zero_rate = sst.FlipCase(codes, np.zeros((4, 16), dtype=np.float32), 0.0, None)  # p = 0: nothing flips
-    return [sst.FlipCase(codes, uniform, p, None), sst.FlipCase(codes, uniform, p, 0x00FF), zero_rate]
+    rng = np.random.default_rng(0)
+
+    def words(container, shape, nbits=None):
+        nbits = nbits or 8 * np.dtype(container).itemsize
+        return rng.integers(0, 1 << nbits, size=shape, dtype=np.uint64).astype(container)
+
+    def draws(shape, nbits):
+        return rng.random(shape + (nbits,), dtype=np.float32)
+
+    down = 0.7  # float32(0.7) < 0.7: uniform = float32(p) flips only if p is compared in float64
+    at_down = np.full((3, 8), np.float32(down), dtype=np.float32)
+    at_down[1, ::2] = np.nextafter(np.float32(down), np.float32(0))
+    wide = np.full((2, 64), 0.9, dtype=np.float32)
+    wide[0, 63], wide[1, 0], wide[1, 32] = 0.0, 0.0, 0.0
+    cube = draws((2, 3, 2), 16)
+    rows = [
+        ("p = 0.25: uniform at float32(p) (no flip), 0, just below p, at the MSB and the LSB",
+         sst.FlipCase(codes, uniform, p, None)),
+        ("protected bits (low byte) never flip", sst.FlipCase(codes, uniform, p, 0x00FF)),
+        ("p = 0: nothing flips", sst.FlipCase(codes, np.zeros((4, 16), dtype=np.float32), 0.0, None)),
+        ("p = 1: every unprotected bit flips",
+         sst.FlipCase(words(np.uint16, (5,)), draws((5,), 16), 1.0, 0x8000)),
+        ("p that float32 rounds down (0.7): uniform = float32(p) does not flip",
+         sst.FlipCase(words(np.uint8, (3,)), at_down, down, None)),
+        ("uint8 words, 8 bits", sst.FlipCase(words(np.uint8, (6,)), draws((6,), 8), 0.5, None)),
+        ("uint32 words, 32 bits", sst.FlipCase(words(np.uint32, (4,)), draws((4,), 32), 0.3, None)),
+        ("uint64 words, 64 bits (bit 63)", sst.FlipCase(words(np.uint64, (2,)), wide, 0.5, None)),
+        ("12 bits in uint16 words", sst.FlipCase(words(np.uint16, (4,), 12), draws((4,), 12), 0.5, None)),
+        ("rank 0 codes (uniform of shape (nbits,))",
+         sst.FlipCase(np.array(0xA5, dtype=np.uint8), draws((), 8), 0.5, None)),
+        ("rank 3 codes", sst.FlipCase(words(np.uint16, (2, 3, 2)), cube, 0.5, None)),
+        ("non-contiguous codes and uniform",
+         sst.FlipCase(words(np.uint16, (4, 3)).T, np.swapaxes(draws((4, 3), 16), 0, 1), 0.5, 0x0F0F)),
+    ]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
 
 
 @st.composite
 def _fault_cases(draw):
+    """Codes of rank 0 to 4 (the records index them in C order) and a FaultList for them."""
     container, nbits = draw(
-        st.sampled_from([(np.uint16, 16), (np.uint8, 8), (np.uint32, 32), (np.uint16, 12)])
+        st.sampled_from([(np.uint16, 16), (np.uint8, 8), (np.uint32, 32), (np.uint16, 12), (np.uint64, 64)])
     )
-    size = draw(st.integers(1, 8))
-    codes = draw(hnp.arrays(container, size, elements=st.integers(0, (1 << nbits) - 1), fill=st.nothing()))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=3))
+    size = int(np.prod(shape))
+    top = (1 << nbits) - 1
+    codes = draw(hnp.arrays(container, shape, elements=st.integers(0, top), fill=st.nothing()))
     return codes, draw(sst.fault_lists(size, nbits)), nbits
 
 
@@ -190,20 +232,35 @@ def _faults_run(ctx: Context, case) -> Outcome:
         raise ContractFailure(f"{err}; the FaultList is saved in {path} (codes beside it, .npy)") from None
 
 
-def _faults_explicit(ctx: Context):
-    records = [
-        (0, 3, "flip"),
-        (0, 3, "flip"),
-        (1, 15, "flip"),
-        (2, 0, "stuck1"),
-        (2, 1, "stuck0"),
-        (3, 5, "flip"),
-        (3, 5, "stuck1"),
-        (3, 5, "flip"),
-        (3, 5, "flip"),
-    ]
-    faults = FaultList([("", i, b, k, "raw16") for i, b, k in records])
-    return [(np.array([0x0000, 0x00FF, 0xAAAA, 0x1234], dtype=np.uint16), faults, 16)]
+def _faults_explicit(ctx: Context) -> list[Boundary]:
+    """The boundary table of apply_faults: duplicates, stuck-at after flips, and codes of several ranks,
+    layouts and widths, where the flat index order (C order of the array as given) matters."""
+
+    def faults(records, nbits=16):
+        return FaultList([("", i, b, k, f"raw{nbits}") for i, b, k in records])
+
+    mixed = [(0, 3, "flip"), (0, 3, "flip"), (1, 15, "flip"), (2, 0, "stuck1"), (2, 1, "stuck0"),
+             (3, 5, "flip"), (3, 5, "stuck1"), (3, 5, "flip"), (3, 5, "flip")]  # fmt: skip
+    spread = [(1, 0, "flip"), (5, 2, "flip"), (7, 15, "stuck1"), (10, 4, "stuck0"), (11, 9, "flip")]
+    transposed = np.arange(0x100, 0x10C, dtype=np.uint16).reshape(3, 4).T  # C order differs from memory
+    rows = [
+        ("duplicate flips cancel; stuck-at after flips (1-D uint16)",
+         (np.array([0x0000, 0x00FF, 0xAAAA, 0x1234], dtype=np.uint16), faults(mixed), 16)),
+        ("2-D codes: the index is the flat C-order position",
+         (np.arange(12, dtype=np.uint16).reshape(3, 4) * 257, faults(spread), 16)),
+        ("4-D codes (uint8)",
+         (np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2), faults([(23, 7, "flip"), (6, 0, "stuck1"),
+                                                                       (13, 3, "flip")], 8), 8)),
+        ("non-contiguous codes (a transposed 2-D array)", (transposed, faults(spread), 16)),
+        ("rank 0 codes", (np.array(0x5A, dtype=np.uint8), faults([(0, 0, "flip"), (0, 7, "stuck1")], 8), 8)),
+        ("empty FaultList", (np.array([1, 2, 3], dtype=np.uint16), faults([]), 16)),
+        ("12-bit words in uint16 (bit 11)",
+         (np.array([0x0FFF, 0x0800, 0x0001], dtype=np.uint16), faults([(0, 11, "flip"), (1, 11, "stuck0"),
+                                                                       (2, 11, "stuck1")], 12), 12)),
+        ("uint64 bits 31 and 63", (np.array([1, 2**63], dtype=np.uint64),
+                                   faults([(0, 63, "flip"), (1, 63, "stuck0"), (0, 31, "flip")], 64), 64)),
+    ]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
 
 
 # =========================================================================================================
@@ -217,22 +274,80 @@ def _pow2_configs() -> list[dict[str, Any]]:
     return [dict(base, code="twos_complement"), dict(base, code="offset_binary")]
 
 
-def _quant_explicit(ctx: Context):
+#: The option axes of the quantizer, every combination of which is a boundary class (40 of them).
+QUANT_RANGES = (
+    ("symmetric", "adaptive range", None, None),
+    ("symmetric", "adaptive range capped by clip", 0.5, None),
+    ("symmetric", "fixed range max_abs", None, 127 / 128),
+    ("asymmetric", "min..max range", None, None),
+    ("asymmetric", "min..max of x clipped", 0.5, None),
+)
+QUANT_NBITS = (8, 4, 2, 16, 3, 5, 8, 12)
+
+
+def _quant_input(config: dict[str, Any]) -> np.ndarray:
+    """float32 inputs for one configuration: ties of its step, +-0, the range and clip edges and beyond,
+    a value between levels, tiny values."""
+    r = config["max_abs"] or config["clip"] or 1.0
+    step = r / ((1 << (config["nbits"] - 1)) - 1)
+    ties = [(k + 0.5) * step for k in range(-3, 3)]
+    values = ties + [0.0, -0.0, r, -r, 2 * r, -2 * r, r / 3, -0.7 * r, 1e-30, -1e-30, 0.999 * r, 0.75]
+    return np.array(values, dtype=np.float32)
+
+
+def quant_combinations() -> list[Boundary]:
+    """Every combination of range mode (scheme and clip) x code x rounding x margin, nbits varying."""
+    rows = []
+    for i, (scheme, mode, clip, max_abs, code, rounding, margin) in enumerate(
+        (*r, code, rounding, margin)
+        for r in QUANT_RANGES
+        for code in ("offset_binary", "twos_complement")
+        for rounding in ("nearest_even", "toward_zero")
+        for margin in (0.0, 1e-3)
+    ):
+        nbits = QUANT_NBITS[i % len(QUANT_NBITS)]
+        config = dict(nbits=nbits, scheme=scheme, code=code, rounding=rounding, clip=clip, max_abs=max_abs,
+                      margin=margin)  # fmt: skip
+        name = f"{scheme}, {mode}, {code}, {rounding}, margin {margin:g} ({nbits} bits)"
+        rows.append(Boundary(name, (config, _quant_input(config))))
+    return rows
+
+
+def _quant_explicit(ctx: Context) -> list[Boundary]:
+    """The boundary table of the quantizer: exact ties of power-of-two steps, every option combination,
+    degenerate ranges, tiny inputs, and inputs of rank 0 and 3 (non-contiguous)."""
     ties = np.array([(k + 0.5) / 128 for k in range(-4, 4)], dtype=np.float32)
     x = np.concatenate([ties, np.array([0.0, -0.0, 127 / 128, -127 / 128, 2.0, -2.0, 1e-30], np.float32)])
-    asym = dict(
-        nbits=4,
-        scheme="asymmetric",
-        code="offset_binary",
-        rounding="nearest_even",
-        clip=None,
-        max_abs=None,
-        margin=0.0,
-    )
+    asym = dict(nbits=4, scheme="asymmetric", code="offset_binary", rounding="nearest_even", clip=None,
+                max_abs=None, margin=0.0)  # fmt: skip
     # asymmetric: min -1, max 1 give t = x exactly; ties of the step 2/15 at k + 1/2 are inexact, so
     # also a spread of values
     y = np.array([-1.0, 1.0, 0.0, 1 / 15, -1 / 15, 0.5, -0.3], dtype=np.float32)
-    return [(c, x) for c in _pow2_configs()] + [(asym, y)]
+    sym = dict(asym, scheme="symmetric", nbits=8)
+    rows = [Boundary(f"power-of-two step, exact ties ({c['code']})", (c, x)) for c in _pow2_configs()]
+    rows += [Boundary("asymmetric, t = x exactly", (asym, y))]
+    rows += quant_combinations()
+    rows += [
+        Boundary("constant tensor (max = min)", (asym, np.full(5, 0.3, dtype=np.float32))),
+        Boundary("all-zero tensor, margin 0 (step 0)", (sym, np.zeros(4, dtype=np.float32))),
+        Boundary("tiny values (a subnormal step)", (sym, np.array([1e-38, -3e-39, 0.0, 1e-45], np.float32))),
+        Boundary("rank 0 input", (dict(sym, code="twos_complement"), np.array(0.3, dtype=np.float32))),
+        Boundary("rank 3, non-contiguous input", (asym, sst.strided(x[:12].reshape(2, 3, 2)))),
+    ]
+    return rows
+
+
+def _dequant_explicit(ctx: Context) -> list[Boundary]:
+    """Every code of each configuration of the quantizer's boundary table, under the context of its input."""
+    out = []
+    for row in _quant_explicit(ctx):
+        config, x = row.case
+        q = Quantizer(**config)
+        top = 1 << config["nbits"]
+        out.append(
+            Boundary(row.name + ", every code", (config, q.encode(x)[1], np.arange(top, dtype=q.container)))
+        )
+    return out
 
 
 def _context_equal(got: Mapping[str, Any], expected: QuantContext, what: str) -> None:
@@ -286,14 +401,6 @@ def _dequantize_run(ctx: Context, case) -> Outcome:
         ctx.call("dequantize", codes, context.to_dict(), dict(config)), np.float32, codes.shape, what
     )
     return assert_exact(got, expected, what=what, inputs={"code": codes})
-
-
-def _dequant_explicit(ctx: Context):
-    out = []
-    for config, x in _quant_explicit(ctx):
-        q = Quantizer(**config)
-        out.append((config, q.encode(x)[1], np.arange(1 << config["nbits"], dtype=q.container)))
-    return out
 
 
 def codec_checks() -> list[Check]:

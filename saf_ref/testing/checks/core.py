@@ -26,6 +26,7 @@ from saf_ref.testing.numpy_backend import NumpyBackend
 from saf_ref.testing.protocol import BackendInfo
 
 __all__ = [
+    "Boundary",
     "NARROWING",
     "OVERFLOW",
     "REF32",
@@ -37,6 +38,7 @@ __all__ = [
     "Tally",
     "Unsupported",
     "abs64",
+    "label",
     "check_relative",
     "check_tuple",
     "config_text",
@@ -52,6 +54,25 @@ OVERFLOW = ("ieee", "saturate")
 #: saf_ref itself in float64 (the reference of the tolerance tiers) and in float32 (the relative tier)
 REF64 = NumpyBackend(dtype="float64")
 REF32 = NumpyBackend(dtype="float32")
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """One row of a check's boundary table: the class of inputs it covers and the case that covers it.
+
+    Every check lists its boundary classes (special values with every NaN kind, subnormals, signed zeros,
+    the extremes and overflow edges of each format, ranks 0 to 4 and non-contiguous layouts, channel
+    counts, option combinations, ...) as ``Check.explicit``; the suite runs each of them first, on every
+    run, before the generated examples, and records which ran (``saf-ref check --coverage``).
+    """
+
+    name: str
+    case: Any
+
+
+def label(cases: list, prefix: str = "boundary example") -> list[Boundary]:
+    """Cases as :class:`Boundary` rows (those already labelled kept; others numbered ``prefix i``)."""
+    return [c if isinstance(c, Boundary) else Boundary(f"{prefix} {i + 1}", c) for i, c in enumerate(cases)]
 
 
 class Unsupported(Exception):
@@ -220,8 +241,8 @@ class Check:
         Backend methods it calls (missing ones skip the check).
     strategy : callable(Context) -> SearchStrategy
     run : callable(Context, case) -> (worst ratio, divergences)
-    explicit : callable(Context) -> list of cases
-        Boundary examples, run before the generated ones.
+    explicit : callable(Context) -> list of Boundary (or bare cases)
+        The boundary table: named boundary classes, each with its case, run before the generated ones.
     cost : int
         Relative cost of one example (whole-model checks: 10, so they run fewer examples).
     doc : str
