@@ -218,7 +218,9 @@ def _uses_grid(kernel, stride, padding) -> bool:
     return stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
 
 
-def _to_grid(x: np.ndarray, padding: tuple[int, int], kernel: tuple[int, int]) -> np.ndarray:
+def _to_grid(
+    x: np.ndarray, padding: tuple[int, int], kernel: tuple[int, int], slot: str | None = None
+) -> np.ndarray:
     """Copy an NCHW batch into the grid layout, shape ``(C, N*Hg*Wg + (kh-1)*Wg + kw-1)``.
 
     ``Hg = H + ph`` and ``Wg = W + pw``; pixel ``(n, c, h, w)`` goes to ``grid[c, lead + n*Hg*Wg +
@@ -228,12 +230,19 @@ def _to_grid(x: np.ndarray, padding: tuple[int, int], kernel: tuple[int, int]) -
     padding it stands for), so output ``(p, q)`` of image ``n`` reads kernel offset ``(i, j)`` at
     ``grid[c, n*Hg*Wg + p*Wg + q + i*Wg + j]``. The ``(kh-1)*Wg + kw-1`` trailing zeros keep the reads
     of the last image in bounds.
+
+    With a ``slot`` name the grid lives in that scratch buffer (for a grid used only within one call).
     """
     n, c, h, w = x.shape
     (ph, pw), (kh, kw) = padding, kernel
     hg, wg = h + ph, w + pw
     size = n * hg * wg
-    grid = np.zeros((c, size + (kh - 1) * wg + kw - 1), dtype=x.dtype)
+    shape = (c, size + (kh - 1) * wg + kw - 1)
+    if slot is None:
+        grid = np.zeros(shape, dtype=x.dtype)
+    else:  # reused memory: no page faults, but the zeros must be written
+        grid = scratch_buffer(slot, shape[0] * shape[1], x.dtype).reshape(shape)
+        grid.fill(0)
     lead = ph * wg + pw
     grid[:, lead : lead + size].reshape(c, n, hg, wg)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
     return grid
@@ -336,7 +345,7 @@ def _backward_grid(dy, grid, w, x_shape, padding) -> tuple[np.ndarray, np.ndarra
     """
     (n, c, h, wd), (o, _, kh, kw), (ph, pw) = x_shape, w.shape, padding
     grid_hw, dpad = (h + ph, wd + pw), (kh - 1 - ph, kw - 1 - pw)
-    dy_grid = _to_grid(dy, dpad, (kh, kw))
+    dy_grid = _to_grid(dy, dpad, (kh, kw), slot="dy_grid")  # needed only in this call
     wt = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o * kh * kw)
     dx = np.empty(x_shape, dtype=dy.dtype)
     _grid_conv(dy_grid, wt, (kh, kw), grid_hw, dx)
