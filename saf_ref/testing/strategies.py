@@ -696,9 +696,10 @@ class SGDCase:
     def arrays(self, dtype: Any):
         """``(params, [grads per step])`` as dicts keyed ``p0``, ``p1``, ..."""
         rng = np.random.default_rng(self.seed)
-        params = {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(self.shapes)}
+        # np.asarray: a shape () draw is a NumPy scalar, and the protocol passes arrays (rank 0 included)
+        params = {f"p{i}": np.asarray(rng.standard_normal(s), dtype=dtype) for i, s in enumerate(self.shapes)}
         grads = [
-            {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(self.shapes)}
+            {f"p{i}": np.asarray(rng.standard_normal(s), dtype=dtype) for i, s in enumerate(self.shapes)}
             for _ in range(self.steps)
         ]
         return params, grads

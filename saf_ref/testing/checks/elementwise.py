@@ -17,6 +17,7 @@ from saf_ref.protect.transforms import TRANSFORMS, Transform
 from saf_ref.testing import strategies as sst
 from saf_ref.testing.checks.core import (
     REF64,
+    Boundary,
     Check,
     Context,
     Outcome,
@@ -28,7 +29,15 @@ from saf_ref.testing.checks.core import (
 )
 from saf_ref.testing.contracts import ContractFailure, assert_exact, assert_ulp
 
-__all__ = ["SGD_ULPS_PER_STEP", "TRANSFORM_ULPS", "relu_checks", "sgd_checks", "transform_checks"]
+__all__ = [
+    "SGD_ULPS_PER_STEP",
+    "TRANSFORM_ULPS",
+    "relu_checks",
+    "sgd_checks",
+    "sgd_classes",
+    "transform_checks",
+    "transform_classes",
+]
 
 #: ulps allowed for the weight transforms (a few roundings: u / a, f, a * f; f itself within ~2 ulp)
 TRANSFORM_ULPS = 4.0
@@ -79,22 +88,62 @@ def _transform_cases(draw, dtype: np.dtype, vjp: bool):
     return scale, u, dw
 
 
-def _transform_explain(u: np.ndarray, scale: float, got: np.ndarray, forward: bool = False):
-    """softsign(+-inf) = NaN (also where ``u / a`` overflows), gradients at NaN latents, and a forward
-    flushed to +-0 where ``u`` or ``u / a`` is below the normal range."""
-    with np.errstate(over="ignore"):
+def _transform_explain(name: str, u: np.ndarray, scale: float, got: np.ndarray, vjp: bool):
+    """The known divergences of a transform, each only where it applies.
+
+    ``softsign-infinity``: softsign only (``inf / inf``, also where ``u / a`` overflows), forward and
+    gradient. ``nan-latent-gradient``: the *gradient* at a NaN latent only; a forward pass that turns a
+    NaN latent into a finite weight is a failure (a NaN must never become a valid-looking weight).
+    ``flush-to-zero``: a forward flushed to +-0 where ``u`` or ``u / a`` is below the normal range.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
         infinite = np.isinf(u) | np.isinf(u / u.dtype.type(scale))
     tiny = max(1.0, scale) * float(np.finfo(u.dtype).tiny)
 
     def explain(bad: np.ndarray) -> dict[str, np.ndarray]:
         g = np.asarray(got, dtype=np.float64)
-        return {
-            "softsign-infinity": bad & infinite & np.isnan(g),
-            "nan-latent-gradient": bad & np.isnan(u) & ~np.isnan(g),
-            "flush-to-zero": bad & (g == 0) & (np.abs(u) < tiny) if forward else np.zeros_like(bad),
-        }
+        out = {}
+        if name == "softsign":
+            out["softsign-infinity"] = bad & infinite & np.isnan(g)
+        if vjp:
+            out["nan-latent-gradient"] = bad & np.isnan(u) & ~np.isnan(g)
+        else:
+            out["flush-to-zero"] = bad & (g == 0) & (np.abs(u) < tiny)
+        return out
 
     return explain
+
+
+def transform_classes(dtype: np.dtype, vjp: bool) -> list[Boundary]:
+    """The boundary table of a weight transform: latent classes (signed zeros, subnormals, NaN kinds,
+    infinities, the exp overflow edges of float32 and float64, saturation), scales that make ``u / a``
+    overflow or underflow, upstream gradients at their extremes, ranks 0 to 4 and non-contiguous layouts."""
+    info = np.finfo(dtype)
+    sub, tiny = float(info.smallest_subnormal), float(info.tiny)
+    groups = {
+        "signed zeros": [0.0],
+        "subnormals (smallest, largest) and the smallest normal": [sub, tiny - sub, tiny],
+        "ordinary values (0.1 to 20)": [0.1, 0.5, 1.0, 2.0, 3.0, 10.0, 20.0],
+        "exp overflow edges (|u| near 88.7 and 709.8)": [88.0, 88.75, 89.0, 709.0, 710.0, 1e3],
+        "saturation (1e10, 1e30, largest finite)": [1e10, 1e30, float(info.max)],
+        "infinities": [math.inf],
+    }
+    rows = [(n, np.array(sst.representable(v, dtype), dtype=dtype)) for n, v in groups.items()]
+    rows.append(("NaN kinds (quiet, signalling, payload high / low bits, both signs)", sst.nan_kinds(dtype)))
+    every = np.array(_transform_boundaries(dtype), dtype=dtype)
+    rows.append(("all boundary values at once", every))
+    rows += sst.layout_variants(every)
+    out = []
+    for name, u in rows:
+        dw = np.full(u.shape, 1.5, dtype=dtype) if vjp else None
+        out.append(Boundary(f"u: {name}", (1.0, u, dw)))
+    for scale in (0.5, 2.0, 1e-3, 1e3):
+        dw = np.full(every.shape, -0.75, dtype=dtype) if vjp else None
+        out.append(Boundary(f"scale a = {scale:g}, every boundary value", (scale, every, dw)))
+    if vjp:
+        dw = np.array(sst.representable([0.0, sub, 1e30, float(info.max)], dtype), dtype)
+        out.append(Boundary("dw: signed zeros, subnormal, huge", (1.0, np.full(dw.shape, 0.5, dtype), dw)))
+    return out
 
 
 def _derivative_terms(name: str, u: np.ndarray, scale: float) -> np.ndarray:
@@ -144,13 +193,11 @@ def _make_transform(name: str, vjp: bool) -> Check:
             magnitude=magnitude,
             atol=atol,
             inputs=inputs,
-            explain=_transform_explain(u, scale, got, forward=not vjp),
+            explain=_transform_explain(name, u, scale, got, vjp),
         )
 
     def explicit(ctx: Context):
-        u = np.array(_transform_boundaries(ctx.dtype), dtype=ctx.dtype)
-        dw = np.full(u.shape, 1.5, dtype=ctx.dtype) if vjp else None
-        return [(1.0, u, dw), (0.5, u, dw)]
+        return transform_classes(ctx.dtype, vjp)
 
     doc = "du = f'(u/a) dw" if vjp else "w = a f(u/a)"
     return Check(
@@ -196,9 +243,29 @@ def _relu_cases(draw, dtype: np.dtype):
     return x, dy
 
 
-def _relu_explicit(ctx: Context):
-    x = np.array(_relu_boundaries(ctx.dtype), dtype=ctx.dtype)
-    return [(x, np.arange(1, x.size + 1, dtype=ctx.dtype))]  # nonzero upstream gradients everywhere
+def _relu_explicit(ctx: Context) -> list[Boundary]:
+    """ReLU's boundary table: signed zeros, subnormals, NaN kinds, infinities, all at once, and layouts;
+    the upstream gradient is nonzero everywhere."""
+    info = np.finfo(ctx.dtype)
+    sub, tiny = float(info.smallest_subnormal), float(info.tiny)
+    groups = {
+        "signed zeros": [0.0],
+        "subnormals": [sub, tiny - sub],
+        "infinities and the largest finite": [math.inf, float(info.max)],
+    }
+    rows = [(n, np.array(sst.representable(v, ctx.dtype), dtype=ctx.dtype)) for n, v in groups.items()]
+    rows.append(
+        ("NaN kinds (quiet, signalling, payload high / low bits, both signs)", sst.nan_kinds(ctx.dtype))
+    )
+    every = np.array(_relu_boundaries(ctx.dtype), dtype=ctx.dtype)
+    rows.append(("all boundary values at once", every))
+    rows += sst.layout_variants(every)
+    out = []
+    for name, x in rows:
+        signs = np.where(np.arange(x.size) % 2, -1.0, 1.0)
+        dy = (np.arange(1, x.size + 1) * signs).astype(ctx.dtype).reshape(x.shape)  # nonzero everywhere
+        out.append(Boundary(f"x: {name}", (x, dy)))
+    return out
 
 
 def _relu_forward_run(ctx: Context, case) -> Outcome:
@@ -309,12 +376,26 @@ def relu_checks() -> list[Check]:
     ]
 
 
+def sgd_classes() -> list[Boundary]:
+    """SGD's boundary table: each option alone and together, the first step (no dampening), parameters
+    of rank 0 to 4, extreme learning rates."""
+    rows = [
+        ("momentum and weight decay", sst.SGDCase(((3, 2), (4,)), 3, 0.1, 0.9, 0.0, 5e-4, False, 0)),
+        ("Nesterov", sst.SGDCase(((5,),), 2, 0.05, 0.9, 0.0, 0.0, True, 1)),
+        ("plain SGD (momentum 0)", sst.SGDCase(((4,),), 2, 0.1, 0.0, 0.0, 0.0, False, 2)),
+        ("one step with momentum and dampening (the first step is not dampened)",
+         sst.SGDCase(((6,),), 1, 0.1, 0.9, 0.5, 0.0, False, 3)),
+        ("dampening over 4 steps", sst.SGDCase(((3,),), 4, 0.1, 0.5, 0.5, 0.01, False, 4)),
+        ("Nesterov with weight decay", sst.SGDCase(((2, 2),), 3, 0.01, 0.99, 0.0, 0.1, True, 5)),
+        ("parameters of rank 0 and 4", sst.SGDCase(((), (2, 3, 2, 2)), 2, 0.1, 0.9, 0.0, 5e-4, False, 6)),
+        ("learning rate 1 and weight decay 0.1", sst.SGDCase(((4,),), 2, 1.0, 0.9, 0.1, 0.1, False, 7)),
+        ("tiny learning rate 1e-4", sst.SGDCase(((4,),), 3, 1e-4, 0.9, 0.0, 0.0, True, 8)),
+    ]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
+
+
 def sgd_checks() -> list[Check]:
     """``sgd``: several steps of torch.optim.SGD semantics."""
-    sgd_edge = [
-        sst.SGDCase(((3, 2), (4,)), 3, 0.1, 0.9, 0.0, 5e-4, False, 0),
-        sst.SGDCase(((5,),), 2, 0.05, 0.9, 0.0, 0.0, True, 1),
-    ]
     return [
         simple_check(
             "sgd",
@@ -322,7 +403,7 @@ def sgd_checks() -> list[Check]:
             "sgd",
             lambda ctx: sst.sgd_cases(),
             _sgd_run,
-            lambda ctx: sgd_edge,
+            lambda ctx: sgd_classes(),
             "torch.optim.SGD steps (momentum, dampening, Nesterov, weight decay)",
         )
     ]
