@@ -472,6 +472,7 @@ class ConvCase:
     bias: bool
     distribution: str
     seed: int
+    layout: str = "contiguous"
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -489,7 +490,14 @@ class ConvCase:
         b = _cast(rng.standard_normal(self.w_shape[0]), dtype, float32_values) if self.bias else None
         dy_shape = (self.x_shape[0], self.w_shape[0], *self.out_hw)
         dy = _cast(_values(rng, dy_shape, self.distribution), dtype, float32_values)
-        return x, w, b, dy
+        return _laid_out(self.layout, x, w, b, dy)
+
+
+def _laid_out(layout: str, *arrays):
+    """The arrays as given (``"contiguous"``) or as non-contiguous views of their values (``"strided"``)."""
+    if layout == "contiguous":
+        return arrays
+    return tuple(None if a is None else strided(a) for a in arrays)
 
 
 #: Conv configurations tried first (with ``st.sampled_from``): a 3x3 stride-1 layer, a strided 3x3, a
@@ -536,6 +544,7 @@ class LinearCase:
     bias: bool
     distribution: str
     seed: int
+    layout: str = "contiguous"
 
     def arrays(self, dtype: Any, float32_values: bool = False):
         """``(x, w, b, dy)``."""
@@ -546,7 +555,7 @@ class LinearCase:
         )
         b = _cast(rng.standard_normal(self.out_features), dtype, float32_values) if self.bias else None
         dy = _cast(_values(rng, (self.n, self.out_features), self.distribution), dtype, float32_values)
-        return x, w, b, dy
+        return _laid_out(self.layout, x, w, b, dy)
 
 
 @st.composite
@@ -569,6 +578,8 @@ class PoolCase:
     stride: tuple[int, int]
     padding: tuple[int, int]
     seed: int
+    offset: float = 0.0
+    layout: str = "contiguous"
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -578,11 +589,12 @@ class PoolCase:
         )
 
     def arrays(self, dtype: Any, global_pool: bool = False):
-        """``(x, dy)``: continuous values (no ties, whose winner is implementation-defined on GPUs)."""
+        """``(x, dy)``: continuous values (no ties, whose winner is implementation-defined on GPUs), ``x``
+        shifted by ``offset`` (all negative for a large negative one: the padding must never win)."""
         rng = np.random.default_rng(self.seed)
-        x = rng.standard_normal(self.x_shape).astype(dtype)
+        x = (rng.standard_normal(self.x_shape) + self.offset).astype(dtype)
         dy_shape = self.x_shape[:2] if global_pool else (*self.x_shape[:2], *self.out_hw)
-        return x, rng.standard_normal(dy_shape).astype(dtype)
+        return _laid_out(self.layout, x, rng.standard_normal(dy_shape).astype(dtype))
 
 
 @st.composite
@@ -623,6 +635,7 @@ class BNCase:
     offset: float
     scale: float
     seed: int
+    layout: str = "contiguous"
 
     def arrays(self, dtype: Any, float32_values: bool = True):
         """``(x, weight, bias, running_mean, running_var, dy)``, float32-representable by default."""
@@ -634,7 +647,9 @@ class BNCase:
         rm = self.offset + self.scale * rng.standard_normal(c)
         rv = (self.scale * rng.uniform(0.5, 2.0, c)) ** 2
         dy = rng.standard_normal(self.x_shape)
-        return tuple(_cast(a, dtype, float32_values) for a in (x, weight, bias, rm, rv, dy))
+        return _laid_out(
+            self.layout, *(_cast(a, dtype, float32_values) for a in (x, weight, bias, rm, rv, dy))
+        )
 
 
 @st.composite
@@ -662,12 +677,13 @@ class CECase:
     label_smoothing: float
     dloss: float
     seed: int
+    layout: str = "contiguous"
 
     def arrays(self, dtype: Any, float32_values: bool = True):
         """``(logits, labels)``; labels int64."""
         rng = np.random.default_rng(self.seed)
         logits = _cast(self.logit_scale * rng.standard_normal((self.n, self.k)), dtype, float32_values)
-        return logits, rng.integers(0, self.k, self.n).astype(np.int64)
+        return _laid_out(self.layout, logits, rng.integers(0, self.k, self.n).astype(np.int64))
 
 
 @st.composite

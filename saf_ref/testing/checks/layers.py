@@ -18,6 +18,7 @@ from saf_ref.testing import strategies as sst
 from saf_ref.testing.checks.core import (
     REF32,
     REF64,
+    Boundary,
     Check,
     Context,
     Outcome,
@@ -32,7 +33,19 @@ from saf_ref.testing.checks.core import (
 )
 from saf_ref.testing.contracts import ContractFailure, assert_dot_bound, assert_exact
 
-__all__ = ["bn_scales", "ce_scale", "layer_checks", "pool_checks"]
+__all__ = [
+    "CHANNELS",
+    "avgpool_classes",
+    "bn_classes",
+    "bn_scales",
+    "ce_classes",
+    "ce_scale",
+    "conv_classes",
+    "layer_checks",
+    "linear_classes",
+    "maxpool_classes",
+    "pool_checks",
+]
 
 
 # =========================================================================================================
@@ -247,9 +260,139 @@ def _ce_run(ctx: Context, case: sst.CECase, vjp: bool) -> Outcome:
     return tally.outcome()
 
 
+#: channel counts of the boundary tables: 1, primes, powers of two and one past them (kernels blocked by
+#: 8, 16 or 32 channels have a remainder path), up to 64
+CHANNELS = (1, 2, 3, 7, 13, 16, 17, 31, 32, 33, 64)
+
+
+def maxpool_classes() -> list[Boundary]:
+    """Max pooling: the ImageNet stem, identity, overlapping and gapped windows, leftover rows, asymmetric
+    windows, all-negative inputs (the padding must not win), channel counts, a strided layout."""
+    P = sst.PoolCase
+    rows = [
+        ("ImageNet stem window 3x3 / 2, padding 1", P((2, 2, 7, 7), (3, 3), (2, 2), (1, 1), 0)),
+        ("kernel 1x1, stride 1 (identity)", P((1, 2, 4, 5), (1, 1), (1, 1), (0, 0), 1)),
+        ("overlapping windows (3x3, stride 1, padding 1)", P((2, 3, 5, 5), (3, 3), (1, 1), (1, 1), 2)),
+        ("gaps between windows (2x2, stride 3)", P((1, 2, 8, 8), (2, 2), (3, 3), (0, 0), 3)),
+        ("leftover rows and columns (floor)", P((1, 2, 8, 7), (3, 3), (2, 2), (0, 0), 4)),
+        ("asymmetric kernel, stride and padding", P((2, 2, 6, 7), (2, 3), (1, 2), (1, 0), 5)),
+        ("all-negative input with padding (the padding must not win)",
+         P((1, 3, 5, 5), (3, 3), (2, 2), (1, 1), 6, offset=-20.0)),
+        ("17 channels (prime)", P((1, 17, 4, 4), (2, 2), (2, 2), (0, 0), 7)),
+        ("64 channels", P((1, 64, 3, 3), (3, 3), (1, 1), (1, 1), 8)),
+        ("non-contiguous input and gradient", P((2, 3, 6, 6), (3, 3), (2, 2), (1, 1), 9, layout="strided")),
+    ]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
+
+
+def avgpool_classes() -> list[Boundary]:
+    """Global average pooling: 1x1 and odd spatial sizes, channel counts, large offsets, a strided layout."""
+    P = sst.PoolCase
+    rows = [
+        ("1x1 spatial", P((2, 3, 1, 1), (1, 1), (1, 1), (0, 0), 0)),
+        ("7x5 spatial", P((1, 2, 7, 5), (1, 1), (1, 1), (0, 0), 1)),
+        (
+            "data offset by 1e4 (cancellation-free sums)",
+            P((2, 2, 4, 4), (1, 1), (1, 1), (0, 0), 2, offset=1e4),
+        ),
+    ]
+    rows += [(f"{c} channels", P((2, c, 3, 3), (1, 1), (1, 1), (0, 0), 3 + c)) for c in (1, 17, 64)]
+    rows.append(("non-contiguous input", P((2, 3, 4, 4), (1, 1), (1, 1), (0, 0), 9, layout="strided")))
+    return [Boundary(n, c) for n, c in rows]
+
+
+def conv_classes() -> list[Boundary]:
+    """conv2d: the shapes of :data:`strategies.CONV_EDGES`, channel counts in and out across 1..64, a kernel
+    wider than the input, no bias, batch 1, wide dynamic range, non-contiguous arrays."""
+    C = sst.ConvCase
+    names = [
+        "3x3 stride 1 padding 1",
+        "strided 3x3",
+        "1x1 projection shortcut",
+        "ImageNet stem 7x7 / 2",
+        "leftover rows (floor)",
+        "asymmetric stride and padding",
+        "kernel as large as the input",
+    ]
+    rows = [
+        (n, C(*edge, True, "normal", i))
+        for i, (n, edge) in enumerate(zip(names, sst.CONV_EDGES, strict=True))
+    ]
+    for i, (c, o) in enumerate([(1, 1), (3, 64), (64, 3), (17, 31), (13, 33), (32, 16), (64, 64), (7, 2)]):
+        rows.append(
+            (
+                f"{c} channels in, {o} out",
+                C((1, c, 4, 4), (o, c, 3, 3), (1, 1), (1, 1), True, "normal", 10 + i),
+            )
+        )
+    rows += [
+        ("kernel wider than the input", C((2, 2, 2, 3), (3, 2, 5, 5), (1, 1), (2, 2), True, "normal", 20)),
+        ("no bias, stride 3", C((2, 3, 9, 9), (4, 3, 3, 3), (3, 3), (0, 0), False, "normal", 21)),
+        ("wide dynamic range (1e-3 to 1e3)", C((2, 4, 5, 5), (3, 4, 3, 3), (1, 1), (1, 1), True, "wide", 22)),
+        ("non-contiguous x, w, b and dy",
+         C((2, 3, 6, 6), (4, 3, 3, 3), (2, 1), (1, 0), True, "normal", 23, layout="strided")),
+    ]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
+
+
+def linear_classes() -> list[Boundary]:
+    """linear: in and out features across 1..64 (primes, powers of two and one past them), no bias,
+    batch 1, wide dynamic range, non-contiguous arrays."""
+    L = sst.LinearCase
+    rows = [(f"{k} in-features", L(4, k, 5, True, "normal", k)) for k in CHANNELS]
+    rows += [(f"{k} out-features", L(3, 16, k, True, "normal", 100 + k)) for k in (1, 17, 64)]
+    rows += [
+        ("no bias, batch 1", L(1, 9, 4, False, "normal", 200)),
+        ("wide dynamic range (1e-3 to 1e3)", L(5, 33, 7, True, "wide", 201)),
+        ("non-contiguous x, w, b and dy", L(4, 12, 6, True, "normal", 202, layout="strided")),
+    ]
+    return [Boundary(n, c) for n, c in rows]
+
+
+def bn_classes() -> list[Boundary]:
+    """batch norm: training and evaluation, the minimum of 2 values per channel, channel counts, data far
+    from zero (cancellation), momentum 0 and 1, eps 1e-3, a strided layout."""
+    B = sst.BNCase
+    rows = [
+        ("training, 3 channels", B((4, 3, 3, 3), True, 0.1, 1e-5, 0.0, 1.0, 0)),
+        ("evaluation, offset data", B((2, 2, 2, 2), False, 0.1, 1e-5, 1.0, 1.0, 1)),
+        (
+            "2 values per channel (the unbiased variance divides by 1)",
+            B((2, 3, 1, 1), True, 0.1, 1e-5, 0.0, 1.0, 2),
+        ),
+        ("data offset by 100 standard deviations", B((3, 2, 3, 3), True, 0.1, 1e-5, 100.0, 1.0, 3)),
+        ("momentum 0 (running statistics kept)", B((2, 2, 3, 3), True, 0.0, 1e-5, 0.0, 1.0, 4)),
+        ("momentum 1 (running statistics replaced)", B((2, 2, 3, 3), True, 1.0, 1e-5, 0.0, 1.0, 5)),
+        ("eps 1e-3 and tiny data (scale 0.01)", B((2, 2, 3, 3), True, 0.1, 1e-3, 0.0, 0.01, 6)),
+        ("evaluation, 17 channels", B((2, 17, 2, 2), False, 0.1, 1e-5, 0.0, 10.0, 7)),
+        ("non-contiguous arrays", B((2, 3, 3, 4), True, 0.1, 1e-5, 0.0, 1.0, 8, layout="strided")),
+    ]
+    rows += [(f"training, {c} channels", B((2, c, 2, 2), True, 0.1, 1e-5, 0.0, 1.0, 10 + c)) for c in (1, 64)]
+    return [Boundary(n, c) for n, c in rows]
+
+
+def ce_classes() -> list[Boundary]:
+    """cross-entropy: logits near the float32 exp overflow edge (|z| about 100 > 88.7), of 1e2 and 1e4
+    scale, 2 and 64 classes, one sample, label smoothing 0, 0.1 and 1, dloss 0 and negative, a strided
+    layout."""
+    E = sst.CECase
+    rows = [("4 x 5 logits at scale 1", E(4, 5, 1.0, 0.0, 1.0, 0)),
+            ("scale 10, label smoothing 0.1", E(3, 4, 10.0, 0.1, 1.0, 1)),
+            ("logits near the float32 exp overflow edge (|z| about 100)", E(4, 6, 40.0, 0.0, 1.0, 2)),
+            ("logits of 1e2", E(4, 5, 100.0, 0.0, 1.0, 3)),
+            ("logits of 1e4", E(4, 5, 1e4, 0.1, 1.0, 4)),
+            ("2 classes", E(5, 2, 3.0, 0.0, 1.0, 5)),
+            ("64 classes", E(3, 64, 3.0, 0.0, 1.0, 6)),
+            ("one sample", E(1, 7, 3.0, 0.0, 1.0, 7)),
+            ("label smoothing 1", E(4, 5, 3.0, 1.0, 1.0, 8)),
+            ("dloss 0", E(4, 5, 3.0, 0.1, 0.0, 9)),
+            ("dloss -2.5", E(4, 5, 3.0, 0.0, -2.5, 10)),
+            ("non-contiguous logits", E(4, 6, 3.0, 0.1, 1.0, 11, layout="strided"))]  # fmt: skip
+    return [Boundary(n, c) for n, c in rows]
+
+
 def pool_checks() -> list[Check]:
     """Max pooling (exact forward, dot-bound gradient) and global average pooling."""
-    edge = sst.PoolCase((2, 2, 7, 7), (3, 3), (2, 2), (1, 1), 0)
     return [
         simple_check(
             "maxpool2d_forward",
@@ -257,7 +400,7 @@ def pool_checks() -> list[Check]:
             "maxpool2d_forward",
             lambda ctx: sst.maxpool_cases(),
             _maxpool_forward_run,
-            lambda ctx: [edge],
+            lambda ctx: maxpool_classes(),
             "max pooling (a selection: exact)",
         ),
         simple_check(
@@ -266,7 +409,7 @@ def pool_checks() -> list[Check]:
             "maxpool2d_vjp",
             lambda ctx: sst.maxpool_cases(),
             _maxpool_vjp_run,
-            lambda ctx: [edge],
+            lambda ctx: maxpool_classes(),
             "max pooling gradient (overlapping windows add)",
         ),
         simple_check(
@@ -275,6 +418,7 @@ def pool_checks() -> list[Check]:
             "global_avgpool_forward",
             lambda ctx: sst.avgpool_cases(),
             _avgpool_forward_run,
+            lambda ctx: avgpool_classes(),
             doc="spatial mean",
         ),
         simple_check(
@@ -283,6 +427,7 @@ def pool_checks() -> list[Check]:
             "global_avgpool_vjp",
             lambda ctx: sst.avgpool_cases(),
             _avgpool_vjp_run,
+            lambda ctx: avgpool_classes(),
             doc="spatial mean gradient",
         ),
     ]
@@ -290,13 +435,7 @@ def pool_checks() -> list[Check]:
 
 def layer_checks() -> list[Check]:
     """conv2d, linear, batch norm and cross-entropy: a forward and a VJP check each, from one table."""
-    conv_edge = [sst.ConvCase(*sst.CONV_EDGES[0], True, "normal", 0)]
-    linear_edge = [sst.LinearCase(4, 16, 5, True, "normal", 0)]
-    bn_edge = [
-        sst.BNCase((4, 3, 3, 3), True, 0.1, 1e-5, 0.0, 1.0, 0),
-        sst.BNCase((2, 2, 2, 2), False, 0.1, 1e-5, 1.0, 1.0, 1),
-    ]
-    ce_edge = [sst.CECase(4, 5, 1.0, 0.0, 1.0, 0), sst.CECase(3, 4, 10.0, 0.1, 1.0, 1)]
+    conv_edge, linear_edge, bn_edge, ce_edge = conv_classes(), linear_classes(), bn_classes(), ce_classes()
     pairs = [
         ("conv2d", "dot", sst.conv_cases, _conv_run, conv_edge, "conv2d output", "conv2d dx, dw, db"),
         ("linear", "dot", sst.linear_cases, _linear_run, linear_edge, "linear output", "linear dx, dw, db"),
