@@ -95,7 +95,7 @@ def test_quick_sets_its_values_and_given_options_override_them():
     cfg = seeds.config_from_args(_args(["--quick", "--patterns", "7", "--rates", "1e-2"]))
     assert cfg.patterns == 7 and cfg.rates == (1e-2,) and cfg.width == seeds.QUICK["width"]
     full = seeds.config_from_args(_args([]))
-    assert (full.model, full.dataset, full.width, full.patterns) == ("resnet20", "mnist5k", 16, 50)
+    assert (full.model, full.dataset, full.width, full.patterns) == ("resnet20", "mnist5k", 8, 50)
     assert full.exposures == ("weights", "all") and full.formats == ("float32", "float16", "q2.5")
 
 
