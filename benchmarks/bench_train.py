@@ -1,19 +1,24 @@
-"""Benchmark: ResNet-20 training throughput (images/s) of saf_ref against PyTorch CPU, in the same run.
+"""Benchmark: ResNet-20 training step and inference of saf_ref against PyTorch CPU, in the same run.
 
 Usage::
 
-    python benchmarks/bench_train.py [--threads 2] [--batch 128] [--steps 5] [--dtype float32]
+    python benchmarks/bench_train.py                  # batch 128, float32, 1 and 2 threads, 7 steps each
+    python benchmarks/bench_train.py --quick          # batch 32, 2 steps (a smoke run, about 20 s)
+    python benchmarks/bench_train.py --threads 1 --steps 11 --dtype float64
 
-One training step is what :func:`saf_ref.train.loop.train_step` does: a train-mode forward pass of
-ResNet-20 on a batch of 32x32 RGB images, the mean cross-entropy, the backward pass and an SGD update
-(momentum 0.9, weight decay 5e-4). PyTorch does the same with ``torch.nn`` modules (same architecture,
-same weights, ``torch.optim.SGD``). Both libraries get the same number of threads: PyTorch through
-``torch.set_num_threads``, NumPy's BLAS through ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` /
-``MKL_NUM_THREADS``, set *before* NumPy is imported.
+Training step: what :func:`saf_ref.train.loop.train_step` does, a train-mode forward pass of ResNet-20
+on a batch of 32x32 RGB images, the mean cross-entropy, the backward pass and an SGD update (momentum 0.9,
+weight decay 5e-4); PyTorch does the same with ``torch.nn`` modules (same architecture and weights,
+``torch.optim.SGD``). Inference: an evaluation-mode forward pass of the same batch (``torch.no_grad()``
+for PyTorch). Targets of issue 14: both within 1.5x of PyTorch on one thread, and no slower with two
+threads than with one.
 
-After one warm-up step each, the libraries run alternately, ``--steps`` timed steps each; the best step
-time is reported as images/s (the minimum is the least noisy estimate on a shared machine). The last line
-is the ratio torch / saf_ref of the images/s (how many times faster PyTorch is).
+The two libraries alternate, ``--steps`` timed runs each after a warm-up, in one process; the minimum is
+kept. Thread counts are switched inside the run (threadpoolctl for NumPy's BLAS, started with the largest
+count asked for through ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``;
+``torch.set_num_threads``). With one thread the ratio is taken on process CPU time, robust to other load;
+with more it is taken on wall-clock time (CPU time would count every thread), meaningful only on an idle
+machine. The CPU, NumPy's BLAS and its kernel family are printed first.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per library (default 5)")
+    parser.add_argument("--steps", type=int, default=7, help="timed runs per library (default 7)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="batch 32, 2 timed runs")
+    args = parser.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    if args.quick:
+        args.batch, args.steps = 32, 2
+    return args
 
 
 def torch_resnet20(torch, num_classes=10):
@@ -79,8 +88,9 @@ def torch_resnet20(torch, num_classes=10):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    most = str(max(args.threads))
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # must happen before NumPy (and its BLAS) is imported
+        os.environ[var] = most  # before NumPy (and its BLAS) is imported: the size of BLAS's thread pool
     import numpy as np
 
     try:
@@ -88,8 +98,9 @@ def main(argv=None) -> int:
     except ImportError:
         print("bench_train: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 1
-    torch.set_num_threads(args.threads)
+    from bench_conv import blas_limit, describe_machine, interleaved
 
+    from saf_ref.nn.registry import model_fns
     from saf_ref.nn.resnet import init_resnet
     from saf_ref.nn.state_dict import export_state_dict
     from saf_ref.train.loop import train_step
@@ -103,43 +114,66 @@ def main(argv=None) -> int:
     y = rng.integers(0, 10, args.batch)
     config = SGD(0.1, momentum=0.9, weight_decay=5e-4)
     opt_state = sgd_init(params)
+    forward = model_fns("resnet20", "bench_train").forward
 
+    sd = {k: torch.from_numpy(v) for k, v in export_state_dict(params, state).items()}
     model = torch_resnet20(torch).to(tdtype).train()
-    sd = export_state_dict(params, state)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    model.load_state_dict(sd)
+    eval_model = torch_resnet20(torch).to(tdtype).eval()
+    eval_model.load_state_dict(sd)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    eval_params, eval_state = dict(params), dict(state)
 
-    def ours():
+    def ours_train():
         nonlocal params, state, opt_state
         params, state, opt_state, _info = train_step(
             params, state, opt_state, x, y, model="resnet20", optimizer=config
         )
 
-    def theirs():
+    def theirs_train():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(xt), yt).backward()
         opt.step()
 
-    times = {"saf_ref": [], "torch": []}
-    ours()  # warm-up (allocations, BLAS/oneDNN initialization)
-    theirs()
-    for _ in range(args.steps):
-        for name, step in (("saf_ref", ours), ("torch", theirs)):
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+    def ours_infer():
+        forward(eval_params, eval_state, x, train=False)
 
+    def theirs_infer():
+        with torch.no_grad():
+            eval_model(xt)
+
+    print(describe_machine(torch))
     print(
-        f"ResNet-20 training step (forward, cross-entropy, backward, SGD), batch {args.batch}, 32x32, "
-        f"{args.dtype}, {args.threads} thread(s); best of {args.steps} steps"
+        f"ResNet-20, batch {args.batch}, 32x32, {args.dtype}; best of {args.steps} runs, saf_ref and torch "
+        "interleaved; ratio = saf_ref time / torch time (CPU time for 1 thread, wall clock for more)"
     )
-    ips = {}
-    for name, ts in times.items():
-        ips[name] = args.batch / min(ts)
-        best, median = 1000 * min(ts), 1000 * sorted(ts)[len(ts) // 2]
-        print(f"  {name:<8} {ips[name]:8.1f} images/s   ({best:7.1f} ms/step, median {median:7.1f} ms)")
-    print(f"  torch / saf_ref throughput ratio: {ips['torch'] / ips['saf_ref']:.2f}x")
+    print()
+    print("| what | threads | saf_ref (ms) | torch (ms) | saf_ref / torch | saf_ref images/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    walls = {}
+    for what, ours, theirs in (
+        ("training step", ours_train, theirs_train),
+        ("inference", ours_infer, theirs_infer),
+    ):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            with blas_limit(threads):
+                r = interleaved({"saf_ref": ours, "torch": theirs}, args.steps)
+            k = 0 if threads == 1 else 1
+            ms_ours, ms_theirs = 1e3 * r["saf_ref"][k], 1e3 * r["torch"][k]
+            walls[what, threads] = r["saf_ref"][1]
+            print(
+                f"| {what} | {threads} | {ms_ours:.0f} | {ms_theirs:.0f} | {ms_ours / ms_theirs:.2f} | "
+                f"{args.batch / r['saf_ref'][k]:.0f} |"
+            )
+    if 1 in args.threads:
+        print()
+        for (what, threads), wall in walls.items():
+            if threads != 1:
+                print(
+                    f"saf_ref {what}: {threads} threads / 1 thread, wall clock: {wall / walls[what, 1]:.2f}"
+                )
     return 0
 
 
