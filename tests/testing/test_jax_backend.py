@@ -8,7 +8,6 @@ zero elsewhere. The rest run JaxBackend through the suite and are skipped where 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from saf_ref.testing.checks import SuiteOptions
 from saf_ref.testing.numpy_backend import NumpyBackend
@@ -66,3 +65,29 @@ def test_a_zero_in_the_normal_range_is_not_excused():
     results = _statuses(run_suite(ZeroAtOne(), OPTIONS, only=["encode[float32]", "transform_forward[tanh]"]))
     assert results["encode[float32]"].status == "fail"
     assert results["transform_forward[tanh]"].status == "fail"
+
+
+class FlushingRelu(NumpyBackend):
+    """ReLU under denormals-are-zero: a subnormal input reads as 0."""
+
+    def relu_forward(self, x):
+        return super().relu_forward(np.where(np.abs(x) < np.finfo(x.dtype).tiny, np.zeros_like(x), x))
+
+    def relu_vjp(self, x, dy):
+        return super().relu_vjp(np.where(np.abs(x) < np.finfo(x.dtype).tiny, np.zeros_like(x), x), dy)
+
+
+class ReluVjpZeroBelowOne(NumpyBackend):
+    """A bug, not a flush: the ReLU gradient is 0 for 0 < x < 1."""
+
+    def relu_vjp(self, x, dy):
+        return np.where((x > 0) & (x < 1), np.zeros_like(dy), super().relu_vjp(x, dy))
+
+
+def test_relu_flush_to_zero_is_recognised_and_a_real_zero_gradient_is_not():
+    results = _statuses(run_suite(FlushingRelu(), OPTIONS, only=["relu_*"]))
+    for name in ("relu_forward", "relu_vjp"):
+        assert results[name].status == "known divergence", (name, results[name].message)
+        assert results[name].divergences.get("flush-to-zero", 0) > 0
+    buggy = _statuses(run_suite(ReluVjpZeroBelowOne(), OPTIONS, only=["relu_vjp"]))
+    assert buggy["relu_vjp"].status == "fail"

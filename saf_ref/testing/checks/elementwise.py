@@ -275,7 +275,10 @@ def _relu_forward_run(ctx: Context, case) -> Outcome:
 
     def explain(bad):
         g = np.asarray(got)
-        return {"relu-negative-zero": bad & (x == 0) & np.signbit(x) & (g == 0) & ~np.signbit(g)}
+        return {
+            "relu-negative-zero": bad & (x == 0) & np.signbit(x) & (g == 0) & ~np.signbit(g),
+            "flush-to-zero": bad & (g == 0) & (np.abs(x) < np.finfo(x.dtype).tiny),  # a subnormal x as 0
+        }
 
     return assert_exact(
         got,
@@ -291,8 +294,17 @@ def _relu_vjp_run(ctx: Context, case) -> Outcome:
     x, dy = case
     expected = REF64.relu_vjp(x, dy)
     got = result(ctx.call("relu_vjp", x, dy), ctx.dtype, x.shape, "relu_vjp")
+
+    def explain(bad):  # a positive subnormal x read as 0 (denormals-are-zero): x > 0 is false
+        return {"flush-to-zero": bad & (np.asarray(got) == 0) & (x > 0) & (x < np.finfo(x.dtype).tiny)}
+
     return assert_exact(
-        got, expected, what="relu_vjp", inputs={"x": x, "dy": dy}, nan_payloads=ctx.options.nan_payloads
+        got,
+        expected,
+        what="relu_vjp",
+        inputs={"x": x, "dy": dy},
+        explain=explain,
+        nan_payloads=ctx.options.nan_payloads,
     )
 
 
