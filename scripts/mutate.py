@@ -180,7 +180,7 @@ def _node_mutations(func: str, node: ast.AST):
         stmts = getattr(node, field, None)
         if isinstance(stmts, list) and isinstance(node, (ast.FunctionDef, ast.If, ast.For, ast.With)):
             for i, stmt in enumerate(stmts):
-                if not _is_docstring(stmt) and not isinstance(stmt, ast.Pass):
+                if not (_is_docstring(stmt) or isinstance(stmt, (ast.Pass, ast.Raise)) or _is_guard(stmt)):
                     yield func, node, "drop", ("drop", field, i)
 
 
@@ -260,14 +260,46 @@ def _load(code) -> types.ModuleType:
     return module
 
 
-def _ordered_checks(function: str, only=None):
-    """The suite's checks, those of the mutated method first (then the rest in report order)."""
+#: the protocol methods the model pass calls (a mutant of one of them can also fail the model checks)
+MODEL_METHODS = (
+    "conv2d_forward", "conv2d_vjp", "batchnorm2d_forward", "batchnorm2d_vjp", "relu_forward", "relu_vjp",
+    "maxpool2d_forward", "maxpool2d_vjp", "global_avgpool_forward", "global_avgpool_vjp", "linear_forward",
+    "linear_vjp", "cross_entropy_forward", "cross_entropy_vjp", "model_forward_backward",
+)  # fmt: skip
+#: helpers -> the protocol methods that call them
+HELPERS = {
+    "_Layout": ("encode", "decode"), "SPEC_FORMATS": ("encode", "decode"), "_levels": ("quantize",), "_quant_round": ("quantize",),
+    "_derivative": ("transform_vjp",), "_windows": ("conv2d_forward", "conv2d_vjp", "maxpool2d_forward",
+    "maxpool2d_vjp"), "_per_channel": ("batchnorm2d_forward", "batchnorm2d_vjp"),
+    "_log_softmax": ("cross_entropy_forward", "cross_entropy_vjp"), "_Net": ("model_forward_backward",),
+}  # fmt: skip
+
+
+def reached_by(function: str) -> set[str] | None:
+    """The protocol methods whose checks can execute the mutated ``function`` (None: every check).
+
+    A check that never runs the mutated code cannot tell the mutant from the original, so only these
+    checks run: the method itself, the methods calling a helper, and the whole-model checks for the
+    methods the model pass uses.
+    """
+    owner, _, method = function.partition(".")
+    names = set(HELPERS.get(owner, ())) | set(HELPERS.get(method, ()))
+    if owner == "ReferenceBackend" and method not in HELPERS and method not in ("__init__", "unit_roundoff"):
+        names.add(method)
+    if not names:
+        return None
+    if names & set(MODEL_METHODS):
+        names.add("model_forward_backward")
+    return names
+
+
+def _ordered_checks(function: str):
+    """The checks that can execute the mutated function, the cheap ones first."""
     from saf_ref.testing.suite import select_checks
 
-    method = function.split(".")[-1]
-    checks = select_checks(only)
-    first = [c for c in checks if method in c.methods or c.name.startswith(method)]
-    return first + [c for c in checks if c not in first]
+    reached = reached_by(function)
+    checks = [c for c in select_checks() if reached is None or set(c.methods) & reached]
+    return sorted(checks, key=lambda c: c.cost)
 
 
 def run_mutant(tree: ast.Module, function: str, examples: int, dtypes, full: bool) -> tuple[str, str]:

@@ -161,8 +161,13 @@ class ReferenceBackend:
         return flat.astype(codes.dtype).reshape(np.shape(codes))
 
     # ---------------------------------------------------------------------------------- quantizer
-    @staticmethod
-    def _levels(t: np.ndarray, q: np.float32, step: np.float32, config: Mapping[str, Any]) -> np.ndarray:
+    def _quant_round(self, s: np.ndarray) -> np.ndarray:
+        """Round to nearest, ties to even (a hook: the hand-written mutants override it)."""
+        return np.rint(s)
+
+    def _levels(
+        self, t: np.ndarray, q: np.float32, step: np.float32, config: Mapping[str, Any]
+    ) -> np.ndarray:
         """Codes of float32 ``t`` on the grid ``k * step`` within ``[-q, q]`` (offset binary or two's)."""
         nbits = config["nbits"]
         half = np.float32(2.0 ** (nbits - 1))
@@ -171,8 +176,8 @@ class ReferenceBackend:
         nearest = config["rounding"] == "nearest_even"
         if config["code"] == "offset_binary":
             u = np.minimum(np.maximum(s + half, np.float32(0)), np.float32(2.0**nbits - 1))
-            return (np.rint(u) if nearest else u).astype(container)  # the cast truncates
-        v = np.rint(s) if nearest else np.trunc(s)
+            return (self._quant_round(u) if nearest else u).astype(container)  # the cast truncates
+        v = self._quant_round(s) if nearest else np.trunc(s)
         v = np.minimum(np.maximum(v, -half), half - 1).astype(np.int64)
         return (v % (1 << nbits)).astype(container)
 
