@@ -268,7 +268,8 @@ MODEL_METHODS = (
 )  # fmt: skip
 #: helpers -> the protocol methods that call them
 HELPERS = {
-    "_Layout": ("encode", "decode"), "SPEC_FORMATS": ("encode", "decode"), "_levels": ("quantize",), "_quant_round": ("quantize",),
+    "_Layout": ("encode", "decode"), "SPEC_FORMATS": ("encode", "decode"), "_levels": ("quantize",),
+    "_quant_round": ("quantize",),
     "_derivative": ("transform_vjp",), "_windows": ("conv2d_forward", "conv2d_vjp", "maxpool2d_forward",
     "maxpool2d_vjp"), "_per_channel": ("batchnorm2d_forward", "batchnorm2d_vjp"),
     "_log_softmax": ("cross_entropy_forward", "cross_entropy_vjp"), "_Net": ("model_forward_backward",),
