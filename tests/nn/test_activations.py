@@ -129,8 +129,11 @@ ERRORS = [
         ValueError,
         r"relu_clipped: ceiling must be finite and > 0 in float32, the dtype of x, got 1e\+39, which rounds",
     ),
-    (lambda: relu_clipped_vjp(np.zeros(3, np.float32), np.zeros(3, np.float32), ceiling=1e-50), ValueError,
-     r"ceiling must be finite and > 0 in float32"),
+    (
+        lambda: relu_clipped_vjp(np.zeros(3, np.float32), np.zeros(3, np.float32), ceiling=1e-50),
+        ValueError,
+        r"ceiling must be finite and > 0 in float32",
+    ),
     (lambda: relu_clipped_backward(np.zeros(3), _cache()), TypeError, r"cache must be a ReluClippedCache"),
     (
         lambda: relu_clipped_backward([0.0], _ccache()),
@@ -146,3 +149,28 @@ ERRORS = [
 def test_validation(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitmask_implementation_is_np_where_on_every_bit_pattern_class(dtype):
+    """The bitwise-AND implementation against the np.where specification, on random bit patterns (every
+    sign, exponent and NaN payload), non-contiguous and 0-d inputs, for values and gradient masks."""
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, np.iinfo(uint).max, 20_000, dtype=uint, endpoint=True).view(dtype)
+    x = np.concatenate([x, np.array(SPECIALS + [0.25, -0.25], dtype=dtype)])
+    zero = dtype(0)
+    for v in (x, x[::-3], x[:600].reshape(20, 30).T, x[-1:].reshape(()), x[-5:-4].reshape(())):
+        dy = rng.integers(0, np.iinfo(uint).max, v.shape, dtype=uint, endpoint=True).view(dtype)
+        y, cache = relu_forward(v)
+        np.testing.assert_array_equal(bits(y), bits(np.where(v < 0, zero, v)))
+        np.testing.assert_array_equal(cache.passes, ~(v <= 0))
+        np.testing.assert_array_equal(bits(relu_backward(dy, cache).dx), bits(np.where(~(v <= 0), dy, zero)))
+        for ceiling in (0.25, 6.0):
+            c = dtype(ceiling)
+            y, cache = relu_clipped_forward(v, ceiling=ceiling)
+            np.testing.assert_array_equal(bits(y), bits(np.where(v < 0, zero, np.where(v > c, c, v))))
+            passes = ~((v <= 0) | (v >= c))
+            np.testing.assert_array_equal(cache.passes, passes)
+            dx = relu_clipped_backward(dy, cache).dx
+            np.testing.assert_array_equal(bits(dx), bits(np.where(passes, dy, zero)))

@@ -212,3 +212,41 @@ BACKWARD_ERRORS = [
 def test_backward_validation(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("train", [True, False])
+def test_in_place_arithmetic_is_the_plain_formulas_bit_for_bit(dtype, train):
+    """The implementation computes in place; the plain NumPy expressions of the docstring, written here,
+    must give the same bits (forward, running statistics, backward), also for a non-contiguous x."""
+    rng = np.random.default_rng(9)
+    x, w, b, rm, rv = make_inputs(rng, (6, 5, 7, 4), offset=3.0, dtype=dtype)
+    x = x[:, :, ::-1]
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    per = lambda v: v[None, :, None, None]  # noqa: E731
+    if train:
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = x.mean(axis=(0, 2, 3))
+        centred = x - per(mean)
+        var = np.mean(centred * centred, axis=(0, 2, 3))
+        inv_std = 1.0 / np.sqrt(var + 1e-5)
+        x_hat = centred * per(inv_std)
+        new_mean, new_var = 0.9 * rm + 0.1 * mean, 0.9 * rv + 0.1 * (var * (n / (n - 1)))
+    else:
+        inv_std = 1.0 / np.sqrt(rv + 1e-5)
+        x_hat = (x - per(rm)) * per(inv_std)
+        new_mean, new_var = rm, rv
+    y_ref = x_hat * per(w) + per(b)
+    dbias, dweight = dy.sum(axis=(0, 2, 3)), (dy * x_hat).sum(axis=(0, 2, 3))
+    scale = per(w * inv_std)
+    if train:
+        dx_ref = scale * (dy - per(dbias / n) - x_hat * per(dweight / n))
+    else:
+        dx_ref = scale * dy
+    y, m, v, cache = batchnorm2d_forward(x, w, b, rm, rv, train=train)
+    grads = batchnorm2d_backward(dy, cache)
+    for got, ref in [(y, y_ref), (m, new_mean), (v, new_var), (cache.x_hat, x_hat), (grads.dx, dx_ref)]:
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(grads.dweight, dweight)
+    np.testing.assert_array_equal(grads.dbias, dbias)

@@ -16,6 +16,7 @@ from nn_helpers import (
     snapshot,
 )
 
+from saf_ref.nn import conv as conv_module
 from saf_ref.nn.conv import Conv2dCache, conv2d_backward, conv2d_forward, conv2d_vjp
 from saf_ref.nn.naive import conv2d_backward_naive, conv2d_naive
 from saf_ref.testing.tolerance import assert_within_dot_bound
@@ -255,3 +256,66 @@ def test_cache_is_inspectable():
     assert isinstance(cache, Conv2dCache)
     assert cache.x_padded.shape == (1, 1, 5, 7) and cache.padding == (1, 2) and cache.stride == (1, 1)
     assert cache.has_bias is False
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast paths: chunks, the grid layout, threads
+# --------------------------------------------------------------------------------------------------
+
+PATH_CONFIGS = [  # (x shape, w shape, stride, padding): stride-1 grid, 1x1, im2col (strided, big padding)
+    ((7, 3, 5, 6), (4, 3, 3, 3), 1, 1),
+    ((5, 2, 6, 5), (3, 2, 3, 2), 1, (2, 0)),
+    ((6, 3, 7, 7), (5, 3, 1, 1), 2, 0),
+    ((6, 2, 7, 6), (3, 2, 3, 3), 2, 1),
+    ((5, 2, 4, 4), (2, 2, 2, 2), 1, 3),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", PATH_CONFIGS)
+def test_many_chunks_match_naive_loops(monkeypatch, x_shape, w_shape, stride, padding):
+    """With chunks of one image (forced), every path still matches the loops."""
+    monkeypatch.setattr(conv_module, "_CHUNK_COLUMNS", 10)
+    rng = np.random.default_rng(6)
+    x, w, b = _data(rng, x_shape, w_shape)
+    y, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
+    assert len(conv_module._chunks(x_shape[0], y.shape[2] * y.shape[3])) >= 3
+    assert rel_error(y, conv2d_naive(x, w, b, stride=stride, padding=padding)) <= NAIVE_RTOL
+    dy = rng.standard_normal(y.shape)
+    got = conv2d_backward(dy, cache)
+    ref = conv2d_backward_naive(x, w, dy, stride=stride, padding=padding)
+    for name, g, r in zip(("dx", "dw", "db"), got, ref, strict=True):
+        assert rel_error(g, r) <= NAIVE_RTOL, name
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", PATH_CONFIGS)
+def test_cached_padded_input_is_numpy_pad(x_shape, w_shape, stride, padding):
+    """``cache.x_padded`` (a read-only view of the grid on the stride-1 path) is ``np.pad`` of x."""
+    rng = np.random.default_rng(7)
+    x, w, _ = _data(rng, x_shape, w_shape, bias=False)
+    _, cache = conv2d_forward(x, w, stride=stride, padding=padding)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    np.testing.assert_array_equal(cache.x_padded, np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))))
+    assert (cache.grid is not None) == (stride == 1 and w_shape[2] > ph and w_shape[3] > pw)
+    if cache.grid is not None:
+        assert not cache.x_padded.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", PATH_CONFIGS)
+def test_same_bits_for_one_and_two_threads(monkeypatch, dtype, x_shape, w_shape, stride, padding):
+    """Chunks spread over two worker threads give the bits of the serial loop."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(conv_module, "_CHUNK_COLUMNS", 10)
+    rng = np.random.default_rng(8)
+    x, w, b = (a.astype(dtype) for a in _data(rng, x_shape, w_shape))
+    dy = None
+    results = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            if conv_module._blas_threads() != threads:
+                pytest.skip(f"NumPy's BLAS does not take {threads} threads here")
+            y, cache = conv2d_forward(x, w, b, stride=stride, padding=padding)
+            dy = rng.standard_normal(y.shape).astype(dtype) if dy is None else dy
+            results.append((y, *conv2d_backward(dy, cache)))
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one.view(np.uint8), two.view(np.uint8))
