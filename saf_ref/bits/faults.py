@@ -354,24 +354,29 @@ def merge_runs(index: np.ndarray, masks: np.ndarray) -> None:
     masks[cont] = masks[head]  # ... and so does every other entry's
 
 
-def _word_masks(pos: np.ndarray, bits: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _word_masks(
+    pos: np.ndarray, bits: np.ndarray, dtype: np.dtype, index_buf: np.ndarray, mask_buf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat element indices and XOR masks (``2**bit`` in ``dtype``) of sorted bit positions.
 
-    The same as :func:`positions_to_flips` followed by the masks of :func:`xor_flips`; when the
+    The same as :func:`positions_to_flips` followed by the masks of :func:`xor_flips`, written into the
+    first ``pos.size`` entries of the given buffers (int64 and ``dtype``), which are returned. When the
     candidate bits are a contiguous run of ``m = 2**s`` bits (all the bits of an 8/16/32/64-bit word),
     the division by ``m`` is a shift and the remainder a bit-and (``pos = index * 2**s + slot``).
     """
     m = bits.size
+    index, masks = index_buf[: pos.size], mask_buf[: pos.size]
     if bits[-1] - bits[0] == m - 1 and m & (m - 1) == 0:
-        index = pos >> (m.bit_length() - 1)
-        bit = np.empty(pos.size, dtype=dtype)
-        np.bitwise_and(pos, m - 1, out=bit, casting="unsafe")  # the slot, cast to the word dtype at once
+        np.right_shift(pos, m.bit_length() - 1, out=index)
+        np.bitwise_and(pos, m - 1, out=masks, casting="unsafe")  # the slot, cast to the word dtype at once
         if bits[0]:
-            bit += dtype.type(bits[0])
+            masks += dtype.type(bits[0])
     else:
-        index, bit8 = positions_to_flips(pos, bits)
-        bit = bit8.astype(dtype)
-    return index, np.left_shift(dtype.type(1), bit, out=bit)
+        flips = positions_to_flips(pos, bits)
+        index[...] = flips.index
+        masks[...] = flips.bit
+    np.left_shift(dtype.type(1), masks, out=masks)  # bit -> 2**bit, in place
+    return index, masks
 
 
 _BLOCK_BYTES = 1 << 17  # inject_chunked copies and flips at least this much at a time ...
@@ -404,8 +409,11 @@ def inject_chunked(codes: np.ndarray, bits: np.ndarray, p: float, rng: np.random
     words_per_flip = 1.0 / flips_per_word if flips_per_word > 0 else float(codes.size)
     block = max(_BLOCK_BYTES // codes.itemsize, int(_BLOCK_FLIPS * words_per_flip), 1)
     done = 0  # flat[:done] holds its copy of src, and its flips so far
-    for pos in bernoulli_chunks(codes.size * bits.size, p, rng):
-        index, masks = _word_masks(pos, bits, codes.dtype)
+    n = codes.size * bits.size
+    index_buf = np.empty(min(_CHUNK, n), dtype=np.int64)  # reused by every chunk (so it stays in cache)
+    mask_buf = np.empty(index_buf.size, dtype=codes.dtype)
+    for pos in bernoulli_chunks(n, p, rng):
+        index, masks = _word_masks(pos, bits, codes.dtype, index_buf, mask_buf)
         merge_runs(index, masks)  # (a word hit again by the next chunk is XORed again there: still right)
         end = int(index[-1]) + 1  # this chunk's flips are in words below `end` (and end >= done)
         stops = [*range(done + block, end, block), end]  # copy flat[done:end] in blocks ...
