@@ -4,13 +4,16 @@ BACKEND is one of
 
 - ``numpy`` - saf_ref itself (:class:`~saf_ref.testing.numpy_backend.NumpyBackend`);
 - ``torch`` - PyTorch (:class:`~saf_ref.testing.torch_backend.TorchBackend`; ``--device cuda`` for a GPU);
+- ``jax`` - JAX (:class:`~saf_ref.testing.jax_backend.JaxBackend`; XLA on the CPU by default);
 - ``package.module:Name`` - an importable class, factory or instance;
 - ``path/to/file.py:Name`` - the same, from a file (nothing needs installing).
 
 A class or factory is called with the keyword arguments it accepts among ``device`` and ``dtype``
 (``--device``, ``--dtype``); asking for a device or dtype it does not accept is an error. The exit status
 is 0 when every check passes (known divergences included, unless ``--strict``), 1 when one fails, 2 for
-a usage error. ``--json PATH`` writes the report as JSON (schema ``saf_ref.check_report``, version 1).
+a usage error: an unknown backend, a backend module or file that raises on import, a name it does not
+define, a constructor that raises (a missing ``torch`` or ``jax`` included), each reported in one line.
+``--json PATH`` writes the report as JSON (schema ``saf_ref.check_report``, version 1).
 
 This module imports nothing heavy at import time, so that ``saf-ref --help`` stays fast; the suite (and
 hypothesis) are imported when a check runs.
@@ -28,7 +31,7 @@ from typing import Any
 
 __all__ = ["add_arguments", "load_backend", "main", "run_from_args"]
 
-_BUILTIN = ("numpy", "torch")
+_BUILTIN = ("numpy", "torch", "jax")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "backend",
         metavar="BACKEND",
-        help="numpy, torch, package.module:Name or path/to/file.py:Name (a class, factory or instance)",
+        help="numpy, torch, jax, package.module:Name or path/to/file.py:Name (a class, factory or instance)",
     )
     parser.add_argument(
         "--device", default=None, help="device passed to the backend (e.g. cpu, cuda, cuda:1)"
@@ -111,8 +114,8 @@ def _import_object(spec: str) -> Any:
     fn = "load_backend"
     if ":" not in spec:
         raise ValueError(
-            f"{fn}: BACKEND must be 'numpy', 'torch', 'package.module:Name' or 'path/to/file.py:Name', "
-            f"got {spec!r}"
+            f"{fn}: BACKEND must be 'numpy', 'torch', 'jax', 'package.module:Name' or "
+            f"'path/to/file.py:Name', got {spec!r}"
         )
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py") or os.sep in target or "/" in target:
@@ -159,6 +162,19 @@ def load_backend(
     fn = "load_backend"
     if not isinstance(spec, str):
         raise TypeError(f"{fn}: spec must be a str, got {type(spec).__name__}")
+    try:
+        return _build_backend(spec, device, dtype, torch_options)
+    except (TypeError, ValueError) as err:
+        if str(err).startswith(f"{fn}:"):
+            raise
+        raise type(err)(f"{fn}: cannot build the backend {spec!r}: {err}") from None
+    except Exception as err:  # ImportError (no torch, no jax), a constructor's own error: one line
+        raise ValueError(f"{fn}: cannot build the backend {spec!r}: {type(err).__name__}: {err}") from None
+
+
+def _build_backend(spec: str, device: str | None, dtype: str | None, torch_options: dict) -> Any:
+    """The body of :func:`load_backend` (its errors are worded there)."""
+    fn = "load_backend"
     kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     if spec == "numpy":
         from saf_ref.testing.numpy_backend import NumpyBackend
@@ -168,6 +184,10 @@ def load_backend(
         from saf_ref.testing.torch_backend import TorchBackend
 
         return TorchBackend(**kwargs, **torch_options)
+    if spec == "jax":
+        from saf_ref.testing.jax_backend import JaxBackend
+
+        return JaxBackend(**kwargs)
     obj = _import_object(spec)
     if not callable(obj):
         if kwargs:

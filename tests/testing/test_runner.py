@@ -74,7 +74,7 @@ def test_check_list(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["check", "nope"], "BACKEND must be 'numpy', 'torch', 'package.module:Name'"),
+        (["check", "nope"], "BACKEND must be 'numpy', 'torch', 'jax', 'package.module:Name'"),
         (["check", "no_such_module_xyz:B"], "cannot import 'no_such_module_xyz'"),
         (["check", "saf_ref.testing.numpy_backend:Missing"], "has no attribute 'Missing'"),
         (["check", "missing_dir/b.py:B"], "no such file 'missing_dir/b.py'"),

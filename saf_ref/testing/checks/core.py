@@ -75,6 +75,16 @@ def label(cases: list, prefix: str = "boundary example") -> list[Boundary]:
     return [c if isinstance(c, Boundary) else Boundary(f"{prefix} {i + 1}", c) for i, c in enumerate(cases)]
 
 
+#: Methods that return several results, and what each is (a wrong arity is reported naming the method)
+RESULT_PARTS: dict[str, tuple[str, ...]] = {
+    "quantize": ("codes", "context"),
+    "conv2d_vjp": ("dx", "dw", "db"),
+    "linear_vjp": ("dx", "dw", "db"),
+    "batchnorm2d_forward": ("y", "new_running_mean", "new_running_var"),
+    "batchnorm2d_vjp": ("dx", "dweight", "dbias"),
+}
+
+
 class Unsupported(Exception):
     """The backend raised ``NotImplementedError`` for this case."""
 
@@ -180,6 +190,16 @@ class Context:
             out = getattr(self.backend, method)(*args, **kwargs)
         except NotImplementedError as err:
             raise Unsupported(f"{method}: {err}") from err
+        except Exception as err:  # the backend's own error: the report names the method that raised it
+            raise ContractFailure(
+                f"{self.check_name}: backend.{method} raised {type(err).__name__}: {err}"
+            ) from err
+        parts = RESULT_PARTS.get(method)
+        if parts and not (isinstance(out, (tuple, list)) and len(out) == len(parts)):
+            raise ContractFailure(
+                f"{self.check_name}: backend.{method} must return a tuple ({', '.join(parts)}), "
+                f"got {validation.describe(out)}"
+            )
         for i, (a, snap) in enumerate(zip(args, before, strict=True)):
             if snap is not None and _snapshot(a) != snap:
                 raise ContractFailure(f"{self.check_name}: backend.{method} modified its argument {i}")
