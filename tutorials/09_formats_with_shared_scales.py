@@ -285,8 +285,10 @@ plt.show()
 # Scale bits dominate: the low ones already move 32 values by a factor of 2 or 4 at once, and bit 7 is
 # catastrophic. MXFP8 E4M3's element bits look bad too, for a reason of their own: the scale puts a
 # block's largest elements next to $448$ = `S.1111.110`, one flip away from the NaN code `S.1111.111`
-# (NaN counts as the cap in this chart). But there is only one scale byte per 32 elements, so a *random* flip hits a scale
-# with probability $8 / (8 + 32 w)$: 3 % for MXFP8 and MXINT8, 5.9 % for MXFP4 ($w$ = element bits).
+# (NaN counts as the cap in this chart).
+#
+# But there is only one scale byte per 32 elements, so a *random* flip hits a scale with probability
+# $8 / (8 + 32 w)$: 3 % for MXFP8 and MXINT8, 5.9 % for MXFP4 ($w$ = element bits).
 # Measured over all the parameters of a freshly initialised ResNet-20 (`scripts/measure_mx_flips.py`,
 # 20,000 random single flips per format): one flip changes on average 1.9 values in MXFP8/MXINT8 and 2.6
 # in MXFP4 (1 in FP16 or FP8), and a scale flip about 29 to 32 (a padded or all-zero block has fewer).
