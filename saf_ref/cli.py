@@ -165,6 +165,26 @@ def _add_module_command(sub, name: str, module: str, **parser_options) -> None:
     parser.set_defaults(func=mod.run_from_args)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """``saf-ref check``: the runner's command; with ``--coverage`` also the boundary classes that ran
+    (read back from the JSON report, written to a temporary file unless ``--json`` names one)."""
+    from saf_ref.testing import runner
+
+    if not args.coverage or args.list:
+        return runner.run_from_args(args)
+    import json
+    import tempfile
+
+    from saf_ref.testing.suite import coverage_text
+
+    with tempfile.TemporaryDirectory(prefix="saf_ref_check_") as tmp:
+        path = args.json or os.path.join(tmp, "report.json")
+        status = runner.run_from_args(argparse.Namespace(**{**vars(args), "json": path}))
+        with open(path, encoding="utf-8") as f:
+            print(coverage_text(json.load(f)))
+    return status
+
+
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
@@ -344,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "           saf-ref check examples/my_backend/backend.py:MyBackend",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    check = sub.choices["check"]
+    check.add_argument(
+        "--coverage", action="store_true", help="also print which boundary classes of each check ran"
+    )
+    check.set_defaults(func=_cmd_check)
     return parser
 
 
