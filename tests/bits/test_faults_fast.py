@@ -135,12 +135,16 @@ def test_inject_on_non_contiguous_and_fortran_arrays_matches_the_old_algorithm(d
         assert new.flags.c_contiguous
 
 
-def test_large_array_many_chunks_matches_the_old_algorithm():
-    """3 million float32 words at 1e-3: about 96,000 flips, two chunks and many copy blocks."""
-    codes = random_codes(1, 3_000_001, np.uint32)
+@pytest.mark.parametrize("p", [1e-3, 0.05])
+@pytest.mark.parametrize("dense_runs", [0, 8, 10**9])
+def test_large_array_many_chunks_matches_the_old_algorithm(monkeypatch, p, dense_runs):
+    """3 million float32 words at 1e-3 (about 96,000 flips, two chunks, many copy blocks) and 0.05 (many
+    chunks), with the merge of runs forced (0), left to decide (8) or never done (10**9)."""
+    monkeypatch.setattr(faults_module, "_DENSE_RUNS", dense_runs)
+    codes = random_codes(1, 3_000_001 if p < 0.01 else 300_001, np.uint32)
     bits = np.arange(32)
-    new = inject_bit_errors(codes, 1e-3, rng=np.random.default_rng(2))
-    old = old_inject(codes, 1e-3, np.random.default_rng(2), bits)
+    new = inject_bit_errors(codes, p, rng=np.random.default_rng(2))
+    old = old_inject(codes, p, np.random.default_rng(2), bits)
     np.testing.assert_array_equal(new, old)
 
 
@@ -171,10 +175,21 @@ def test_bernoulli_chunks_are_the_old_positions_in_sorted_pieces(n, p, pieces, s
     dtype=st.sampled_from(UINTS),
     size=st.integers(1, 60),
     k=st.integers(0, 300),
+    always_merge=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_xor_sorted_equals_ufunc_at_with_repeats(dtype, size, k, seed):
-    """Sorted indices with runs of any length, the same bit repeated too (it cancels, as ufunc.at does)."""
+def test_xor_sorted_equals_ufunc_at_with_repeats(dtype, size, k, always_merge, seed):
+    """Sorted indices with runs of any length, the same bit repeated too (it cancels, as ufunc.at does);
+    with the merge of runs forced, or left to decline when runs are dense."""
+    if always_merge:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(faults_module, "_DENSE_RUNS", 0)
+            _check_xor_sorted(dtype, size, k, seed)
+    else:
+        _check_xor_sorted(dtype, size, k, seed)
+
+
+def _check_xor_sorted(dtype, size, k, seed):
     rng = np.random.default_rng(seed)
     nbits = np.dtype(dtype).itemsize * 8
     index = np.sort(rng.integers(0, size, k))
