@@ -19,17 +19,25 @@ def _models():
     x_img = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     for arch in ("resnet20", "resnet18_cifar", "resnet18"):
         p, s = init_resnet(arch, width=4, rng=1)
-        yield arch, lambda hook=None, p=p, s=s, a=arch, **kw: resnet_forward(
-            p, s, x_img, arch=a, train=False, activation_faults=hook, **kw
-        ), resnet_tap_names(arch)
+        yield (
+            arch,
+            lambda hook=None, p=p, s=s, a=arch, **kw: resnet_forward(
+                p, s, x_img, arch=a, train=False, activation_faults=hook, **kw
+            ),
+            resnet_tap_names(arch),
+        )
     p, s = init_small_cnn(in_channels=3, width=4, rng=2)
-    yield "small_cnn", lambda hook=None, **kw: small_cnn_forward(
-        p, s, x_img, train=False, activation_faults=hook, **kw
-    ), small_cnn_tap_names()
+    yield (
+        "small_cnn",
+        lambda hook=None, **kw: small_cnn_forward(p, s, x_img, train=False, activation_faults=hook, **kw),
+        small_cnn_tap_names(),
+    )
     pm, sm = init_mlp(3 * 16 * 16, hidden=(16, 8), rng=3)
-    yield "mlp", lambda hook=None, **kw: mlp_forward(
-        pm, sm, x_img, train=False, activation_faults=hook, **kw
-    ), mlp_tap_names(pm)
+    yield (
+        "mlp",
+        lambda hook=None, **kw: mlp_forward(pm, sm, x_img, train=False, activation_faults=hook, **kw),
+        mlp_tap_names(pm),
+    )
 
 
 MODELS = list(_models())
@@ -85,3 +93,38 @@ def test_bad_hooks(name, forward, taps):
         mlp_tap_names(0)
     with pytest.raises(ValueError, match="resnet_tap_names: arch"):
         resnet_tap_names("resnet50")
+
+
+@pytest.mark.parametrize("name, forward, taps", MODELS, ids=[m[0] for m in MODELS])
+def test_training_mode_backward_is_straight_through_the_hook(name, forward, taps):
+    from saf_ref.nn.registry import model_fns
+
+    fns = model_fns(name)
+    params = _params_of(name)
+    state = {k: v for k, v in _state_of(name).items()}
+    x = np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    dlogits = np.random.default_rng(6).standard_normal((2, 10)).astype(np.float32)
+    plain = fns.backward(dlogits, fns.forward(params, state, x, train=True)[2])
+    hooked = fns.backward(
+        dlogits, fns.forward(params, state, x, train=True, activation_faults=lambda tap, h: h.copy())[2]
+    )
+    assert all(plain.params[k].tobytes() == hooked.params[k].tobytes() for k in plain.params)
+    assert plain.x.tobytes() == hooked.x.tobytes()
+    # a hook that doubles the last tap's activations doubles the fc weight gradient (it sees the hooked h)
+    last = taps[-1]
+    doubled = fns.backward(
+        dlogits,
+        fns.forward(
+            params, state, x, train=True, activation_faults=lambda tap, h: 2 * h if tap == last else h
+        )[2],
+    )
+    fc = [k for k in plain.params if k.endswith(".weight")][-1]
+    np.testing.assert_allclose(doubled.params[fc], 2 * plain.params[fc], rtol=1e-5, atol=1e-7)
+
+
+def _state_of(name):
+    if name.startswith("resnet"):
+        return init_resnet(name, width=4, rng=1)[1]
+    if name == "small_cnn":
+        return init_small_cnn(in_channels=3, width=4, rng=2)[1]
+    return {}
