@@ -9,17 +9,18 @@ Every path computes a convolution as matrix products over *columns*: for each ou
 (*col2im*). The loops of :mod:`saf_ref.nn.naive` (``conv2d_naive``, ``conv2d_backward_naive``) are the
 specification; three paths make it fast, chosen by the shape alone (never by the machine):
 
-1. **Stride 1** (every 3x3 convolution of a ResNet but the downsampling ones), when each padding is
-   below its kernel size. The padded input is stored once per call in a *grid*: one flat row per
-   channel, images one after the other, each image row followed by ``pw`` zeros and each image by
-   ``ph`` zero rows (one zero border serves as the right padding of a row and the left padding of the
-   next). In this layout the input under kernel offset ``(i, j)`` for a run of output positions is one
-   contiguous slice of every channel's row, shifted by ``i*Wg + j``, so the columns of a chunk of
-   images are ``kh*kw`` plain slice copies and the product comes out on the same grid (the few
-   positions that fall on the zero border are computed and dropped). The input gradient of a stride-1
-   convolution is itself a stride-1 convolution of ``dy`` with the flipped, transposed kernel (a
-   *transposed convolution*), and ``dy`` stored on a grid of the same geometry lines up with the
-   forward columns for ``dw``: no col2im and no wide ``w.T @ dy`` product.
+1. **Stride 1** (the 3x3 convolutions of a ResNet but the downsampling ones), when each padding is
+   below its kernel size and the layer is not both wide and small (``_uses_grid``). The padded input
+   is stored once per call in a *grid*: one flat row per channel, images one after the other, each
+   image row followed by ``pw`` zeros and each image by ``ph`` zero rows (one zero border serves as
+   the right padding of a row and the left padding of the next). In this layout the input under
+   kernel offset ``(i, j)`` for a run of output positions is one contiguous slice of every channel's
+   row, shifted by ``i*Wg + j``, so the columns of a chunk of images are ``kh*kw`` plain slice copies
+   and the product comes out on the same grid (the few positions that fall on the zero border are
+   computed and dropped). The input gradient of a stride-1 convolution is itself a stride-1
+   convolution of ``dy`` with the flipped, transposed kernel (a *transposed convolution*), and ``dy``
+   stored on a grid of the same geometry lines up with the forward columns for ``dw``: no col2im and
+   no wide ``w.T @ dy`` product.
 2. **1x1, no padding** (the downsampling shortcuts): forward, one matrix product per image on its
    (strided) pixels, straight into the output; backward as path 3.
 3. **Everything else** (strided 3x3, the 7x7 stem, odd paddings): classic im2col from the zero-padded
@@ -27,13 +28,16 @@ specification; three paths make it fast, chosen by the shape alone (never by the
 
 Paths 1 and 3 work on chunks of whole images (about ``_CHUNK_COLUMNS`` output positions each) so that
 the column matrix stays a few MB, in a scratch buffer reused across chunks and calls, and each chunk's
-product goes straight into the output. The chunk size depends only on the shapes, and every output
-element is one BLAS dot product over the same ``k`` in every chunking (the ``dw`` sum is accumulated
-chunk after chunk in a fixed order), so results do not depend on the number of BLAS threads.
+product goes straight into the output. Where BLAS may use several threads, the chunks are spread over
+that many worker threads with BLAS pinned to one thread (``_run_chunks``). The chunk size depends only
+on the shapes, every output element is one BLAS dot product over the same ``k`` in every chunking, and
+the ``dw`` sum is accumulated chunk after chunk in a fixed order, so results do not depend on the
+number of threads.
 
-Measured (``benchmarks/bench_conv.py``, one thread, process CPU time, against the single-product
-im2col/col2im code this replaced): ResNet-20 shapes (batch 128) forward + backward 2-3x faster,
-ResNet-18 3x3 shapes (batch 32) 1.3-1.6x; the table and the ratio to PyTorch are in the README.
+Measured (``benchmarks/bench_conv.py``, one thread, process CPU time, on a busy 2-core machine), forward
++ backward against the single-product im2col/col2im code this replaced: ResNet-20 stride-1 layers
+(batch 128) 1.4-2.4x faster, 1x1 1.6x, the ResNet-18 7x7 stem 1.6x; the ratios to PyTorch are in the
+README (about 1.2x on ResNet-18 shapes and 1.6x on ResNet-20 shapes, float32).
 
 All arithmetic stays in the input dtype: a float32 call allocates no float64 array.
 
@@ -154,9 +158,10 @@ def pad_spatial(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> 
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
-#: Output positions per chunk of images (at least one image per chunk): about 4096 keeps the column
-#: matrix of every ResNet layer at 2-10 MB and the matrix products as fast as on the whole batch.
-_CHUNK_COLUMNS = 4096
+#: Output positions per chunk of images (at least one image per chunk): about 2048 keeps the column
+#: matrix of every ResNet layer at 0.3-5 MB and the matrix products as fast as on the whole batch
+#: (1024 to 8192 measured: within 5% of each other up to 4096, 10-20% slower at 8192).
+_CHUNK_COLUMNS = 2048
 
 _scratch = threading.local()
 
@@ -198,13 +203,16 @@ def _run_chunks(task: Callable[[int, int], Any], chunks: list[tuple[int, int]]) 
     2-core machine two BLAS threads ran these convolutions 3-6x *slower* than one). Every chunk's
     arithmetic is the same either way, so the results do not depend on the number of threads.
     """
-    workers = min(_blas_threads(), len(chunks))
-    if workers <= 1:
+    threads = _blas_threads()
+    if threads == 1:
         return [task(start, stop) for start, stop in chunks]
-    key = (os.getpid(), workers)  # a pool inherited through fork() has no threads: make a new one
-    if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="saf_ref-conv")
-    with determinism.blas_threads_pinned():
+    workers = min(threads, len(chunks))
+    with determinism.blas_threads_pinned():  # also for a single chunk: one BLAS thread is never slower
+        if workers == 1:
+            return [task(start, stop) for start, stop in chunks]
+        key = (os.getpid(), workers)  # a pool inherited through fork() has no threads: make a new one
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="saf_ref-conv")
         return list(_pools[key].map(lambda chunk: task(*chunk), chunks))
 
 
@@ -213,9 +221,21 @@ def _run_chunks(task: Callable[[int, int], Any], chunks: list[tuple[int, int]]) 
 # --------------------------------------------------------------------------------------------------
 
 
-def _uses_grid(kernel, stride, padding) -> bool:
-    """Whether the grid path applies: stride 1 and each padding below its kernel size."""
-    return stride == (1, 1) and padding[0] < kernel[0] and padding[1] < kernel[1]
+def _uses_grid(x_shape, w_shape, stride, padding) -> bool:
+    """Whether the grid path applies (stride 1, each padding below its kernel size) and pays.
+
+    The grid computes ``(H + ph)(W + pw)`` positions per image for ``Ho*Wo`` outputs. Its cheap
+    columns win where copying dominates (few output channels), its wasted products lose where the
+    products dominate (many channels, small images). Measured forward + backward, float32 and
+    float64 alike: ResNet-20's 16-64 channels and ResNet-18's 64ch@32x32 and 128ch@16x16 run 10-35%
+    faster on the grid, 256ch@8x8 5-10% and 512ch@4x4 15-20% slower. The rule: extra positions
+    times output channels at most 32 (those cases give 4, 16, 17 against 69 and 287).
+    """
+    (_, _, h, w), (o, _, kh, kw), (ph, pw) = x_shape, w_shape, padding
+    if stride != (1, 1) or ph >= kh or pw >= kw:
+        return False
+    outputs = (h + 2 * ph - kh + 1) * (w + 2 * pw - kw + 1)
+    return ((h + ph) * (w + pw) / outputs - 1) * o <= 32
 
 
 def _to_grid(
@@ -520,7 +540,7 @@ def conv2d_forward_unchecked(
     grid = None
     if kernel == (1, 1) and padding == (0, 0):
         y, x_padded = _forward_1x1(x, w, stride), x
-    elif _uses_grid(kernel, stride, padding):
+    elif _uses_grid(x.shape, w.shape, stride, padding):
         y, grid = _forward_grid(x, w, padding)
         x_padded = _padded_view(grid, x.shape, padding)
     else:
