@@ -328,19 +328,19 @@ class ActivationFaults:
         if name not in self.counts:
             if name not in self.taps:
                 raise ValueError(
-                    f"{fn}: the model called tap {name!r}, which is not among the taps given "
-                    f"({', '.join(self.taps)}): taps must be this model's"
+                    f"{fn}: the taps the model calls must be among the taps given ({', '.join(self.taps)}; "
+                    f"pass this model's as taps=), got {name!r}"
                 )
             return h
         if h.dtype.itemsize * 8 < self.codec.nbits:
             raise ValueError(
-                f"{fn}: format {self.codec.name!r} ({self.codec.nbits} bits) must fit the {h.dtype} "
-                f"activations at tap {name!r}"
+                f"{fn}: format must fit the {h.dtype} activations at tap {name!r} (at most "
+                f"{h.dtype.itemsize * 8} bits), got {self.codec.name!r} with {self.codec.nbits} bits"
             )
         if h.dtype not in self.codec.input_dtypes:
             raise TypeError(
-                f"{fn}: format {self.codec.name!r} must accept {h.dtype} activations (it takes "
-                f"{', '.join(map(str, self.codec.input_dtypes))}) at tap {name!r}"
+                f"{fn}: activations at tap {name!r} must have a dtype format {self.codec.name!r} accepts "
+                f"({', '.join(map(str, self.codec.input_dtypes))}), got {h.dtype}"
             )
         if self._blocked:
             return self._call_blocked(name, h)

@@ -234,11 +234,19 @@ def test_errors():
     faults = ActivationFaults("a", taps=("a",), faults=FaultList([("a", 10, 1, "flip", "float32")]))
     with pytest.raises(ValueError, match=r"index < 4 \(the activations of one example"):
         faults("a", np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match="called tap 'relu9'"):
+    with pytest.raises(
+        ValueError, match="taps the model calls must be among the taps given \\(a; .*got 'relu9'"
+    ):
         faults("relu9", np.zeros((2, 4), np.float32))
-    with pytest.raises(TypeError, match="must accept float64 activations"):
+    with pytest.raises(
+        TypeError,
+        match="must have a dtype format 'quant8_sym_twos_rounded' accepts \\(float32\\), got float64",
+    ):
         ActivationFaults("a", taps=("a",), format="int8", p=0.0, rng=0)("a", np.zeros((2, 4)))
-    with pytest.raises(ValueError, match="must fit the float16 activations"):
+    with pytest.raises(
+        ValueError,
+        match=r"float16 activations at tap 'a' \(at most 16 bits\), got 'float32' with 32 bits",
+    ):
         ActivationFaults("a", taps=("a",), format="float32", p=0.0, rng=0)("a", np.zeros((2, 4), np.float16))
 
 
