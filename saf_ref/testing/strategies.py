@@ -122,8 +122,10 @@ def format_edge_classes(fmt: IEEEFormat) -> dict[str, list[float]]:
         "smallest normal and its neighbours": [tiny, tiny + sub],
         "ordinary values (1/2, 1, 3/2, 2)": [0.5, 1.0, 1.5, 2.0],
         "ties to even at 1 (even and odd base)": [1 + h, 1 + 3 * h, 1 + h / 2, 1 + 2 * h + h],
+        # ... and the next power of two, 2**(emax + 1), which a rounding carries into the exponent field
         "overflow edge (largest finite, half an ulp above, beyond)": [
             top, top + ulp_top / 2, top + ulp_top / 4, top + ulp_top, 2 * top, top - ulp_top / 2,
+            math.ldexp(1.0, fmt.emax + 1), math.ldexp(1.0, fmt.emax + 1) - ulp_top / 4,
         ],
         # just above / below a tie by less than half a float32 ulp
         "double-rounding traps": [1 + h + 2.0**-40, 1 + h - 2.0**-40, 1 + 3 * h - 2.0**-40],

@@ -254,6 +254,10 @@ def _faults_explicit(ctx: Context) -> list[Boundary]:
         ("non-contiguous codes (a transposed 2-D array)", (transposed, faults(spread), 16)),
         ("rank 0 codes", (np.array(0x5A, dtype=np.uint8), faults([(0, 0, "flip"), (0, 7, "stuck1")], 8), 8)),
         ("empty FaultList", (np.array([1, 2, 3], dtype=np.uint16), faults([]), 16)),
+        ("stuck-at listed before flips of the same bit (flips still come first)",
+         (np.array([0x0000, 0xFFFF], dtype=np.uint16),
+          faults([(0, 2, "stuck1"), (0, 2, "flip"), (1, 4, "stuck0"), (1, 4, "flip"), (1, 4, "flip"),
+                  (1, 4, "flip")]), 16)),
         ("12-bit words in uint16 (bit 11)",
          (np.array([0x0FFF, 0x0800, 0x0001], dtype=np.uint16), faults([(0, 11, "flip"), (1, 11, "stuck0"),
                                                                        (2, 11, "stuck1")], 12), 12)),
@@ -282,7 +286,7 @@ QUANT_RANGES = (
     ("asymmetric", "min..max range", None, None),
     ("asymmetric", "min..max of x clipped", 0.5, None),
 )
-QUANT_NBITS = (8, 4, 2, 16, 3, 5, 8, 12)
+QUANT_NBITS = (8, 4, 2, 16, 3, 9, 8, 12, 5, 7)
 
 
 def _quant_input(config: dict[str, Any]) -> np.ndarray:
@@ -331,6 +335,15 @@ def _quant_explicit(ctx: Context) -> list[Boundary]:
         Boundary("constant tensor (max = min)", (asym, np.full(5, 0.3, dtype=np.float32))),
         Boundary("all-zero tensor, margin 0 (step 0)", (sym, np.zeros(4, dtype=np.float32))),
         Boundary("tiny values (a subnormal step)", (sym, np.array([1e-38, -3e-39, 0.0, 1e-45], np.float32))),
+    ]
+    # a step that rounds down to the smallest subnormal: |x| / step exceeds L, and the stored integer
+    # saturates (offset binary at 0 and 2**m - 1, two's complement at -2**(m-1) and 2**(m-1) - 1)
+    edge = np.array([1.2e-44, -1.2e-44, 0.0, 7e-45], dtype=np.float32)
+    for code in ("offset_binary", "twos_complement"):
+        for rounding in ("nearest_even", "toward_zero"):
+            cfg = dict(sym, nbits=4, code=code, rounding=rounding)
+            rows.append(Boundary(f"|x| / step above L (subnormal step), {code}, {rounding}", (cfg, edge)))
+    rows += [
         Boundary("rank 0 input", (dict(sym, code="twos_complement"), np.array(0.3, dtype=np.float32))),
         Boundary("rank 3, non-contiguous input", (asym, sst.strided(x[:12].reshape(2, 3, 2)))),
     ]
@@ -344,6 +357,8 @@ def _dequant_explicit(ctx: Context) -> list[Boundary]:
         config, x = row.case
         q = Quantizer(**config)
         top = 1 << config["nbits"]
+        if config["code"] == "offset_binary" and config["nbits"] < 8 * q.container.itemsize:
+            top = 1 << (8 * q.container.itemsize)  # container bits above nbits (flipped) are clamped
         out.append(
             Boundary(row.name + ", every code", (config, q.encode(x)[1], np.arange(top, dtype=q.container)))
         )
