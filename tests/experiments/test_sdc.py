@@ -169,6 +169,14 @@ def test_activation_sdc_errors(digits):
         run(formats=(3,))
     with pytest.raises(ValueError, match="rates\\[0\\] must be"):
         run(rates=(-0.1,))
+    with pytest.raises(ValueError, match="rates must be a non-empty sequence"):
+        run(rates=())
+    with pytest.raises(TypeError, match="rates must be a non-empty sequence"):
+        run(rates=0.1)
+    with pytest.raises(ValueError, match="y must hold one integer label per image"):
+        run_activation_sdc("small_cnn", params, state, x, y[:5], rates=(0.1,), trials=1, seed=0)
+    with pytest.raises(TypeError, match="per_bit"):
+        run(per_bit=1)
     with pytest.raises(TypeError, match="executor must be"):
         run(executor="threads")
     with pytest.raises(ValueError, match="trials"):
@@ -196,3 +204,17 @@ def test_layer_vulnerability_plot_draws_the_summary_rates(digits, tmp_path):
         plot_layer_vulnerability(res.summary, tmp_path / "x.png", ber=0.5)
     with pytest.raises(ValueError, match="summary must hold activation-campaign rows"):
         plot_layer_vulnerability([], tmp_path / "x.png")
+
+
+def test_weight_sdc_errors(mlp, digits):
+    params, state = mlp
+    x, y = digits.x_test[:10], digits.y_test[:10]
+    good = Subject("baseline", "identity", "float32", "mlp", params, state, default_spec("float32"))
+    with pytest.raises(ValueError, match="subjects must be a non-empty sequence of Subject"):
+        run_weight_sdc([], x, y, (0.1,), trials=1, seed=0)
+    with pytest.raises(TypeError, match="subjects\\[1\\] must be a Subject"):
+        run_weight_sdc([good, "mlp"], x, y, (0.1,), trials=1, seed=0)
+    with pytest.raises(ValueError, match="rates\\[0\\] must be"):
+        run_weight_sdc([good], x, y, (1.5,), trials=1, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        run_weight_sdc([good], x, y, (0.1,), trials=1, seed=-1)
