@@ -209,7 +209,8 @@ def plot_layer_vulnerability(
         if r[f"{outcome}_rate"] is not None:
             rate[i, j] = r[f"{outcome}_rate"]
             low[i, j], high[i, j] = r[f"{outcome}_ci_low"], r[f"{outcome}_ci_high"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.5 * len(layers) * max(1, len(formats)) ** 0.5), 4.2))
+    width_in = min(12.0, max(5.0, 1.0 + 0.5 * len(layers) * len(formats) ** 0.5))  # ResNet-20: 19 layers
+    fig, ax = plt.subplots(figsize=(width_in, 4.2))
     width = 0.8 / len(formats)
     x = np.arange(len(layers))
     for i, fmt in enumerate(formats):
