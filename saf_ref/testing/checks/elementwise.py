@@ -88,7 +88,9 @@ def _transform_cases(draw, dtype: np.dtype, vjp: bool):
     return scale, u, dw
 
 
-def _transform_explain(name: str, u: np.ndarray, scale: float, got: np.ndarray, vjp: bool):
+def _transform_explain(
+    name: str, u: np.ndarray, scale: float, got: np.ndarray, vjp: bool, dw: np.ndarray | None = None
+):
     """The known divergences of a transform, each only where it applies.
 
     ``softsign-infinity``: softsign only (``inf / inf``, also where ``u / a`` overflows), forward and
@@ -107,6 +109,8 @@ def _transform_explain(name: str, u: np.ndarray, scale: float, got: np.ndarray, 
             out["softsign-infinity"] = bad & infinite & np.isnan(g)
         if vjp:
             out["nan-latent-gradient"] = bad & np.isnan(u) & ~np.isnan(g)
+            if dw is not None:  # a subnormal upstream gradient read as 0 (denormals-are-zero)
+                out["flush-to-zero"] = bad & (g == 0) & (np.abs(dw) < tiny)
         else:
             out["flush-to-zero"] = bad & (g == 0) & (np.abs(u) < tiny)
         return out
@@ -193,7 +197,7 @@ def _make_transform(name: str, vjp: bool) -> Check:
             magnitude=magnitude,
             atol=atol,
             inputs=inputs,
-            explain=_transform_explain(name, u, scale, got, vjp),
+            explain=_transform_explain(name, u, scale, got, vjp, dw),
         )
 
     def explicit(ctx: Context):
@@ -296,7 +300,11 @@ def _relu_vjp_run(ctx: Context, case) -> Outcome:
     got = result(ctx.call("relu_vjp", x, dy), ctx.dtype, x.shape, "relu_vjp")
 
     def explain(bad):  # a positive subnormal x read as 0 (denormals-are-zero): x > 0 is false
-        return {"flush-to-zero": bad & (np.asarray(got) == 0) & (x > 0) & (x < np.finfo(x.dtype).tiny)}
+        g = np.asarray(got)
+        return {
+            "flush-to-zero": bad & (g == 0) & (x > 0) & (x < np.finfo(x.dtype).tiny),
+            "relu-nan-gradient": bad & np.isnan(x) & (g == 0),
+        }
 
     return assert_exact(
         got,
@@ -395,6 +403,7 @@ def sgd_classes() -> list[Boundary]:
         ("momentum and weight decay", sst.SGDCase(((3, 2), (4,)), 3, 0.1, 0.9, 0.0, 5e-4, False, 0)),
         ("Nesterov", sst.SGDCase(((5,),), 2, 0.05, 0.9, 0.0, 0.0, True, 1)),
         ("plain SGD (momentum 0)", sst.SGDCase(((4,),), 2, 0.1, 0.0, 0.0, 0.0, False, 2)),
+        ("momentum 0, dampening 0.5 (ignored)", sst.SGDCase(((4,),), 3, 0.1, 0.0, 0.5, 0.0, False, 9)),
         ("one step with momentum and dampening (the first step is not dampened)",
          sst.SGDCase(((6,),), 1, 0.1, 0.9, 0.5, 0.0, False, 3)),
         ("dampening over 4 steps", sst.SGDCase(((3,),), 4, 0.1, 0.5, 0.5, 0.01, False, 4)),
