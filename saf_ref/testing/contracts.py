@@ -113,6 +113,10 @@ KNOWN_DIVERGENCES: dict[str, str] = {
         "that XLA sets on the CPU (JAX) and that GPU kernels often use. saf_ref, NumPy and PyTorch's CPU "
         "kernels keep subnormals (gradual underflow)."
     ),
+    "relu-nan-gradient": (
+        "the ReLU gradient at a NaN input: saf_ref and PyTorch pass dy through (the mask is x <= 0, false "
+        "for NaN); JAX's jax.nn.relu multiplies by x > 0 and returns 0. The derivative at NaN is undefined."
+    ),
     "relu-negative-zero": (
         "relu(-0.0): saf_ref and PyTorch return -0.0 (x < 0 is false); max(x, 0) implementations "
         "return +0.0. The values are equal; only the sign of zero differs."

@@ -56,6 +56,54 @@ _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
 _ARCHS = ("resnet20", "resnet18_cifar", "resnet18")
 
 
+def _div(a, b):
+    """float32 ``a / b`` correctly rounded: computed in float64 and rounded once (exact for a quotient of
+    float32 values, as 53 >= 2 * 24 + 2). XLA rewrites a division by a broadcast scalar as a multiplication
+    by its reciprocal, a double rounding that is 1 ulp off (``-0.05 / float32(1/30)`` gives -1.4999999
+    instead of -1.5, and the quantizer then picks the wrong level)."""
+    import jax.numpy as jnp
+
+    return (a.astype(jnp.float64) / b.astype(jnp.float64)).astype(jnp.float32)
+
+
+def _decline_subnormals(method: str, values: np.ndarray) -> None:
+    """``NotImplementedError`` (the suite counts the case as unsupported) for subnormal float32 values.
+
+    XLA's CPU runtime treats subnormal inputs as zero (denormals-are-zero) in every arithmetic operation
+    and conversion, so a quantizer fed a subnormal value, range or step computes with 0 instead.
+    """
+    with np.errstate(invalid="ignore"):
+        tiny = np.abs(values[np.isfinite(values)]).astype(np.float32)
+    if np.any((tiny != 0) & (tiny < np.finfo(np.float32).tiny)):
+        raise NotImplementedError(
+            f"JaxBackend.{method}: subnormal values (XLA on the CPU treats them as zero: denormals-are-zero)"
+        )
+
+
+def _mul(a, b):
+    """float32 ``a * b`` rounded on its own: the product is exact in float64 (24 + 24 bits) and rounded to
+    float32 once, so that XLA cannot fuse it with a following addition into an FMA."""
+    import jax.numpy as jnp
+
+    return (a.astype(jnp.float64) * b.astype(jnp.float64)).astype(jnp.float32)
+
+
+def _mul_add(a, b, c):
+    """float32 ``a * b + c`` with two roundings, as written (no fused multiply-add).
+
+    XLA's CPU compiler contracts a float32 multiply and add into an FMA, even across an optimization
+    barrier, and shrinks a float64 product of float32 values back to a float32 multiply first. Here the
+    product is formed in float64 (exact), rounded to float32 precision by ``reduce_precision`` (a bit
+    operation the compiler cannot fuse), added in float64 (exact, or far below half a float32 ulp) and
+    rounded to float32: the correctly rounded float32 sum of the rounded product and ``c``."""
+    import jax
+    import jax.numpy as jnp
+
+    f64 = jnp.float64
+    product = jax.lax.reduce_precision(a.astype(f64) * b.astype(f64), exponent_bits=8, mantissa_bits=23)
+    return (product + c.astype(f64)).astype(jnp.float32)
+
+
 def _bucket(n: int, least: int = 64) -> int:
     """The padded length of ``n`` elements: the next power of two, at least ``least``."""
     return max(least, 1 << max(0, int(n) - 1).bit_length())
@@ -107,7 +155,7 @@ class JaxBackend:
             raise ValueError(f"{fn}: dtype must be one of {tuple(DEFAULT_ROUNDOFF)}, got {dtype!r}")
         try:
             self._device = jax.devices(str(device))[0]
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise ValueError(
                 f"{fn}: device must be a JAX platform this machine has, got {device!r} ({err})"
             ) from None
@@ -225,7 +273,11 @@ class JaxBackend:
         def build():
             def f(words, u, p32, keep_mask):
                 weights = self._weights(u.shape[-1])
-                flips = (u < p32) & ((weights & keep_mask) == 0)  # protected bits never flip
+                # u, p >= 0: float order is the order of the bit patterns. A float comparison would read a
+                # subnormal p as 0 (XLA's denormals-are-zero mode) and flip nothing.
+                bits = self.lax.bitcast_convert_type
+                below = bits(u, jnp.int32) < bits(p32, jnp.int32)
+                flips = below & ((weights & keep_mask) == 0)  # protected bits never flip
                 masks = jnp.sum(jnp.where(flips, weights, jnp.uint64(0)), axis=-1, dtype=jnp.uint64)  # an OR
                 return (words.astype(jnp.uint64) ^ masks).astype(words.dtype)
 
@@ -279,7 +331,7 @@ class JaxBackend:
         """Codes of float32 ``t`` on the grid ``k * step`` clipped to ``[-q, q]`` (the published code)."""
         jnp = self.jnp
         f32 = jnp.float32
-        s = jnp.zeros_like(t) if zero_step else jnp.clip(t, -q, q) / step
+        s = jnp.zeros_like(t) if zero_step else _div(jnp.clip(t, -q, q), step)
         if code == "offset_binary":
             u = jnp.clip(s + f32(2.0 ** (nbits - 1)), f32(0.0), f32(2.0**nbits - 1))
             return (jnp.round(u) if nearest else u).astype(jnp.int64)  # astype truncates toward zero
@@ -299,6 +351,7 @@ class JaxBackend:
         clip = cfg.get("clip")
         symmetric = cfg.get("scheme", "asymmetric") == "symmetric"
 
+        _decline_subnormals("quantize", np.asarray(x))
         ab, lo, hi = self._quant_stats(x, clip, symmetric)
         if symmetric:
             if cfg.get("max_abs") is not None:
@@ -317,6 +370,8 @@ class JaxBackend:
             q, step = 1.0, float(f32((1.0 + margin) / levels))
             context = dict(scheme="asymmetric", code=code, nbits=nbits, q=q, step=step, min=lo, max=hi)
 
+        _decline_subnormals("quantize", np.array([q, step, lo, hi, width], dtype=np.float32))
+
         def build():
             def f(v, c, lo_, width_, q_, step_):
                 if not symmetric:
@@ -325,7 +380,7 @@ class JaxBackend:
                     v = (
                         jnp.zeros_like(v)
                         if width == 0
-                        else (v - lo_) / width_ * jnp.float32(2) - jnp.float32(1)
+                        else _div(v - lo_, width_) * jnp.float32(2) - jnp.float32(1)
                     )
                 return self._levels(v, q_, step_, nbits, code, nearest, step == 0)
 
@@ -370,30 +425,44 @@ class JaxBackend:
                     k = jnp.where(words >= (1 << (nbits - 1)), words - (1 << nbits), words).astype(
                         jnp.float32
                     )
-                y = jnp.clip(k * step, -q, q)
+                y = jnp.clip(_mul(k, step), -q, q)
                 if scheme == "asymmetric":
                     y = (y + jnp.float32(1)) / jnp.float32(2)
-                    # XLA contracts y * width + lo into an FMA (one rounding); the published algorithm, and
-                    # saf_ref, round the product first: an optimization barrier keeps the two roundings
-                    y = jnp.clip(self.lax.optimization_barrier(y * width) + lo, lo, hi)
+                    # XLA's CPU code contracts y * width + lo into a fused multiply-add (one rounding; an
+                    # optimization barrier does not stop it); the published algorithm rounds the product
+                    y = jnp.clip(_mul_add(y, width, lo), lo, hi)
                 return y
 
             return f
 
         asym = scheme == "asymmetric"
         lo, hi = (context["min"], context["max"]) if asym else (0.0, 0.0)
+        _decline_subnormals("dequantize", np.array([context["q"], context["step"], lo, hi], dtype=np.float32))
         width = float(np.float32(hi - lo))
         scalars = tuple(jnp.asarray(np.float32(v)) for v in (context["q"], context["step"], lo, hi, width))
         return self._elementwise(("dequantize", nbits, code, scheme), build, codes, scalars=scalars)
 
     # ------------------------------------------------------------------------------------- protect
     def _softsign(self, x):
-        """``x * (1 / (1 + |x|))``. ``jax.nn.soft_sign`` (``x / (1 + |x|)``) is not used: JAX differentiates
-        the division as ``(dw * (1 + |x|)**-2) * x``, whose first product underflows to 0 for ``|x|`` above
-        about ``1e16`` and leaves the other term, ``dw / (1 + |x|)``, uncancelled (the oracle's
-        ``transform_vjp[softsign]`` fails it by 1e6 bounds)."""
-        jnp = self.jnp
-        return x * (1 / (1 + jnp.abs(x)))
+        """``jax.nn.soft_sign`` (``x / (1 + |x|)``) with its derivative ``r * r``, ``r = 1 / (1 + |x|)``.
+
+        JAX's own derivative of ``x / (1 + |x|)`` is ``dw / (1 + |x|) - (dw * (1 + |x|)**-2) * x``; its
+        second product underflows to 0 for ``|x|`` above about ``1e16`` and leaves the first term
+        uncancelled (``transform_vjp[softsign]`` fails it by a factor of 1e6), so the derivative is given
+        as saf_ref's, squared after the division."""
+        jax = self.jax
+
+        @jax.custom_jvp
+        def softsign(v):
+            return jax.nn.soft_sign(v)
+
+        @softsign.defjvp
+        def _(primals, tangents):
+            (v,), (dv,) = primals, tangents
+            r = 1 / (1 + self.jnp.abs(v))
+            return softsign(v), r * r * dv
+
+        return softsign(x)
 
     def _j_transform(self, name: str, u, a, unit: bool):
         """``a f(u / a)`` with jax's elementwise functions (autodiff supplies the derivative)."""

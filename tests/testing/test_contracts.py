@@ -250,5 +250,6 @@ def test_known_divergences_are_documented():
         "nan-latent-gradient",
         "relu-negative-zero",
         "flush-to-zero",
+        "relu-nan-gradient",
     }
     assert all(len(v) > 40 for v in KNOWN_DIVERGENCES.values())

@@ -8,6 +8,7 @@ zero elsewhere. The rest run JaxBackend through the suite and are skipped where 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from saf_ref.testing.checks import SuiteOptions
 from saf_ref.testing.numpy_backend import NumpyBackend
@@ -91,3 +92,51 @@ def test_relu_flush_to_zero_is_recognised_and_a_real_zero_gradient_is_not():
         assert results[name].divergences.get("flush-to-zero", 0) > 0
     buggy = _statuses(run_suite(ReluVjpZeroBelowOne(), OPTIONS, only=["relu_vjp"]))
     assert buggy["relu_vjp"].status == "fail"
+
+
+# ------------------------------------------------------------------------------- JAX through the suite
+def _jax():
+    """jax, or a clean skip where it is not installed (``pip install 'saf_ref[jax]'``)."""
+    return pytest.importorskip("jax")
+
+
+CHEAP = ["encode*", "decode*", "flip_by_uniform", "apply_faults", "quantize", "dequantize", "transform_*",
+         "relu_*", "sgd", "linear_*", "cross_entropy_*"]
+
+
+def test_jax_passes_the_elementwise_and_bit_checks():
+    jax = _jax()
+    from saf_ref.testing.jax_backend import JaxBackend
+
+    before = jax.config.jax_enable_x64
+    report = run_suite(JaxBackend(), OPTIONS, only=CHEAP)
+    assert report.ok, report.table()
+    results = _statuses(report)
+    assert all(r.status in ("pass", "known divergence") for r in report.results)
+    # the divergences JAX shows, each where it is expected (README of the oracle kit)
+    assert results["encode[float32]"].divergences.get("flush-to-zero", 0) > 0  # float64 -> float32 flushes
+    assert results["encode[bfloat16]"].divergences.get("narrowing-via-float32", 0) > 0
+    assert results["encode[float8_e4m3fn]"].status == "pass"  # IEEE-style overflow, as saf_ref
+    assert results["relu_forward"].divergences.get("flush-to-zero", 0) > 0
+    assert jax.config.jax_enable_x64 == before  # x64 only inside the backend's calls
+
+
+def test_jax_passes_layers_and_a_model_in_float64():
+    _jax()
+    from saf_ref.testing.jax_backend import JaxBackend
+
+    options = SuiteOptions(examples=3, model_examples=1, seed=0)
+    layers = ["conv2d_*", "maxpool2d_*", "batchnorm2d_*", "global_avgpool_*", "model[resnet20]"]
+    report = run_suite(JaxBackend(dtype="float64"), options, only=layers)
+    assert report.ok, report.table()
+    assert {r.status for r in report.results} == {"pass"}  # float64: no subnormal flush in these cases
+
+
+def test_jax_backend_rejects_a_bad_dtype_and_device():
+    _jax()
+    from saf_ref.testing.jax_backend import JaxBackend
+
+    with pytest.raises(ValueError, match="JaxBackend: dtype must be one of"):
+        JaxBackend(dtype="float16")
+    with pytest.raises(ValueError, match="JaxBackend: device must be a JAX platform"):
+        JaxBackend(device="no_such_platform")

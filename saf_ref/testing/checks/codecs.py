@@ -415,7 +415,12 @@ def _dequantize_run(ctx: Context, case) -> Outcome:
     got = result(
         ctx.call("dequantize", codes, context.to_dict(), dict(config)), np.float32, codes.shape, what
     )
-    return assert_exact(got, expected, what=what, inputs={"code": codes})
+    tiny = np.finfo(np.float32).tiny
+
+    def explain(bad: np.ndarray) -> dict[str, np.ndarray]:  # a subnormal value flushed to +-0
+        return {"flush-to-zero": bad & (got == 0) & (np.abs(expected) < tiny)}
+
+    return assert_exact(got, expected, what=what, inputs={"code": codes}, explain=explain)
 
 
 def codec_checks() -> list[Check]:
