@@ -37,8 +37,10 @@ import ctypes
 import functools
 import glob
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -84,18 +86,35 @@ def _bundled_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | Non
 
 
 @functools.cache
-def _threadpoolctl_limits():
+def _threadpoolctl_controller_class():
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    return threadpool_limits
+    return ThreadpoolController
+
+
+_controller: tuple[int, Any] | None = None  # (len(sys.modules) at the scan, threadpoolctl controller)
+
+
+def _threadpool_controller() -> Any:
+    """threadpoolctl's controller of the libraries loaded in this process, rescanned after new imports.
+
+    A scan (what ``threadpoolctl.threadpool_limits`` does on every call) reads ``/proc/self/maps`` and
+    opens each thread-pool library: 1-2.5 ms, paid on every pin, hence on every evaluation of a campaign
+    (11% of a demo sweep). A BLAS library is loaded by importing a module, so the scan is redone only
+    when ``sys.modules`` has grown since the last one. Callers hold ``_lock`` or run before any thread.
+    """
+    global _controller
+    if _controller is None or _controller[0] != len(sys.modules):
+        _controller = (len(sys.modules), _threadpoolctl_controller_class()())
+    return _controller[1]
 
 
 def pinning_method() -> str | None:
     """How :func:`blas_threads_pinned` limits BLAS here: ``"threadpoolctl"``, ``"openblas"`` (NumPy's
     bundled OpenBLAS through ctypes) or ``None`` (no way found: the context manager does nothing)."""
-    if _threadpoolctl_limits() is not None:
+    if _threadpoolctl_controller_class() is not None:
         return "threadpoolctl"
     if _bundled_openblas() is not None:
         return "openblas"
@@ -105,7 +124,7 @@ def pinning_method() -> str | None:
 def _pin_one_thread(method: str | None) -> Callable[[], None] | None:
     """Limit BLAS to one thread; return the function that undoes it."""
     if method == "threadpoolctl":
-        limiter = _threadpoolctl_limits()(limits=1, user_api="blas")
+        limiter = _threadpool_controller().limit(limits=1, user_api="blas")
         return limiter.restore_original_limits
     if method == "openblas":
         get, set_ = _bundled_openblas()

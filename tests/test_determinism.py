@@ -119,3 +119,24 @@ def test_pin_with_no_method_is_a_no_op():
         a = np.ones((4, 4), np.float32) @ np.ones((4, 4), np.float32)
     assert a[0, 0] == 4
     assert determinism.pinning_method() in (None, "threadpoolctl", "openblas")
+
+
+def test_threadpoolctl_scan_is_reused_until_a_module_is_imported(tmp_path, monkeypatch):
+    """The libraries are scanned once (a scan costs milliseconds; campaigns pin on every evaluation), and
+    again after an import, which is how a new BLAS library would arrive."""
+    if "threadpoolctl" not in _available_methods():
+        pytest.skip("threadpoolctl is not installed")
+    get = _blas_threads_reader("threadpoolctl")
+    with determinism.blas_threads_pinned("threadpoolctl"):
+        assert get() == 1
+    first = determinism._controller[1]
+    with determinism.blas_threads_pinned("threadpoolctl"):
+        assert get() == 1
+    assert determinism._controller[1] is first  # no new scan
+    (tmp_path / "saf_ref_probe_module_for_rescan.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import saf_ref_probe_module_for_rescan  # noqa: F401
+
+    with determinism.blas_threads_pinned("threadpoolctl"):
+        assert get() == 1
+    assert determinism._controller[1] is not first  # sys.modules grew: scanned again
