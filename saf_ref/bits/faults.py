@@ -399,8 +399,9 @@ def inject_chunked(codes: np.ndarray, bits: np.ndarray, p: float, rng: np.random
 
     The same draws and the same result (``tests/bits/test_faults_fast.py`` compares them with the code
     before this function existed), faster: at ``p = 1e-3`` on 11.7 million float32 words the old path
-    took about 2.7 times one copy of the array under load, this one about 1.4 to 1.9 times
-    (``benchmarks/bench_inject.py``). Where the time went, and what changed:
+    took 2.7-2.9 times one copy of the array on a loaded 2-core machine, this one 1.8-2.0 times (1.6-1.7
+    with the benchmark at real-time priority; ``benchmarks/bench_inject.py`` and its README section).
+    Where the time went, and what changed:
 
     - Positions are handled chunk by chunk as :func:`bernoulli_chunks` yields them (64 Ki draws at a
       time, in reused buffers): no array of all the positions, element indices and masks is built, and
