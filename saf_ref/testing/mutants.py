@@ -435,7 +435,7 @@ class NpFaultIndexInMemoryOrder(NumpyMutant):
 
 
 class NpQuantizerClipIgnoresMargin(NumpyMutant):
-    bug = "symmetric quantizer with clip: the margin is added after the cap (q = min(max abs(x), clip) + margin)"
+    bug = "symmetric quantizer with clip: the margin added after the cap: q = min(max abs(x), clip) + margin"
     caught_by = "quantize"
 
     def quantize(self, x, config):

@@ -338,7 +338,9 @@ def _quant_explicit(ctx: Context) -> list[Boundary]:
     ]
     # a step that rounds down to the smallest subnormal: |x| / step exceeds L, and the stored integer
     # saturates (offset binary at 0 and 2**m - 1, two's complement at -2**(m-1) and 2**(m-1) - 1)
-    edge = np.array([1.2e-44, -1.2e-44, 0.0, 7e-45], dtype=np.float32)
+    # q = 10 subnormal units, q / L = 10/7 units rounds to 1 unit: |x| / step = 10 > L + 2 = 9 (4 bits)
+    units = np.ldexp(np.array([10.0, -10.0, 0.0, 5.0]), -149)
+    edge = units.astype(np.float32)
     for code in ("offset_binary", "twos_complement"):
         for rounding in ("nearest_even", "toward_zero"):
             cfg = dict(sym, nbits=4, code=code, rounding=rounding)
