@@ -471,6 +471,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory to save trained models to and load them from (shared with saf-ref demo)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output (the tables still print)")
+    parser.add_argument(
+        "--list-taps",
+        action="store_true",
+        help="print the activation tap names (layers) of --model, one per line, and exit",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FormatsConfig:
@@ -509,6 +514,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     from saf_ref.experiments.demo import check_out
 
     cfg = config_from_args(args)
+    if args.list_taps:
+        from saf_ref.faults_act import activation_taps
+
+        print("\n".join(activation_taps(cfg.model)))
+        return 0
     check_out(args.out, args.force, "saf-ref format-faults", "--out", "--force", outputs=OUTPUTS)
     doc = run_formats(cfg, args.out, force=args.force)
     if doc["interrupted"]:

@@ -174,3 +174,14 @@ def test_config_checks_name_fields():
         FormatsConfig(transforms=())
     values = {k: f.default for k, f in FormatsConfig.__dataclass_fields__.items()}
     check_config(values, "x")  # the defaults pass
+
+
+def test_list_taps_prints_the_models_tap_names(capsys):
+    from saf_ref.faults_act import activation_taps
+
+    assert main(["format-faults", "--list-taps", "--model", "resnet20"]) == 0
+    assert capsys.readouterr().out.split() == list(activation_taps("resnet20"))
+    assert main(["format-faults", "--list-taps"]) == 0
+    assert capsys.readouterr().out.split() == ["relu1", "relu2", "relu3"]
+    assert main(["format-faults", "--list-taps", "--model", "vgg"]) == 2
+    assert "--model must be one of" in capsys.readouterr().err
