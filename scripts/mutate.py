@@ -71,7 +71,87 @@ SWAPS = {
 
 #: Mutants that cannot change any result the protocol defines, keyed by
 #: ``"<function>: <original> -> <mutated>"`` (the ``key`` of :class:`Mutant`), with the reason.
-EQUIVALENT: dict[str, str] = {}
+_OVERFLOW = (
+    "the overflow test is `mag > max_code`, and a rounded magnitude is either at most the largest finite "
+    "code or the infinity code (a carry out of the top binade lands exactly on it) or beyond it by at least "
+    "2**m: moving the threshold onto the infinity code changes no result"
+)
+_CTOR = (
+    "an attribute set from a constructor argument; the protocol's default for a missing attribute is the "
+    "same for the suite's backends (name: the class name, device 'cpu', dtype float32), and the constructor "
+    "is not part of the protocol"
+)
+_BUFFER = (
+    "the size of a scratch buffer padded on each side: the scatter only writes the window positions, which "
+    "lie inside the input and its padding, and only the interior is read back"
+)
+EQUIVALENT: dict[str, str] = {
+    "_Layout.__init__ @28 `self.max_code = self.inf_code - 1`: self.inf_code - 1 -> self.inf_code + 1": _OVERFLOW,  # noqa: E501
+    "_Layout.__init__ @44 `self.max_code = self.inf_code - 1`: 1 -> 0": _OVERFLOW,
+    "_Layout.__init__ @44 `self.max_code = self.nan_code - 1`: 1 -> 0": (
+        "float8_e4m3fn: a magnitude equal to the NaN code (0x7F) is the NaN code either way"
+    ),
+    'ReferenceBackend.__init__ @8 `self.name = "reference (numpy, from the spec)"`: '
+    'self.name = "reference (numpy, from the spec)" -> pass': _CTOR,
+    "ReferenceBackend.__init__ @8 `self.dtype = str(dtype)`: self.dtype = str(dtype) -> pass": _CTOR
+    + " (dropping it makes a float64 request run as float32: a runner that compared the declared dtype with "
+    "the requested one would catch it; see the report)",
+    "ReferenceBackend.__init__ @8 `self.device = device`: self.device = device -> pass": _CTOR,
+    "ReferenceBackend.encode @21 `a = np.where(nan | inf, 0.0, np.abs(v))`: nan | inf -> nan & inf": (
+        "the placeholder magnitude of NaN and inf inputs: both are overwritten by the NaN and infinity codes"
+    ),
+    "ReferenceBackend.encode @32 `a = np.where(nan | inf, 0.0, np.abs(v))`: 0.0 -> 1.0": (
+        "the placeholder magnitude of NaN and inf inputs, overwritten by their codes"
+    ),
+    "ReferenceBackend.encode @32 `a = np.where(nan | inf, 0.0, np.abs(v))`: 0.0 -> -1.0": (
+        "the placeholder magnitude of NaN and inf inputs, overwritten by their codes"
+    ),
+    "ReferenceBackend.apply_faults @57 `flat = np.array(codes, dtype=np.uint64).reshape(-1)`: 1 -> 2": (
+        "reshape(-2): NumPy takes any negative size as the one inferred dimension"
+    ),
+    "ReferenceBackend.apply_faults @73 `records = list(zip(faults.index, faults.bit, faults.kind, "
+    "strict=True))`: True -> False": "a FaultList's columns always have the same length",
+    "ReferenceBackend.quantize @36 `codes = self._levels(t, f32(1), step, cfg)`: 1 -> 2": (
+        "the clip of t to [-q, q]: t = 2 (x - min) / (max - min) - 1 lies in [-1, 1] exactly (float32 "
+        "rounding is monotonic and x - min rounds like max - min at x = max), so neither bound binds"
+    ),
+    "ReferenceBackend._derivative @32 `return np.where(x <= 1, 1 / (1 + x * x), r * r / (1 + r * r))`: "
+    "x <= 1 -> x < 1": "at x = 1 both branches give exactly 0.5",
+    "ReferenceBackend._derivative @37 `return np.where(x <= 1, 1 / (1 + x * x), r * r / (1 + r * r))`: "
+    "1 -> 2": (
+        "for 1 < x <= 2 both branches compute 1 / (1 + x**2) to within 2 float64 ulps (no overflow or "
+        "underflow there), inside the 4-ulp contract in either dtype"
+    ),
+    "ReferenceBackend.transform_forward @8 `u = np.asarray(u)`: u = np.asarray(u) -> pass": (
+        "the protocol passes arrays"
+    ),
+    "ReferenceBackend.transform_vjp @8 `u = np.asarray(u)`: u = np.asarray(u) -> pass": "the protocol passes arrays",  # noqa: E501
+    "ReferenceBackend.conv2d_vjp @34 `dxp = np.zeros((n, c, h + 2 * ph, wid + 2 * pw), dtype=x.dtype)`: 2 -> 3": (  # noqa: E501
+        _BUFFER
+    ),
+    "ReferenceBackend.conv2d_vjp @48 `dxp = np.zeros((n, c, h + 2 * ph, wid + 2 * pw), dtype=x.dtype)`: 2 -> 3": (  # noqa: E501
+        _BUFFER
+    ),
+    "ReferenceBackend.batchnorm2d_forward @12 `n = x.size // x.shape[1]`: x.size // x.shape[1] -> "
+    "x.size / x.shape[1]": "the division is exact (n = N H W): the same number as a float",
+    "ReferenceBackend.batchnorm2d_vjp @16 `n = x.size // x.shape[1]`: x.size // x.shape[1] -> "
+    "x.size / x.shape[1]": "the division is exact (n = N H W): the same number as a float",
+    "ReferenceBackend.maxpool2d_vjp @43 `dxp = np.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), "
+    "dtype=x.dtype)`: 2 -> 3": _BUFFER,
+    "ReferenceBackend.maxpool2d_vjp @43 `dxp = np.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), "
+    "dtype=x.dtype)`: 2 -> 1": _BUFFER + " (a window's maximum is never in the -inf padding, so the far "
+    "padding rows are never written)",
+    "ReferenceBackend.maxpool2d_vjp @64 `dxp = np.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), "
+    "dtype=x.dtype)`: 2 -> 3": _BUFFER,
+    "ReferenceBackend.maxpool2d_vjp @64 `dxp = np.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), "
+    "dtype=x.dtype)`: 2 -> 1": _BUFFER + " (a window's maximum is never in the -inf padding, so the far "
+    "padding columns are never written)",
+    "ReferenceBackend.cross_entropy_forward @70 `picked = np.take_along_axis(logp, labels[:, None], "
+    "axis=1)[:, 0]`: 0 -> -1": "column 0 and column -1 of an (N, 1) array are the same column",
+    "_Net.backward @12 `return dx`: return dx -> pass": (
+        "the gradient with respect to the input images, which the model's result does not include"
+    ),
+}
 
 
 @dataclass
@@ -84,13 +164,15 @@ class Mutant:
     line: int
     before: str
     after: str
+    col: int = 0
+    text: str = ""  # the source line (stripped): with the column, the mutant's identity across edits
     status: str = ""  # killed, timeout, survived, equivalent
     check: str = ""  # the check that killed it
     seconds: float = 0.0
 
     @property
     def key(self) -> str:
-        return f"{self.function}: {self.before} -> {self.after}"
+        return f"{self.function} @{self.col} `{self.text}`: {self.before} -> {self.after}"
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -198,10 +280,11 @@ def generate(source: str) -> list[tuple[Mutant, object]]:
     Each mutation is applied to the one parsed tree, compiled, and undone (no copy of the tree).
     """
     tree = ast.parse(source)
+    lines = source.splitlines()
     out = []
     for func, node, operator, how in list(_sites(tree)):
         before = ast.get_source_segment(source, node) or ast.unparse(node)
-        line = getattr(node, "lineno", 0)
+        line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
         if how == "unwrap":
             parent, field, index = _parent(tree, node)
             _replace(parent, field, index, node.operand)
@@ -210,7 +293,11 @@ def generate(source: str) -> list[tuple[Mutant, object]]:
         elif isinstance(how, tuple):
             _, field, i = how
             stmt = getattr(node, field)[i]
-            before, line = ast.get_source_segment(source, stmt) or ast.unparse(stmt), stmt.lineno
+            before, line, col = (
+                ast.get_source_segment(source, stmt) or ast.unparse(stmt),
+                stmt.lineno,
+                stmt.col_offset,
+            )
             getattr(node, field)[i] = ast.copy_location(ast.Pass(), stmt)
             after = "pass"
             undo = lambda n=node, f=field, i=i, s=stmt: _set_list(n, f, i, s)  # noqa: E731
@@ -224,7 +311,8 @@ def generate(source: str) -> list[tuple[Mutant, object]]:
             if before != after:
                 ast.fix_missing_locations(tree)
                 code = compile(tree, str(SUBJECT), "exec")
-                out.append((Mutant(len(out), operator, func, line, before, after), code))
+                text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+                out.append((Mutant(len(out), operator, func, line, before, after, col, text), code))
         finally:
             undo()
     return out
@@ -313,7 +401,7 @@ def run_mutant(tree: ast.Module, function: str, examples: int, dtypes, full: boo
     warnings.simplefilter("ignore")
     module = _load(tree)
     kw = dict(strict=True, nan_payloads="strict", seed=0)
-    options = SuiteOptions(**kw) if full else SuiteOptions(examples=examples, model_examples=1, **kw)
+    options = SuiteOptions(examples=examples, model_examples=max(1, examples // 10) if full else 1, **kw)
     with _hypothesis_home_in_a_temporary_directory():
         for dtype in dtypes:
             try:
@@ -401,10 +489,19 @@ def table(mutants: list[Mutant]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/mutate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=3, help="generated examples per check (default 3)")
+    parser.add_argument(
+        "--confirm-examples",
+        type=int,
+        default=30,
+        help="examples per check of the survivors' rerun (default 30)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant (default 120)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--only", action="append", metavar="PATTERN", help="mutants of functions matching")
     parser.add_argument("--limit", type=int, default=None, help="run the first N mutants only")
+    parser.add_argument(
+        "--index", type=int, action="append", help="run the mutant of this index (repeatable)"
+    )
     parser.add_argument("--no-confirm", action="store_true", help="skip the full-suite rerun of survivors")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--json", metavar="PATH", help="write every mutant and its outcome")
@@ -416,6 +513,8 @@ def main(argv=None) -> int:
         pairs = [(m, t) for m, t in pairs if _selected(m.function, args.only)]
     if args.limit:
         pairs = pairs[: args.limit]
+    if args.index:
+        pairs = [(m, t) for m, t in pairs if m.index in set(args.index)]
     if args.list:
         for m, _ in pairs:
             print(f"{m.index:4d} line {m.line:4d} {m.operator:<9} {m.function:<40} {m.before} -> {m.after}")
@@ -453,18 +552,16 @@ def _run_all(todo, args, *, quick: bool) -> None:
         while queue and len(running) < max(1, args.jobs):
             m, tree = queue.pop(0)
             t0 = time.perf_counter()
+            n = args.examples if quick else args.confirm_examples
             if args.jobs <= 1:
-                m.status, m.check = run_isolated(
-                    tree, m.function, args.examples, dtypes, not quick, args.timeout
-                )
+                m.status, m.check = run_isolated(tree, m.function, n, dtypes, not quick, args.timeout)
                 m.seconds = time.perf_counter() - t0
+                _settle(m, quick)
                 _say(m, args, quick)
                 continue
             ctx = mp.get_context("fork")
             parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_child, args=(child, tree, m.function, args.examples, dtypes, not quick)
-            )
+            proc = ctx.Process(target=_child, args=(child, tree, m.function, n, dtypes, not quick))
             proc.start()
             child.close()
             running.append((m, proc, parent, t0))
@@ -481,7 +578,14 @@ def _run_all(todo, args, *, quick: bool) -> None:
                 continue
             m.seconds = time.perf_counter() - t0
             running.remove(item)
+            _settle(m, quick)
             _say(m, args, quick)
+
+
+def _settle(m: Mutant, quick: bool) -> None:
+    """A survivor whose full-suite rerun times out is not a kill: it stays a survivor (unconfirmed)."""
+    if not quick and m.status == "timeout":
+        m.status, m.check = "survived", "full-suite rerun timed out"
 
 
 def _say(m: Mutant, args, quick: bool) -> None:
