@@ -87,8 +87,9 @@ def test_torch_backend_passes_the_whole_suite_on_cpu(torch, dtype):
     assert _divergences(report) <= set(KNOWN_DIVERGENCES)
     by_name = {r.name: r for r in report.results}
     assert ("e4m3fn-overflow" in _parts(by_name["encode[float8_e4m3fn]"])) == ("e4m3fn-overflow" in quirks)
+    # float64 -> float32 keeps NaN payloads in PyTorch (the NaN kinds of the boundary table show it)
+    assert _parts(by_name["encode[float32]"]) <= {"nan-payload"}
     for name in (
-        "encode[float32]",
         "flip_by_uniform",
         "apply_faults",
         "quantize",
