@@ -260,11 +260,13 @@ def test_claim_rows_only_at_rates_where_the_baseline_is_at_chance():
         _paired_row("saf/tanh/float32/weights", "weights", 3e-5, 0.96, drop=0.03, drop_high=0.05),
         _paired_row("saf/arctan/float32/weights", "weights", 3e-5, 0.95, drop=0.031, drop_high=0.04),
         _paired_row("saf/tanh/float32/all", "all", 3e-5, 0.5, drop=0.49, drop_high=0.6),  # no baseline row
+        _paired_row("saf/tanh/q2.5/weights", "weights", 3e-5, 0.2, clean=0.2),  # clean at chance: no claim
     ]
     rows = seeds.claim_rows(paired, num_classes=10)
-    assert [(r["subject"], r["ber"], r["holds"], r["holds_ci"]) for r in rows] == [
-        ("saf/tanh/float32/weights", 3e-5, True, False),
-        ("saf/arctan/float32/weights", 3e-5, False, False),
+    assert [(r["subject"], r["ber"], r["holds"], r["holds_ci"], r["trained"]) for r in rows] == [
+        ("saf/tanh/float32/weights", 3e-5, True, False, True),
+        ("saf/arctan/float32/weights", 3e-5, False, False, True),
+        ("saf/tanh/q2.5/weights", 3e-5, False, False, False),
     ]
 
 
