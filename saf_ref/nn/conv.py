@@ -28,11 +28,10 @@ specification; three paths make it fast, chosen by the shape alone (never by the
 
 Paths 1 and 3 work on chunks of whole images (about ``_CHUNK_COLUMNS`` output positions each) so that
 the column matrix stays a few MB, in a scratch buffer reused across chunks and calls, and each chunk's
-product goes straight into the output. Where BLAS may use several threads, the chunks are spread over
-that many worker threads with BLAS pinned to one thread (``_run_chunks``). The chunk size depends only
-on the shapes, every output element is one BLAS dot product over the same ``k`` in every chunking, and
-the ``dw`` sum is accumulated chunk after chunk in a fixed order, so results do not depend on the
-number of threads.
+product goes straight into the output. BLAS runs on one thread in these loops (``_run_chunks``: two
+spin-waiting BLAS threads were slower than one). The chunk size depends only on the shapes, every
+output element is one BLAS dot product over the same ``k`` in every chunking, and the ``dw`` sum is
+accumulated chunk after chunk in a fixed order, so results do not depend on the number of threads.
 
 Measured (``benchmarks/bench_conv.py``, one thread, process CPU time, on a busy 2-core machine), forward
 + backward against the single-product im2col/col2im code this replaced: ResNet-20 stride-1 layers
@@ -48,10 +47,8 @@ input between the forward and the backward call.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -163,19 +160,39 @@ def pad_spatial(x: np.ndarray, padding: tuple[int, int], value: float = 0.0) -> 
 #: (1024 to 8192 measured: within 5% of each other up to 4096, 10-20% slower at 8192).
 _CHUNK_COLUMNS = 2048
 
-_scratch = threading.local()
+
+class Scratch:
+    """Reusable 1-D buffers, one per slot name, that grow to the largest size asked for.
+
+    Their contents are overwritten before use; reusing them saves the page faults that a fresh
+    multi-MB allocation costs on every call (``_thread_scratch``: one per thread).
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, slot: str, size: int, dtype: np.dtype) -> np.ndarray:
+        """A 1-D array of ``size`` elements of ``dtype`` (uninitialised)."""
+        nbytes = size * dtype.itemsize
+        buf = self.buffers.get(slot)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self.buffers[slot] = np.empty(nbytes, np.uint8)
+        return buf[:nbytes].view(dtype)
+
+
+_local = threading.local()
+
+
+def _thread_scratch() -> Scratch:
+    """The calling thread's scratch buffers."""
+    if not hasattr(_local, "scratch"):
+        _local.scratch = Scratch()
+    return _local.scratch
 
 
 def scratch_buffer(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
-    """A 1-D array of ``size`` elements of ``dtype``, reused across chunks and calls (one per slot and
-    thread). Its contents are overwritten before use; reusing it saves the page faults that a fresh
-    multi-MB allocation costs on every call."""
-    nbytes = size * dtype.itemsize
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    buf = buffers.get(slot)
-    if buf is None or buf.nbytes < nbytes:
-        buf = buffers[slot] = np.empty(nbytes, np.uint8)
-    return buf[:nbytes].view(dtype)
+    """A reusable 1-D array of ``size`` elements of ``dtype`` from the calling thread's scratch."""
+    return _thread_scratch().get(slot, size, dtype)
 
 
 def _chunks(n: int, per_image: int) -> list[tuple[int, int]]:
@@ -184,36 +201,23 @@ def _chunks(n: int, per_image: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+def _run_chunks(task: Callable[[int, int, Scratch], Any], chunks: list[tuple[int, int]]) -> list:
+    """``[task(start, stop, scratch) for each chunk]``, in chunk order, with BLAS on one thread.
 
-
-def _blas_threads() -> int:
-    """How many threads NumPy's BLAS may use now (1 inside :func:`saf_ref.determinism.blas_threads_pinned`,
-    or where the library cannot be asked)."""
-    openblas = determinism._bundled_openblas()
-    return max(1, openblas[0]()) if openblas is not None else 1
-
-
-def _run_chunks(task: Callable[[int, int], Any], chunks: list[tuple[int, int]]) -> list:
-    """``[task(start, stop) for each chunk]``, in chunk order.
-
-    Where BLAS may use several threads, the chunks are spread over that many worker threads instead,
-    with BLAS pinned to one thread: chunks of whole images are independent, NumPy releases the GIL in
-    its copies and products, and many mid-sized products split over BLAS threads spin-wait (on a busy
-    2-core machine two BLAS threads ran these convolutions 3-6x *slower* than one). Every chunk's
-    arithmetic is the same either way, so the results do not depend on the number of threads.
+    Many mid-sized products split over BLAS threads spin-wait at every product: on the 2-core machine
+    of the benchmarks, shared with other jobs, two BLAS threads ran these convolutions 3-6x *slower*
+    than one (single runs up to 16x). So where NumPy's BLAS may use several threads it is pinned to
+    one for the loop (through the bundled OpenBLAS's own setter: a few microseconds, no allocation),
+    and two threads are never slower than one. (Spreading the chunks, which are independent, over a
+    pool of worker threads instead gained 0-22% wall clock on that machine, and made memory use depend
+    on the order the workers started in; not worth it there.)
     """
-    threads = _blas_threads()
-    if threads == 1:
-        return [task(start, stop) for start, stop in chunks]
-    workers = min(threads, len(chunks))
-    with determinism.blas_threads_pinned():  # also for a single chunk: one BLAS thread is never slower
-        if workers == 1:
-            return [task(start, stop) for start, stop in chunks]
-        key = (os.getpid(), workers)  # a pool inherited through fork() has no threads: make a new one
-        if key not in _pools:
-            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="saf_ref-conv")
-        return list(_pools[key].map(lambda chunk: task(*chunk), chunks))
+    scratch = _thread_scratch()
+    openblas = determinism._bundled_openblas()
+    if openblas is None or openblas[0]() <= 1:
+        return [task(start, stop, scratch) for start, stop in chunks]
+    with determinism.blas_threads_pinned(method="openblas"):
+        return [task(start, stop, scratch) for start, stop in chunks]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,11 +311,11 @@ def _grid_conv(grid: np.ndarray, wmat: np.ndarray, kernel, grid_hw, out: np.ndar
     n, o, ho, wo = out.shape
     c, k, per_image = grid.shape[0], wmat.shape[1], hg * wg
 
-    def chunk(start: int, stop: int) -> None:
+    def chunk(start: int, stop: int, scratch: Scratch) -> None:
         length = (stop - start) * per_image
-        cols = scratch_buffer("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
+        cols = scratch.get("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
         cols = _grid_columns(grid, start * per_image, wg, cols)
-        prod = np.matmul(wmat, cols, out=scratch_buffer("product", o * length, grid.dtype).reshape(o, length))
+        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, grid.dtype).reshape(o, length))
         out[start:stop] = prod.reshape(o, stop - start, hg, wg)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
 
     _run_chunks(chunk, _chunks(n, per_image))
@@ -329,9 +333,9 @@ def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n:
     c, per_image = grid.shape[0], hg * wg
     k = kh * kw * c
 
-    def chunk(start: int, stop: int) -> np.ndarray:
+    def chunk(start: int, stop: int, scratch: Scratch) -> np.ndarray:
         length, first = (stop - start) * per_image, start * per_image
-        cols = scratch_buffer("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
+        cols = scratch.get("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
         return _grid_columns(grid, first, wg, cols) @ dy_grid[:, first : first + length].T
 
     return _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
@@ -389,10 +393,8 @@ def _forward_1x1(x, w, stride) -> np.ndarray:
     y = np.empty((n, o, ho, wo), dtype=x.dtype)
     wmat = w.reshape(o, c)
 
-    def chunk(start: int, stop: int) -> None:
-        pixels = scratch_buffer("cols", (stop - start) * c * ho * wo, x.dtype).reshape(
-            stop - start, c, ho, wo
-        )
+    def chunk(start: int, stop: int, scratch: Scratch) -> None:
+        pixels = scratch.get("cols", (stop - start) * c * ho * wo, x.dtype).reshape(stop - start, c, ho, wo)
         pixels[...] = x[start:stop, :, ::sh, ::sw]
         np.matmul(
             wmat, pixels.reshape(stop - start, c, ho * wo), out=y[start:stop].reshape(stop - start, o, -1)
@@ -433,11 +435,11 @@ def _forward_im2col(xp, w, stride, out_hw) -> np.ndarray:
     y = np.empty((n, o, ho, wo), dtype=xp.dtype)
     wmat = w.reshape(o, k)
 
-    def chunk(start: int, stop: int) -> None:
+    def chunk(start: int, stop: int, scratch: Scratch) -> None:
         length = (stop - start) * per_image
-        cols = scratch_buffer("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
+        cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
         cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
-        prod = np.matmul(wmat, cols, out=scratch_buffer("product", o * length, xp.dtype).reshape(o, length))
+        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, xp.dtype).reshape(o, length))
         y[start:stop] = prod.reshape(o, stop - start, ho, wo).transpose(1, 0, 2, 3)
 
     _run_chunks(chunk, _chunks(n, per_image))
@@ -452,16 +454,14 @@ def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
     wmat = w.reshape(o, k)
     dxp = np.zeros(xp.shape, dtype=xp.dtype)
 
-    def chunk(start: int, stop: int) -> np.ndarray:
+    def chunk(start: int, stop: int, scratch: Scratch) -> np.ndarray:
         length = (stop - start) * per_image
-        cols = scratch_buffer("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
+        cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
         cols = _im2col(xp[start:stop], (kh, kw), stride, (ho, wo), cols)
-        dy_chunk = scratch_buffer("product", o * length, xp.dtype).reshape(o, stop - start, ho, wo)
+        dy_chunk = scratch.get("product", o * length, xp.dtype).reshape(o, stop - start, ho, wo)
         dy_chunk[...] = dy[start:stop].transpose(1, 0, 2, 3)
         dy_mat = dy_chunk.reshape(o, length)
-        dcols = np.matmul(
-            wmat.T, dy_mat, out=scratch_buffer("dcols", k * length, xp.dtype).reshape(k, length)
-        )
+        dcols = np.matmul(wmat.T, dy_mat, out=scratch.get("dcols", k * length, xp.dtype).reshape(k, length))
         _col2im_add(
             dcols.reshape(c, kh, kw, stop - start, ho, wo), (kh, kw), stride, (ho, wo), dxp[start:stop]
         )
