@@ -95,48 +95,69 @@ def test_relu_flush_to_zero_is_recognised_and_a_real_zero_gradient_is_not():
 
 
 # ------------------------------------------------------------------------------- JAX through the suite
-def _jax():
-    """jax, or a clean skip where it is not installed (``pip install 'saf_ref[jax]'``)."""
-    return pytest.importorskip("jax")
+# JAX runs in a child process (``python -m saf_ref.testing.runner jax ... --json``): JAX starts threads,
+# and a test that forks afterwards in this process (a process pool) could deadlock.
+def _jax_report(tmp_path, *args):
+    """The JSON report of ``saf-ref check jax ARGS`` run in a fresh interpreter (skip without jax)."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install 'saf_ref[jax]')")
+    path = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "saf_ref.testing.runner", "jax", "--quiet", "--json", str(path), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
+    assert path.exists(), done.stderr[-3000:]
+    report = json.loads(path.read_text())
+    return done.returncode, report, {c["name"]: c for c in report["checks"]}
 
 
 CHEAP = ["encode*", "decode*", "flip_by_uniform", "apply_faults", "quantize", "dequantize", "transform_*",
          "relu_*", "sgd", "linear_*", "cross_entropy_*"]
 
 
-def test_jax_passes_the_elementwise_and_bit_checks():
-    jax = _jax()
-    from saf_ref.testing.jax_backend import JaxBackend
-
-    before = jax.config.jax_enable_x64
-    report = run_suite(JaxBackend(), OPTIONS, only=CHEAP)
-    assert report.ok, report.table()
-    results = _statuses(report)
-    assert all(r.status in ("pass", "known divergence") for r in report.results)
+def test_jax_passes_the_elementwise_and_bit_checks(tmp_path):
+    only = [a for pattern in CHEAP for a in ("--only", pattern)]
+    status, report, checks = _jax_report(tmp_path, "--examples", "5", "--model-examples", "1", *only)
+    assert status == 0 and report["ok"], [c["message"] for c in checks.values() if c["status"] == "fail"]
+    assert all(c["status"] in ("pass", "known divergence") for c in checks.values())
     # the divergences JAX shows, each where it is expected (README of the oracle kit)
-    assert results["encode[float32]"].divergences.get("flush-to-zero", 0) > 0  # float64 -> float32 flushes
-    assert results["encode[bfloat16]"].divergences.get("narrowing-via-float32", 0) > 0
-    assert results["encode[float8_e4m3fn]"].status == "pass"  # IEEE-style overflow, as saf_ref
-    assert results["relu_forward"].divergences.get("flush-to-zero", 0) > 0
-    assert jax.config.jax_enable_x64 == before  # x64 only inside the backend's calls
+    assert checks["encode[float32]"]["divergences"].get("flush-to-zero", 0) > 0  # float64 -> float32
+    assert checks["encode[bfloat16]"]["divergences"].get("narrowing-via-float32", 0) > 0
+    assert checks["encode[float8_e4m3fn]"]["status"] == "pass"  # IEEE-style overflow, as saf_ref
+    assert checks["relu_forward"]["divergences"].get("flush-to-zero", 0) > 0
+    assert checks["relu_vjp"]["divergences"].get("relu-nan-gradient", 0) > 0
+    assert checks["quantize"]["unsupported"] > 0  # subnormal inputs declined, and said so
 
 
-def test_jax_passes_layers_and_a_model_in_float64():
-    _jax()
-    from saf_ref.testing.jax_backend import JaxBackend
+def test_jax_passes_layers_and_a_model_in_float64(tmp_path):
+    layers = ["conv2d_*", "maxpool2d_*", "batchnorm2d_*", "global_avgpool_*", "model[[]resnet20]"]
+    only = [a for pattern in layers for a in ("--only", pattern)]
+    status, report, checks = _jax_report(
+        tmp_path, "--dtype", "float64", "--examples", "3", "--model-examples", "1", *only
+    )
+    assert status == 0 and report["ok"], [c["message"] for c in checks.values() if c["status"] == "fail"]
+    assert set(checks) >= {"conv2d_vjp", "batchnorm2d_vjp", "model[resnet20]"}
+    assert {c["status"] for c in checks.values()} == {"pass"}  # float64: nothing flushed in these cases
 
-    options = SuiteOptions(examples=3, model_examples=1, seed=0)
-    layers = ["conv2d_*", "maxpool2d_*", "batchnorm2d_*", "global_avgpool_*", "model[resnet20]"]
-    report = run_suite(JaxBackend(dtype="float64"), options, only=layers)
-    assert report.ok, report.table()
-    assert {r.status for r in report.results} == {"pass"}  # float64: no subnormal flush in these cases
 
+def test_jax_backend_rejects_a_bad_dtype_and_device(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
 
-def test_jax_backend_rejects_a_bad_dtype_and_device():
-    _jax()
-    from saf_ref.testing.jax_backend import JaxBackend
-
-    with pytest.raises(ValueError, match="JaxBackend: dtype must be one of"):
-        JaxBackend(dtype="float16")
-    with pytest.raises(ValueError, match="JaxBackend: device must be a JAX platform"):
-        JaxBackend(device="no_such_platform")
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install 'saf_ref[jax]')")
+    code = (
+        "from saf_ref.testing.jax_backend import JaxBackend\n"
+        "for kw in ({'dtype': 'float16'}, {'device': 'no_such_platform'}):\n"
+        "    try:\n"
+        "        JaxBackend(**kw)\n"
+        "    except ValueError as err:\n"
+        "        print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "JaxBackend: dtype must be one of ('float32', 'float64'), got 'float16'" in out
+    assert "JaxBackend: device must be a JAX platform this machine has, got 'no_such_platform'" in out
