@@ -97,7 +97,7 @@ def relu(x):
 
 
 def relu_grad(x, dy):
-    return np.where(x > 0, dy, dy.dtype.type(0))
+    return np.where(x >= 0, dy, dy.dtype.type(0))
 
 
 def linear(x, w, b):
@@ -228,10 +228,12 @@ for v, mine, ref in zip(probe, to_bfloat16(probe), bf16.encode(probe), strict=Tr
 # `0x8000`: nearest is above); the last is the tie between the largest bfloat16, `0x7f7f`, and the next
 # step, which is $2^{128}$: ties go to the even code, `0x7f80`, which is `inf`.
 #
-# **relu_vjp.** At $x = \text{NaN}$ the upstream gradient must pass through: saf_ref and PyTorch zero the
-# gradient where $x \le 0$, and `NaN <= 0` is false. `np.where(x > 0, dy, 0)` zeroes it instead, because
-# `NaN > 0` is false too. A network whose activations became NaN (Notebook 4) then trains on silently
-# wrong gradients instead of visibly NaN ones.
+# **relu_vjp.** ReLU has no derivative at $x = 0$; saf_ref and PyTorch use the subgradient 0 there (they
+# zero the gradient where $x \le 0$). `np.where(x >= 0, dy, 0)` passes `dy` through at $\pm 0$ instead: a
+# one-character slip that changes every gradient of a unit whose input is exactly zero, which happens
+# often after a ReLU, with quantized activations, or with zero padding. (The same mask also zeroes the
+# gradient at $x = \text{NaN}$, where saf_ref passes it through; the report lists that separately as a
+# known divergence, `relu-nan-gradient`, because JAX does it too.)
 #
 # ## 5. Fix and re-run
 #
@@ -252,7 +254,7 @@ def to_bfloat16(x):  # noqa: F811  (the fixed version replaces the one above)
 
 
 def relu_grad(x, dy):  # noqa: F811
-    return np.where(x <= 0, dy.dtype.type(0), dy)  # NaN <= 0 is false: the gradient passes
+    return np.where(x <= 0, dy.dtype.type(0), dy)  # 0 at x = +-0; NaN <= 0 is false: the gradient passes
 
 
 assert np.array_equal(to_bfloat16(probe), bf16.encode(probe))
