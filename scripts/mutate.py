@@ -416,6 +416,10 @@ def run_mutant(tree: ast.Module, function: str, examples: int, dtypes, full: boo
 
 
 def _child(conn, tree, function, examples, dtypes, full):
+    # --jobs children run side by side: one BLAS thread each, or they oversubscribe the cores
+    from saf_ref.determinism import pin_blas_for_this_process
+
+    pin_blas_for_this_process()
     try:
         conn.send(run_mutant(tree, function, examples, dtypes, full))
     except BaseException as err:  # noqa: BLE001 - anything escaping the suite kills the mutant too
