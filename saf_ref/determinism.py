@@ -177,6 +177,13 @@ def pin_blas_for_this_process() -> None:
     _pin_one_thread(pinning_method())  # never undone: the restore function is dropped
 
 
+def bundled_openblas_threads() -> int | None:
+    """The thread count of the OpenBLAS bundled with NumPy, asked directly (microseconds: cheap enough
+    for a hot loop, unlike a threadpoolctl scan), or None where NumPy has no bundled OpenBLAS."""
+    openblas = _bundled_openblas()
+    return int(openblas[0]()) if openblas is not None else None
+
+
 def blas_thread_count() -> int | None:
     """The number of threads NumPy's BLAS may use now, or None where it cannot be asked.
 

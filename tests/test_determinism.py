@@ -140,3 +140,13 @@ def test_threadpoolctl_scan_is_reused_until_a_module_is_imported(tmp_path, monke
     with determinism.blas_threads_pinned("threadpoolctl"):
         assert get() == 1
     assert determinism._controller[1] is not first  # sys.modules grew: scanned again
+
+
+def test_bundled_openblas_threads_reads_the_pin():
+    """The cheap reader the convolution loops use agrees with an independent reader, pinned or not."""
+    if "openblas" not in _available_methods():
+        pytest.skip("NumPy has no bundled OpenBLAS here")
+    get = _blas_threads_reader("openblas")
+    assert determinism.bundled_openblas_threads() == get()
+    with determinism.blas_threads_pinned("openblas"):
+        assert determinism.bundled_openblas_threads() == get() == 1

@@ -213,8 +213,8 @@ def _run_chunks(task: Callable[[int, int, Scratch], Any], chunks: list[tuple[int
     on the order the workers started in; not worth it there.)
     """
     scratch = _thread_scratch()
-    openblas = determinism._bundled_openblas()
-    if openblas is None or openblas[0]() <= 1:
+    threads = determinism.bundled_openblas_threads()
+    if threads is None or threads <= 1:
         return [task(start, stop, scratch) for start, stop in chunks]
     with determinism.blas_threads_pinned(method="openblas"):
         return [task(start, stop, scratch) for start, stop in chunks]
