@@ -235,15 +235,15 @@ class IEEEFormat:
         """
         fn = f"{self.name}.encode"
         check_choice(overflow, "overflow", fn, OVERFLOW_POLICIES)
-        x = _as_float_array(x, fn)
+        x = as_float_array(x, fn)
         if not self.has_nan and np.isnan(x).any():
             n = int(np.isnan(x).sum())
             raise ValueError(f"{fn}: x must not contain NaN ({self.name} has no NaN code), got {n} NaN")
-        src = _SOURCE_FORMATS[x.dtype]
+        src = SOURCE_FORMATS[x.dtype]
         # Reinterpret the input's bits as an unsigned integer (a view: nothing is copied or modified).
         words = x.view(src.container).astype(_U64)
-        sign, sig, q, nan, inf = _unpack(src, words)
-        codes = _pack(self, sign, sig, q, nan, inf, overflow=overflow)
+        sign, sig, q, nan, inf = unpack_words(src, words)
+        codes = pack_words(self, sign, sig, q, nan, inf, overflow=overflow)
         # np.asarray: NumPy turns 0-d results into scalars; keep an array of shape x.shape.
         return np.asarray(codes).astype(self.container)
 
@@ -276,9 +276,9 @@ class IEEEFormat:
         """
         fn = f"{self.name}.decode"
         words = self._check_codes(codes, fn)
-        dst = _SOURCE_FORMATS[np.dtype(self.decode_dtype)]
-        sign, sig, q, nan, inf = _unpack(self, words)
-        out = _pack(dst, sign, sig, q, nan, inf, overflow="ieee")
+        dst = SOURCE_FORMATS[np.dtype(self.decode_dtype)]
+        sign, sig, q, nan, inf = unpack_words(self, words)
+        out = pack_words(dst, sign, sig, q, nan, inf, overflow="ieee")
         return np.asarray(out).astype(dst.container).view(dst.decode_dtype)
 
     # ------------------------------------------------------------------- the codec protocol
@@ -381,7 +381,12 @@ class IEEEFormat:
 # ------------------------------------------------------------------------------------------------
 
 
-def _unpack(fmt: IEEEFormat, words: np.ndarray):
+# The exact-arithmetic primitives below (unpack_words, bit_length, round_shift, pack_words,
+# as_float_array, SOURCE_FORMATS) are shared with saf_ref.bits.mx, whose block formats round their
+# elements with the same integer arithmetic.
+
+
+def unpack_words(fmt: IEEEFormat, words: np.ndarray):
     """Split uint64 words of ``fmt`` into ``(sign, sig, q, nan, inf)``.
 
     For finite words ``|value| = sig * 2**q`` exactly, with ``sig`` a uint64 integer significand (the
@@ -402,7 +407,7 @@ def _unpack(fmt: IEEEFormat, words: np.ndarray):
     return sign, sig, q, fmt._nan_mask(e, man), fmt._inf_mask(e, man)
 
 
-def _bit_length(u: np.ndarray) -> np.ndarray:
+def bit_length(u: np.ndarray) -> np.ndarray:
     """Number of significant bits of each uint64 (0 for 0), by binary search: 6 vectorised steps."""
     n = np.zeros(u.shape, dtype=np.int64)
     v = u
@@ -413,7 +418,7 @@ def _bit_length(u: np.ndarray) -> np.ndarray:
     return n + (v > 0)  # v is now 0 or 1
 
 
-def _round_shift(sig: np.ndarray, s: np.ndarray) -> np.ndarray:
+def round_shift(sig: np.ndarray, s: np.ndarray) -> np.ndarray:
     """``round_half_even(sig / 2**s)`` for uint64 ``sig`` and int64 shifts ``s`` (negative: exact left shift).
 
     The bits shifted out decide the rounding: the *guard* bit (the first one shifted out, worth half a
@@ -435,7 +440,7 @@ def _round_shift(sig: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (kept + round_up.astype(_U64)) << left
 
 
-def _pack(fmt: IEEEFormat, sign, sig, q, nan, inf, *, overflow: str) -> np.ndarray:
+def pack_words(fmt: IEEEFormat, sign, sig, q, nan, inf, *, overflow: str) -> np.ndarray:
     """Round ``(-1)**sign * sig * 2**q`` to ``fmt`` (nearest, ties to even); return uint64 words.
 
     Special inputs: ``nan`` -> canonical quiet NaN with the input's sign; ``inf`` and finite values
@@ -445,13 +450,13 @@ def _pack(fmt: IEEEFormat, sign, sig, q, nan, inf, *, overflow: str) -> np.ndarr
     m = fmt.mantissa_bits
     # 1. floor(log2 |x|) = (index of the leading bit of sig) + q. Zero has no leading bit: put it in
     #    the lowest binade, where N = 0 packs to the all-zero magnitude code.
-    top = np.where(sig == 0, fmt.emin, _bit_length(sig) - 1 + q)
+    top = np.where(sig == 0, fmt.emin, bit_length(sig) - 1 + q)
     # 2. Target binade, clamped below at emin: values under 2**emin become subnormals (fixed quantum).
     #    Not clamped above: a too-large binade packs to a code above the largest finite one (step 5).
     #    Inputs are at most float64 (top <= 1024), so the code stays far inside uint64.
     e = np.maximum(top, fmt.emin)
     # 3. Round the significand to the target quantum 2**(e - m) in one step.
-    N = _round_shift(sig, (e - m) - q)
+    N = round_shift(sig, (e - m) - q)
     # 4. Pack: exponent field e + bias for normals (N carries the implicit bit 2**m, hence the -1);
     #    a rounding carry (N == 2**(m+1)) or a subnormal rounding up to 2**m lands in the right code.
     mag = (((e + fmt.bias - 1).astype(_U64)) << _U64(m)) + N
@@ -467,7 +472,7 @@ def _pack(fmt: IEEEFormat, sign, sig, q, nan, inf, *, overflow: str) -> np.ndarr
     return (sign << _U64(fmt.nbits - 1)) | mag
 
 
-def _as_float_array(x, fn: str) -> np.ndarray:
+def as_float_array(x, fn: str) -> np.ndarray:
     """Accept float16/32/64 arrays, NumPy float scalars and Python floats; reject everything else."""
     if isinstance(x, (float, np.floating)) and not isinstance(x, np.ndarray):
         x = np.asarray(x)  # Python float -> float64; NumPy scalar keeps its dtype; 0-d result
@@ -505,7 +510,7 @@ MX_ELEMENT_FORMATS: dict[str, IEEEFormat] = {
 }
 
 # Formats of the NumPy float dtypes: how encode reads its input and decode writes its output.
-_SOURCE_FORMATS: dict[np.dtype, IEEEFormat] = {
+SOURCE_FORMATS: dict[np.dtype, IEEEFormat] = {
     np.dtype(np.float64): IEEE_FORMATS["float64"],
     np.dtype(np.float32): IEEE_FORMATS["float32"],
     np.dtype(np.float16): IEEE_FORMATS["float16"],

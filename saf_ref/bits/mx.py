@@ -89,17 +89,17 @@ from saf_ref import validation
 from saf_ref.bits.fields import BitField
 from saf_ref.bits.fixed import FixedPointFormat
 from saf_ref.bits.ieee import (
-    _SOURCE_FORMATS,
     ENCODE_INPUT_DTYPES,
     IEEE_FORMATS,
     MX_ELEMENT_FORMATS,
     OVERFLOW_POLICIES,
+    SOURCE_FORMATS,
     IEEEFormat,
-    _as_float_array,
-    _bit_length,
-    _pack,
-    _round_shift,
-    _unpack,
+    as_float_array,
+    bit_length,
+    pack_words,
+    round_shift,
+    unpack_words,
 )
 
 __all__ = [
@@ -196,10 +196,10 @@ class E8M0Format:
         """
         fn = f"{self.name}.encode"
         validation.check_choice(overflow, "overflow", fn, OVERFLOW_POLICIES)
-        x = _as_float_array(x, fn)
-        src = _SOURCE_FORMATS[x.dtype]
-        sign, sig, q, nan, inf = _unpack(src, x.view(src.container).astype(_U64))
-        nbits = _bit_length(sig)
+        x = as_float_array(x, fn)
+        src = SOURCE_FORMATS[x.dtype]
+        sign, sig, q, nan, inf = unpack_words(src, x.view(src.container).astype(_U64))
+        nbits = bit_length(sig)
         top = nbits - 1 + q  # floor(log2 x) for sig > 0
         second = (sig >> np.maximum(nbits - 2, 0).astype(_U64)) & _U64(1)
         half_up = (nbits >= 2) & (second == 1)
@@ -496,16 +496,16 @@ class MXFormat:
         even, saturating at ``element_max``.
         """
         fn = f"{self.name}.quantize"
-        x = _as_float_array(x, fn)
+        x = as_float_array(x, fn)
         lay = self.layout(x.shape)
         rows = self._to_rows(x)
         padded = np.zeros((lay.rows, lay.blocks_per_row * self.block_size), dtype=x.dtype)
         padded[:, : lay.row_length] = rows
         blocks = padded.reshape(lay.rows, lay.blocks_per_row, self.block_size)
-        src = _SOURCE_FORMATS[x.dtype]
-        sign, sig, q, nan, inf = _unpack(src, blocks.view(src.container).astype(_U64))
+        src = SOURCE_FORMATS[x.dtype]
+        sign, sig, q, nan, inf = unpack_words(src, blocks.view(src.container).astype(_U64))
         # floor(log2 |V|) per element (zeros: a very small number, so they never win the max).
-        top = np.where(sig == 0, np.iinfo(np.int64).min // 2, _bit_length(sig) - 1 + q)
+        top = np.where(sig == 0, np.iinfo(np.int64).min // 2, bit_length(sig) - 1 + q)
         shared = top.max(axis=-1) - self.emax_elem
         special = (nan | inf).any(axis=-1) | (shared > SCALE_BIAS)
         shared = np.clip(shared, -SCALE_BIAS, SCALE_BIAS)
@@ -521,9 +521,9 @@ class MXFormat:
         e = self.element
         finite = np.zeros(sig.shape, dtype=bool)
         if isinstance(e, IEEEFormat):
-            return _pack(e, sign, sig, q, finite, finite, overflow="saturate")
+            return pack_words(e, sign, sig, q, finite, finite, overflow="saturate")
         # MXINT8: k = RNE(|V| * 2**6), clamped to 127 (symmetric), two's complement.
-        k = _round_shift(sig, -(q + 6))
+        k = round_shift(sig, -(q + 6))
         k = np.minimum(k, _U64(127)).astype(np.int64)
         k = np.where(sign == 1, -k, k)
         return (k & 0xFF).astype(np.uint64)

@@ -50,7 +50,7 @@ _TF32_ROUNDOFF = 2.0**-11
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
 
 
-def _import_torch():
+def import_torch():
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -84,7 +84,7 @@ class TorchBackend:
         deterministic: bool = False,
     ) -> None:
         fn = "TorchBackend"
-        torch = _import_torch()
+        torch = import_torch()
         if str(dtype) not in DEFAULT_ROUNDOFF:
             raise ValueError(f"{fn}: dtype must be one of {tuple(DEFAULT_ROUNDOFF)}, got {dtype!r}")
         if tf32 is not None and not isinstance(tf32, bool):

@@ -51,7 +51,7 @@ from saf_ref.bits.ieee import IEEEFormat
 from saf_ref.bits.quantize import Quantizer
 from saf_ref.protect.spec import StorageRule, StorageSpec
 from saf_ref.protect.stored import NONFINITE_POLICIES
-from saf_ref.testing.torch_backend import TORCH_FORMATS, TorchBackend, _import_torch
+from saf_ref.testing.torch_backend import TORCH_FORMATS, TorchBackend, import_torch
 
 __all__ = ["decode_tensor", "encode_tensor", "flip_codes", "replay_faults"]
 
@@ -89,7 +89,7 @@ def _round_to_odd_float32(u64):
     A later round-to-nearest to a format with at least 2 fewer significand bits then gives the correctly
     rounded result of the float64 value (no double-rounding error), including at the overflow threshold.
     """
-    torch = _import_torch()
+    torch = import_torch()
     f = u64.to(torch.float32)  # round to nearest even (overflow: inf)
     too_big = f.to(torch.float64).abs() > u64.abs()
     f = torch.where(too_big, torch.nextafter(f, torch.zeros_like(f)), f)  # now truncated toward zero
@@ -100,11 +100,11 @@ def _round_to_odd_float32(u64):
 
 def _sign_bits(u):
     """0/1 int64 tensor: the sign bit of every element (NaN and -0.0 included)."""
-    return _import_torch().signbit(u).to(_import_torch().int64)
+    return import_torch().signbit(u).to(import_torch().int64)
 
 
 def _ieee_encode(u, name: str):
-    torch = _import_torch()
+    torch = import_torch()
     tdtype, view, _ = TORCH_FORMATS[name]
     e, m = _FIELDS[name]
     nbits = 1 + e + m
@@ -121,7 +121,7 @@ def _ieee_encode(u, name: str):
 
 
 def _ieee_decode(codes, name: str, dtype):
-    torch = _import_torch()
+    torch = import_torch()
     tdtype, view, _ = TORCH_FORMATS[name]
     e, m = _FIELDS[name]
     nbits = 1 + e + m
@@ -145,7 +145,7 @@ def _ieee_decode(codes, name: str, dtype):
 
 
 def _fixed_encode(u, fmt: FixedPointFormat, where: str):
-    torch = _import_torch()
+    torch = import_torch()
     if bool(torch.isnan(u).any()):
         raise ValueError(f"replay_faults: {where} must not contain NaN to be stored as {fmt.name} "
                          f"(fixed point has no NaN code), got NaN")
@@ -156,7 +156,7 @@ def _fixed_encode(u, fmt: FixedPointFormat, where: str):
 
 
 def _fixed_decode(codes, fmt: FixedPointFormat, dtype):
-    torch = _import_torch()
+    torch = import_torch()
     k = torch.where(codes >= (1 << (fmt.nbits - 1)), codes - (1 << fmt.nbits), codes)
     # |k| <= 2**31: exact in float64; k * 2**-N exact; the cast to float32 latents rounds once (nbits > 25)
     exact = torch.float32 if fmt.nbits <= 25 else torch.float64
@@ -193,7 +193,7 @@ def encode_tensor(u, fmt: Any, *, where: str = "u"):
     of its sign. ``qM.N``: ``k = clip(rint(u * 2**N), -2**(nbits-1), 2**(nbits-1) - 1)``, the low
     ``nbits`` bits of ``k``. Quantizer: Stutz et al.'s published algorithm in float32 torch arithmetic.
     """
-    torch = _import_torch()
+    torch = import_torch()
     if isinstance(fmt, IEEEFormat):
         if fmt.name not in TORCH_FORMATS:
             raise ValueError(f"replay_faults: {where} format must have a torch dtype, got {fmt.name!r}")
@@ -236,7 +236,7 @@ def flip_codes(codes, index: np.ndarray, bit: np.ndarray, kind: Iterable[str], *
     number of times (two flips of one bit cancel), ``S0`` / ``S1`` the stuck-at-0 / stuck-at-1 bits. A
     bit both stuck at 0 and at 1 is a ``ValueError``.
     """
-    torch = _import_torch()
+    torch = import_torch()
     flat = codes.reshape(-1).clone()
     kinds = np.asarray(list(kind), dtype=object)
     index = np.asarray(index, dtype=np.int64)
@@ -278,7 +278,7 @@ def _rule_constant(value: float, dtype, what: str, name: str):
 def _transform(x, rule: StorageRule):
     """``a f(x / a)``: hardtanh exactly in the latent dtype; tanh, arctan, softsign in float64, rounded once,
     on ``|x|`` with the sign put back (saf_ref's convention, so ``f(-x) == -f(x)`` bit for bit)."""
-    torch = _import_torch()
+    torch = import_torch()
     name, a = rule.transform.name, rule.transform.scale
     if name == "identity":
         return x.clone()
@@ -303,7 +303,7 @@ def _transform(x, rule: StorageRule):
 
 
 def _parameter_names(state_dict: Mapping[str, Any], params: Iterable[str] | None, fn: str) -> list[str]:
-    torch = _import_torch()
+    torch = import_torch()
     if params is None:
         return [
             k for k, v in state_dict.items()
@@ -388,7 +388,7 @@ def replay_faults(
     non-finite if ``nonfinite="zero"``), ``w = f(û / s)``.
     """
     fn = "replay_faults"
-    torch = _import_torch()
+    torch = import_torch()
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{fn}: state_dict must be a mapping of str -> torch.Tensor, "
                         f"got {validation.describe(state_dict)}")
@@ -420,7 +420,7 @@ def replay_faults(
 
 def _replay_one(u, name: str, rule: StorageRule, faults: FaultList | None, nonfinite: str):
     """Store, corrupt and read back one parameter (see :func:`replay_faults`)."""
-    torch = _import_torch()
+    torch = import_torch()
     x = u
     if rule.clip is not None:
         c = _rule_constant(rule.clip, u.dtype, "clip", name)
