@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import refused_in_one_line
 
 from saf_ref.cli import main
 from saf_ref.experiments import chips
@@ -294,10 +295,7 @@ def test_every_bad_option_is_refused_before_any_work(args, message, tmp_path, ca
 
     monkeypatch.setattr(demo, "load_dataset", no_work)
     out = tmp_path / "out"
-    assert main(["chips", "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("saf-ref chips: error: ") and message in err
-    assert len(err.strip().splitlines()) == 1
+    assert message in refused_in_one_line("chips", args, out, capsys)
     assert not out.exists()
 
 

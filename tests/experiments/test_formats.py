@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+from cli_helpers import refused_in_one_line
 
 from saf_ref.cli import main
 from saf_ref.experiments.formats import FormatsConfig, check_config, format_tables
@@ -149,10 +150,8 @@ def test_every_bad_option_is_refused_before_any_work(args, message, tmp_path, ca
 
     monkeypatch.setattr(demo, "load_dataset", no_work)
     out = tmp_path / "out"
-    assert main(["format-faults", "--out", str(out), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("saf-ref format-faults: error: ") and message in err, err
-    assert len(err.strip().splitlines()) == 1
+    err = refused_in_one_line("format-faults", args, out, capsys)
+    assert message in err, err
     assert not out.exists()
 
 

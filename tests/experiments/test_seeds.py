@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from cli_helpers import refused_in_one_line
 from scipy import stats
 
 import saf_ref.experiments.demo as demo
@@ -74,10 +75,8 @@ def no_work(monkeypatch):
 )  # fmt: skip
 def test_bad_options_are_one_line_errors_naming_the_option(no_work, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    assert main(["seeds", "--out", str(out), "--quiet", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("saf-ref seeds: error: ") and message in err, err
-    assert len(err.splitlines()) == 1
+    err = refused_in_one_line("seeds", ["--quiet", *argv], out, capsys)
+    assert message in err, err
     assert "SeedsConfig" not in err and "DemoConfig" not in err
     assert not out.exists()
 
