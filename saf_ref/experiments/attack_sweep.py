@@ -59,6 +59,7 @@ from saf_ref.experiments.campaign import (
     SUMMARY_FIELDS,
     Journal,
     Subject,
+    config_to_json,
     predict,
     write_atomic,
     write_outputs,
@@ -483,8 +484,8 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
         _log(cfg, f"\n  interrupted: keeping {len(attacks)} of {len(subjects)} attacked models")
     clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
                    "clean_accuracy": clean[s.key]} for s in subjects if s.key in clean]
-    demo_cfg = json.loads(json.dumps(asdict(cfg.demo_config()), default=str))
-    config = {"attack": _jsonable(cfg), "demo": demo_cfg,
+    demo_cfg = config_to_json(cfg.demo_config())
+    config = {"attack": config_to_json(cfg), "demo": demo_cfg,
               "attack_batch": idx.tolist(), "n_eval": int(y_eval.shape[0]), "num_classes": data[4],
               "seconds": time.perf_counter() - start}
     summary = summarize_attacks(trials, clean)
@@ -499,10 +500,6 @@ def run_attack_sweep(cfg: AttackSweepConfig, out: str | os.PathLike, *, force: b
           + (f", {out / 'results.png'}" if plotted else " (install matplotlib for results.png)")
           + f" in {time.perf_counter() - start:.0f}s")
     return result
-
-
-def _jsonable(cfg: AttackSweepConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def _try_plot(result: AttackSweepResult, path: Path, cfg: AttackSweepConfig) -> bool:

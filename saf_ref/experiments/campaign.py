@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import io
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -424,6 +425,31 @@ def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
     lines = Path(path).read_text(encoding="utf-8").split("\n")
     # Every complete line ends with a newline, so the last piece is "" unless a write was torn.
     return [json.loads(line) for line in lines[:-1] if line]
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> str:
+    """CSV text of ``rows`` (dicts): a header line, then one line per row.
+
+    The columns are ``fieldnames``, taking only those keys of each row (a missing key is an empty cell);
+    by default they are the first row's keys, and a row with any other key is an error (no rows then
+    give empty text, not even a header).
+    """
+    if fieldnames is None:
+        if not rows:
+            return ""
+        fieldnames = list(rows[0])
+    else:
+        rows = [{k: row.get(k) for k in fieldnames} for row in rows]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def config_to_json(cfg: Any) -> dict[str, Any]:
+    """A configuration dataclass as plain JSON data (tuples become lists, other values their ``str``)."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def write_outputs(

@@ -69,7 +69,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -573,7 +573,7 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     ``results.json`` holds no timings and no run-only settings (workers, checkpoints): the same
     configuration writes the same bytes, whatever the worker count (``run.json`` has the rest).
     """
-    from saf_ref.experiments.campaign import Journal, clean_predictions
+    from saf_ref.experiments.campaign import Journal, clean_predictions, config_to_json
     from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
 
     if not isinstance(cfg, ChipsConfig):
@@ -598,7 +598,8 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     summary = summarize_sweep(records, clean_acc) if records else []
     rows = savings(summary, LOSS_BUDGETS, records)
     # How the run was executed (workers, checkpoints, progress) does not change a result: run.json only.
-    settings = {k: v for k, v in _jsonable(cfg).items() if k not in ("workers", "checkpoints", "verbose")}
+    run_only = ("workers", "checkpoints", "verbose")
+    settings = {k: v for k, v in config_to_json(cfg).items() if k not in run_only}
     config = {"chips": settings, "chip_model": _chip_model_json(), "num_classes": data[4],
               "n_eval": int(y.shape[0]), "loss_budgets": list(LOSS_BUDGETS)}  # fmt: skip
     clean_rows = [{"subject": s.key, "method": s.method, "transform": s.transform, "format": s.format,
@@ -621,27 +622,11 @@ def _chip_model_json() -> dict[str, Any]:
     return ChipModel().to_json()
 
 
-def _jsonable(cfg: ChipsConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _write_outputs(
     result: ChipsResult, out: Path, table: str, journal, seconds: float, run_settings: dict[str, Any]
 ) -> bool:
     """Write every result file atomically, then drop the journal; return whether the plots were made."""
-    from saf_ref.experiments.campaign import write_outputs
+    from saf_ref.experiments.campaign import rows_to_csv, write_outputs
 
     def dump(doc: Any) -> str:
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
@@ -652,8 +637,8 @@ def _write_outputs(
                               "sweep": result.summary}),
         "run.json": dump({"config": result.config, "run": run_settings, "seconds": seconds,
                           "interrupted": result.interrupted, "records": result.records}),
-        "results.csv": _csv(result.summary),
-        "savings.csv": _csv(result.savings),
+        "results.csv": rows_to_csv(result.summary),
+        "savings.csv": rows_to_csv(result.savings),
         "table.txt": table + "\n",
     }  # fmt: skip
     return write_outputs(out, files, journal, interrupted=result.interrupted, kept="completed units",

@@ -26,7 +26,6 @@ holds the same records). ``results.json`` holds no timings, so a run is reproduc
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -39,7 +38,14 @@ from typing import Any
 
 from saf_ref import validation
 from saf_ref.bits import Quantizer, get_format
-from saf_ref.experiments.campaign import CampaignResult, Journal, Subject, run_campaign, write_outputs
+from saf_ref.experiments.campaign import (
+    CampaignResult,
+    Journal,
+    Subject,
+    config_to_json,
+    run_campaign,
+    write_outputs,
+)
 from saf_ref.protect import StorageRule, StorageSpec, default_spec, get_transform, weight_scaling_spec
 from saf_ref.train.checkpoint import load_checkpoint, save_checkpoint
 from saf_ref.train.loop import train
@@ -412,7 +418,7 @@ def _check_reusable(cfg: DemoConfig, name: str, path: Path, metadata: dict[str, 
             f"demo: checkpoint {path} must have been written by the demo for {name!r}, got "
             f"metadata {metadata!r}; delete it or choose another --checkpoints directory"
         )
-    now = _jsonable(cfg)
+    now = config_to_json(cfg)
     differ = [
         f"{k}={saved.get(k)!r} there, {now[k]!r} now" for k in TRAINING_FIELDS if saved.get(k) != now[k]
     ]
@@ -440,12 +446,9 @@ def train_or_load(cfg: DemoConfig, name: str, trainer):
     _log(cfg, f"[{name}] trained in {time.perf_counter() - start:.1f}s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, params=params, state=state, metadata={"name": name, "config": _jsonable(cfg)})
+        metadata = {"name": name, "config": config_to_json(cfg)}
+        save_checkpoint(path, params=params, state=state, metadata=metadata)
     return params, state
-
-
-def _jsonable(cfg: DemoConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def train_float(cfg, data, init, transform: str):
@@ -638,7 +641,7 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
         raise KeyboardInterrupt("before the first trial completed; nothing was written") from None
     # Timings go to run.json only: results.json must be the same bytes in every run with the same config.
     result.config.update(
-        {"demo": _jsonable(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
+        {"demo": config_to_json(cfg), "seconds": time.perf_counter() - start, "num_classes": data[4]}
     )
     table = format_table(result)
     files = {"results.json": result.to_json, "run.json": result.to_run_json, "results.csv": result.to_csv,

@@ -27,14 +27,12 @@ timings: the same configuration gives the same bytes, whatever the number of wor
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +216,7 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     Returns the ``results.json`` document plus ``"interrupted"``. ``out`` must not hold results unless
     ``force`` (checked before anything runs).
     """
+    from saf_ref.experiments.campaign import config_to_json
     from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
     from saf_ref.experiments.sdc import run_weight_sdc
 
@@ -249,7 +248,7 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
         "interrupted": interrupted,
     }
     run = {
-        "config": _jsonable(cfg),
+        "config": config_to_json(cfg),
         "seconds": time.perf_counter() - start,
         "num_classes": data[4],
         "weight_trials": weights.records,
@@ -305,29 +304,16 @@ def _activation_campaigns(cfg: FormatsConfig, models, x, y, workers):
     return per_layer, per_bit
 
 
-def _jsonable(cfg: FormatsConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _write(out: Path, doc: dict, run: dict, table: str) -> None:
-    from saf_ref.experiments.campaign import write_atomic
+    from saf_ref.experiments.campaign import rows_to_csv, write_atomic
 
     def dump(obj: Any) -> str:
         return json.dumps(obj, indent=1, allow_nan=False) + "\n"
 
     write_atomic(out / "results.json", dump(doc))
     write_atomic(out / "run.json", dump(run))
-    write_atomic(out / "weights.csv", _csv(doc["weights"]))
-    write_atomic(out / "activations.csv", _csv(doc["activations"] + doc["activations_per_bit"]))
+    write_atomic(out / "weights.csv", rows_to_csv(doc["weights"]))
+    write_atomic(out / "activations.csv", rows_to_csv(doc["activations"] + doc["activations_per_bit"]))
     write_atomic(out / "table.txt", table + "\n")
 
 

@@ -37,8 +37,6 @@ any data is loaded or any model is trained; ``--checkpoints`` keeps the trained 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -58,6 +56,7 @@ from saf_ref.experiments.campaign import (
     Journal,
     Subject,
     clean_predictions,
+    rows_to_csv,
     run_campaign,
     write_outputs,
 )
@@ -490,15 +489,6 @@ PAIRED_FIELDS = ("subject", "method", "transform", "format", "exposure", "ber", 
                  "at_chance_ci_high")  # fmt: skip
 
 
-def _csv(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(names), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k) for k in names})
-    return buf.getvalue()
-
-
 def _json(doc: Any) -> str:
     return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
@@ -552,8 +542,9 @@ def run_seeds(
         }
     )
     table, claim = format_table(result), format_claim(claims, paired, num_classes, facts["exposed"])
-    files = {"results.json": result.to_json, "results.csv": _csv(result.summary, (*_SUMMARY, "exposure")),
-             "paired.json": _json(paired), "paired.csv": _csv(paired, PAIRED_FIELDS),
+    summary_csv = rows_to_csv(result.summary, (*_SUMMARY, "exposure"))
+    files = {"results.json": result.to_json, "results.csv": summary_csv,
+             "paired.json": _json(paired), "paired.csv": rows_to_csv(paired, PAIRED_FIELDS),
              "claim.txt": claim + "\n", "table.txt": table + "\n",
              "run.json": result.to_run_json}  # fmt: skip
     write_outputs(out, files, journal, interrupted=result.interrupted, kept="completed patterns")

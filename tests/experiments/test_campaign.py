@@ -413,3 +413,21 @@ def test_write_atomic_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatc
         write_atomic(path, "new")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temporary file left
+
+
+def test_rows_to_csv_reads_back_with_the_csv_module():
+    import csv
+    import io
+
+    from saf_ref.experiments.campaign import rows_to_csv
+
+    rows = [{"a": 1, "b": "x,y"}, {"a": 2.5, "b": None}]
+    read_back = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
+    assert read_back == [{"a": "1", "b": "x,y"}, {"a": "2.5", "b": ""}]
+    assert rows_to_csv([]) == ""  # no rows and no columns: no header either
+    # named columns: only those keys, a missing one empty, a header even without rows
+    chosen = rows_to_csv([{"a": 1, "b": 2, "c": 3}], ("c", "a", "d"))
+    assert chosen == "c,a,d\n3,1,\n"
+    assert rows_to_csv([], ("a",)) == "a\n"
+    with pytest.raises(ValueError):  # by default every row has only the first row's keys
+        rows_to_csv([{"a": 1}, {"a": 2, "z": 3}])
