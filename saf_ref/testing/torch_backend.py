@@ -33,7 +33,7 @@ import numpy as np
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.testing.protocol import DEFAULT_ROUNDOFF, ModelResult
 
-__all__ = ["TorchBackend", "TORCH_FORMATS"]
+__all__ = ["MX_ELEMENTS", "TorchBackend", "TORCH_FORMATS", "round_to_odd_float32"]
 
 #: format name -> (torch dtype name, torch integer dtype name for the bit view, NumPy container)
 TORCH_FORMATS: dict[str, tuple[str, str, type]] = {
@@ -47,6 +47,17 @@ TORCH_FORMATS: dict[str, tuple[str, str, type]] = {
 #: what decode returns, as saf_ref's ``decode_dtype``
 _DECODE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float16"}
 _TF32_ROUNDOFF = 2.0**-11
+#: MX format -> (element format, element bits, exponent bits, mantissa bits, emax_elem): the OCP MX v1.0
+#: table (emax_elem is the exponent of the element's largest normal binade; MXINT8: k / 64, emax 0)
+MX_ELEMENTS: dict[str, tuple[str, int, int, int, int]] = {
+    "mxfp8_e4m3": ("float8_e4m3fn", 8, 4, 3, 8),
+    "mxfp8_e5m2": ("float8_e5m2", 8, 5, 2, 15),
+    "mxfp6_e2m3": ("float6_e2m3fn", 6, 2, 3, 2),
+    "mxfp6_e3m2": ("float6_e3m2fn", 6, 3, 2, 4),
+    "mxfp4": ("float4_e2m1fn", 4, 2, 1, 2),
+    "mxint8": ("int8", 8, 0, 6, 0),
+}
+MX_BLOCK = 32
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.conv1\.weight$")
 
 
@@ -58,6 +69,22 @@ def import_torch():
             "TorchBackend needs PyTorch: pip install 'saf_ref[torch]' (or torch itself)"
         ) from err
     return torch
+
+
+def round_to_odd_float32(u64):
+    """float64 tensor -> float32 rounded to odd: truncated toward zero, last bit set when inexact.
+
+    A later round-to-nearest to a format with at least 2 fewer significand bits then gives the correctly
+    rounded result of the float64 value (no double-rounding error), including at the overflow threshold.
+    torch narrows float64 to float16, bfloat16 and float8 through float32 (two roundings).
+    """
+    torch = import_torch()
+    f = u64.to(torch.float32)  # round to nearest even (overflow: inf)
+    too_big = f.to(torch.float64).abs() > u64.abs()
+    f = torch.where(too_big, torch.nextafter(f, torch.zeros_like(f)), f)  # now truncated toward zero
+    inexact = f.to(torch.float64) != u64
+    bits = f.view(torch.int32)
+    return torch.where(inexact & ~torch.isnan(u64), bits | 1, bits).view(torch.float32)
 
 
 class TorchBackend:
@@ -320,6 +347,121 @@ class TorchBackend:
     def dequantize(self, codes, context, config):
         """float32 ``clip(k * step, -q, q)`` for the stored level ``k`` (asymmetric: mapped to [min, max])."""
         return self._np(self._t_dequantize(self._int64(codes), context))
+
+    # ---------------------------------------------------------------------------------- MX blocks
+    def _mx(self, format_name: str) -> tuple[str, int, int, int, int]:
+        if format_name not in MX_ELEMENTS:
+            raise NotImplementedError(f"TorchBackend: no MX format {format_name!r}")
+        element = MX_ELEMENTS[format_name][0]
+        if element.startswith("float8") and not hasattr(self.torch, element):
+            raise NotImplementedError(f"TorchBackend: this torch has no {element}")
+        return MX_ELEMENTS[format_name]
+
+    def _t_pow2(self, e):
+        """float64 ``2**e`` for an int64 tensor ``e`` in [-1022, 1023], built from its bits (exact)."""
+        return ((e + 1023) << 52).view(self.torch.float64)
+
+    def _t_mx_values(self, format_name: str):
+        """float64 value of every element code (index = code): torch's own float8 decoding for MXFP8, the
+        sign-exponent-mantissa formula for FP6/FP4 (no torch dtype), ``k / 64`` (two's complement) for
+        INT8."""
+        torch = self.torch
+        element, w, E, M, _ = self._mx(format_name)
+        codes = torch.arange(1 << w, dtype=torch.int64, device=self._device)
+        if format_name == "mxint8":
+            return torch.where(codes >= 128, codes - 256, codes).to(torch.float64) / 64
+        if w == 8:
+            return codes.to(torch.uint8).view(getattr(torch, element)).to(torch.float64)
+        bias = (1 << (E - 1)) - 1
+        e, m = (codes >> M) & ((1 << E) - 1), codes & ((1 << M) - 1)
+        # e = 0: 0.m * 2**(1 - bias); else 1.m * 2**(e - bias): an integer significand times a power of two
+        sig = torch.where(e == 0, m, m + (1 << M)).to(torch.float64)
+        mag = sig * self._t_pow2(torch.clamp(e, min=1) - bias - M)
+        return torch.where((codes >> (w - 1)) == 1, -mag, mag)
+
+    def _t_mx_round(self, y, format_name: str):
+        """Element codes (int64) of float64 ``y``: round to nearest, ties to even, saturating at the largest
+        element; the sign of a zero kept (INT8 has no -0).
+
+        MXFP8: a torch cast after clamping (``round(clamp(y)) = saturate(round(y))``, the largest value being
+        representable) and rounding to odd in float32 (torch casts float64 through float32). FP6/FP4: the
+        nearest entry of the table of non-negative values, ties to the even code, found by comparing with
+        the midpoint of its neighbours (exact in float64). INT8: ``torch.round(64 y)`` (half to even).
+        """
+        torch = self.torch
+        element, w, _, _, _ = self._mx(format_name)
+        if format_name == "mxint8":
+            return torch.clamp(torch.round(y * 64), -127, 127).to(torch.int64) & 0xFF
+        if w == 8:
+            dtype = getattr(torch, element)
+            big = float(torch.finfo(dtype).max)
+            narrow = round_to_odd_float32(torch.clamp(y, -big, big))
+            return narrow.to(dtype).view(torch.uint8).to(torch.int64)
+        table = self._t_mx_values(format_name)[: 1 << (w - 1)]  # codes 0 .. 2**(w-1) - 1: ascending values
+        n, a = table.numel(), y.abs()
+        hi = torch.clamp(torch.searchsorted(table, a), max=n - 1)  # first entry >= a (the largest if none)
+        lo = torch.clamp(hi - 1, min=0)
+        mid = (table[lo] + table[hi]) / 2
+        up = (a > mid) | ((a == mid) & (hi % 2 == 0))
+        mag = torch.where(up | (a >= table[hi]), hi, lo)
+        return mag | (torch.signbit(y).to(torch.int64) << (w - 1))
+
+    def _t_mx_encode(self, blocks, format_name: str):
+        """``(scales, elements)`` (int64) of float blocks ``(..., 32)`` (the MX conversion, OCP MX v1.0 6.3).
+
+        ``shared = floor(log2 max|V|) - emax_elem`` from ``torch.frexp`` (exact), -127 for a block of zeros
+        and clamped below at -127; a block with a NaN or an infinity, or ``shared > 127``, has scale 0xFF
+        (NaN) and elements 0; else the elements are ``V / 2**shared`` (exact: a power of two) rounded.
+        """
+        torch = self.torch
+        emax = self._mx(format_name)[4]
+        v = blocks.to(torch.float64)  # exact
+        finite = torch.isfinite(v)
+        v = torch.where(finite, v, torch.zeros_like(v))
+        amax = v.abs().amax(dim=-1)
+        _, e = torch.frexp(amax)  # amax = f * 2**e, f in [0.5, 1): floor(log2 amax) = e - 1
+        shared = torch.where(amax > 0, e.to(torch.int64) - 1 - emax, -127)
+        nan = ~finite.all(dim=-1) | (shared > 127)
+        shared = torch.clamp(shared, -127, 127)
+        elements = self._t_mx_round(v * self._t_pow2(-shared)[..., None], format_name)
+        scales = torch.where(nan, 0xFF, shared + 127)
+        return scales, torch.where(nan[..., None], 0, elements)
+
+    def _t_mx_decode(self, scales, elements, format_name: str):
+        """float64 ``2**(scale - 127) * element`` (exact); NaN blocks (scale 0xFF) and NaN elements are the
+        canonical quiet NaN, positive for a NaN scale, with the element's sign for a NaN element."""
+        torch = self.torch
+        w = self._mx(format_name)[1]
+        p = self._t_mx_values(format_name)[elements]
+        v = p * self._t_pow2(torch.clamp(scales, max=254) - 127)[..., None]
+        nan_scale = (scales == 0xFF)[..., None]
+        sign = torch.where(nan_scale, 0, (elements >> (w - 1)) & 1) << 63
+        nan = (sign | (0x7FF8 << 48)).view(torch.float64)
+        return torch.where(torch.isnan(v) | nan_scale, nan, v)
+
+    def _mx_blocks(self, format_name: str, shape: tuple[int, ...], what: str) -> None:
+        if len(shape) == 0 or shape[-1] % MX_BLOCK:
+            raise ValueError(f"TorchBackend.{what}: the last axis must be a multiple of {MX_BLOCK} (blocks), "
+                             f"got shape {shape}")
+
+    def mx_encode(self, format_name: str, x: np.ndarray):
+        """``(scales, elements)`` as uint8: blocks of 32 along the last axis of float32/float64 ``x``."""
+        x = np.asarray(x)
+        self._mx(format_name)
+        self._mx_blocks(format_name, x.shape, "mx_encode")
+        blocks = self._t(x).reshape(*x.shape[:-1], -1, MX_BLOCK)
+        scales, elements = self._t_mx_encode(blocks, format_name)
+        return (self._np(scales).astype(np.uint8).reshape(*x.shape[:-1], -1),
+                self._np(elements).astype(np.uint8).reshape(x.shape))
+
+    def mx_decode(self, format_name: str, scales: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        """float64 values of blocks of 32 element codes (last axis) under their E8M0 scales."""
+        elements = np.asarray(elements)
+        self._mx(format_name)
+        self._mx_blocks(format_name, elements.shape, "mx_decode")
+        el = self._int64(elements).reshape(*elements.shape[:-1], -1, MX_BLOCK)
+        values = self._t_mx_decode(self._int64(scales), el, format_name)
+        return self._np(values).reshape(elements.shape)
 
     # ------------------------------------------------------------------------------------- protect
     def _t_transform(self, name: str, u, scale: float):

@@ -19,8 +19,11 @@ replay is an independent implementation that can disagree with saf_ref.
     model.load_state_dict(sd)
 
 Supported storage formats: the IEEE formats torch has a dtype for (float64, float32, float16, bfloat16,
-float8_e4m3fn, float8_e5m2), fixed point ``qM.N`` and the per-tensor :class:`~saf_ref.bits.Quantizer`
-(float32 latents). Codes are int64 tensors holding the stored word (bit 0 = least significant).
+float8_e4m3fn, float8_e5m2), fixed point ``qM.N``, the per-tensor :class:`~saf_ref.bits.Quantizer`
+(float32 latents) and the OCP Microscaling block formats (:mod:`saf_ref.bits.mx`: mxfp8_e4m3, mxfp8_e5m2,
+mxfp6_e2m3, mxfp6_e3m2, mxfp4, mxint8, any block size and axis). Codes are int64 tensors holding the
+stored word (bit 0 = least significant); an MX tensor's codes are its stored bytes, one flat tensor of
+scales then packed elements, and the faults index those bytes.
 
 How each step is made bit-exact in torch (where a plain cast is not):
 
@@ -32,6 +35,11 @@ How each step is made bit-exact in torch (where a plain cast is not):
   and for +-inf, which is restored;
 - NaN: every NaN is stored as the canonical quiet NaN of its sign and read back as the canonical NaN of
   the latent dtype (torch casts keep or drop payload bits);
+- MX blocks (:meth:`TorchBackend._t_mx_encode`): the shared exponent from ``torch.frexp`` of the block's
+  largest magnitude, the elements ``V / 2**shared`` (exact) rounded by a float8 cast (after clamping to
+  the largest element and rounding to odd in float32), by ``torch.round`` (MXINT8) or to the nearest
+  entry of the FP6/FP4 value table (no torch dtype); the bytes packed with int64 shifts; decoding by table
+  lookup times ``2**(scale - 127)`` built from its bits, a NaN scale giving the positive quiet NaN;
 - the transforms tanh, arctan and softsign are computed in float64 on ``|u| / a`` and rounded once, with
   the sign put back (saf_ref's convention); for float32 latents that is bit-exact unless torch's and
   NumPy's float64 kernels straddle a float32 rounding midpoint (about 2**-27 per element).
@@ -48,10 +56,11 @@ from saf_ref import validation
 from saf_ref.bits.faultlist import FaultList
 from saf_ref.bits.fixed import FixedPointFormat
 from saf_ref.bits.ieee import IEEEFormat
+from saf_ref.bits.mx import MXFormat
 from saf_ref.bits.quantize import Quantizer
 from saf_ref.protect.spec import StorageRule, StorageSpec
 from saf_ref.protect.stored import NONFINITE_POLICIES
-from saf_ref.testing.torch_backend import TORCH_FORMATS, TorchBackend, import_torch
+from saf_ref.testing.torch_backend import TORCH_FORMATS, TorchBackend, import_torch, round_to_odd_float32
 
 __all__ = ["decode_tensor", "encode_tensor", "flip_codes", "replay_faults"]
 
@@ -83,21 +92,6 @@ def _nan_code(name: str) -> int:
     return (((1 << e) - 1) << m) | (1 << (m - 1))
 
 
-def _round_to_odd_float32(u64):
-    """float64 -> float32 rounded to odd: truncated toward zero, last bit set when inexact.
-
-    A later round-to-nearest to a format with at least 2 fewer significand bits then gives the correctly
-    rounded result of the float64 value (no double-rounding error), including at the overflow threshold.
-    """
-    torch = import_torch()
-    f = u64.to(torch.float32)  # round to nearest even (overflow: inf)
-    too_big = f.to(torch.float64).abs() > u64.abs()
-    f = torch.where(too_big, torch.nextafter(f, torch.zeros_like(f)), f)  # now truncated toward zero
-    inexact = f.to(torch.float64) != u64
-    bits = f.view(torch.int32)
-    return torch.where(inexact & ~torch.isnan(u64), bits | 1, bits).view(torch.float32)
-
-
 def _sign_bits(u):
     """0/1 int64 tensor: the sign bit of every element (NaN and -0.0 included)."""
     return import_torch().signbit(u).to(import_torch().int64)
@@ -110,7 +104,7 @@ def _ieee_encode(u, name: str):
     nbits = 1 + e + m
     v = u
     if u.dtype == torch.float64 and nbits < 32:
-        v = _round_to_odd_float32(u)  # one correct rounding below instead of torch's two
+        v = round_to_odd_float32(u)  # one correct rounding below instead of torch's two
     words = v.to(getattr(torch, tdtype)).view(getattr(torch, view)).to(torch.int64)
     words = words & ((1 << nbits) - 1) if nbits < 64 else words
     sign = _sign_bits(u) << (nbits - 1)
@@ -164,6 +158,87 @@ def _fixed_decode(codes, fmt: FixedPointFormat, dtype):
 
 
 # ==================================================================================================
+# MX block formats: rows of blocks, torch's block codec, bytes packed with int64 shifts
+# ==================================================================================================
+
+
+def _mx_rows(shape: tuple[int, ...], fmt: MXFormat) -> tuple[int, int]:
+    """``(rows, row_length)``: blocks run along the flattened trailing axes (``axis=None``: the first axis
+    is the rows; a 0-d or 1-d tensor is one row) or along ``fmt.axis``."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if fmt.axis is None:
+        return (1, size) if len(shape) <= 1 else (shape[0], size // shape[0] if shape[0] else 0)
+    length = shape[fmt.axis]
+    return (size // length if length else 0), length
+
+
+def _mx_layout(shape: tuple[int, ...], fmt: MXFormat) -> tuple[int, int, int, int]:
+    """``(rows, row_length, blocks per row, stored bytes)`` of a tensor of ``shape``."""
+    rows, length = _mx_rows(shape, fmt)
+    per_row = -(-length // fmt.block_size)
+    blocks = rows * per_row
+    return rows, length, per_row, blocks + blocks * fmt.block_size * fmt.element_bits // 8
+
+
+def _mx_encode(u, fmt: MXFormat):
+    torch = import_torch()
+    shape = tuple(u.shape)
+    rows, length, per_row, _ = _mx_layout(shape, fmt)
+    moved = u if fmt.axis is None else u.movedim(fmt.axis, -1)
+    padded = torch.zeros((rows, per_row * fmt.block_size), dtype=u.dtype, device=u.device)
+    padded[:, :length] = moved.reshape(rows, length)  # the padding is +0, and stored
+    backend = TorchBackend(device=str(u.device))
+    scales, elements = backend._t_mx_encode(padded.reshape(rows, per_row, fmt.block_size), fmt.base)
+    return torch.cat([scales.reshape(-1), _mx_pack(elements.reshape(-1), fmt.element_bits)]), {"shape": shape}
+
+
+def _mx_pack(el, w: int):
+    """Element codes -> bytes: 8 bits one per byte; 4 bits two per byte (the first in bits 0-3); 6 bits
+    four per three bytes (element ``4t + i`` in bits ``6i .. 6i + 5`` of a little-endian 24-bit word)."""
+    if w == 8:
+        return el
+    if w == 4:
+        pairs = el.reshape(-1, 2)
+        return pairs[:, 0] | (pairs[:, 1] << 4)
+    q = el.reshape(-1, 4)
+    word = q[:, 0] | (q[:, 1] << 6) | (q[:, 2] << 12) | (q[:, 3] << 18)
+    return import_torch().stack([(word >> s) & 0xFF for s in (0, 8, 16)], dim=1).reshape(-1)
+
+
+def _mx_unpack(body, w: int):
+    """Bytes -> element codes (inverse of :func:`_mx_pack`)."""
+    if w == 8:
+        return body
+    torch = import_torch()
+    if w == 4:
+        return torch.stack([body & 0xF, body >> 4], dim=1).reshape(-1)
+    t = body.reshape(-1, 3)
+    word = t[:, 0] | (t[:, 1] << 8) | (t[:, 2] << 16)
+    return torch.stack([(word >> s) & 0x3F for s in (0, 6, 12, 18)], dim=1).reshape(-1)
+
+
+def _mx_decode(codes, fmt: MXFormat, context: Mapping[str, Any], dtype):
+    shape = tuple(context["shape"])
+    rows, length, per_row, _ = _mx_layout(shape, fmt)
+    blocks = rows * per_row
+    scales = codes[:blocks].reshape(rows, per_row)
+    elements = _mx_unpack(codes[blocks:], fmt.element_bits).reshape(rows, per_row, fmt.block_size)
+    backend = TorchBackend(device=str(codes.device))
+    values = backend._t_mx_decode(scales, elements, fmt.base).reshape(rows, -1)[:, :length]
+    if fmt.axis is None:
+        return values.reshape(shape).to(dtype)
+    moved = [*shape[: fmt.axis % len(shape)], *shape[fmt.axis % len(shape) + 1 :], shape[fmt.axis]]
+    return values.reshape(moved).movedim(-1, fmt.axis).to(dtype)  # float64 -> float32: rounds once
+
+
+def _stored_size(shape: tuple[int, ...], fmt: Any) -> int:
+    """The number of stored words: the tensor's size, or its bytes for an MX format."""
+    if isinstance(fmt, MXFormat):
+        return _mx_layout(shape, fmt)[3]
+    return int(np.prod(shape, dtype=np.int64))
+
+
+# ==================================================================================================
 # One tensor: encode, flip, decode
 # ==================================================================================================
 
@@ -175,23 +250,27 @@ def encode_tensor(u, fmt: Any, *, where: str = "u"):
     ----------
     u : torch.Tensor, float32 or float64
         The (clipped and scaled) latent.
-    fmt : IEEEFormat, FixedPointFormat or Quantizer
+    fmt : IEEEFormat, FixedPointFormat, Quantizer or MXFormat
         A storage rule's format.
     where : str
         How the tensor is named in error messages.
 
     Returns
     -------
-    codes : torch.Tensor of int64, shape of ``u``
+    codes : torch.Tensor of int64, shape of ``u`` (MX: ``(stored bytes,)``)
         The stored words (bit 0 = least significant).
     context : dict or None
-        A quantizer's range and step (keys of :class:`~saf_ref.bits.quantize.QuantContext`), else None.
+        A quantizer's range and step (keys of :class:`~saf_ref.bits.quantize.QuantContext`), an MX
+        tensor's ``{"shape": shape}``, else None.
 
     Math
     ----
     IEEE: round to nearest even, overflow to inf (NaN for float8_e4m3fn), NaN to the canonical quiet NaN
     of its sign. ``qM.N``: ``k = clip(rint(u * 2**N), -2**(nbits-1), 2**(nbits-1) - 1)``, the low
     ``nbits`` bits of ``k``. Quantizer: Stutz et al.'s published algorithm in float32 torch arithmetic.
+    MX: per block ``shared = floor(log2 max|V|) - emax_elem`` (clamped below at -127; NaN scale for a
+    non-finite block or ``shared > 127``), elements ``RNE_saturate(V / 2**shared)``, packed after the
+    scales.
     """
     torch = import_torch()
     if isinstance(fmt, IEEEFormat):
@@ -206,7 +285,9 @@ def encode_tensor(u, fmt: Any, *, where: str = "u"):
                             f"got {u.dtype}")
         backend = TorchBackend(device=str(u.device))
         return backend._t_quantize(u, fmt.to_json()["quantizer"])
-    raise TypeError(f"replay_faults: {where} format must be an IEEE, fixed-point or quantizer format, "
+    if isinstance(fmt, MXFormat):
+        return _mx_encode(u, fmt)
+    raise TypeError(f"replay_faults: {where} format must be an IEEE, fixed-point, quantizer or MX format, "
                     f"got {validation.describe(fmt)}")
 
 
@@ -218,12 +299,15 @@ def decode_tensor(codes, fmt: Any, context: Mapping[str, Any] | None, dtype):
     IEEE: the word reinterpreted as the format's torch dtype (``Tensor.view``), cast to ``dtype`` (exact
     for a wider dtype), every NaN made the canonical quiet NaN of its sign. ``qM.N``: ``k * 2**-N`` for
     the two's complement integer ``k``. Quantizer: ``clip(k * step, -q, q)``, asymmetric mapped back to
-    ``[min, max]``, in float32.
+    ``[min, max]``, in float32. MX: ``2**(scale - 127) * element`` in float64 (exact), NaN for a block
+    whose scale is 0xFF, cast to ``dtype``.
     """
     if isinstance(fmt, IEEEFormat):
         return _ieee_decode(codes, fmt.name, dtype)
     if isinstance(fmt, FixedPointFormat):
         return _fixed_decode(codes, fmt, dtype)
+    if isinstance(fmt, MXFormat):
+        return _mx_decode(codes, fmt, context, dtype)
     return TorchBackend(device=str(codes.device))._t_dequantize(codes, context).to(dtype)
 
 
@@ -283,7 +367,9 @@ def _transform(x, rule: StorageRule):
     if name == "identity":
         return x.clone()
     if name == "hardtanh":
-        return torch.copysign(torch.minimum(x.abs(), torch.tensor(a, dtype=x.dtype)), x)
+        # a NaN passes unchanged (torch.minimum of a float64 NaN sets every payload bit)
+        clipped = torch.copysign(torch.minimum(x.abs(), torch.tensor(a, dtype=x.dtype)), x)
+        return torch.where(torch.isnan(x), x, clipped)
     ax = x.to(torch.float64).abs() / a
     if name == "tanh":
         y = torch.tanh(ax)
@@ -333,9 +419,10 @@ def _check_faults(
             if f != fmt.name:
                 raise ValueError(f"{fn}: faults on {name!r} must carry its storage format {fmt.name!r}, "
                                  f"got {f!r}")
-        size = int(np.prod(shapes[name], dtype=np.int64))
+        size = _stored_size(shapes[name], fmt)
         if int(sub.index.max()) >= size:
-            raise ValueError(f"{fn}: faults on {name!r} must have index < {size} (its size), "
+            what = "its stored bytes" if isinstance(fmt, MXFormat) else "its size"
+            raise ValueError(f"{fn}: faults on {name!r} must have index < {size} ({what}), "
                              f"got {int(sub.index.max())}")
         if int(sub.bit.max()) >= fmt.nbits:
             raise ValueError(f"{fn}: faults on {name!r} must have bit < {fmt.nbits} ({fmt.name}), "
