@@ -1076,10 +1076,339 @@ def mx_blocks_file(seed: int) -> bytes:
 
 
 # ==========================================================================================================
+# Chips: persistent low-voltage SRAM faults (saf_ref.bits.chip) and where stored words sit (placement)
+# ==========================================================================================================
+CHIP_MODEL = {"p_stuck0": 0.4, "p_stuck1": 0.4, "p_flip": 0.2}  # the other parameters: ChipModel's defaults
+CHIP_SHAPE = (2, 5, 36)  # 36 columns: 2 float16 words or 4 bytes per row, 4 columns unused
+CHIP_SEED = 11
+CHIP_VOLTAGES = (0.62, 0.7, 0.75)  # bit-error rates about 24%, 4%, 1% on this chip
+CHIP_TENSORS = (  # (name, format, shape, exposed): the stored model the chip holds
+    ("a.weight", "float16", (2, 3), True),
+    ("a.bias", "q2.5", (3,), True),
+    ("b.weight", "float8_e4m3fn", (2, 2), True),
+    ("b.bias", "float32", (2,), False),  # protected memory: takes no rows, never touched
+)
+CHIP_PLACEMENTS = {
+    "stored_order": {},
+    "offset2_rows": {"offset": 2, "permute_rows": True, "seed": 3},
+    "offset5_all": {"offset": 5, "permute_tensors": True, "permute_rows": True, "seed": 4},  # fills the chip
+}
+CHIP_FAULT_CASES = (  # (placement, voltage: a number or "equal", record)
+    ("stored_order", 0.62, "all"),
+    ("stored_order", 0.62, "errors"),
+    ("offset2_rows", 0.7, "all"),
+    ("offset5_all", "equal", "all"),
+    ("offset5_all", "equal", "errors"),
+)
+
+
+def _cell_rows(a: np.ndarray) -> list[list[str]]:
+    """A chip-shaped float64 array as rows of float64 bit patterns, one row of cells per (array, row)."""
+    return [bits_text(row) for row in a.reshape(-1, a.shape[-1])]
+
+
+def _chip_metadata(chip) -> dict:
+    """The metadata ``Chip.save`` writes (checksums of v01 and v10 included), read back from the file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = chip.save(Path(tmp) / "chip.npz")
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(z["metadata.json"].tobytes().decode("utf-8"))
+
+
+def _error_maps(chip, voltages) -> list[dict]:
+    """Per voltage: the failing cells by behaviour (flat cell indices) and the measured rates."""
+    out = []
+    for v in voltages:
+        m = chip.error_map(v)
+        p01, p10 = chip.flip_rates(v)
+        out.append({
+            "voltage": v, "voltage_bits": bits_text(np.array([v]))[0],
+            "stuck0": np.flatnonzero(m.stuck0).tolist(), "stuck1": np.flatnonzero(m.stuck1).tolist(),
+            "flip": np.flatnonzero(m.flip).tolist(),
+            "p01": p01, "p10": p10, "bit_error_rate": chip.bit_error_rate(v),
+        })  # fmt: skip
+    return out
+
+
+def _chip_doc(chip, voltages, **head) -> dict:
+    return {**head, "shape": list(chip.shape), "voltage_range": list(chip.voltage_range),
+            "v01_bits": _cell_rows(chip.v01), "v10_bits": _cell_rows(chip.v10),
+            "file_metadata": _chip_metadata(chip), "maps": _error_maps(chip, voltages)}  # fmt: skip
+
+
+def _profile_chip(members: dict[str, np.ndarray], seed: int | None):
+    """``load_profile`` of a profile written with ``members`` (to a temporary ``profile.npz``)."""
+    import tempfile
+
+    from saf_ref.bits import load_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profile.npz"
+        np.savez(path, **members)
+        return load_profile(path, seed=seed)
+
+
+def _cell_profile_doc() -> dict:
+    """A measured per-cell profile with planted boundaries: failure voltages equal to, just above and
+    just below an asked voltage, at both ends of the range, never (-inf) and always (+inf)."""
+    v = 0.7
+    near = [v, np.nextafter(v, 2.0), np.nextafter(v, 0.0)]
+    fv = np.array([*near, 0.5, 1.0, -np.inf, np.inf, 0.55, *near, 0.62, 0.8, 0.95, -np.inf, np.inf])
+    fv = fv.reshape(1, 2, 8)
+    kind = (np.arange(16) % 3).astype(np.int8).reshape(1, 2, 8)
+    vrange = np.array([0.5, 1.0])
+    chip = _profile_chip({"failure_voltage": fv, "kind": kind, "voltage_range": vrange}, None)
+    return _chip_doc(chip, (0.5, v, 1.0), origin="load_profile (per-cell failure voltages)",
+                     profile={"failure_voltage_bits": _cell_rows(fv), "kind": kind.reshape(-1).tolist(),
+                              "voltage_range": vrange.tolist()})  # fmt: skip
+
+
+def _probability_profile_doc(rng: np.random.Generator) -> dict:
+    """A measured per-bit flip-probability profile (fractional rates, one rising with the voltage)."""
+    volts = np.array([0.6, 0.7, 0.8])
+    levels = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    p01 = np.sort(levels[rng.integers(0, 5, (3, 1, 2, 4))], axis=0)[::-1].copy()  # falls as V rises
+    p10 = np.sort(levels[rng.integers(0, 5, (3, 1, 2, 4))], axis=0)[::-1].copy()
+    p01[:, 0, 0, 0] = [0.25, 0.75, 0.0]  # measured noise: rises from 0.6 to 0.7 (the running max keeps 0.75)
+    p10[:, 0, 1, 3] = [0.0, 0.0, 1.0]  # fails only at the highest voltage: fails everywhere below it too
+    seed = 5
+    chip = _profile_chip({"voltages": volts, "p01": p01, "p10": p10}, seed)
+    return _chip_doc(chip, tuple(volts.tolist()), origin="load_profile (per-bit flip probabilities)",
+                     profile={"voltages": volts.tolist(), "seed": seed,
+                              "p01": [p.reshape(-1).tolist() for p in p01],
+                              "p10": [p.reshape(-1).tolist() for p in p10]})  # fmt: skip
+
+
+def _equal_voltage(chip) -> float:
+    """A voltage equal to some cell's failure voltage (that cell must not fail there: ``V < v`` is
+    strict): the failure voltage inside the range closest to 0.68."""
+    fv = chip.failure_voltage.reshape(-1)
+    fv = fv[(fv > chip.voltage_range[0]) & (fv < chip.voltage_range[1])]
+    return float(fv[np.argmin(np.abs(fv - 0.68))])
+
+
+def chip_file(seed: int) -> bytes:
+    """``chip_maps.json``: chips (a sampled one, two measured profiles) with their failure voltages,
+    error maps and file checksums, and the faults one chip gives a small stored model under three
+    placements (addresses, codes before and after, the FaultList)."""
+    from saf_ref.bits import ChipFaults, ChipModel, Placement, layout
+    from saf_ref.protect import StorageRule, StorageSpec, inject, store
+    from saf_ref.protect.inject import targets_of
+
+    rng = np.random.default_rng(seed)
+    model = ChipModel(**CHIP_MODEL)
+    chip = model.sample(CHIP_SHAPE, seed=CHIP_SEED)
+    v_eq = _equal_voltage(chip)
+    voltages = {v: v for v in CHIP_VOLTAGES} | {"equal": v_eq}
+    params = {name: rng.standard_normal(shape) * 0.5 for name, _, shape, _ in CHIP_TENSORS}
+    spec = StorageSpec(tuple(StorageRule(name, format=f, exposed=e) for name, f, _, e in CHIP_TENSORS))
+    stored = store(params, spec)
+    targets = targets_of(stored)
+    cases = []
+    for pname, vkey, record in CHIP_FAULT_CASES:
+        placement = Placement(**CHIP_PLACEMENTS[pname])
+        faults = ChipFaults(chip, voltages[vkey], placement, record=record)
+        result = inject(stored, faults)
+        cases.append({
+            "placement": pname, "voltage": voltages[vkey], "record": record,
+            "addresses": {n: a.tolist() for n, a in layout(targets, chip.shape, placement).items()},
+            "after": {n: [hex_code(c, t.nbits) for c in result.stored[n].codes.reshape(-1).tolist()]
+                      for n, t in targets.items()},
+            "faults_columns": ["tensor", "index", "bit", "kind"],
+            "faults": [[f.tensor, f.index, f.bit, f.kind] for f in result.faults],
+        })  # fmt: skip
+    doc = {
+        "schema": f"{SCHEMA}.chip_maps", "version": VERSION,
+        "cell_index": "flat C-order index (a * rows + r) * columns + c of cell (a, r, c)",
+        "behaviour": "at voltage V: f01 = V < v01, f10 = V < v10; flip = f01 and f10, stuck1 = f01 and not "
+                     "f10, stuck0 = f10 and not f01",
+        "chips": {
+            "sampled": _chip_doc(chip, (*CHIP_VOLTAGES, v_eq), origin="ChipModel.sample",
+                                 model=model.to_json(), seed=CHIP_SEED),
+            "cell_profile": _cell_profile_doc(),
+            "probability_profile": _probability_profile_doc(rng),
+        },
+        "stored": {
+            "chip": "sampled",
+            "tensors": {n: {"format": t.format, "nbits": t.nbits, "shape": list(t.shape),
+                            "exposed": t.exposed,
+                            "before": [hex_code(c, t.nbits) for c in stored[n].codes.reshape(-1).tolist()]}
+                        for n, t in targets.items()},
+            "placements": {name: Placement(**kw).to_json() for name, kw in CHIP_PLACEMENTS.items()},
+            "cases": cases,
+        },
+    }  # fmt: skip
+    return json_bytes(doc)
+
+
+# ==========================================================================================================
+# Adversarial bit flips (saf_ref.attack) on a tiny MLP whose clean logits are exact
+# ==========================================================================================================
+ATTACK_MLP = {"in_features": 4, "hidden": 5, "classes": 3, "batch": 12}
+ATTACK_CASES = (  # (case, storage format of every parameter, bit_flip_attack keyword arguments)
+    ("pbs_q2.5", "q2.5", {"method": "pbs", "k": 3, "candidates": 4}),
+    ("pbs_q2.5_one_per_word", "q2.5",
+     {"method": "pbs", "k": 3, "candidates": 3, "one_per_word": True, "per_tensor": 1,
+      "bits": [0, 1, 2, 3, 4, 5, 6]}),
+    ("gradient_q2.5", "q2.5", {"method": "gradient", "k": 4, "iterations": 5}),
+    ("pbs_float16_targeted", "float16",
+     {"method": "pbs", "k": 2, "candidates": 3, "target": 2, "source": 0, "per_tensor": {"fc2.weight": 1}}),
+)  # fmt: skip
+ATTACK_MARGIN = 1e-9  # distinct values a decision compares differ by more than this (relative)
+
+
+def _attack_problem(seed: int):
+    """Float64 latents on the q2.5 grid (multiples of 1/32 in [-3.5, 3.5]: exact in q2.5 and float16) and
+    inputs that are multiples of 1/16, so the clean logits are exact in float64 in any summation order."""
+    from saf_ref.nn.registry import model_fns
+    from saf_ref.nn.small import init_mlp
+
+    m = ATTACK_MLP
+    params, state = init_mlp(m["in_features"], hidden=(m["hidden"],), num_classes=m["classes"], rng=seed,
+                             dtype=np.float64)  # fmt: skip
+    params = {k: np.clip(np.round(3 * v * 32) / 32, -3.5, 3.5) for k, v in params.items()}
+    rng = np.random.default_rng(seed + 100)
+    x = np.clip(np.round(rng.standard_normal((m["batch"], m["in_features"])) * 16) / 16, -3, 3)
+    z, _, _ = model_fns("mlp").forward(params, state, x, train=False)
+    y = np.argmax(z, axis=1)
+    y[:3] = rng.integers(0, m["classes"], 3)  # a few wrong labels: the clean loss is not tiny
+    return params, state, x, y
+
+
+def _check_margin(values, what: str) -> None:
+    """The generator refuses a vector whose decisions hinge on near-ties (they could go the other way with
+    another libm or BLAS): equal values are fine (ties are broken by position), distinct finite ones must
+    differ by more than ``ATTACK_MARGIN`` relative."""
+    v = np.sort(np.asarray([a for a in values if np.isfinite(a)], dtype=np.float64))
+    gaps = np.diff(v)
+    scale = max(1.0, float(np.max(np.abs(v), initial=0.0)))
+    bad = (gaps > 0) & (gaps <= ATTACK_MARGIN * scale)
+    if bad.any():
+        raise RuntimeError(f"make_golden: {what}: near-tie {v[:-1][bad][0]!r}; choose another seed")
+
+
+def _pbs_rankings(result, latents, state, spec, x, y) -> list[list[tuple]]:
+    """Per step of a progressive bit search: the ranked candidates it evaluated, ``(tensor, index, bit,
+    estimate, objective)``. Replays the search's steps with its own pieces, committing the flips the
+    search chose, and checks that each chosen flip is the best evaluated one."""
+    from saf_ref.attack.candidates import FlipTable
+    from saf_ref.attack.checks import check_bits, check_model_inputs, check_per_tensor
+    from saf_ref.attack.problem import AttackProblem
+    from saf_ref.attack.search import with_flip
+    from saf_ref.protect.stored import read, write
+
+    fn = "make_golden"
+    fns, _, _, rules, exposed = check_model_inputs("mlp", latents, state, spec, x, y, fn)
+    s = result.settings
+    stored = write(latents, spec, rules, fn, "latents")
+    allowed = check_bits(s["bits"], rules, exposed, fn)
+    budgets = check_per_tensor(s["per_tensor"], exposed, fn)
+    table = FlipTable(stored, spec, rules, allowed, budgets, s["nonfinite"], s["one_per_word"])
+    keep = np.ones(y.size, bool) if s["source"] is None else y == s["source"]
+    problem = AttackProblem(fns, state, x[keep], y[keep], s["target"])
+    weights, _ = read(stored, rules, s["nonfinite"], fn)
+    out = []
+    for step in result.steps[1:]:
+        est = table.estimates(problem.gradient(weights), weights, problem.sign)
+        ranked = table.top(est, s["candidates"] + 1)
+        _check_margin([c.estimate for c in ranked], f"estimates at step {step.flips}")
+        rows = []
+        for c in ranked[: s["candidates"]]:
+            name = table.entries[c.tensor].name
+            ev = problem.evaluate(with_flip(weights, name, c.index, table.flipped_value(c)))
+            rows.append((name, c.index, c.bit, c.estimate, ev.objective))
+        _check_margin([r[4] for r in rows], f"objectives at step {step.flips}")
+        best = max(range(len(rows)), key=lambda i: (rows[i][4], -i))
+        chosen = next(c for c in ranked if (table.entries[c.tensor].name, c.index, c.bit) ==
+                      (step.tensor, step.index, step.bit))  # fmt: skip
+        assert rows[best][:3] == (step.tensor, step.index, step.bit), (rows, step)
+        weights = with_flip(weights, step.tensor, chosen.index, table.flipped_value(chosen))
+        table.commit(chosen)
+        out.append(rows)
+    return out
+
+
+def attack_files(seed: int) -> tuple[bytes, tuple[dict[str, np.ndarray], dict, dict]]:
+    """``attack_mlp.json`` (the problem, and per attack the clean codes, the flips, the attacked codes, the
+    ranked candidates of every progressive-search step, accuracies) and the arrays of ``attack_mlp.npz``
+    (the float results: objectives, losses, first-order estimates, the clean gradient), whose last bits
+    depend on libm and BLAS."""
+    from saf_ref.attack import bit_flip_attack
+    from saf_ref.attack.problem import AttackProblem
+    from saf_ref.nn.registry import model_fns
+    from saf_ref.protect import default_spec, load, store
+
+    latents, state, x, y = _attack_problem(seed)
+    out, npz_cases, cases = Arrays(), {}, {}
+    for name, fmt, kw in ATTACK_CASES:
+        spec = default_spec(fmt)
+        stored = store(latents, spec)
+        tensors = {n: stored[n] for n in stored}
+        result = bit_flip_attack("mlp", latents, state, spec, x, y, **kw)
+        s = result.settings
+        after = {n: np.array(t.codes, copy=True).reshape(-1) for n, t in tensors.items()}
+        flips = []
+        for f in result.faults:
+            before = int(after[f.tensor][f.index])
+            after[f.tensor][f.index] ^= 1 << f.bit
+            flips.append([f.tensor, f.index, f.bit, hex_code(before, stored[f.tensor].nbits),
+                          hex_code(int(after[f.tensor][f.index]), stored[f.tensor].nbits)])  # fmt: skip
+        nbits = {n: t.nbits for n, t in tensors.items()}
+        w_final = load(stored.with_codes({n: a.reshape(stored[n].codes.shape) for n, a in after.items()}))
+        for row in flips:
+            row.append(bits_text(w_final[row[0]].reshape(-1)[row[1] : row[1] + 1])[0])
+        case = {
+            "format": fmt, "transform": "identity", "settings": s,
+            "codes": {n: [hex_code(c, t.nbits) for c in t.codes.reshape(-1).tolist()]
+                      for n, t in tensors.items()},
+            "flips_columns": ["tensor", "index", "bit", "before", "after", "value_bits"],
+            "flips": flips,
+            "codes_after": {n: [hex_code(c, nbits[n]) for c in a.tolist()] for n, a in after.items()},
+            "accuracy": [st.accuracy for st in result.steps],
+            "target_rate": [st.target_rate for st in result.steps] if s["target"] is not None else None,
+        }  # fmt: skip
+        keep = np.ones(y.size, bool) if s["source"] is None else y == s["source"]
+        problem = AttackProblem(model_fns("mlp"), state, x[keep], y[keep], s["target"])
+        grads = problem.gradient(load(stored))
+        for p, g in grads.items():
+            out.add(f"{name}.grad0.{p}", g, TOL64)
+        out.add(f"{name}.loss", [st.loss for st in result.steps], TOL64)
+        out.add(f"{name}.objective", [st.objective for st in result.steps], TOL64)
+        out.add(f"{name}.estimate", [st.estimate for st in result.steps[1:]], TOL64)
+        if s["method"] == "pbs":
+            ranked = _pbs_rankings(result, latents, state, spec, x, y)
+            case["ranked_columns"] = ["tensor", "index", "bit"]
+            case["ranked"] = [[list(r[:3]) for r in rows] for rows in ranked]
+            out.add(f"{name}.ranked_estimate", [[r[3] for r in rows] for rows in ranked], TOL64)
+            out.add(f"{name}.ranked_objective", [[r[4] for r in rows] for rows in ranked], TOL64)
+        else:
+            case["rounds_columns"] = ["round", "swaps"]
+            case["rounds"] = [[r.round, r.swaps] for r in result.rounds]
+            out.add(f"{name}.round_objective", [r.objective for r in result.rounds], TOL64)
+        cases[name] = case
+        npz_cases[name] = {"format": fmt, **s}
+    doc = {
+        "schema": f"{SCHEMA}.attack", "version": VERSION,
+        "model": {"name": "mlp", **ATTACK_MLP,
+                  "forward": "logits = relu(x @ fc1.weight.T + fc1.bias) @ fc2.weight.T + fc2.bias"},
+        "objective": "untargeted: mean cross-entropy of the logits against y; targeted at t: minus the mean "
+                     "cross-entropy against t, on the examples labelled source (all if source is null); "
+                     "a NaN objective is +inf (untargeted) or -inf (targeted)",
+        "arrays": "attack_mlp.npz",
+        "x_shape": list(x.shape), "x_bits": bits_text(x), "y": y.tolist(),
+        "latents": {n: {"shape": list(u.shape), "bits": bits_text(u)} for n, u in latents.items()},
+        "cases": cases,
+    }  # fmt: skip
+    return json_bytes(doc), (out.arrays, out.spec, npz_cases)
+
+
+# ==========================================================================================================
 # All files
 # ==========================================================================================================
 SEEDS = {"codec": 1, "flip": 2, "faultlist": 3, "quantizer": 4, "nn_ops": 5, "transforms": 6, "sgd": 7,
-         "mx": 8}
+         "mx": 8, "chip": 9, "attack": 23}
 
 
 def build_all() -> dict[str, bytes]:
@@ -1093,6 +1422,8 @@ def build_all() -> dict[str, bytes]:
     files["quantizer.json"] = quantizer_file(SEEDS["quantizer"])
     files["mx_elements.json"] = mx_elements_file()
     files["mx_blocks.json"] = mx_blocks_file(SEEDS["mx"])
+    files["chip_maps.json"] = chip_file(SEEDS["chip"])
+    files["attack_mlp.json"], attack_arrays = attack_files(SEEDS["attack"])
     npz_specs, npz_cases = {}, {}
     builders = {
         "codec_decode16.npz": lambda: (*decode16_arrays(), {}),
@@ -1100,6 +1431,7 @@ def build_all() -> dict[str, bytes]:
         "resnet20.npz": resnet_arrays,
         "transforms.npz": lambda: transforms_arrays(SEEDS["transforms"]),
         "sgd.npz": lambda: sgd_arrays(SEEDS["sgd"]),
+        "attack_mlp.npz": lambda: attack_arrays,
     }
     for fname, build in builders.items():
         arrays, spec, cases = build()
