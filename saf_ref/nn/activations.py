@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from saf_ref import validation
+from saf_ref.nn.conv import scratch_buffer
 
 __all__ = [
     "ReluCache",
@@ -36,6 +37,7 @@ __all__ = [
     "relu_clipped_forward",
     "relu_clipped_vjp",
     "relu_forward",
+    "relu_inplace",
     "relu_vjp",
 ]
 
@@ -144,6 +146,25 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
     y = _and_mask(x, negative, keep_if=False)
     passes = _compare(np.less_equal, x, 0, out=negative)  # reuse the buffer: passes = not (x <= 0)
     return y, ReluCache(np.logical_not(passes, out=passes), x.dtype)
+
+
+def relu_inplace(y: np.ndarray, passes: np.ndarray | None = None) -> None:
+    """:func:`relu_forward` written over ``y`` (bit for bit the same values), for the models' fused
+    evaluation-mode layers, where ``y`` is their own fresh array; ``passes`` (bool, shape of ``y``), if
+    given, receives the cache's mask ``not (y <= 0)``, as :func:`relu_forward` computes it.
+
+    The same bitwise AND as :func:`relu_forward` (``bits(y) & -(not y < 0)``), in place, with the
+    comparison and the mask in scratch buffers (a chunk of a layer, so they stay small and cached).
+    """
+    if passes is not None:
+        _compare(np.less_equal, y, 0, out=passes)
+        np.logical_not(passes, out=passes)
+    bits = y.view(_BITS[y.dtype])
+    negative = scratch_buffer("relu_flags", y.size, np.dtype(bool)).reshape(y.shape)
+    _compare(np.less, y, 0, out=negative)
+    mask = scratch_buffer("relu_mask", y.size, bits.dtype).reshape(y.shape)
+    np.subtract(negative.view(np.int8), 1, out=mask)  # 1 (negative) -> 0, 0 -> -1 (all ones: keep)
+    np.bitwise_and(bits, mask, out=bits)
 
 
 def relu_backward(dy: np.ndarray, cache: ReluCache) -> ReluGrads:

@@ -22,6 +22,11 @@ __all__ = [
     "BatchNorm2dCache",
     "BatchNorm2dGrads",
     "batchnorm2d_backward",
+    "EvalOperands",
+    "batchnorm2d_eval_inplace",
+    "batchnorm2d_eval_inv_std",
+    "batchnorm2d_eval_operands",
+    "channel_table",
     "batchnorm2d_forward",
     "batchnorm2d_vjp",
 ]
@@ -166,13 +171,71 @@ def batchnorm2d_forward(
         new_mean = (1.0 - momentum) * running_mean + momentum * mean
         new_var = (1.0 - momentum) * running_var + momentum * unbiased
     else:
-        inv_std = 1.0 / np.sqrt(running_var + eps)
+        inv_std = batchnorm2d_eval_inv_std(running_var, eps)
         x_hat = np.subtract(x, _per_channel(running_mean))
         x_hat *= _per_channel(inv_std)
         new_mean, new_var = running_mean.copy(), running_var.copy()
     y = np.multiply(x_hat, _per_channel(weight))
     y += _per_channel(bias)
     return y, new_mean, new_var, BatchNorm2dCache(x_hat, inv_std, weight, bool(train))
+
+
+def batchnorm2d_eval_inv_std(running_var: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """``1 / sqrt(running_var + eps)``, the evaluation-mode ``inv_std`` of :func:`batchnorm2d_forward`."""
+    return 1.0 / np.sqrt(running_var + eps)
+
+
+def channel_table(v: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """A per-channel vector ``(C,)`` repeated over one image, shape ``(C, H, W)`` (contiguous).
+
+    As the second operand of an elementwise op on an ``(N, C, H, W)`` array it gives the values of the
+    ``(1, C, 1, 1)`` broadcast, 1.5-2.5x faster: NumPy copies a stride-0 operand into a buffer for each
+    inner loop, while a table broadcasts over ``N`` only (measured on (2..26, 16..64, 32..8, 32..8)
+    float32 chunks).
+    """
+    return np.ascontiguousarray(np.broadcast_to(v[:, None, None], image_shape))
+
+
+class EvalOperands(NamedTuple):
+    """Evaluation-mode batch norm's per-channel operands as :func:`channel_table` tables.
+
+    ``inv_std`` is the ``(C,)`` vector of the cache (:func:`batchnorm2d_eval_inv_std`).
+    """
+
+    mean: np.ndarray
+    inv_std_table: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    inv_std: np.ndarray
+
+
+def batchnorm2d_eval_operands(
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    image_shape: tuple[int, int, int],
+    eps: float = 1e-5,
+) -> EvalOperands:
+    """The operands of :func:`batchnorm2d_eval_inplace` for images of shape ``(C, H, W)``."""
+    inv_std = batchnorm2d_eval_inv_std(running_var, eps)
+    tables = (channel_table(v, image_shape) for v in (running_mean, inv_std, weight, bias))
+    return EvalOperands(*tables, inv_std)
+
+
+def batchnorm2d_eval_inplace(y: np.ndarray, ops: EvalOperands, x_hat: np.ndarray | None = None) -> None:
+    """Evaluation-mode batch norm written over ``y`` (unchecked), for the models' fused layers.
+
+    The operations of :func:`batchnorm2d_forward` in evaluation mode, in their order and dtype, so the
+    same bits: ``x_hat = (y - running_mean) * inv_std`` (into ``x_hat`` if given, for the cache, else
+    over ``y``), then ``y = x_hat * weight + bias``. Not folded into one scale and shift, which would
+    round differently. ``ops`` from :func:`batchnorm2d_eval_operands`.
+    """
+    xh = y if x_hat is None else x_hat
+    np.subtract(y, ops.mean, out=xh)
+    xh *= ops.inv_std_table
+    np.multiply(xh, ops.weight, out=y)
+    y += ops.bias
 
 
 def batchnorm2d_backward(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2dGrads:

@@ -17,14 +17,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from saf_ref.nn.activations import (
+    ReluCache,
     ReluClippedCache,
     relu_backward,
     relu_clipped_backward,
     relu_clipped_forward,
     relu_forward,
+    relu_inplace,
 )
-from saf_ref.nn.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from saf_ref.nn.conv import conv2d_backward_unchecked, conv2d_forward_unchecked
+from saf_ref.nn.batchnorm import (
+    BatchNorm2dCache,
+    batchnorm2d_backward,
+    batchnorm2d_eval_inplace,
+    batchnorm2d_eval_operands,
+    batchnorm2d_forward,
+)
+from saf_ref.nn.conv import conv2d_backward_unchecked, conv2d_forward_fused, conv2d_forward_unchecked
 from saf_ref.validation import check_real
 
 __all__ = [
@@ -35,6 +43,7 @@ __all__ = [
     "check_act_clip",
     "check_named_arrays",
     "conv_bn_backward",
+    "conv_bn_eval_forward",
     "conv_bn_forward",
     "init_from_shapes",
 ]
@@ -234,3 +243,62 @@ def conv_bn_backward(dy: np.ndarray, cache: ConvBNCache, grads: dict[str, np.nda
     conv_grads = conv2d_backward_unchecked(bn_grads.dx, cache.conv)
     grads[f"{cache.conv_name}.weight"] = conv_grads.dw
     return conv_grads.dx
+
+
+def conv_bn_eval_forward(
+    x: np.ndarray,
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    new_state: dict[str, np.ndarray],
+    conv_name: str,
+    bn_name: str,
+    *,
+    stride: int,
+    padding: int,
+    residual: np.ndarray | None = None,
+    relu: bool,
+    keep_cache: bool,
+) -> tuple[np.ndarray, ConvBNCache | None, ReluCache | None]:
+    """Evaluation-mode ``relu(bn(conv(x)) [+ residual])`` with batch norm, the residual sum and the ReLU
+    fused into the convolution's chunk loop; ``(y, conv_bn_cache, relu_cache)``.
+
+    Bit for bit :func:`conv_bn_forward` (``train=False``) followed by ``h + residual`` and
+    :func:`saf_ref.nn.activations.relu_forward`: the same elementwise operations in the same order
+    (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`, :func:`saf_ref.nn.activations.relu_inplace`),
+    but applied to each chunk of images as soon as the convolution has written it, while it is in the
+    cache, instead of in whole-array passes that each allocate a new array. With ``keep_cache`` the
+    caches are those the unfused layers build (the normalised input, the ReLU mask) and the backward
+    passes take them unchanged; without, the caches are ``None`` and nothing else is kept (inference).
+    Arguments as in :func:`conv_bn_forward`; ``relu=False`` (no residual) stops after batch norm.
+    """
+    w = params[f"{conv_name}.weight"]
+    weight, bias = params[f"{bn_name}.weight"], params[f"{bn_name}.bias"]
+    running_mean, running_var = state[f"{bn_name}.running_mean"], state[f"{bn_name}.running_var"]
+    out_shape = _conv_out_shape(x.shape, w.shape, stride, padding)
+    ops = batchnorm2d_eval_operands(running_mean, running_var, weight, bias, out_shape[1:])
+    x_hat = np.empty(out_shape, x.dtype) if keep_cache else None
+    passes = np.empty(out_shape, bool) if keep_cache and relu else None
+
+    def epilogue(y: np.ndarray, start: int, stop: int) -> None:
+        batchnorm2d_eval_inplace(y, ops, None if x_hat is None else x_hat[start:stop])
+        if residual is not None:
+            y += residual[start:stop]  # the unfused block's h + shortcut (addition commutes exactly)
+        if relu:
+            relu_inplace(y, None if passes is None else passes[start:stop])
+
+    y, conv_cache = conv2d_forward_fused(
+        x, w, (stride, stride), (padding, padding), epilogue, keep_cache=keep_cache
+    )
+    new_state[f"{bn_name}.running_mean"] = running_mean.copy()
+    new_state[f"{bn_name}.running_var"] = running_var.copy()
+    if not keep_cache:
+        return y, None, None
+    bn_cache = BatchNorm2dCache(x_hat, ops.inv_std, weight, False)
+    relu_cache = ReluCache(passes, x.dtype) if relu else None
+    return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache), relu_cache
+
+
+def _conv_out_shape(x_shape, w_shape, stride: int, padding: int) -> tuple[int, int, int, int]:
+    """``(N, O, Ho, Wo)`` of a square-strided, square-padded convolution."""
+    (n, _, h, wd), (o, _, kh, kw) = x_shape, w_shape
+    return (n, o, (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1)
