@@ -277,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
         "clipped, quantized and exposed, as Stutz et al.'s code; the default) or weights (batch norm, only "
         "conv/linear weights clipped, as before)",
     )
+    demo.add_argument(
+        "--curriculum-loss",
+        metavar="TAU",
+        help="RandBET's per-batch curriculum threshold (Stutz et al.): bit errors on for the next step when "
+        "the clean loss is below 1.15 TAU and the mean of clean and perturbed losses at most TAU; 'none': "
+        "errors on every step (default: 0.3)",
+    )
     demo.add_argument("--seed", type=int, help="seed of training and of the campaign (default: 0)")
     demo.add_argument("--workers", type=int, help="worker processes for the sweep (default: all cores)")
     demo.add_argument("--checkpoints", help="directory to save trained models to, and load them from")

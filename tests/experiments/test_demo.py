@@ -175,6 +175,38 @@ def test_reference_setting_trains_group_norm_reparam_models_with_every_tensor_in
     assert run["config"]["demo"]["quant_setting"] == "reference"
 
 
+def test_randbet_follows_the_curriculum_threshold():
+    """The demo's RandBET trains with Stutz et al.'s per-batch curriculum at ``cfg.curriculum_loss``: with a
+    threshold no loss reaches, errors stay off all run and the RandBET model is the clipping model bit for
+    bit; with a threshold the losses are below (errors start off, then switch on) and without a
+    curriculum (``None``: errors on every step) it is not, and the two differ from each other."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from saf_ref.experiments import demo
+    from saf_ref.nn.registry import init_model
+
+    cfg = replace(demo.DemoConfig(), epochs=1, width=4, verbose=False)
+    assert cfg.curriculum_loss == demo.DEMO_CURRICULUM_LOSS == 0.3
+    data = demo.load_dataset(cfg.dataset, None)[:4]
+    model = demo.quant_model(cfg)
+    init = init_model(model, in_channels=data[0].shape[1], num_classes=10, width=4, rng=0)
+
+    def trained(tau, p_train):
+        params, _ = demo.train_quantized(replace(cfg, curriculum_loss=tau), data, init, clip=0.3,
+                                         p_train=p_train, model=model, every_tensor=True)  # fmt: skip
+        return params
+
+    def same(a, b):
+        return all(np.array_equal(a[k], b[k]) for k in a)
+
+    clipping, never_on = trained(None, 0.0), trained(1e-9, 0.02)
+    reached, always_on = trained(3.0, 0.02), trained(None, 0.02)
+    assert same(never_on, clipping)
+    assert not same(reached, clipping) and not same(always_on, clipping) and not same(reached, always_on)
+
+
 def test_plot_rejects_an_unknown_metric(tmp_path):
     pytest.importorskip("matplotlib")
     from saf_ref.experiments.campaign import CampaignResult
@@ -226,6 +258,9 @@ def no_work(monkeypatch):
          "--data-path must be an existing file or folder, got 'no/such.tar.gz'"),
         (["--quick", "--epochs", "0"], "--epochs must be in [1, inf], got 0"),
         (["--quant-setting", "all"], "--quant-setting must be one of ('reference', 'weights'), got 'all'"),
+        (["--curriculum-loss", "0"], "--curriculum-loss must be a finite number > 0 or None, got 0.0"),
+        (["--curriculum-loss", "inf"], "--curriculum-loss must be a finite number > 0 or None, got inf"),
+        (["--curriculum-loss", "off"], "--curriculum-loss must be a real number, got str 'off'"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors_naming_the_option(no_work, tmp_path, capsys, argv, message):
@@ -289,6 +324,10 @@ def test_api_config_names_its_fields():
         DemoConfig(data_path="x")
     with pytest.raises(ValueError, match=r"get_format: "):
         DemoConfig(float_formats=("float7",))
+    match = r"^DemoConfig: curriculum_loss must be a finite number > 0 or None, got -1.0$"
+    with pytest.raises(ValueError, match=match):
+        DemoConfig(curriculum_loss=-1.0)
+    assert DemoConfig(curriculum_loss=None).curriculum_loss is None
 
 
 # ------------------------------------------------------------- data errors, failures and interruptions
