@@ -22,13 +22,16 @@ __all__ = [
     "BatchNorm2dCache",
     "BatchNorm2dGrads",
     "batchnorm2d_backward",
+    "batchnorm2d_backward_unchecked",
     "EvalOperands",
     "batchnorm2d_eval_inplace",
     "batchnorm2d_eval_inv_std",
     "batchnorm2d_eval_operands",
     "channel_table",
     "batchnorm2d_forward",
+    "batchnorm2d_forward_into",
     "batchnorm2d_vjp",
+    "image_chunks",
 ]
 
 
@@ -67,11 +70,6 @@ class BatchNorm2dGrads(NamedTuple):
     dx: np.ndarray
     dweight: np.ndarray
     dbias: np.ndarray
-
-
-def _per_channel(v: np.ndarray) -> np.ndarray:
-    """View a (C,) vector as (1, C, 1, 1) so that it broadcasts over an NCHW array."""
-    return v[None, :, None, None]
 
 
 def _check_inputs(fn, x, weight, bias, running_mean, running_var, train, momentum, eps):
@@ -159,25 +157,79 @@ def batchnorm2d_forward(
     """
     fn = "batchnorm2d"
     momentum, eps = _check_inputs(fn, x, weight, bias, running_mean, running_var, train, momentum, eps)
+    return batchnorm2d_forward_into(
+        x, np.empty(x.shape, x.dtype), weight, bias, running_mean, running_var, train, momentum, eps
+    )
+
+
+#: Elements per chunk of the elementwise passes (whole images; at least one): 64K float32 values keep a
+#: chunk's operands in the L2 cache between the passes over it.
+_CHUNK_ELEMENTS = 65536
+
+
+def image_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Ranges ``(start, stop)`` of whole images of an ``(N, ...)`` array, about ``_CHUNK_ELEMENTS`` each."""
+    n, per_image = shape[0], int(np.prod(shape[1:]))
+    step = max(1, _CHUNK_ELEMENTS // max(per_image, 1))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def batchnorm2d_forward_into(
+    x: np.ndarray,
+    out: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    train: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    epilogue=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, BatchNorm2dCache]:
+    """:func:`batchnorm2d_forward` without the checks, writing ``y`` into ``out``, which may be ``x``
+    itself when ``x`` is the caller's own temporary (a convolution's output in a model: one full-size
+    allocation less); then ``epilogue(out[start:stop], start, stop)``, if given, runs on each chunk of
+    output images as soon as it is written (a model's residual sum and ReLU, fused).
+
+    The arithmetic is the plain formulas' in their order (the same bits); the elementwise passes run
+    chunk by chunk of images (:func:`image_chunks`), so that each chunk stays in the cache from one
+    operation to the next, with per-channel operands as tables (:func:`channel_table`). The batch
+    statistics are NumPy's reductions over the whole array, as before.
+    """
+    chunks = image_chunks(x.shape)
     if train:
         count = x.shape[0] * x.shape[2] * x.shape[3]
         mean = x.mean(axis=(0, 2, 3))
-        x_hat = np.subtract(x, _per_channel(mean))  # centred for now; normalised in place below
-        squares = np.multiply(x_hat, x_hat, out=scratch_buffer("batchnorm", x.size, x.dtype).reshape(x.shape))
+        mean_t = channel_table(mean, x.shape[1:])
+        x_hat = np.empty(x.shape, x.dtype)  # centred for now; normalised in place below
+        squares = scratch_buffer("batchnorm", x.size, x.dtype).reshape(x.shape)
+        for a, b in chunks:
+            np.subtract(x[a:b], mean_t, out=x_hat[a:b])
+            np.multiply(x_hat[a:b], x_hat[a:b], out=squares[a:b])
         var = np.mean(squares, axis=(0, 2, 3))  # biased: normalises the batch
         inv_std = 1.0 / np.sqrt(var + eps)
-        x_hat *= _per_channel(inv_std)
         unbiased = var * (count / (count - 1))
         new_mean = (1.0 - momentum) * running_mean + momentum * mean
         new_var = (1.0 - momentum) * running_var + momentum * unbiased
+        inv_t, weight_t, bias_t = (channel_table(v, x.shape[1:]) for v in (inv_std, weight, bias))
+        for a, b in chunks:
+            x_hat[a:b] *= inv_t
+            np.multiply(x_hat[a:b], weight_t, out=out[a:b])
+            out[a:b] += bias_t
+            if epilogue is not None:
+                epilogue(out[a:b], a, b)
     else:
-        inv_std = batchnorm2d_eval_inv_std(running_var, eps)
-        x_hat = np.subtract(x, _per_channel(running_mean))
-        x_hat *= _per_channel(inv_std)
+        ops = batchnorm2d_eval_operands(running_mean, running_var, weight, bias, x.shape[1:], eps)
+        inv_std, x_hat = ops.inv_std, np.empty(x.shape, x.dtype)
+        for a, b in chunks:  # batchnorm2d_eval_inplace's operations, from x into out
+            np.subtract(x[a:b], ops.mean, out=x_hat[a:b])
+            x_hat[a:b] *= ops.inv_std_table
+            np.multiply(x_hat[a:b], ops.weight, out=out[a:b])
+            out[a:b] += ops.bias
+            if epilogue is not None:
+                epilogue(out[a:b], a, b)
         new_mean, new_var = running_mean.copy(), running_var.copy()
-    y = np.multiply(x_hat, _per_channel(weight))
-    y += _per_channel(bias)
-    return y, new_mean, new_var, BatchNorm2dCache(x_hat, inv_std, weight, bool(train))
+    return out, new_mean, new_var, BatchNorm2dCache(x_hat, inv_std, weight, bool(train))
 
 
 def batchnorm2d_eval_inv_std(running_var: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -273,19 +325,35 @@ def batchnorm2d_backward(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2d
     validation.check_float(dy, "dy", fn)
     validation.check_same_dtype(fn, x=x_hat, dy=dy)
     validation.check_shape(dy, "dy", fn, x_hat.shape)
+    return batchnorm2d_backward_unchecked(dy, cache)
+
+
+def batchnorm2d_backward_unchecked(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2dGrads:
+    """:func:`batchnorm2d_backward` without the checks (``dy`` of the cache's shape and dtype).
+
+    The plain expression's operations in its order (the same bits), the elementwise passes chunk by
+    chunk of images with per-channel tables (see :func:`batchnorm2d_forward_into`); the sums are
+    NumPy's reductions over the whole arrays, as before.
+    """
+    x_hat, inv_std, weight, train = cache
+    image = x_hat.shape[1:]
     dbias = dy.sum(axis=(0, 2, 3))
     product = np.multiply(dy, x_hat, out=scratch_buffer("batchnorm", dy.size, dy.dtype).reshape(dy.shape))
     dweight = product.sum(axis=(0, 2, 3))
-    scale = _per_channel(weight * inv_std)
+    scale = channel_table(weight * inv_std, image)
+    dx = np.empty(dy.shape, dy.dtype)
     if train:
         count = x_hat.shape[0] * x_hat.shape[2] * x_hat.shape[3]
         # mean(dy) and mean(dy * x_hat) are dbias / n and dweight / n: reuse the sums.
-        # dx = scale * ((dy - mean(dy)) - x_hat * mean(dy * x_hat)), evaluated in that order in place.
-        dx = np.subtract(dy, _per_channel(dbias / count))
-        dx -= np.multiply(x_hat, _per_channel(dweight / count), out=product)
-        dx *= scale
+        # dx = scale * ((dy - mean(dy)) - x_hat * mean(dy * x_hat)), evaluated in that order.
+        mean_dy, mean_dyx = channel_table(dbias / count, image), channel_table(dweight / count, image)
+        for a, b in image_chunks(dy.shape):
+            np.subtract(dy[a:b], mean_dy, out=dx[a:b])
+            dx[a:b] -= np.multiply(x_hat[a:b], mean_dyx, out=product[a:b])
+            dx[a:b] *= scale
     else:
-        dx = scale * dy
+        for a, b in image_chunks(dy.shape):
+            np.multiply(scale, dy[a:b], out=dx[a:b])
     return BatchNorm2dGrads(dx, dweight, dbias)
 
 

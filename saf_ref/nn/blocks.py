@@ -31,6 +31,7 @@ from saf_ref.nn.batchnorm import (
     batchnorm2d_eval_inplace,
     batchnorm2d_eval_operands,
     batchnorm2d_forward,
+    batchnorm2d_forward_into,
 )
 from saf_ref.nn.conv import conv2d_backward_unchecked, conv2d_forward_fused, conv2d_forward_unchecked
 from saf_ref.validation import check_real
@@ -43,7 +44,7 @@ __all__ = [
     "check_act_clip",
     "check_named_arrays",
     "conv_bn_backward",
-    "conv_bn_eval_forward",
+    "conv_bn_act_forward",
     "conv_bn_forward",
     "init_from_shapes",
 ]
@@ -245,7 +246,7 @@ def conv_bn_backward(dy: np.ndarray, cache: ConvBNCache, grads: dict[str, np.nda
     return conv_grads.dx
 
 
-def conv_bn_eval_forward(
+def conv_bn_act_forward(
     x: np.ndarray,
     params: dict[str, np.ndarray],
     state: dict[str, np.ndarray],
@@ -255,45 +256,59 @@ def conv_bn_eval_forward(
     *,
     stride: int,
     padding: int,
+    train: bool,
     residual: np.ndarray | None = None,
     relu: bool,
-    keep_cache: bool,
+    keep_cache: bool = True,
 ) -> tuple[np.ndarray, ConvBNCache | None, ReluCache | None]:
-    """Evaluation-mode ``relu(bn(conv(x)) [+ residual])`` with batch norm, the residual sum and the ReLU
-    fused into the convolution's chunk loop; ``(y, conv_bn_cache, relu_cache)``.
+    """``relu(bn(conv(x)) [+ residual])`` with the elementwise layers fused; ``(y, conv_bn_cache,
+    relu_cache)``.
 
-    Bit for bit :func:`conv_bn_forward` (``train=False``) followed by ``h + residual`` and
-    :func:`saf_ref.nn.activations.relu_forward`: the same elementwise operations in the same order
-    (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`, :func:`saf_ref.nn.activations.relu_inplace`),
-    but applied to each chunk of images as soon as the convolution has written it, while it is in the
-    cache, instead of in whole-array passes that each allocate a new array. With ``keep_cache`` the
-    caches are those the unfused layers build (the normalised input, the ReLU mask) and the backward
-    passes take them unchanged; without, the caches are ``None`` and nothing else is kept (inference).
+    Bit for bit :func:`conv_bn_forward` followed by ``h + residual`` and
+    :func:`saf_ref.nn.activations.relu_forward`, with the same caches: the same elementwise operations
+    in the same order, but each applied to a chunk of images while it is in the cache, and written over
+    the convolution's output (a temporary of this function) instead of new full-size arrays. In
+    evaluation mode batch norm, the sum and the ReLU run inside the convolution's chunk loop
+    (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`); in training mode they follow the batch
+    statistics, which need the whole output (:func:`saf_ref.nn.batchnorm.batchnorm2d_forward_into`).
+    ``keep_cache=False`` (evaluation mode) keeps nothing and returns ``None`` caches (inference).
     Arguments as in :func:`conv_bn_forward`; ``relu=False`` (no residual) stops after batch norm.
     """
     w = params[f"{conv_name}.weight"]
     weight, bias = params[f"{bn_name}.weight"], params[f"{bn_name}.bias"]
     running_mean, running_var = state[f"{bn_name}.running_mean"], state[f"{bn_name}.running_var"]
     out_shape = _conv_out_shape(x.shape, w.shape, stride, padding)
-    ops = batchnorm2d_eval_operands(running_mean, running_var, weight, bias, out_shape[1:])
-    x_hat = np.empty(out_shape, x.dtype) if keep_cache else None
+    keep_cache = keep_cache or train
     passes = np.empty(out_shape, bool) if keep_cache and relu else None
 
-    def epilogue(y: np.ndarray, start: int, stop: int) -> None:
-        batchnorm2d_eval_inplace(y, ops, None if x_hat is None else x_hat[start:stop])
+    def residual_relu(y: np.ndarray, start: int, stop: int) -> None:
         if residual is not None:
             y += residual[start:stop]  # the unfused block's h + shortcut (addition commutes exactly)
         if relu:
             relu_inplace(y, None if passes is None else passes[start:stop])
 
-    y, conv_cache = conv2d_forward_fused(
-        x, w, (stride, stride), (padding, padding), epilogue, keep_cache=keep_cache
-    )
-    new_state[f"{bn_name}.running_mean"] = running_mean.copy()
-    new_state[f"{bn_name}.running_var"] = running_var.copy()
+    if train:
+        h, conv_cache = conv2d_forward_unchecked(x, w, None, (stride, stride), (padding, padding))
+        y, mean, var, bn_cache = batchnorm2d_forward_into(
+            h, h, weight, bias, running_mean, running_var, True, epilogue=residual_relu
+        )
+    else:
+        ops = batchnorm2d_eval_operands(running_mean, running_var, weight, bias, out_shape[1:])
+        x_hat = np.empty(out_shape, x.dtype) if keep_cache else None
+
+        def epilogue(y: np.ndarray, start: int, stop: int) -> None:
+            batchnorm2d_eval_inplace(y, ops, None if x_hat is None else x_hat[start:stop])
+            residual_relu(y, start, stop)
+
+        y, conv_cache = conv2d_forward_fused(
+            x, w, (stride, stride), (padding, padding), epilogue, keep_cache=keep_cache
+        )
+        mean, var = running_mean.copy(), running_var.copy()
+        bn_cache = BatchNorm2dCache(x_hat, ops.inv_std, weight, False)
+    new_state[f"{bn_name}.running_mean"] = mean
+    new_state[f"{bn_name}.running_var"] = var
     if not keep_cache:
         return y, None, None
-    bn_cache = BatchNorm2dCache(x_hat, ops.inv_std, weight, False)
     relu_cache = ReluCache(passes, x.dtype) if relu else None
     return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache), relu_cache
 

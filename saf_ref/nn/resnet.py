@@ -64,7 +64,7 @@ from saf_ref.nn.blocks import (
     act_forward,
     check_act_clip,
     check_named_arrays,
-    conv_bn_eval_forward,
+    conv_bn_act_forward,
     init_from_shapes,
 )
 from saf_ref.nn.linear import linear_backward, linear_forward
@@ -504,7 +504,7 @@ def resnet_forward(
     (``z = 0`` and ``z = c``), PyTorch's ``hardtanh_backward`` convention.
 
     In evaluation mode with plain batch norm, ReLU and no tap hook, each layer's batch norm, residual
-    sum and ReLU run fused into its convolution's chunk loop (:func:`saf_ref.nn.blocks.conv_bn_eval_forward`):
+    sum and ReLU run fused into its convolution's chunk loop (:func:`saf_ref.nn.blocks.conv_bn_act_forward`):
     the same operations in the same order, so the same bits and the same caches, about twice as fast.
     """
     fn = "resnet_forward"
@@ -530,8 +530,8 @@ def resnet_forward(
             f"(={in_channels}), the input channels"
         )
     keep_cache = check_bool(keep_cache, "keep_cache", fn)
-    if not train and act_clip is None and hook is None and norm == "batch" and not reparam:
-        logits, new_state, cache = _forward_eval_fused(params, state, x, arch, spec, width, keep_cache)
+    if act_clip is None and hook is None and norm == "batch" and not reparam:
+        logits, new_state, cache = _forward_fused(params, state, x, arch, spec, width, train, keep_cache)
         return logits, {k: new_state[k] for k in state_shapes}, cache
 
     new_state: dict[str, np.ndarray] = {}
@@ -577,13 +577,13 @@ def resnet_forward(
     return logits, new_state, cache
 
 
-def _forward_eval_fused(params, state, x, arch, spec, width, keep_cache):
-    """Evaluation-mode forward pass with the layers fused (see :func:`resnet_forward`'s Notes):
+def _forward_fused(params, state, x, arch, spec, width, train, keep_cache):
+    """Forward pass with the elementwise layers fused (see :func:`resnet_forward`'s Notes):
     ``(logits, new_state, cache or None)``, the new state in layer order. Arguments checked."""
     new_state: dict[str, np.ndarray] = {}
-    kc = {"keep_cache": keep_cache}
+    kc = {"train": train, "keep_cache": keep_cache}
     stem_stride, stem_pad = (1, 1) if spec.stem == "cifar" else (2, 3)
-    h, stem_cb, stem_relu = conv_bn_eval_forward(
+    h, stem_cb, stem_relu = conv_bn_act_forward(
         x, params, state, new_state, "conv1", "bn1", stride=stem_stride, padding=stem_pad, relu=True, **kc
     )
     stem_pool = None
@@ -591,7 +591,7 @@ def _forward_eval_fused(params, state, x, arch, spec, width, keep_cache):
         h, stem_pool = maxpool2d_forward(h, kernel_size=3, stride=2, padding=1)
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
-        h, block_cache = _basic_block_eval_fused(h, params, state, new_state, prefix, stride, keep_cache)
+        h, block_cache = _basic_block_fused(h, params, state, new_state, prefix, stride, train, keep_cache)
         block_caches.append(block_cache)
     h, pool_cache = global_avgpool_forward(h)
     logits, fc_cache = linear_forward(h, params["fc.weight"], params["fc.bias"])
@@ -602,26 +602,25 @@ def _forward_eval_fused(params, state, x, arch, spec, width, keep_cache):
     return logits, new_state, cache
 
 
-def _basic_block_eval_fused(x, params, state, new_state, prefix, stride, keep_cache):
-    """One basic block in evaluation mode with fused layers: ``(y, BasicBlockCache or None)``."""
-    kc = {"keep_cache": keep_cache}
-    h, branch1, relu1 = conv_bn_eval_forward(
+def _basic_block_fused(x, params, state, new_state, prefix, stride, train, keep_cache):
+    """One basic block with fused layers: ``(y, BasicBlockCache or None)``; the new running statistics
+    go into ``new_state`` in the state's order."""
+    kc = {"train": train, "keep_cache": keep_cache}
+    h, branch1, relu1 = conv_bn_act_forward(
         x, params, state, new_state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, relu=True,
         **kc,
     )
-    shortcut, downsample, has_downsample = x, None, f"{prefix}downsample.0.weight" in params
-    if has_downsample:
-        shortcut, downsample, _ = conv_bn_eval_forward(
-            x, params, state, {}, f"{prefix}downsample.0", f"{prefix}downsample.1", stride=stride, padding=0,
-            relu=False, **kc,
+    shortcut, downsample, shortcut_state = x, None, {}
+    if f"{prefix}downsample.0.weight" in params:
+        shortcut, downsample, _ = conv_bn_act_forward(
+            x, params, state, shortcut_state, f"{prefix}downsample.0", f"{prefix}downsample.1",
+            stride=stride, padding=0, relu=False, **kc,
         )
-    y, branch2, relu_out = conv_bn_eval_forward(
+    y, branch2, relu_out = conv_bn_act_forward(
         h, params, state, new_state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, residual=shortcut,
         relu=True, **kc,
     )
-    if has_downsample:  # the state's layer order: bn1, bn2, then the shortcut's batch norm
-        for key in ("running_mean", "running_var"):
-            new_state[f"{prefix}downsample.1.{key}"] = state[f"{prefix}downsample.1.{key}"].copy()
+    new_state.update(shortcut_state)  # the state's layer order: bn1, bn2, then the shortcut's batch norm
     if not keep_cache:
         return y, None
     return y, BasicBlockCache(prefix, branch1, relu1, branch2, downsample, relu_out)

@@ -1,7 +1,8 @@
-"""The fused evaluation-mode layers against the unfused ops they replace, bit for bit.
+"""The fused layers against the unfused ops they replace, bit for bit.
 
-In evaluation mode the models run batch norm, the residual sum and the ReLU inside the convolution's
-chunk loop (:func:`saf_ref.nn.blocks.conv_bn_eval_forward`). The specification is the composition of
+The ResNets run batch norm, the residual sum and the ReLU fused, chunk by chunk of images, over the
+convolution's output (:func:`saf_ref.nn.blocks.conv_bn_act_forward`; in evaluation mode inside the
+convolution's chunk loop). The specification is the composition of
 the public ops (``conv2d_forward``, ``batchnorm2d_forward(train=False)``, ``+``, ``relu_forward``), and
 for whole models the unfused path, which a tap hook forces (an identity hook changes nothing, tested in
 test_taps.py). Everything is compared on the bits, signed zeros and NaN payloads included.
@@ -19,7 +20,7 @@ from saf_ref.nn.batchnorm import (
     batchnorm2d_forward,
     channel_table,
 )
-from saf_ref.nn.blocks import conv_bn_eval_forward
+from saf_ref.nn.blocks import conv_bn_act_forward
 from saf_ref.nn.conv import conv2d_forward, conv2d_forward_fused
 from saf_ref.nn.resnet import init_resnet, resnet_backward, resnet_forward
 
@@ -123,7 +124,8 @@ def test_conv_forward_fused_without_epilogue_is_conv_forward(dtype, xs, ws, stri
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, ws, stride, pad", CONV_CASES)
 @pytest.mark.parametrize("mode", ["bn", "bn+relu", "bn+residual+relu"])
-def test_conv_bn_eval_forward_is_the_composition(dtype, xs, ws, stride, pad, mode):
+@pytest.mark.parametrize("train", [False, True])
+def test_conv_bn_act_forward_is_the_composition(dtype, xs, ws, stride, pad, mode, train):
     rng = np.random.default_rng(4)
     x, w = special_values(rng, xs, dtype), rng.standard_normal(ws).astype(dtype)
     o = ws[0]
@@ -140,7 +142,7 @@ def test_conv_bn_eval_forward_is_the_composition(dtype, xs, ws, stride, pad, mod
             params["b.bias"],
             state["b.running_mean"],
             state["b.running_var"],
-            train=False,
+            train=train,
         )
         residual = special_values(rng, h.shape, dtype) if "residual" in mode else None
         if residual is not None:
@@ -150,7 +152,7 @@ def test_conv_bn_eval_forward_is_the_composition(dtype, xs, ws, stride, pad, mod
     for keep in (True, False):
         new_state = {}
         with np.errstate(invalid="ignore"):
-            y, cb, rc = conv_bn_eval_forward(
+            y, cb, rc = conv_bn_act_forward(
                 x,
                 params,
                 state,
@@ -159,6 +161,7 @@ def test_conv_bn_eval_forward_is_the_composition(dtype, xs, ws, stride, pad, mod
                 "b",
                 stride=stride,
                 padding=pad,
+                train=train,
                 residual=residual,
                 relu=relu,
                 keep_cache=keep,
@@ -166,12 +169,12 @@ def test_conv_bn_eval_forward_is_the_composition(dtype, xs, ws, stride, pad, mod
         assert same_bits(y, ref)
         assert same_bits(new_state["b.running_mean"], mean) and same_bits(new_state["b.running_var"], var)
         assert new_state["b.running_mean"] is not state["b.running_mean"]
-        if not keep:
+        if not keep and not train:  # training mode keeps its caches
             assert cb is None and rc is None
             continue
         assert (cb.conv_name, cb.bn_name) == ("c", "b")
         assert same_bits(cb.bn.x_hat, bn_cache.x_hat) and same_bits(cb.bn.inv_std, bn_cache.inv_std)
-        assert cb.bn.weight is params["b.weight"] and cb.bn.train is False
+        assert cb.bn.weight is params["b.weight"] and cb.bn.train is train
         assert same_bits(cb.conv.x_padded, conv_cache.x_padded)
         assert (rc is None) == (not relu)
         if relu:
@@ -192,20 +195,21 @@ MODELS = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch, width, xs", MODELS)
-def test_fused_evaluation_is_the_unfused_forward_and_backward(dtype, arch, width, xs):
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_model_is_the_unfused_forward_and_backward(dtype, arch, width, xs, train):
     rng = np.random.default_rng(5)
     params, state = init_resnet(arch, rng=rng, dtype=dtype, width=width, in_channels=xs[1])
     for k in params:  # batch norm away from its initial identity
         if params[k].ndim == 1:
             params[k] = (params[k] + 0.3 * rng.standard_normal(params[k].shape)).astype(dtype)
     state = {k: np.abs(v + 0.3 * rng.standard_normal(v.shape)).astype(dtype) for k, v in state.items()}
-    x = special_values(rng, xs, dtype)
+    x = special_values(rng, xs, dtype) if not train else rng.standard_normal(xs).astype(dtype)
     with np.errstate(all="ignore"):
         z_ref, s_ref, c_ref = resnet_forward(
-            params, state, x, arch=arch, train=False, activation_faults=identity_hook
+            params, state, x, arch=arch, train=train, activation_faults=identity_hook
         )
-        z, s, c = resnet_forward(params, state, x, arch=arch, train=False)
-        z_nc, s_nc, c_nc = resnet_forward(params, state, x, arch=arch, train=False, keep_cache=False)
+        z, s, c = resnet_forward(params, state, x, arch=arch, train=train)
+        z_nc, s_nc, c_nc = resnet_forward(params, state, x, arch=arch, train=train, keep_cache=False)
         dz = rng.standard_normal(z.shape).astype(dtype)
         g_ref, g = resnet_backward(dz, c_ref), resnet_backward(dz, c)
     assert same_bits(z, z_ref) and same_bits(z_nc, z_ref) and c_nc is None
