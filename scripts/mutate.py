@@ -85,6 +85,7 @@ _BUFFER = (
     "the size of a scratch buffer padded on each side: the scatter only writes the window positions, which "
     "lie inside the input and its padding, and only the interior is read back"
 )
+_MX_NAN = "a block holding a NaN or an infinity has scale 0xFF and elements 0 whatever its other values"
 EQUIVALENT: dict[str, str] = {
     "_Layout.__init__ @28 `self.max_code = self.inf_code - 1`: self.inf_code - 1 -> self.inf_code + 1": _OVERFLOW,  # noqa: E501
     "_Layout.__init__ @44 `self.max_code = self.inf_code - 1`: 1 -> 0": _OVERFLOW,
@@ -151,6 +152,21 @@ EQUIVALENT: dict[str, str] = {
     "_Net.backward @12 `return dx`: return dx -> pass": (
         "the gradient with respect to the input images, which the model's result does not include"
     ),
+    # MX blocks and group norm (the checks mx_encode[*], mx_decode[*], groupnorm_*)
+    "ReferenceBackend.mx_encode @8 `v = np.where(finite, v, 0.0)`: v = np.where(finite, v, 0.0) -> pass": _MX_NAN,  # noqa: E501
+    "ReferenceBackend.mx_encode @32 `v = np.where(finite, v, 0.0)`: 0.0 -> 1.0": _MX_NAN,
+    "ReferenceBackend.mx_encode @32 `v = np.where(finite, v, 0.0)`: 0.0 -> -1.0": _MX_NAN,
+    "ReferenceBackend.mx_encode @53 `shared = np.where(amax > 0, e - 1 - f.emax, -127)`: 127 -> 128": (
+        "an all-zero block's exponent: -128 is clipped to -127 on the next line"
+    ),
+    "ReferenceBackend.mx_encode @39 `shared = np.clip(shared, -127, 127)`: 127 -> 128": (
+        "a shared exponent of 128 is already a NaN block (scale 0xFF, elements 0), decided before the clip"
+    ),
+    "ReferenceBackend.mx_decode @38 `v = np.ldexp(p, np.minimum(s, 254) - 127)`: 254 -> 255": (
+        "a block whose scale is 0xFF is NaN whatever its values (the next line)"
+    ),
+    "ReferenceBackend._group_stats @44 `groups = (x.shape[0], num_groups, x[0].size // num_groups)`: "
+    "0 -> -1": "every sample has the same size",
 }
 
 
@@ -361,6 +377,9 @@ HELPERS = {
     "_derivative": ("transform_vjp",), "_windows": ("conv2d_forward", "conv2d_vjp", "maxpool2d_forward",
     "maxpool2d_vjp"), "_per_channel": ("batchnorm2d_forward", "batchnorm2d_vjp"),
     "_log_softmax": ("cross_entropy_forward", "cross_entropy_vjp"), "_Net": ("model_forward_backward",),
+    "_MXElement": ("mx_encode", "mx_decode"), "MX_SPEC": ("mx_encode", "mx_decode"),
+    "_mx_blocks": ("mx_encode", "mx_decode"), "_mx_round": ("mx_encode",),
+    "_group_stats": ("groupnorm_forward", "groupnorm_vjp"),
 }  # fmt: skip
 
 

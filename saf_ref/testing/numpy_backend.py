@@ -14,7 +14,8 @@ import numpy as np
 
 from saf_ref.bits import QuantContext, Quantizer, flip_by_uniform, get_ieee_format
 from saf_ref.bits.faultlist import FaultList
-from saf_ref.nn import activations, batchnorm, conv, linear, loss, pool
+from saf_ref.bits.mx import MXFormat
+from saf_ref.nn import activations, batchnorm, conv, groupnorm, linear, loss, pool
 from saf_ref.nn.registry import model_fns
 from saf_ref.protect.transforms import Transform
 from saf_ref.testing.protocol import DEFAULT_ROUNDOFF, ModelResult
@@ -67,6 +68,21 @@ class NumpyBackend:
     def dequantize(self, codes, context, config):
         return Quantizer(**config).decode(codes, QuantContext.from_dict(dict(context)))
 
+    def mx_encode(self, format_name: str, x: np.ndarray):
+        scales, elements = MXFormat(format_name, axis=-1).quantize(x)
+        return scales.reshape(x.shape[:-1] + (-1,)), elements.reshape(x.shape).astype(np.uint8)
+
+    def mx_decode(self, format_name: str, scales: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        fmt, n = MXFormat(format_name, axis=-1), elements.shape[-1]
+        rows = int(np.prod(elements.shape[:-1], dtype=np.int64))
+        blocks = (rows, n // fmt.block_size)
+        values = fmt.dequantize(
+            np.ascontiguousarray(scales).reshape(blocks),
+            np.ascontiguousarray(elements).reshape(blocks + (fmt.block_size,)).astype(fmt.element.container),
+            (rows, n),
+        )
+        return values.reshape(elements.shape)
+
     # ------------------------------------------------------------------------------------- protect
     def transform_forward(self, name, u, *, scale):
         return Transform(name, scale).forward(u)
@@ -99,6 +115,12 @@ class NumpyBackend:
                 x, weight, bias, running_mean, running_var, dy, train=train, momentum=momentum, eps=eps
             )
         )
+
+    def groupnorm_forward(self, x, weight, bias, *, num_groups, eps):
+        return groupnorm.groupnorm_forward(x, weight, bias, num_groups=num_groups, eps=eps)[0]
+
+    def groupnorm_vjp(self, x, weight, bias, dy, *, num_groups, eps):
+        return tuple(groupnorm.groupnorm_vjp(x, weight, bias, dy, num_groups=num_groups, eps=eps))
 
     def relu_forward(self, x):
         return activations.relu_forward(x)[0]

@@ -126,6 +126,25 @@ class Backend(Protocol):
     ) -> np.ndarray:
         """float32 values of quantized codes under a context (the inverse of :meth:`quantize`)."""
 
+    def mx_encode(self, format_name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """OCP Microscaling (MX v1.0): blocks of 32 consecutive elements along the last axis of float32 or
+        float64 ``x`` (its length a multiple of 32) -> ``(scales, elements)``.
+
+        ``format_name`` is one of ``mxfp8_e4m3``, ``mxfp8_e5m2``, ``mxfp6_e2m3``, ``mxfp6_e3m2``, ``mxfp4``,
+        ``mxint8``. ``scales``: uint8 E8M0 codes of shape ``x.shape[:-1] + (n // 32,)``; ``elements``: uint8
+        element codes (the element's 8, 6 or 4 bits, unpacked) of shape ``x.shape``. Per block:
+        ``shared = floor(log2 max|V|) - emax_elem``, clamped below at -127 (and -127 for a block of zeros);
+        a NaN or an infinity in the block, or ``shared > 127``: scale ``0xFF``, elements 0; else scale
+        ``shared + 127`` and ``P_i = V_i / 2**shared`` rounded once to nearest (ties to even), saturating
+        at the largest element (MXINT8: ``k / 64``, ``|k| <= 127``). A backend without MX support may
+        leave these methods out, or raise ``NotImplementedError`` for the formats it lacks: the checks are
+        then reported as skipped (``not implemented``).
+        """
+
+    def mx_decode(self, format_name: str, scales: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        """float64 values ``2**(scale - 127) * P_i`` of MX blocks (the inverse layout of :meth:`mx_encode`;
+        exact in float64); every value of a block whose scale is ``0xFF`` is NaN."""
+
     # ------------------------------------------------------------------------------------- protect
     def transform_forward(self, name: str, u: np.ndarray, *, scale: float) -> np.ndarray:
         """Weight transform ``w = a f(u / a)`` for ``name`` in identity, tanh, arctan, softsign, hardtanh."""
@@ -193,6 +212,25 @@ class Backend(Protocol):
         eps: float,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(dx, dweight, dbias)``."""
+
+    def groupnorm_forward(
+        self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, num_groups: int, eps: float
+    ) -> np.ndarray:
+        """``torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)``: ``x`` of shape
+        ``(N, C, ...)`` (rank 2 to 5), each sample normalised over its groups of ``C / num_groups``
+        consecutive channels (biased variance), then the per-channel affine map."""
+
+    def groupnorm_vjp(
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        dy: np.ndarray,
+        *,
+        num_groups: int,
+        eps: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(dx, dweight, dbias)`` of group norm."""
 
     def relu_forward(self, x: np.ndarray) -> np.ndarray:
         """``torch.relu(x)`` (``relu(-0.0) = -0.0``, NaN passes)."""
@@ -278,6 +316,8 @@ METHODS: tuple[str, ...] = (
     "apply_faults",
     "quantize",
     "dequantize",
+    "mx_encode",
+    "mx_decode",
     "transform_forward",
     "transform_vjp",
     "conv2d_forward",
@@ -286,6 +326,8 @@ METHODS: tuple[str, ...] = (
     "linear_vjp",
     "batchnorm2d_forward",
     "batchnorm2d_vjp",
+    "groupnorm_forward",
+    "groupnorm_vjp",
     "relu_forward",
     "relu_vjp",
     "maxpool2d_forward",

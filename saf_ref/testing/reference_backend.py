@@ -26,7 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from saf_ref.testing.protocol import DEFAULT_ROUNDOFF, ModelResult
 
-__all__ = ["ReferenceBackend", "SPEC_FORMATS"]
+__all__ = ["MX_SPEC", "ReferenceBackend", "SPEC_FORMATS"]
 
 #: name -> (exponent bits, mantissa bits, has infinity, container, decoded dtype): the IEEE layouts
 SPEC_FORMATS: dict[str, tuple[int, int, bool, type, type]] = {
@@ -35,6 +35,17 @@ SPEC_FORMATS: dict[str, tuple[int, int, bool, type, type]] = {
     "bfloat16": (8, 7, True, np.uint16, np.float32),
     "float8_e4m3fn": (4, 3, False, np.uint8, np.float32),
     "float8_e5m2": (5, 2, True, np.uint8, np.float32),
+}
+#: MX format (OCP MX v1.0) -> (element exponent bits E, mantissa bits m, kind): "e4m3" (S.1111.111 is NaN,
+#: no infinity), "ieee" (the top binade holds infinity and NaNs), "fn" (no special codes), "int8" (two's
+#: complement k, value k / 64)
+MX_SPEC: dict[str, tuple[int, int, str]] = {
+    "mxfp8_e4m3": (4, 3, "e4m3"),
+    "mxfp8_e5m2": (5, 2, "ieee"),
+    "mxfp6_e2m3": (2, 3, "fn"),
+    "mxfp6_e3m2": (3, 2, "fn"),
+    "mxfp4": (2, 1, "fn"),
+    "mxint8": (1, 6, "int8"),
 }
 #: canonical quiet NaN bits (sign clear) of the decoded dtypes
 _QUIET_NAN = {np.dtype(np.float16): 0x7E00, np.dtype(np.float32): 0x7FC00000}
@@ -60,6 +71,34 @@ class _Layout:
             self.nan_code = (1 << (self.nbits - 1)) - 1
             self.inf_code = self.nan_code
             self.max_code = self.nan_code - 1
+
+
+class _MXElement:
+    """An MX element format's fields: ``w`` bits, bias ``2**(E-1) - 1``, ``emax`` (the exponent of its
+    largest normal binade) and the largest finite magnitude code."""
+
+    def __init__(self, name: str) -> None:
+        if name not in MX_SPEC:
+            raise NotImplementedError(f"ReferenceBackend: unknown MX format {name!r}")
+        self.E, self.m, self.kind = MX_SPEC[name]
+        self.w = 1 + self.E + self.m
+        self.bias = (1 << (self.E - 1)) - 1
+        top = (1 << self.E) - 1  # the largest exponent field
+        if self.kind == "int8":
+            self.emax, self.max_code = 0, 127  # 127 / 64 < 2
+        elif self.kind == "ieee":
+            self.emax, self.max_code = top - 1 - self.bias, (top << self.m) - 1
+        elif self.kind == "e4m3":
+            self.emax, self.max_code = top - self.bias, (1 << (self.w - 1)) - 2
+        else:
+            self.emax, self.max_code = top - self.bias, (1 << (self.w - 1)) - 1
+
+
+def _mx_blocks(a: np.ndarray) -> np.ndarray:
+    """``a`` as rows of 32 (blocks along its last axis, whose length must be a multiple of 32)."""
+    if a.ndim == 0 or a.shape[-1] % 32:
+        raise ValueError(f"ReferenceBackend: the last axis must be a multiple of 32, got shape {a.shape}")
+    return a.reshape(-1, 32)
 
 
 class ReferenceBackend:
@@ -159,6 +198,67 @@ class ReferenceBackend:
                 else:
                     flat[int(index)] |= one
         return flat.astype(codes.dtype).reshape(np.shape(codes))
+
+    # ---------------------------------------------------------------------------------- MX blocks
+    def mx_encode(self, format_name: str, x: np.ndarray):
+        """Per block of 32: ``shared = floor(log2 max|V|) - emax`` (clamped below at -127; -127 for zeros),
+        scale code ``shared + 127``, NaN (0xFF, elements 0) for a non-finite block or ``shared > 127``;
+        elements ``V / 2**shared`` rounded once (nearest even) to the element's grid, saturating."""
+        f = _MXElement(format_name)
+        with np.errstate(invalid="ignore"):  # a signalling NaN widens to a quiet one, with a warning
+            v = _mx_blocks(np.asarray(x).astype(np.float64))
+        finite = np.isfinite(v)
+        v = np.where(finite, v, 0.0)
+        amax = np.abs(v).max(axis=1)
+        _, e = np.frexp(amax)  # amax = frac * 2**e, frac in [0.5, 1)
+        shared = np.where(amax > 0, e - 1 - f.emax, -127)
+        nan = ~finite.all(axis=1) | (shared > 127)
+        shared = np.clip(shared, -127, 127)
+        codes = self._mx_round(f, np.ldexp(v, -shared[:, None]))  # exact: a power of two
+        codes = np.where(nan[:, None], 0, codes)
+        scales = np.where(nan, 0xFF, shared + 127)
+        shape = np.shape(x)
+        return (scales.astype(np.uint8).reshape(shape[:-1] + (shape[-1] // 32,)),
+                codes.astype(np.uint8).reshape(shape))
+
+    @staticmethod
+    def _mx_round(f: _MXElement, y: np.ndarray) -> np.ndarray:
+        """Element codes of ``y``: the quantum of ``|y|``'s binade (subnormals: the smallest binade's),
+        ``q = rint(|y| / quantum)``, the magnitude code ``(binade + bias - 1) * 2**m + q``, saturating at the
+        largest finite code, and the sign bit (kept for a zero); INT8: ``rint(64 |y|)``, two's complement."""
+        a = np.abs(y)
+        if f.kind == "int8":
+            k = np.minimum(np.rint(np.ldexp(a, 6)), f.max_code).astype(np.int64)
+            return np.where(np.signbit(y), -k, k) & 0xFF
+        _, e = np.frexp(a)
+        emin = 1 - f.bias
+        binade = np.where(a == 0, emin, np.maximum(e - 1, emin))
+        q = np.rint(np.ldexp(a, f.m - binade))
+        mag = np.minimum((binade + f.bias - 1) * 2.0**f.m + q, f.max_code).astype(np.int64)
+        return mag | (np.signbit(y).astype(np.int64) << (f.w - 1))
+
+    def mx_decode(self, format_name: str, scales: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        """``2**(scale - 127) * P``: ``P = (-1)**s 2**(e - bias) 1.f`` (``e = 0``: ``2**(1 - bias) 0.f``), the
+        specials of e4m3 / e5m2, ``k / 64`` for INT8; a NaN element is the quiet NaN of its sign, and a
+        block with scale 0xFF the positive quiet NaN."""
+        f = _MXElement(format_name)
+        c = _mx_blocks(np.asarray(elements).astype(np.int64))
+        sign = (c >> (f.w - 1)) & 1
+        if f.kind == "int8":
+            p = np.where(c >= 128, c - 256, c) / 64.0
+        else:
+            exp, man = (c >> f.m) & ((1 << f.E) - 1), c & ((1 << f.m) - 1)
+            sig = np.where(exp == 0, man, man + (1 << f.m)).astype(np.float64)
+            p = np.ldexp(sig, np.maximum(exp, 1) - f.bias - f.m)
+            top = (1 << f.E) - 1
+            if f.kind == "ieee":
+                p = np.where(exp == top, np.where(man == 0, np.inf, np.nan), p)
+            elif f.kind == "e4m3":
+                p = np.where((exp == top) & (man == (1 << f.m) - 1), np.nan, p)
+            p = np.where(sign == 1, -p, p)  # -NaN: the quiet NaN with the sign bit
+        s = np.asarray(scales).astype(np.int64).reshape(len(c), 1)
+        v = np.ldexp(p, np.minimum(s, 254) - 127)
+        return np.where(s == 0xFF, np.nan, v).reshape(np.shape(elements))
 
     # ---------------------------------------------------------------------------------- quantizer
     def _quant_round(self, s: np.ndarray) -> np.ndarray:
@@ -354,6 +454,34 @@ class ReferenceBackend:
         else:
             dx = dy * pc(weight * inv)
         return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+    @staticmethod
+    def _group_stats(x: np.ndarray, num_groups: int, eps: float):
+        """``(x_hat, inv_std, groups)`` per sample and group of consecutive channels (biased variance, two
+        passes); ``groups`` is the shape ``(N, G, values per group)``."""
+        groups = (x.shape[0], num_groups, x[0].size // num_groups)
+        xg = x.reshape(groups)
+        mean = xg.mean(axis=2, keepdims=True)
+        var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
+        inv = 1 / np.sqrt(var + eps)
+        return ((xg - mean) * inv).reshape(x.shape), inv, groups
+
+    def groupnorm_forward(self, x, weight, bias, *, num_groups, eps):
+        """``weight[c] * (x - mean) / sqrt(var + eps) + bias[c]``, statistics over each sample's group."""
+        x_hat, _, _ = self._group_stats(x, num_groups, eps)
+        pc = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        return (x_hat * weight.reshape(pc) + bias.reshape(pc)).astype(x.dtype)
+
+    def groupnorm_vjp(self, x, weight, bias, dy, *, num_groups, eps):
+        """``dx = inv_std (g - mean(g) - x_hat mean(g x_hat))`` with ``g = dy weight[c]``, means over each
+        sample's group; ``dweight = sum(dy x_hat)``, ``dbias = sum(dy)`` over samples and positions."""
+        x_hat, inv, groups = self._group_stats(x, num_groups, eps)
+        pc, axes = (1, x.shape[1]) + (1,) * (x.ndim - 2), (0, *range(2, x.ndim))
+        g = (dy * weight.reshape(pc)).reshape(groups)
+        xh = x_hat.reshape(groups)
+        dx = inv * (g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True))
+        dweight, dbias = (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)
+        return dx.reshape(x.shape).astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
     def relu_forward(self, x):
         """``0 where x < 0 else x`` (keeps -0.0 and NaN)."""

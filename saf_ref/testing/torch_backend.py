@@ -496,6 +496,9 @@ class TorchBackend:
         """``F.batch_norm``; updates ``running_mean`` / ``running_var`` (our own copies) in place."""
         return self.F.batch_norm(x, running_mean, running_var, weight, bias, train, momentum, eps)
 
+    def _t_group_norm(self, x, weight, bias, num_groups, eps):
+        return self.F.group_norm(x, num_groups, weight, bias, eps)
+
     def _t_relu(self, x):
         return self.torch.relu(x)
 
@@ -540,6 +543,15 @@ class TorchBackend:
             rm, rv = self._t(running_mean), self._t(running_var)
             y = self._t_batch_norm(tx, tw, tb, rm, rv, train, momentum, eps)
             return self._grads(y, dy, tx, tw, tb)
+
+    def groupnorm_forward(self, x, weight, bias, *, num_groups, eps):
+        with self._flags():
+            return self._np(self._t_group_norm(self._t(x), self._t(weight), self._t(bias), num_groups, eps))
+
+    def groupnorm_vjp(self, x, weight, bias, dy, *, num_groups, eps):
+        with self._flags():
+            tx, tw, tb = self._leaves(x, weight, bias)
+            return self._grads(self._t_group_norm(tx, tw, tb, num_groups, eps), dy, tx, tw, tb)
 
     def relu_forward(self, x):
         with self._flags():

@@ -115,7 +115,7 @@ def _jax_report(tmp_path, *args):
 
 
 CHEAP = ["encode*", "decode*", "flip_by_uniform", "apply_faults", "quantize", "dequantize", "transform_*",
-         "relu_*", "sgd", "linear_*", "cross_entropy_*"]
+         "relu_*", "sgd", "linear_*", "cross_entropy_*", "mx_*", "groupnorm_*"]
 
 
 def test_jax_passes_the_elementwise_and_bit_checks(tmp_path):
@@ -130,6 +130,9 @@ def test_jax_passes_the_elementwise_and_bit_checks(tmp_path):
     assert checks["relu_forward"]["divergences"].get("flush-to-zero", 0) > 0
     assert checks["relu_vjp"]["divergences"].get("relu-nan-gradient", 0) > 0
     assert checks["quantize"]["unsupported"] > 0  # subnormal inputs declined, and said so
+    assert checks["mx_encode[mxfp4]"]["unsupported"] > 0  # the same for MX blocks
+    assert all(checks[f"mx_{op}[mxfp8_e4m3]"]["status"] == "pass" for op in ("encode", "decode"))
+    assert checks["groupnorm_vjp"]["status"] == "pass"
 
 
 def test_jax_passes_layers_and_a_model_in_float64(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from hypothesis.extra import numpy as hnp
 
 from saf_ref.bits import QuantContext, Quantizer, flip_by_uniform, get_ieee_format
 from saf_ref.bits.faultlist import FaultList
+from saf_ref.bits.mx import MXFormat
+from saf_ref.testing import mx_reference
 from saf_ref.testing import strategies as sst
 from saf_ref.testing.checks.core import (
     NARROWING,
@@ -26,16 +29,31 @@ from saf_ref.testing.checks.core import (
     Context,
     Outcome,
     SuiteOptions,
+    check_tuple,
     config_text,
     result,
     simple_check,
 )
 from saf_ref.testing.contracts import ContractFailure, assert_exact
 
-__all__ = ["DECODE_FORMATS", "ENCODE_FORMATS", "QUANT_RANGES", "codec_checks", "quant_combinations"]
+__all__ = [
+    "DECODE_FORMATS",
+    "ENCODE_FORMATS",
+    "MX_BLOCK",
+    "MX_CHECK_FORMATS",
+    "QUANT_RANGES",
+    "MXCase",
+    "codec_checks",
+    "mx_decode_classes",
+    "mx_encode_classes",
+    "quant_combinations",
+]
 
 ENCODE_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float32")
 DECODE_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+#: the six concrete MX formats of OCP MX v1.0; blocks of MX_BLOCK elements along the last axis
+MX_CHECK_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8")
+MX_BLOCK = 32
 
 
 # =========================================================================================================
@@ -429,6 +447,242 @@ def _dequantize_run(ctx: Context, case) -> Outcome:
     return assert_exact(got, expected, what=what, inputs={"code": codes}, explain=explain)
 
 
+# =========================================================================================================
+# bits: MX block formats (OCP Microscaling v1.0): blocks of 32 elements sharing an E8M0 scale
+# =========================================================================================================
+def _mx_ref_encode(name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """saf_ref's ``(scales, elements)`` of ``x``, blocks along its last axis (as the protocol puts them)."""
+    scales, elements = MXFormat(name, axis=-1).quantize(x)
+    return scales.reshape(x.shape[:-1] + (-1,)), elements.reshape(x.shape).astype(np.uint8)
+
+
+def _mx_ref_decode(name: str, scales: np.ndarray, elements: np.ndarray) -> np.ndarray:
+    """saf_ref's float64 values of blocks along the last axis of ``elements`` under ``scales``."""
+    n = elements.shape[-1]
+    rows = int(np.prod(elements.shape[:-1], dtype=np.int64))
+    fmt = MXFormat(name, axis=-1)
+    values = fmt.dequantize(
+        np.ascontiguousarray(scales).reshape(rows, n // MX_BLOCK),
+        np.ascontiguousarray(elements).reshape(rows, n // MX_BLOCK, MX_BLOCK).astype(fmt.element.container),
+        (rows, n),
+    )
+    return values.reshape(elements.shape)
+
+
+def _element_table(name: str) -> tuple[np.ndarray, int, int]:
+    """The non-negative element values in code order (ascending), ``emax_elem`` and the element bits, from
+    the specification's loop implementation (:mod:`saf_ref.testing.mx_reference`)."""
+    element = mx_reference.MX_ELEMENT[name]
+    bits = mx_reference.element_bits(element)
+    half = 128 if element == "int8" else 1 << (bits - 1)
+    values = [mx_reference.element_value(element, c)[0] for c in range(half)]
+    finite = np.array([float(v) for v in values if not isinstance(v, str)])
+    return finite, mx_reference.emax_elem(element), bits
+
+
+@dataclass(frozen=True)
+class MXCase:
+    """An MX encoding problem: the values of ``x`` come from a seeded generator (see :meth:`array`).
+
+    ``kind``: ``"spread"`` (normal values over ``spread`` binades below ``2**top``), ``"ties"`` (every
+    block pinned to a scale ``2**top`` by its largest element, the others midpoints of element values and
+    their neighbours), ``"saturate"`` (the largest ``|V| / X`` between the largest element and
+    ``2**(emax+1)``), ``"specials"`` (NaN, infinities, signed zeros and subnormals scattered in).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str
+    top: int
+    spread: float
+    seed: int
+    layout: str = "contiguous"
+
+    def array(self) -> np.ndarray:
+        table, emax, _ = _element_table(self.name)
+        rng = np.random.default_rng(self.seed)
+        v = rng.standard_normal(self.shape) * np.exp2(self.top - rng.uniform(0.0, self.spread, self.shape))
+        blocks = v.reshape(-1, MX_BLOCK)
+        sign = rng.choice([-1.0, 1.0], blocks.shape)
+        if self.kind == "ties":
+            mid = (table[1:] + table[:-1]) / 2
+            pool = np.concatenate([mid, np.nextafter(mid, 0), np.nextafter(mid, np.inf), table])
+            blocks[:] = sign * rng.choice(pool, blocks.shape) * np.exp2(self.top - emax)
+            blocks[:, 0] = table[-1] * np.exp2(self.top - emax)  # pins the shared exponent to top - emax
+        elif self.kind == "saturate":
+            hi = 2.0 ** (emax + 1)
+            over = rng.uniform(table[-1], hi, (len(blocks), 8))
+            blocks[:, :8] = sign[:, :8] * over * np.exp2(self.top - emax)
+        elif self.kind == "specials":
+            pool = [np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0**-1074, -(2.0**-149), 2.0**-126, 2.0**-1022]
+            hit = rng.random(blocks.shape) < 0.1
+            blocks[hit] = rng.choice(pool, int(hit.sum()))
+        with np.errstate(over="ignore"):
+            x = v.astype(self.dtype)
+        return sst.strided(x) if self.layout == "strided" else x
+
+
+MX_SHAPES = ((32,), (2, 32), (64,), (3, 64), (2, 2, 32))
+
+
+def _mx_cases(name: str):
+    """Generated MX encoding problems: float32 or float64, 1 to 6 blocks in ranks 1 to 3, scales across
+    the whole E8M0 range (and beyond it, clamped or NaN), every kind of :class:`MXCase`."""
+    return st.builds(
+        MXCase,
+        st.just(name),
+        st.sampled_from(["float32", "float64"]),
+        st.sampled_from(MX_SHAPES),
+        st.sampled_from(["spread", "ties", "saturate", "specials"]),
+        st.one_of(st.integers(-8, 8), st.integers(-160, 140)),
+        st.sampled_from([0.0, 4.0, 30.0]),
+        sst.seeds(),
+    )
+
+
+def mx_encode_classes(name: str) -> list[Boundary]:
+    """The boundary table of ``mx_encode[name]``: ties to even of every element value at scale 1 and at
+    the extreme scales, saturation, the clamped smallest scale, NaN scales (a NaN or an infinity in a
+    block; a shared exponent above 127), zero and negative-zero blocks, tiny elements beside a large one,
+    subnormal inputs of both dtypes, float32's largest values, ranks 1 to 3 and a strided layout."""
+    table, emax, _ = _element_table(name)
+    def c(dtype, shape, kind, top, spread, seed, layout="contiguous"):
+        return MXCase(name, dtype, shape, kind, top, spread, seed, layout)
+
+    rows: list[tuple[str, Any]] = [
+        ("ties of every element value, scale 2**0 (float32)", c("float32", (4, 32), "ties", emax, 0, 1)),
+        ("ties at the largest scale 2**127 (float64)", c("float64", (2, 32), "ties", 127 + emax, 0, 2)),
+        ("ties at the smallest scale 2**-127 (float64)", c("float64", (2, 32), "ties", emax - 127, 0, 3)),
+        ("float32 subnormal blocks (shared exponent below -127: clamped)",
+         c("float32", (2, 32), "ties", emax - 140, 0, 4)),
+        ("saturation: max |V| / X above the largest element", c("float32", (3, 32), "saturate", 0, 0, 5)),
+        ("saturation (float64, large scale)", c("float64", (2, 32), "saturate", 100, 0, 6)),
+        ("shared exponent below -127: clamped (float64)", c("float64", (2, 32), "spread", -200, 5, 7)),
+        ("shared exponent above 127: NaN scale (float64)", c("float64", (2, 32), "spread", 140 + emax, 3, 8)),
+        ("shared exponent 128, one above the largest scale: NaN scale (float64)",
+         c("float64", (2, 32), "ties", 128 + emax, 0, 15)),
+        ("NaN, infinities, signed zeros and subnormals in blocks (float32)",
+         c("float32", (4, 32), "specials", 0, 8, 9)),
+        ("NaN, infinities, signed zeros and subnormals in blocks (float64)",
+         c("float64", (4, 32), "specials", 0, 8, 10)),
+        ("tiny elements beside a large one: +-0 and subnormal elements",
+         c("float32", (2, 64), "spread", 3, 30, 11)),
+        ("rank 1, one block", c("float32", (32,), "spread", 0, 4, 12)),
+        ("rank 3, two blocks per row", c("float64", (2, 3, 64), "spread", -3, 6, 13)),
+        ("a row of 32 blocks (1024 elements)", c("float32", (1, 1024), "spread", 0, 8, 16)),
+        ("non-contiguous input", c("float32", (3, 64), "spread", 1, 6, 14, layout="strided")),
+    ]
+    out = [Boundary(n, c) for n, c in rows]
+    zeros = np.zeros((3, 32), dtype=np.float32)
+    zeros[1] = -0.0
+    zeros[2, ::2] = -0.0
+    f32_max = np.full((2, 32), np.finfo(np.float32).max, dtype=np.float32)
+    f32_max[1, 1::2] *= -1
+    f32_max[1, 2::4] = np.finfo(np.float32).smallest_subnormal
+    nan_kinds = np.resize(np.concatenate([sst.nan_kinds(np.float64), [1.0, -2.0]]), (2, 32))
+    sub64 = np.ldexp(np.arange(1, 65, dtype=np.float64).reshape(2, 32), -1074) * np.where(
+        np.arange(64).reshape(2, 32) % 3, 1.0, -1.0
+    )
+    out += [
+        Boundary("all-zero blocks: +0, -0 and mixed (scale code 0, signs kept)", zeros),
+        Boundary("float32's largest finite values (and its smallest subnormal beside them)", f32_max),
+        Boundary("every NaN kind (quiet, signalling, payloads, signs) in a block (float64)", nan_kinds),
+        Boundary("float64 subnormal inputs only", sub64),
+    ]
+    return out
+
+
+def _mx_case_array(case) -> np.ndarray:
+    return case.array() if isinstance(case, MXCase) else case
+
+
+def _make_mx_encode(name: str) -> Check:
+    def run(ctx: Context, case) -> Outcome:
+        x = _mx_case_array(case)
+        seed = f", seed={case.seed}" if isinstance(case, MXCase) else ""
+        what = f"mx_encode[{name}](x {x.dtype} {x.shape}{seed})"
+        scales, elements = _mx_ref_encode(name, x)
+        got = ctx.call("mx_encode", name, x)
+        check_tuple(got, 2, f"{what}: backend.mx_encode must return (scales, elements)")
+        got_scales = result(got[0], np.uint8, scales.shape, what + " scales")
+        got_elements = result(got[1], np.uint8, elements.shape, what + " elements")
+        assert_exact(got_scales, scales, what=what + " scales", inputs={})
+        return assert_exact(got_elements, elements, what=what + " elements", inputs={"x": x})
+
+    return Check(
+        f"mx_encode[{name}]",
+        "exact",
+        ("mx_encode",),
+        lambda ctx: _mx_cases(name),
+        run,
+        explicit=lambda ctx: mx_encode_classes(name),
+        doc=f"{name} blocks of 32: E8M0 scale and element codes (ties to even, saturation, NaN blocks)",
+    )
+
+
+@st.composite
+def _mx_code_cases(draw, name: str):
+    """Random scales (every code, NaN included) and element codes for 1 to 6 blocks."""
+    bits = _element_table(name)[2]
+    shape = draw(st.sampled_from(MX_SHAPES))
+    rng = np.random.default_rng(draw(sst.seeds()))
+    scales = rng.integers(0, 256, shape[:-1] + (shape[-1] // MX_BLOCK,)).astype(np.uint8)
+    return scales, rng.integers(0, 1 << bits, shape).astype(np.uint8)
+
+
+def mx_decode_classes(name: str) -> list[Boundary]:
+    """The boundary table of ``mx_decode[name]``: every element code under the scales 2**0, 2**-127 and
+    2**127, a NaN scale, every scale code, ranks 1 and 3 and non-contiguous codes."""
+    bits = _element_table(name)[2]
+    every = np.resize(np.arange(1 << bits, dtype=np.uint8), 256 if bits == 8 else 64)  # whole blocks
+    blocks = len(every) // MX_BLOCK
+
+    def under(code: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((1, blocks), code, dtype=np.uint8), every.reshape(1, -1)
+
+    all_scales = np.arange(256, dtype=np.uint8).reshape(8, 32)
+    edge = np.array([0, 1, (1 << bits) - 1, 1 << (bits - 1), (1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1])
+    edge_blocks = np.resize(edge, (256, MX_BLOCK)).astype(np.uint8).reshape(8, 32 * MX_BLOCK)
+    rng = np.random.default_rng(0)
+    rank3 = (
+        rng.integers(0, 256, (2, 3, 2)).astype(np.uint8),
+        rng.integers(0, 1 << bits, (2, 3, 64)).astype(np.uint8),
+    )
+    return [
+        Boundary("every element code under the scale 2**0 (code 127)", under(127)),
+        Boundary("every element code under the smallest scale 2**-127 (code 0)", under(0)),
+        Boundary("every element code under the largest scale 2**127 (code 254)", under(254)),
+        Boundary("every element code under a NaN scale (0xFF): the whole block NaN", under(0xFF)),
+        Boundary("every scale code with zeros, the smallest and largest codes of both signs",
+                 (all_scales, edge_blocks)),
+        Boundary("rank 1, one block", (np.array([130], np.uint8), every[:MX_BLOCK].copy())),
+        Boundary("rank 3 codes", rank3),
+        Boundary("non-contiguous scales and codes", (sst.strided(rank3[0]), sst.strided(rank3[1]))),
+    ]
+
+
+def _make_mx_decode(name: str) -> Check:
+    def run(ctx: Context, case) -> Outcome:
+        scales, elements = case
+        what = f"mx_decode[{name}](scales {scales.shape}, elements {elements.shape})"
+        expected = _mx_ref_decode(name, scales, elements)
+        got = result(ctx.call("mx_decode", name, scales, elements), np.float64, elements.shape, what)
+        per_element = np.repeat(scales, MX_BLOCK, axis=-1)
+        inputs = {"element": elements, "scale": per_element}
+        return assert_exact(got, expected, what=what, inputs=inputs, nan_payloads=ctx.options.nan_payloads)
+
+    return Check(
+        f"mx_decode[{name}]",
+        "exact",
+        ("mx_decode",),
+        lambda ctx: _mx_code_cases(name),
+        run,
+        explicit=lambda ctx: mx_decode_classes(name),
+        doc=f"float64 values of {name} blocks: 2**(scale - 127) * element (NaN scale: NaN block)",
+    )
+
+
 def codec_checks() -> list[Check]:
     """The checks of saf_ref.bits, in report order: encode, decode, flips, FaultLists, quantizer."""
     checks: list[Check] = [_make_encode(f) for f in ENCODE_FORMATS]
@@ -471,4 +725,6 @@ def codec_checks() -> list[Check]:
             "values of quantized codes (every code first)",
         ),
     ]
+    checks += [_make_mx_encode(f) for f in MX_CHECK_FORMATS]
+    checks += [_make_mx_decode(f) for f in MX_CHECK_FORMATS]
     return checks

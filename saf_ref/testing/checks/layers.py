@@ -1,5 +1,5 @@
-"""Checks of the network layers: pooling, conv2d and linear (dot-product bound), batch norm and
-cross-entropy (relative to saf_ref float32).
+"""Checks of the network layers: pooling, conv2d and linear (dot-product bound), batch norm, group norm
+and cross-entropy (relative to saf_ref float32).
 
 Each op has a forward check and a vector-Jacobian-product check under the same contract, built from one
 table (:func:`layer_checks`). The dot-product bound's magnitudes come from the same saf_ref op applied
@@ -10,9 +10,11 @@ magnitude of their terms (:func:`bn_scales`, :func:`ce_scale`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
 
 from saf_ref.testing import strategies as sst
 from saf_ref.testing.checks.core import (
@@ -41,6 +43,9 @@ __all__ = [
     "ce_classes",
     "ce_scale",
     "conv_classes",
+    "GNCase",
+    "gn_classes",
+    "gn_scales",
     "layer_checks",
     "linear_classes",
     "maxpool_classes",
@@ -223,6 +228,126 @@ def _bn_run(ctx: Context, case: sst.BNCase, vjp: bool) -> Outcome:
     for name, g, r, o in zip(names, got, refs, ours, strict=True):
         check_relative(ctx, tally, g, r, o, f"{what} {name}", scale=scales[name])
     return tally.outcome()
+
+
+@dataclass(frozen=True)
+class GNCase:
+    """A group norm problem: shape ``(N, C, ...)``, groups, eps, data offset and scale, seed, layout."""
+
+    x_shape: tuple[int, ...]
+    num_groups: int
+    eps: float
+    offset: float
+    scale: float
+    seed: int
+    layout: str = "contiguous"
+
+    def arrays(self, dtype: Any):
+        """``(x, weight, bias, dy)``, float32-representable (saf_ref float32 sees the same inputs)."""
+        rng = np.random.default_rng(self.seed)
+        c = self.x_shape[1]
+        x = self.offset + self.scale * rng.standard_normal(self.x_shape)
+        weight = rng.uniform(0.5, 2.0, c) * rng.choice([-1.0, 1.0], c)
+        bias = rng.standard_normal(c)
+        dy = rng.standard_normal(self.x_shape)
+        arrays = (a.astype(np.float32).astype(dtype) for a in (x, weight, bias, dy))
+        return tuple(sst.strided(a) for a in arrays) if self.layout == "strided" else tuple(arrays)
+
+
+def gn_scales(x, weight, bias, dy, *, num_groups: int, eps: float) -> dict[str, float]:
+    """The magnitude of group norm's terms per output (float64): the floor of the relative tier.
+
+    As for batch norm (:func:`bn_scales`, training mode) with each sample's group in place of the batch's
+    channel: the mean of a group is off by about ``u * mean|x|``, so ``x_hat`` by ``u * (a + |x_hat|)``
+    with ``a = mean|x| / s``; ``g = dy * weight`` varies within a group (per channel).
+    """
+    x, weight, bias, dy = (np.asarray(v, np.float64) for v in (x, weight, bias, dy))
+    n, nd = x.shape[0], x.ndim
+    per = (1, -1) + (1,) * (nd - 2)
+    axes = (0, *range(2, nd))
+    xg = x.reshape(n, num_groups, -1)
+    mean, var = xg.mean(axis=2, keepdims=True), xg.var(axis=2, keepdims=True)
+    s = np.sqrt(var + eps)
+    x_hat = (xg - mean) / s
+    terms = (np.abs(xg).mean(axis=2, keepdims=True) / s + np.abs(x_hat)).reshape(x.shape)  # a + |x_hat|
+    g = np.abs(dy * weight.reshape(per)).reshape(n, num_groups, -1)
+    t = (g * terms.reshape(g.shape)).mean(axis=2, keepdims=True)
+    dx = (g + g.mean(axis=2, keepdims=True) + 2 * terms.reshape(g.shape) * t) / s
+    return {
+        "y": float((np.abs(weight).reshape(per) * terms + np.abs(bias).reshape(per)).max()),
+        "dx": float(dx.max()),
+        "dweight": float(np.sum(np.abs(dy) * (terms + np.abs(x_hat).reshape(x.shape)), axis=axes).max()),
+        "dbias": float(np.sum(np.abs(dy), axis=axes).max()),
+    }
+
+
+def _gn_run(ctx: Context, case: GNCase, vjp: bool) -> Outcome:
+    x, weight, bias, dy = case.arrays(ctx.dtype)
+    kw = dict(num_groups=case.num_groups, eps=case.eps)
+    method = "groupnorm_vjp" if vjp else "groupnorm_forward"
+    what = (
+        f"{method}(x {case.x_shape}, num_groups={case.num_groups}, eps={case.eps!r}, offset={case.offset!r}, "
+        f"scale={case.scale!r}, seed={case.seed})"
+    )
+    a64, a32 = f64(x, weight, bias, dy), f32(x, weight, bias, dy)
+    scales = gn_scales(*a64, **kw)
+    tally = Tally()
+    if not vjp:
+        ref, ours = REF64.groupnorm_forward(*a64[:3], **kw), REF32.groupnorm_forward(*a32[:3], **kw)
+        got = ctx.call(method, x, weight, bias, **kw)
+        check_relative(ctx, tally, got, ref, ours, f"{what} y", scale=scales["y"])
+        return tally.outcome()
+    refs, ours = REF64.groupnorm_vjp(*a64, **kw), REF32.groupnorm_vjp(*a32, **kw)
+    got = ctx.call(method, x, weight, bias, dy, **kw)
+    check_tuple(got, 3, f"{what}: backend.groupnorm_vjp must return (dx, dweight, dbias)")
+    for name, g, r, o in zip(("dx", "dweight", "dbias"), got, refs, ours, strict=True):
+        check_relative(ctx, tally, g, r, o, f"{what} {name}", scale=scales[name])
+    return tally.outcome()
+
+
+#: (x shape, groups) of the generated group norm cases: a few shapes (XLA compiles one program per shape)
+GN_SHAPES = (
+    ((2, 4, 3, 3), (1, 2, 4)),
+    ((1, 6, 2, 2), (1, 2, 3, 6)),
+    ((3, 8, 2), (2, 4, 8)),
+    ((4, 6), (1, 3)),
+)
+
+
+@st.composite
+def _gn_cases(draw) -> GNCase:
+    """Group norm problems: shapes of :data:`GN_SHAPES` (ranks 2 to 4) with each of their group counts,
+    eps 1e-5 or 1e-3, data centred or offset by up to 100 standard deviations, any seed."""
+    shape, groups = draw(st.sampled_from(GN_SHAPES))
+    scale = draw(st.sampled_from([1.0, 0.1, 10.0]))
+    offset = draw(st.sampled_from([0.0, 1.0, 10.0, 100.0])) * scale
+    return GNCase(shape, draw(st.sampled_from(groups)), draw(st.sampled_from([1e-5, 1e-3])), offset, scale,
+                  draw(sst.seeds()))
+
+
+def gn_classes() -> list[Boundary]:
+    """group norm: 1 group (layer norm), one channel per group (instance norm), groups of 1 and 2 values,
+    the reference code's group counts, prime and 64 channels, ranks 2 to 5, data far from zero, eps 1e-3
+    with tiny data, batch 1 and a strided layout."""
+    G = GNCase
+    rows = [
+        ("1 group (layer norm over C, H, W)", G((2, 4, 3, 3), 1, 1e-5, 0.0, 1.0, 0)),
+        ("a group per channel (instance norm)", G((2, 4, 3, 3), 4, 1e-5, 0.0, 1.0, 1)),
+        ("groups of 2 channels (the reference code's choice for C = 8)",
+         G((2, 8, 2, 2), 4, 1e-5, 0.0, 1.0, 2)),
+        ("groups of one value (x_hat = 0)", G((2, 4, 1, 1), 4, 1e-5, 0.0, 1.0, 3)),
+        ("groups of two values", G((2, 4, 2, 1), 4, 1e-5, 0.0, 1.0, 4)),
+        ("data offset by 100 standard deviations", G((2, 6, 3, 3), 3, 1e-5, 100.0, 1.0, 5)),
+        ("eps 1e-3 and tiny data (scale 0.01)", G((2, 4, 3, 3), 2, 1e-3, 0.0, 0.01, 6)),
+        ("batch 1", G((1, 6, 2, 2), 2, 1e-5, 0.0, 1.0, 7)),
+        ("17 channels (prime), 17 groups", G((2, 17, 2, 2), 17, 1e-5, 0.0, 1.0, 8)),
+        ("64 channels in 32 groups", G((1, 64, 2, 2), 32, 1e-5, 0.0, 1.0, 9)),
+        ("rank 2 (N, C)", G((4, 6), 3, 1e-5, 0.0, 1.0, 10)),
+        ("rank 3 (N, C, L)", G((3, 8, 2), 2, 1e-5, 0.0, 1.0, 11)),
+        ("rank 5 (N, C, D, H, W)", G((2, 4, 2, 2, 2), 2, 1e-5, 0.0, 1.0, 12)),
+        ("non-contiguous arrays", G((2, 4, 3, 4), 2, 1e-5, 0.0, 1.0, 13, layout="strided")),
+    ]
+    return [Boundary(n, c) for n, c in rows]
 
 
 def ce_scale(logits: np.ndarray) -> float:
@@ -434,13 +559,16 @@ def pool_checks() -> list[Check]:
 
 
 def layer_checks() -> list[Check]:
-    """conv2d, linear, batch norm and cross-entropy: a forward and a VJP check each, from one table."""
+    """conv2d, linear, batch norm, group norm and cross-entropy: a forward and a VJP check each, from one
+    table."""
     conv_edge, linear_edge, bn_edge, ce_edge = conv_classes(), linear_classes(), bn_classes(), ce_classes()
     pairs = [
         ("conv2d", "dot", sst.conv_cases, _conv_run, conv_edge, "conv2d output", "conv2d dx, dw, db"),
         ("linear", "dot", sst.linear_cases, _linear_run, linear_edge, "linear output", "linear dx, dw, db"),
         ("batchnorm2d", "relative", sst.bn_cases, _bn_run, bn_edge,
          "batch norm output and running statistics", "batch norm dx, dweight, dbias"),
+        ("groupnorm", "relative", _gn_cases, _gn_run, gn_classes(),
+         "group norm output (per-sample group statistics)", "group norm dx, dweight, dbias"),
         ("cross_entropy", "relative", sst.ce_cases, _ce_run, ce_edge,
          "mean softmax cross-entropy loss", "mean softmax cross-entropy gradient"),
     ]  # fmt: skip
