@@ -9,10 +9,14 @@ BACKEND is one of
 - ``path/to/file.py:Name`` - the same, from a file (nothing needs installing).
 
 A class or factory is called with the keyword arguments it accepts among ``device`` and ``dtype``
-(``--device``, ``--dtype``); asking for a device or dtype it does not accept is an error. The exit status
-is 0 when every check passes (known divergences included, unless ``--strict``), 1 when one fails, 2 for
+(``--device``, ``--dtype``); asking for a device or dtype it does not accept is an error. The backend's
+declared dtype is then verified: it must be float32 or float64, the one asked for (a constructor that
+ignores ``dtype`` would otherwise run a float64 request in float32), and the dtype its network ops return
+(one ``relu_forward`` call, or ``linear_forward`` / ``global_avgpool_forward``, on three values). The exit
+status is 0 when every check passes (known divergences included, unless ``--strict``), 1 when one fails, 2 for
 a usage error: an unknown backend, a backend module or file that raises on import, a name it does not
-define, a constructor that raises (a missing ``torch`` or ``jax`` included), each reported in one line.
+define, a constructor that raises (a missing ``torch`` or ``jax`` included), a declared dtype that fails the
+verification above, each reported in one line.
 ``--json PATH`` writes the report as JSON (schema ``saf_ref.check_report``, version 1).
 
 This module imports nothing heavy at import time, so that ``saf-ref --help`` stays fast; the suite (and
@@ -29,7 +33,9 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_arguments", "load_backend", "main", "run_from_args"]
+import numpy as np
+
+__all__ = ["add_arguments", "load_backend", "main", "run_from_args", "verify_dtype"]
 
 _BUILTIN = ("numpy", "torch", "jax")
 
@@ -163,13 +169,79 @@ def load_backend(
     if not isinstance(spec, str):
         raise TypeError(f"{fn}: spec must be a str, got {type(spec).__name__}")
     try:
-        return _build_backend(spec, device, dtype, torch_options)
+        backend = _build_backend(spec, device, dtype, torch_options)
     except (TypeError, ValueError) as err:
         if str(err).startswith(f"{fn}:"):
             raise
         raise type(err)(f"{fn}: cannot build the backend {spec!r}: {err}") from None
     except Exception as err:  # ImportError (no torch, no jax), a constructor's own error: one line
         raise ValueError(f"{fn}: cannot build the backend {spec!r}: {type(err).__name__}: {err}") from None
+    verify_dtype(backend, spec, dtype)
+    return backend
+
+
+#: cheap network ops that reveal the dtype a backend computes in: (method, arguments for a dtype)
+_DTYPE_PROBES = (
+    ("relu_forward", lambda d: (np.array([-1.5, 0.0, 2.0], dtype=d),)),
+    ("linear_forward", lambda d: (np.ones((1, 3), dtype=d), np.ones((2, 3), dtype=d), None)),
+    ("global_avgpool_forward", lambda d: (np.ones((1, 3, 1, 1), dtype=d),)),
+)
+
+
+def verify_dtype(backend: Any, spec: str, dtype: str | None = None) -> None:
+    """Check a backend's declared dtype before the suite runs (one line naming what is wrong).
+
+    Parameters
+    ----------
+    backend : object
+        A built backend.
+    spec : str
+        How it was named (for the message).
+    dtype : str or None
+        The dtype asked for (``--dtype``), if any.
+
+    Raises
+    ------
+    TypeError
+        The declared dtype (``backend.dtype``) is not float32 or float64, or a network op returns another
+        floating dtype than the declared one (``relu_forward``, else ``linear_forward`` or
+        ``global_avgpool_forward``, called once on three values).
+    ValueError
+        The declared dtype is not the one asked for, or the unit roundoff is out of range.
+
+    Notes
+    -----
+    A probe that raises, is missing or returns something that is not a float array is left to the suite,
+    whose check of that method reports it.
+    """
+    from saf_ref.testing.protocol import describe_backend, has_method
+
+    fn = "load_backend"
+    try:
+        info = describe_backend(backend)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{fn}: backend {spec!r}: {err}") from None
+    declared = info.dtype.name
+    if dtype is not None and declared != dtype:
+        raise ValueError(
+            f"{fn}: backend {spec!r} must declare the dtype it was asked for (--dtype {dtype}), got "
+            f"backend.dtype = {declared!r} (does its constructor set dtype?)"
+        )
+    for method, args in _DTYPE_PROBES:
+        if not has_method(backend, method):
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                out = getattr(backend, method)(*args(info.dtype))
+        except Exception:  # noqa: BLE001 - the suite's check of this method reports the error
+            return
+        got = getattr(out, "dtype", None)
+        if isinstance(out, (np.ndarray, np.generic)) and got.kind == "f" and got != info.dtype:
+            raise TypeError(
+                f"{fn}: backend {spec!r} declares dtype {declared} but its {method} returned {got.name} "
+                f"for {declared} inputs"
+            )
+        return
 
 
 def _build_backend(spec: str, device: str | None, dtype: str | None, torch_options: dict) -> Any:

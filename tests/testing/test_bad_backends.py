@@ -26,6 +26,25 @@ class NeedsGpu:
 
 class Fine(NumpyBackend):
     pass
+
+class Half(NumpyBackend):
+    def __init__(self):
+        super().__init__()
+        self.dtype = "float16"
+
+class IgnoresDtype(NumpyBackend):
+    def __init__(self, dtype="float32"):
+        super().__init__()  # the dtype asked for is dropped: the backend stays float32
+
+class ReturnsFloat64(NumpyBackend):
+    def relu_forward(self, x):  # declares float32, computes in float64
+        return super().relu_forward(x.astype(np.float64))
+
+class LinearOnly:
+    dtype = "float64"
+
+    def linear_forward(self, x, w, b):
+        return (x @ w.T).astype(np.float32)
 '''
 
 
@@ -47,6 +66,16 @@ def _run(argv, capsys):
         ("{broken}:Missing", "load_backend: module '{broken}' has no attribute 'Missing'"),
         ("{broken}:NeedsGpu", "load_backend: cannot build the backend '{broken}:NeedsGpu': "
                               "ModuleNotFoundError: No module named 'no_such_gpu_library_xyz'"),
+        # the declared dtype: valid, the one asked for, and what the network ops return
+        ("{broken}:Half", "load_backend: backend '{broken}:Half': describe_backend: backend.dtype must be "
+                          "'float32' or 'float64', got 'float16'"),
+        ("{broken}:IgnoresDtype --dtype float64",
+         "load_backend: backend '{broken}:IgnoresDtype' must declare the dtype it was asked for (--dtype "
+         "float64), got backend.dtype = 'float32'"),
+        ("{broken}:ReturnsFloat64", "load_backend: backend '{broken}:ReturnsFloat64' declares dtype float32 "
+                                    "but its relu_forward returned float64 for float32 inputs"),
+        ("{broken}:LinearOnly", "load_backend: backend '{broken}:LinearOnly' declares dtype float64 but its "
+                                "linear_forward returned float32 for float64 inputs"),
     ],
 )
 def test_a_backend_that_cannot_be_loaded_is_one_line_with_status_two(backend, message, tmp_path, capsys):
@@ -55,10 +84,19 @@ def test_a_backend_that_cannot_be_loaded_is_one_line_with_status_two(backend, me
     broken = tmp_path / "broken.py"
     broken.write_text(BROKEN_FILE)
     paths = {"raises": str(raises), "broken": str(broken)}
-    status, out, err = _run(["check", backend.format(**paths), "--only", "relu_forward"], capsys)
+    status, out, err = _run(["check", *backend.format(**paths).split(), "--only", "relu_forward"], capsys)
     assert status == 2 and out == ""
     assert err.startswith("saf-ref check: error: load_backend: ") and message.format(**paths) in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_verify_dtype_accepts_the_builtin_backends_and_a_backend_without_probes():
+    from saf_ref.testing.runner import load_backend, verify_dtype
+
+    assert load_backend("numpy", dtype="float64").dtype == "float64"
+    verify_dtype(OnlyDecode(), "only-decode", "float32")  # no network op to probe: nothing to say
+    with pytest.raises(ValueError, match="must declare the dtype it was asked for"):
+        verify_dtype(NumpyBackend(), "numpy", "float64")
 
 
 def test_a_file_backend_that_loads_runs(tmp_path, capsys):
