@@ -269,12 +269,17 @@ def _to_grid(
     size = n * hg * wg
     shape = (c, size + (kh - 1) * wg + kw - 1)
     if slot is None:
-        grid = np.zeros(shape, dtype=x.dtype)
-    else:  # reused memory: no page faults, but the zeros must be written
+        grid = np.empty(shape, dtype=x.dtype)
+    else:  # reused memory: no page faults
         grid = scratch_buffer(slot, shape[0] * shape[1], x.dtype).reshape(shape)
-        grid.fill(0)
     lead = ph * wg + pw
-    grid[:, lead : lead + size].reshape(c, n, hg, wg)[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    images = grid[:, lead : lead + size].reshape(c, n, hg, wg)
+    images[:, :, :h, :w] = x.transpose(1, 0, 2, 3)
+    # Only the zeros are written apart (not the whole grid first): about a tenth of it.
+    grid[:, :lead] = 0
+    images[:, :, :h, w:] = 0
+    images[:, :, h:] = 0
+    grid[:, lead + size :] = 0
     return grid
 
 

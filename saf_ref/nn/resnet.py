@@ -417,11 +417,11 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
     d = act_backward(dy, cache.relu_out)
     dh = conv_norm_backward(d, cache.branch2, grads)
     dh = act_backward(dh, cache.relu1)
-    dx = conv_norm_backward(dh, cache.branch1, grads)
+    dx = conv_norm_backward(dh, cache.branch1, grads)  # a new array: summed into in place
     if cache.downsample is None:
-        dx = dx + d
+        dx += d
     else:
-        dx = dx + conv_norm_backward(d, cache.downsample, grads)
+        dx += conv_norm_backward(d, cache.downsample, grads)
     return dx, grads
 
 
