@@ -5,7 +5,8 @@ What it does, with no arguments, no network and only the shipped data:
 1. trains three float models with the same seed and budget: a plain **baseline** (w = u), and two
    **SAF** models (w = tanh(u), w = arctan(u)); and four 8-bit **robust-quantization** models
    (per-tensor asymmetric, offset binary, rounded; Stutz et al.): plain, with **weight clipping**,
-   clipping plus **RandBET** (random bit-error training), and RandBET without clipping. By default
+   clipping plus **RandBET** (random bit-error training, switched per batch by the reference code's
+   curriculum, ``curriculum_loss``), and RandBET without clipping. By default
    (``quant_setting="reference"``) these four use the reference code's setting: group normalization
    with the reparameterized scale ``1 + weight`` and every trained tensor (biases and normalization
    parameters included) clipped, quantized and exposed; ``"weights"`` keeps the earlier setting (the
