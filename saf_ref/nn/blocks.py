@@ -33,7 +33,13 @@ from saf_ref.nn.batchnorm import (
     batchnorm2d_forward,
     batchnorm2d_forward_into,
 )
-from saf_ref.nn.conv import conv2d_backward_unchecked, conv2d_forward_fused, conv2d_forward_unchecked
+from saf_ref.nn.conv import (
+    GridBatch,
+    conv2d_backward_unchecked,
+    conv2d_forward_fused,
+    conv2d_forward_unchecked,
+    conv2d_inference,
+)
 from saf_ref.validation import check_real
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "conv_bn_backward",
     "conv_bn_act_forward",
     "conv_bn_forward",
+    "conv_bn_inference",
     "init_from_shapes",
 ]
 
@@ -311,6 +318,66 @@ def conv_bn_act_forward(
         return y, None, None
     relu_cache = ReluCache(passes, x.dtype) if relu else None
     return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache), relu_cache
+
+
+def conv_bn_inference(
+    x: GridBatch,
+    params: dict[str, np.ndarray],
+    state: dict[str, np.ndarray],
+    conv_name: str,
+    bn_name: str,
+    *,
+    stride: int,
+    padding: int,
+    residual: GridBatch | np.ndarray | None = None,
+    relu: bool,
+    out_grid: tuple[tuple[int, int], tuple[int, int]] | None,
+) -> GridBatch | np.ndarray:
+    """Evaluation-mode ``relu(bn(conv(x)) [+ residual])`` for a model's inference pass: from a grid to
+    the next layer's grid (:func:`saf_ref.nn.conv.conv2d_inference`), nothing kept for a backward pass.
+
+    Bit for bit :func:`conv_bn_act_forward` with ``train=False``: the same operations in the same order
+    (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`, ``+``,
+    :func:`saf_ref.nn.activations.relu_inplace`), on each chunk of the convolution's product in its
+    channel-major layout before it is written out. ``residual``: a grid of the output's shape (the
+    identity shortcut) or an NCHW array (a downsampling shortcut's output). The running statistics are
+    not copied into a new state here (the caller does).
+    """
+    w = params[f"{conv_name}.weight"]
+    weight, bias = params[f"{bn_name}.weight"], params[f"{bn_name}.bias"]
+    running_mean, running_var = state[f"{bn_name}.running_mean"], state[f"{bn_name}.running_var"]
+    tables: dict[tuple[int, int], Any] = {}
+
+    def epilogue(chunk: np.ndarray, start: int, stop: int) -> None:
+        # chunk (O, n, A, B), channel-major: per-channel tables of shape (O, 1, A, B)
+        hw = chunk.shape[2:]
+        if hw not in tables:
+            tables[hw] = batchnorm2d_eval_operands(
+                running_mean, running_var, weight, bias, (chunk.shape[0], 1, *hw)
+            )
+        batchnorm2d_eval_inplace(chunk, tables[hw])
+        if isinstance(residual, GridBatch):
+            chunk += _grid_residual(residual, chunk, start, stop)
+        elif residual is not None:
+            ho, wo = residual.shape[2:]
+            chunk[:, :, :ho, :wo] += residual[start:stop].transpose(1, 0, 2, 3)
+        if relu:
+            relu_inplace(chunk)
+
+    return conv2d_inference(x, w, (stride, stride), (padding, padding), epilogue, out_grid)
+
+
+def _grid_residual(r: GridBatch, chunk: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Images ``start:stop`` of grid ``r`` aligned with an output chunk ``(O, n, A, B)`` whose
+    ``[:, :, :H, :W]`` corner is the output: the grid's own slice when ``(A, B)`` is its ``(Hg, Wg)``
+    (then the extra positions meet zeros), else a zero-padded copy of its pixels."""
+    (_, _, h, w), (ph, pw) = r.shape, r.padding
+    hg, wg = h + ph, w + pw
+    if chunk.shape[2:] == (hg, wg):
+        return r.data[:, r.lead + start * hg * wg : r.lead + stop * hg * wg].reshape(chunk.shape)
+    aligned = np.zeros(chunk.shape, chunk.dtype)
+    aligned[:, :, :h, :w] = r.images()[:, start:stop, ph : ph + h, pw : pw + w]
+    return aligned
 
 
 def _conv_out_shape(x_shape, w_shape, stride: int, padding: int) -> tuple[int, int, int, int]:

@@ -59,12 +59,15 @@ from saf_ref import determinism, validation
 __all__ = [
     "Conv2dCache",
     "Conv2dGrads",
+    "GridBatch",
     "conv2d_backward",
     "conv2d_backward_unchecked",
     "conv2d_forward",
     "conv2d_forward_fused",
     "conv2d_forward_unchecked",
+    "conv2d_inference",
     "conv2d_vjp",
+    "grid_batch",
 ]
 
 
@@ -419,6 +422,185 @@ def _forward_1x1(x, w, stride, epilogue: Epilogue = None) -> np.ndarray:
 
     _run_chunks(chunk, _chunks(n, ho * wo))
     return y
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference between grids: a network's activations kept in the grid layout from layer to layer
+# --------------------------------------------------------------------------------------------------
+
+
+class GridBatch(NamedTuple):
+    """An NCHW batch stored in the grid layout of a convolution with ``padding`` and ``kernel`` (see
+    :func:`_to_grid`): what a model's inference pass hands from one layer to the next, so that a
+    stride-1 layer reads its input without copying it into a grid and writes its output straight into
+    the next layer's grid (no NCHW transpose in between)."""
+
+    data: np.ndarray
+    shape: tuple[int, int, int, int]
+    padding: tuple[int, int]
+    kernel: tuple[int, int]
+
+    @property
+    def lead(self) -> int:
+        """Grid index of pixel ``(0, 0)`` of image 0 in every channel's row."""
+        return self.padding[0] * (self.shape[3] + self.padding[1]) + self.padding[1]
+
+    def images(self) -> np.ndarray:
+        """View ``(C, N, Hg, Wg)``: pixel ``(n, c, h, w)`` is ``images[c, n, h + ph, w + pw]``."""
+        n, c, h, w = self.shape
+        hg, wg = h + self.padding[0], w + self.padding[1]
+        return self.data[:, : n * hg * wg].reshape(c, n, hg, wg)
+
+    def padded(self) -> np.ndarray:
+        """The zero-padded batch ``(N, C, H + 2*ph, W + 2*pw)`` as a read-only view (no copy)."""
+        return _padded_view(self.data, self.shape, self.padding)
+
+    def nchw(self) -> np.ndarray:
+        """The batch as a new C-contiguous NCHW array."""
+        (_, _, h, w), (ph, pw) = self.shape, self.padding
+        return np.ascontiguousarray(self.images()[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3))
+
+
+def grid_batch(x: np.ndarray, padding: tuple[int, int], kernel: tuple[int, int]) -> GridBatch:
+    """``x`` (NCHW) copied into the grid layout of a convolution with ``padding`` and ``kernel``."""
+    return GridBatch(_to_grid(x, padding, kernel), tuple(x.shape), padding, kernel)
+
+
+def _empty_grid(shape, padding, kernel, dtype, *, interior_zeros: bool) -> GridBatch:
+    """A new grid whose border is zero: the padding of every image (``interior_zeros``) or only the
+    head and the tail (a stride-1 product written in place brings the zeros of the rest)."""
+    n, c, h, w = shape
+    (ph, pw), (kh, kw) = padding, kernel
+    hg, wg = h + ph, w + pw
+    data = np.empty((c, n * hg * wg + (kh - 1) * wg + kw - 1), dtype=dtype)
+    g = GridBatch(data, tuple(shape), padding, kernel)
+    if interior_zeros:
+        images = g.images()
+        images[:, :, :ph] = 0
+        images[:, :, ph:, :pw] = 0
+        data[:, n * hg * wg :] = 0
+    else:
+        data[:, : g.lead] = 0
+        data[:, g.lead + n * hg * wg :] = 0
+    return g
+
+
+def conv2d_inference(
+    x: GridBatch,
+    w: np.ndarray,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    epilogue: Epilogue,
+    out_grid: tuple[tuple[int, int], tuple[int, int]] | None,
+) -> GridBatch | np.ndarray:
+    """Forward pass without bias and cache, from a grid, for a model's inference pass.
+
+    The output is a :class:`GridBatch` with ``out_grid = (padding, kernel)`` (the next layer's), or a
+    new NCHW array for ``out_grid=None``. ``epilogue(chunk, start, stop)`` runs in place on each chunk
+    of output images in channel-major layout ``(O, n, A, B)``, whose ``[:, :, :Ho, :Wo]`` corner is the
+    output (``(A, B)`` is ``(Hg, Wg)`` on the grid path: the rest is overwritten after it).
+
+    The matrix products are those of :func:`conv2d_forward` on the same values (the columns come from
+    the same grid, or from the padded view of it, in the same chunks), so the output is the same bits.
+    A stride-1 "same" convolution on the grid path writes each chunk's product into the output grid
+    with one plain copy: a product position that is not an output falls exactly on the padding of the
+    next grid, and is set to zero first.
+    """
+    (n, _, h, wd), (o, _, kh, kw) = x.shape, w.shape
+    kernel = (kh, kw)
+    ho, wo = output_size(h, kh, stride[0], padding[0]), output_size(wd, kw, stride[1], padding[1])
+    out_shape = (n, o, ho, wo)
+    on_grid = (x.padding, x.kernel) == (padding, kernel) and _uses_grid(x.shape, w.shape, stride, padding)
+    if kernel == (1, 1) and padding == (0, 0):
+        ph, pw = x.padding
+        y = _forward_1x1(x.padded()[:, :, ph : ph + h, pw : pw + wd], w, stride, _transposed(epilogue))
+        return y if out_grid is None else grid_batch(y, *out_grid)
+    if on_grid and out_grid == (padding, kernel) and (ho, wo) == (h, wd):
+        out = _empty_grid(out_shape, padding, kernel, x.data.dtype, interior_zeros=False)
+        _grid_conv_to_grid(x, w.reshape(o, -1), epilogue, out)
+        return out
+    out = _empty_grid(out_shape, *out_grid, x.data.dtype, interior_zeros=True) if out_grid else None
+    y = np.empty(out_shape, x.data.dtype) if out is None else None
+    dest = y.transpose(1, 0, 2, 3) if out is None else out.images()[:, :, out.padding[0] :, out.padding[1] :]
+    if on_grid:
+        _grid_conv_into(x, w.reshape(o, -1), epilogue, dest)
+    else:
+        xp = x.padded() if x.padding == padding else pad_spatial(x.nchw(), padding)
+        _im2col_conv_into(xp, w, stride, (ho, wo), epilogue, dest)
+    return y if out is None else out
+
+
+def _transposed(epilogue: Epilogue) -> Epilogue:
+    """An NCHW-chunk epilogue that calls ``epilogue`` on the chunk's channel-major view."""
+    if epilogue is None:
+        return None
+    return lambda chunk, start, stop: epilogue(chunk.transpose(1, 0, 2, 3), start, stop)
+
+
+def _grid_conv_to_grid(x: GridBatch, wmat: np.ndarray, epilogue: Epilogue, out: GridBatch) -> None:
+    """Path 1 of a "same" convolution from grid ``x`` straight into grid ``out`` (same geometry)."""
+    (n, _, h, wd), (ph, pw) = x.shape, x.padding
+    hg, wg = h + ph, wd + pw
+    o, per_image, lead = wmat.shape[0], hg * wg, out.lead
+
+    def write(prod: np.ndarray, start: int, stop: int) -> None:
+        if epilogue is not None:
+            epilogue(prod, start, stop)
+        prod[:, :, h:] = 0  # positions that are not outputs: the next grid's padding
+        prod[:, :, :h, wd:] = 0
+        first = start * per_image
+        out.data[:, lead + first : lead + stop * per_image] = prod.reshape(o, -1)
+
+    _grid_products(x.data, wmat, x.kernel, (hg, wg), n, write)
+
+
+def _grid_conv_into(x: GridBatch, wmat: np.ndarray, epilogue: Epilogue, dest: np.ndarray) -> None:
+    """Path 1 from grid ``x``; each chunk's ``(Ho, Wo)`` corner goes to ``dest`` (channel-major)."""
+    (n, _, h, wd), (ph, pw), (kh, kw) = x.shape, x.padding, x.kernel
+    ho, wo = h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1
+
+    def write(prod: np.ndarray, start: int, stop: int) -> None:
+        if epilogue is not None:
+            epilogue(prod, start, stop)
+        dest[:, start:stop, :ho, :wo] = prod[:, :, :ho, :wo]
+
+    _grid_products(x.data, wmat, x.kernel, (h + ph, wd + pw), n, write)
+
+
+def _grid_products(grid, wmat, kernel, grid_hw, n, write) -> None:
+    """The chunk loop of :func:`_grid_conv`, handing each chunk's product ``(O, n, Hg, Wg)`` (in a
+    scratch buffer) to ``write(prod, start, stop)``."""
+    (kh, kw), (hg, wg) = kernel, grid_hw
+    c, (o, k), per_image = grid.shape[0], wmat.shape, hg * wg
+
+    def chunk(start: int, stop: int, scratch: Scratch) -> None:
+        length = (stop - start) * per_image
+        cols = scratch.get("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
+        cols = _grid_columns(grid, start * per_image, wg, cols)
+        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, grid.dtype).reshape(o, length))
+        write(prod.reshape(o, stop - start, hg, wg), start, stop)
+
+    _run_chunks(chunk, _chunks(n, per_image))
+
+
+def _im2col_conv_into(xp, w, stride, out_hw, epilogue: Epilogue, dest: np.ndarray) -> None:
+    """Path 3 (the chunks and products of :func:`_forward_im2col`), each chunk's product
+    ``(O, n, Ho, Wo)`` through ``epilogue`` into ``dest`` (channel-major)."""
+    (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
+    k, per_image = c * kh * kw, ho * wo
+    wmat = w.reshape(o, k)
+
+    def chunk(start: int, stop: int, scratch: Scratch) -> None:
+        length = (stop - start) * per_image
+        cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
+        cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
+        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, xp.dtype).reshape(o, length))
+        prod = prod.reshape(o, stop - start, ho, wo)
+        if epilogue is not None:
+            epilogue(prod, start, stop)
+        dest[:, start:stop, :ho, :wo] = prod
+
+    _run_chunks(chunk, _chunks(n, per_image))
 
 
 # --------------------------------------------------------------------------------------------------

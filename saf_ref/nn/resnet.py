@@ -65,8 +65,10 @@ from saf_ref.nn.blocks import (
     check_act_clip,
     check_named_arrays,
     conv_bn_act_forward,
+    conv_bn_inference,
     init_from_shapes,
 )
+from saf_ref.nn.conv import grid_batch
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.norms import check_norm, conv_norm_backward, conv_norm_forward, norm_shapes, reparam_init
 from saf_ref.nn.pool import (
@@ -531,6 +533,9 @@ def resnet_forward(
         )
     keep_cache = check_bool(keep_cache, "keep_cache", fn)
     if act_clip is None and hook is None and norm == "batch" and not reparam:
+        if not train and not keep_cache:
+            logits = _inference(params, state, x, spec, width)
+            return logits, {k: state[k].copy() for k in state_shapes}, None
         logits, new_state, cache = _forward_fused(params, state, x, arch, spec, width, train, keep_cache)
         return logits, {k: new_state[k] for k in state_shapes}, cache
 
@@ -600,6 +605,47 @@ def _forward_fused(params, state, x, arch, spec, width, train, keep_cache):
     stem = StemCache(stem_cb, stem_relu, stem_pool)
     cache = ResNetCache(arch, stem, tuple(block_caches), pool_cache, fc_cache, tuple(params), None)
     return logits, new_state, cache
+
+
+#: The grid layout every 3x3 convolution of a ResNet block reads (padding 1).
+_GRID_3X3 = ((1, 1), (3, 3))
+
+
+def _inference(params, state, x, spec, width) -> np.ndarray:
+    """Evaluation-mode logits with nothing kept for a backward pass (``keep_cache=False``): every
+    activation stays in the grid layout of the 3x3 convolution that reads it
+    (:func:`saf_ref.nn.blocks.conv_bn_inference`), batch norm, residual sums and ReLUs fused. The same
+    bits as :func:`_forward_fused`. Arguments checked."""
+    if spec.stem == "cifar":
+        h = conv_bn_inference(
+            grid_batch(x, *_GRID_3X3), params, state, "conv1", "bn1", stride=1, padding=1, relu=True,
+            out_grid=_GRID_3X3,
+        )
+    else:  # the ImageNet stem, 7x7 stride 2 and max pooling, as in the cached pass
+        h, *_ = conv_bn_act_forward(
+            x, params, state, {}, "conv1", "bn1", stride=2, padding=3, train=False, relu=True,
+            keep_cache=False,
+        )
+        h, _ = maxpool2d_forward(h, kernel_size=3, stride=2, padding=1)
+        h = grid_batch(h, *_GRID_3X3)
+    for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
+        shortcut = h
+        if f"{prefix}downsample.0.weight" in params:
+            shortcut = conv_bn_inference(
+                h, params, state, f"{prefix}downsample.0", f"{prefix}downsample.1", stride=stride,
+                padding=0, relu=False, out_grid=None,
+            )
+        mid = conv_bn_inference(
+            h, params, state, f"{prefix}conv1", f"{prefix}bn1", stride=stride, padding=1, relu=True,
+            out_grid=_GRID_3X3,
+        )
+        h = conv_bn_inference(
+            mid, params, state, f"{prefix}conv2", f"{prefix}bn2", stride=1, padding=1, residual=shortcut,
+            relu=True, out_grid=_GRID_3X3,
+        )
+    h, _ = global_avgpool_forward(h.nchw())
+    logits, _ = linear_forward(h, params["fc.weight"], params["fc.bias"])
+    return logits
 
 
 def _basic_block_fused(x, params, state, new_state, prefix, stride, train, keep_cache):

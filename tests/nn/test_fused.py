@@ -21,7 +21,7 @@ from saf_ref.nn.batchnorm import (
     channel_table,
 )
 from saf_ref.nn.blocks import conv_bn_act_forward
-from saf_ref.nn.conv import conv2d_forward, conv2d_forward_fused
+from saf_ref.nn.conv import GridBatch, conv2d_forward, conv2d_forward_fused, conv2d_inference, grid_batch
 from saf_ref.nn.resnet import init_resnet, resnet_backward, resnet_forward
 
 DTYPES = (np.float32, np.float64)
@@ -229,3 +229,42 @@ def test_keep_cache_false_in_training_mode_and_its_check():
     assert cache is None and same_bits(z, z_ref) and all(same_bits(s[k], s_ref[k]) for k in s)
     with pytest.raises(TypeError, match=r"resnet_forward: keep_cache must be a bool, got"):
         resnet_forward(params, state, x, arch="resnet20", train=False, keep_cache=1)
+
+
+# (x shape, w shape, stride, padding, the input grid's padding): grid to grid on the grid path, a
+# strided layer, a 1x1 shortcut, an input grid of another padding (im2col from an NCHW copy).
+INFERENCE_CASES = [
+    ((5, 4, 9, 8), (6, 4, 3, 3), 1, 1, 1),
+    ((40, 2, 12, 12), (3, 2, 3, 3), 1, 1, 1),
+    ((5, 4, 9, 8), (6, 4, 3, 3), 2, 1, 1),
+    ((5, 4, 9, 8), (6, 4, 1, 1), 2, 0, 1),
+    ((3, 4, 7, 7), (8, 4, 3, 3), 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs, ws, stride, pad, grid_pad", INFERENCE_CASES)
+@pytest.mark.parametrize("to_grid", [True, False])
+def test_conv2d_inference_is_conv2d_forward(dtype, xs, ws, stride, pad, grid_pad, to_grid):
+    rng = np.random.default_rng(7)
+    x, w = special_values(rng, xs, dtype), rng.standard_normal(ws).astype(dtype)
+    offset = rng.standard_normal(ws[0]).astype(dtype)
+    with np.errstate(invalid="ignore"):
+        y, _ = conv2d_forward(x, w, stride=stride, padding=pad)
+        ref = y + offset[:, None, None]  # what the epilogue below does, in NCHW
+
+        def epilogue(chunk, start, stop):  # channel-major chunks: (O, n, A, B)
+            assert chunk.shape[0] == ws[0] and chunk.shape[1] == stop - start
+            chunk += offset[:, None, None, None]
+
+        g = grid_batch(x, (grid_pad,) * 2, (3, 3))
+        assert same_bits(g.nchw(), x) and same_bits(
+            g.padded(), np.pad(x, [(0, 0)] * 2 + [(grid_pad,) * 2] * 2)
+        )
+        out_grid = ((1, 1), (3, 3)) if to_grid else None
+        got = conv2d_inference(g, w, (stride,) * 2, (pad,) * 2, epilogue, out_grid)
+    if to_grid:
+        assert isinstance(got, GridBatch) and got.shape == ref.shape
+        assert same_bits(got.data, grid_batch(ref, (1, 1), (3, 3)).data)  # the zero borders too
+    else:
+        assert same_bits(got, ref)
