@@ -498,9 +498,10 @@ class JaxBackend:
     def mx_encode(self, format_name: str, x: np.ndarray):
         """Blocks of 32 along the last axis: ``jnp.frexp`` of the largest magnitude gives the shared exponent;
         ``V / 2**shared`` (a multiplication by a power of two built from its bits: exact) is rounded to the
-        nearest entry of the element grid (ties to the even code, saturating), found with
-        ``jnp.searchsorted`` and the midpoints of neighbours. No conversion rounds once from float64 (XLA
-        narrows through float32), hence the grid. Subnormal inputs are declined (denormals-are-zero)."""
+        nearest entry of the element grid (ties to the even code, saturating), found by counting the grid
+        entries below ``|y|`` and comparing with the midpoint of the two neighbours. No conversion rounds
+        once from float64 (XLA narrows through float32), hence the grid. Subnormal inputs are declined
+        (denormals-are-zero)."""
         jnp = self.jnp
         x = np.asarray(x)
         blocks = self._mx_check("mx_encode", x.shape)
@@ -524,7 +525,7 @@ class JaxBackend:
                 shared = jnp.clip(shared, -127, 127)
                 y = v * self._pow2(-shared)[:, None]
                 mag_y = jnp.abs(y)
-                hi = jnp.minimum(jnp.searchsorted(table, mag_y), n - 1)
+                hi = jnp.minimum(jnp.sum(table < mag_y[..., None], axis=-1), n - 1)  # entries below |y|
                 lo = jnp.maximum(hi - 1, 0)
                 mid = (table[lo] + table[hi]) / 2
                 up = (mag_y > mid) | ((mag_y == mid) & (hi % 2 == 0)) | (mag_y >= table[hi])
@@ -537,7 +538,7 @@ class JaxBackend:
 
             return f
 
-        size = _bucket(blocks, 8)
+        size = _bucket(blocks, 32)  # few shapes: XLA compiles once per bucket
         rows = self._a(_pad_rows(x.reshape(blocks, 32), size))
         scalars = [self._a(np.int64(v)) for v in (finite, w, _MX[format_name][0] is None, emax)]
         scales, codes = self._jit(("mx_encode",), build)(rows, self._a(grid), *scalars)
@@ -565,7 +566,7 @@ class JaxBackend:
 
             return f
 
-        size = _bucket(blocks, 8)
+        size = _bucket(blocks, 32)  # few shapes: XLA compiles once per bucket
         s = self._a(_pad_rows(np.asarray(scales).reshape(blocks), size))
         c = self._a(_pad_rows(elements.reshape(blocks, 32), size))
         out = self._jit(("mx_decode",), build)(s, c, self._a(values), self._a(np.int64(w)))
