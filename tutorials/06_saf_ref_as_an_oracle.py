@@ -375,7 +375,7 @@ if HAVE_TORCH:
 # campaign at a bit-error rate of 1e-3 on a small CNN trained on the 8x8 digits, in float16 and with an
 # 8-bit quantizer: the same effective weights bit for bit, and the same prediction for every image.
 # (`tests/testing/test_torch_fault_replay.py` does this for every trial of a campaign in float32,
-# float16, bfloat16 and 8 bits.)
+# float16, bfloat16, 8 bits and the six MX block formats, faults in their stored scale and element bytes.)
 
 # %%
 if HAVE_TORCH:
