@@ -307,6 +307,9 @@ def decode_tensor(codes, fmt: Any, context: Mapping[str, Any] | None, dtype):
     if isinstance(fmt, FixedPointFormat):
         return _fixed_decode(codes, fmt, dtype)
     if isinstance(fmt, MXFormat):
+        if not (isinstance(context, Mapping) and isinstance(context.get("shape"), tuple)):
+            raise TypeError(f"decode_tensor: context must be the {{'shape': ...}} dict encode_tensor returns "
+                            f"for {fmt.name}, got {validation.describe(context)}")
         return _mx_decode(codes, fmt, context, dtype)
     return TorchBackend(device=str(codes.device))._t_dequantize(codes, context).to(dtype)
 

@@ -98,6 +98,14 @@ def test_verify_dtype_accepts_the_builtin_backends_and_a_backend_without_probes(
     with pytest.raises(ValueError, match="must declare the dtype it was asked for"):
         verify_dtype(NumpyBackend(), "numpy", "float64")
 
+    class HugeRoundoff(NumpyBackend):
+        def unit_roundoff(self, dtype):
+            return 2.0
+
+    with pytest.raises(ValueError, match=r"load_backend: backend 'h': describe_backend: "
+                                         r"backend.unit_roundoff\('float32'\) must be in \(0, 1\), got 2.0"):
+        verify_dtype(HugeRoundoff(), "h")
+
 
 def test_a_file_backend_that_loads_runs(tmp_path, capsys):
     broken = tmp_path / "broken.py"

@@ -136,6 +136,15 @@ def _check_mx_codec(fmt, x, dtype):
         assert got_values.tobytes() == want.tobytes()  # NaNs included: canonical, the scale's positive
 
 
+def test_mx_decode_needs_the_shape_context():
+    fmt = resolve_format("mxfp4")
+    codes, context = encode_tensor(torch.zeros(2, 40), fmt)
+    assert tuple(decode_tensor(codes, fmt, context, torch.float32).shape) == (2, 40)
+    with pytest.raises(TypeError, match=r"decode_tensor: context must be the \{'shape': ...\} dict "
+                                        r"encode_tensor returns for mxfp4, got None"):
+        decode_tensor(codes, fmt, None, torch.float32)
+
+
 @pytest.mark.parametrize(
     "quantizer",
     [Quantizer(8), Quantizer(8, scheme="symmetric"), Quantizer(4, code="twos_complement", clip=0.5),
