@@ -162,7 +162,7 @@ def test_the_mx_encode_table_pins_each_class_it_names():
 
 
 def test_the_reference_backend_refuses_rows_that_are_not_whole_blocks():
-    with pytest.raises(ValueError, match="ReferenceBackend: the last axis must be a multiple of 32, got shape"):
+    with pytest.raises(ValueError, match="ReferenceBackend: the last axis must be a multiple of 32, got"):
         ReferenceBackend().mx_encode("mxfp4", np.zeros((2, 20), np.float32))
     with pytest.raises(NotImplementedError, match="ReferenceBackend: unknown MX format 'mxfp2'"):
         ReferenceBackend().mx_decode("mxfp2", np.zeros(1, np.uint8), np.zeros(32, np.uint8))
