@@ -4,8 +4,8 @@ Casts and bit views for the number formats (``x.to(torch.bfloat16).view(torch.in
 ``torch.frexp``, float8 casts and value tables (``_t_mx_encode`` / ``_t_mx_decode``, which
 :mod:`saf_ref.testing.torch_replay` uses too), integer tensor arithmetic for fault injection,
 ``torch.nn.functional`` for the layers, autograd for every vector-Jacobian product, ``torch.optim.SGD``
-for the optimizer step, and a functional ResNet assembled from the torchvision parameter names. Comparing it with saf_ref is therefore a comparison of two
-independent implementations.
+for the optimizer step, and a functional ResNet assembled from the torchvision parameter names.
+Comparing it with saf_ref is therefore a comparison of two independent implementations.
 
 ``torch`` is imported lazily (on construction), so ``import saf_ref.testing`` works without it.
 
