@@ -34,7 +34,9 @@ __all__ = [
     "ReluGrads",
     "relu_backward",
     "relu_clipped_backward",
+    "relu_clipped_ceiling",
     "relu_clipped_forward",
+    "relu_clipped_inplace",
     "relu_clipped_vjp",
     "relu_forward",
     "relu_inplace",
@@ -249,6 +251,37 @@ def relu_clipped_forward(x: np.ndarray, *, ceiling: float) -> tuple[np.ndarray, 
     passes = _compare(np.less_equal, x, 0, out=outside)
     np.logical_or(passes, _compare(np.greater_equal, x, c, out=above), out=passes)
     return y, ReluClippedCache(np.logical_not(passes, out=passes), x.dtype)
+
+
+def relu_clipped_ceiling(ceiling, dtype) -> np.floating:
+    """The ceiling :func:`relu_clipped_forward` uses for inputs of ``dtype``: rounded to it, with the
+    same checks and errors (for callers of :func:`relu_clipped_inplace`)."""
+    return _check_ceiling(ceiling, "relu_clipped", np.dtype(dtype))
+
+
+def relu_clipped_inplace(y: np.ndarray, ceiling: np.floating, passes: np.ndarray | None = None) -> None:
+    """:func:`relu_clipped_forward` written over ``y`` (bit for bit the same values), for the models'
+    fused layers, where ``y`` is their own fresh array; ``ceiling`` from :func:`relu_clipped_ceiling`;
+    ``passes`` (bool, shape of ``y``), if given, receives the cache's mask ``not (y <= 0 or y >= c)``.
+
+    The same bitwise operations as :func:`relu_clipped_forward`, in place, with the comparisons and
+    masks in scratch buffers (a chunk of a layer, so they stay small and cached).
+    """
+    flags = scratch_buffer("relu_flags", 2 * y.size, np.dtype(bool))
+    above, outside = flags[: y.size].reshape(y.shape), flags[y.size :].reshape(y.shape)
+    if passes is not None:
+        _compare(np.less_equal, y, 0, out=passes)
+        np.logical_or(passes, _compare(np.greater_equal, y, ceiling, out=above), out=passes)
+        np.logical_not(passes, out=passes)
+    _compare(np.greater, y, ceiling, out=above)
+    np.logical_or(_compare(np.less, y, 0, out=outside), above, out=outside)
+    bits = y.view(_BITS[y.dtype])
+    mask = scratch_buffer("relu_mask", y.size, bits.dtype).reshape(y.shape)
+    np.subtract(outside.view(np.int8), 1, out=mask)  # keep y in [0, c] (and NaN, -0.0), +0.0 outside
+    np.bitwise_and(bits, mask, out=bits)
+    np.negative(above.view(np.int8), out=mask)  # -1 above, 0 elsewhere
+    np.bitwise_and(mask, np.array(ceiling).view(bits.dtype), out=mask)  # bits(c) above, 0 elsewhere
+    np.bitwise_or(bits, mask, out=bits)
 
 
 def relu_clipped_backward(dy: np.ndarray, cache: ReluClippedCache) -> ReluClippedGrads:

@@ -21,7 +21,9 @@ from saf_ref.nn.activations import (
     ReluClippedCache,
     relu_backward,
     relu_clipped_backward,
+    relu_clipped_ceiling,
     relu_clipped_forward,
+    relu_clipped_inplace,
     relu_forward,
     relu_inplace,
 )
@@ -266,8 +268,9 @@ def conv_bn_act_forward(
     train: bool,
     residual: np.ndarray | None = None,
     relu: bool,
+    act_clip: float | None = None,
     keep_cache: bool = True,
-) -> tuple[np.ndarray, ConvBNCache | None, ReluCache | None]:
+) -> tuple[np.ndarray, ConvBNCache | None, Any]:
     """``relu(bn(conv(x)) [+ residual])`` with the elementwise layers fused; ``(y, conv_bn_cache,
     relu_cache)``.
 
@@ -279,7 +282,8 @@ def conv_bn_act_forward(
     (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`); in training mode they follow the batch
     statistics, which need the whole output (:func:`saf_ref.nn.batchnorm.batchnorm2d_forward_into`).
     ``keep_cache=False`` (evaluation mode) keeps nothing and returns ``None`` caches (inference).
-    Arguments as in :func:`conv_bn_forward`; ``relu=False`` (no residual) stops after batch norm.
+    Arguments as in :func:`conv_bn_forward`; ``relu=False`` (no residual) stops after batch norm;
+    ``act_clip``: the ReLU's ceiling (:func:`act_forward`'s), or None.
     """
     w = params[f"{conv_name}.weight"]
     weight, bias = params[f"{bn_name}.weight"], params[f"{bn_name}.bias"]
@@ -287,12 +291,13 @@ def conv_bn_act_forward(
     out_shape = _conv_out_shape(x.shape, w.shape, stride, padding)
     keep_cache = keep_cache or train
     passes = np.empty(out_shape, bool) if keep_cache and relu else None
+    activation = _activation_inplace(relu, act_clip, x.dtype)
 
     def residual_relu(y: np.ndarray, start: int, stop: int) -> None:
         if residual is not None:
             y += residual[start:stop]  # the unfused block's h + shortcut (addition commutes exactly)
-        if relu:
-            relu_inplace(y, None if passes is None else passes[start:stop])
+        if activation is not None:
+            activation(y, None if passes is None else passes[start:stop])
 
     if train:
         h, conv_cache = conv2d_forward_unchecked(x, w, None, (stride, stride), (padding, padding))
@@ -316,8 +321,21 @@ def conv_bn_act_forward(
     new_state[f"{bn_name}.running_var"] = var
     if not keep_cache:
         return y, None, None
-    relu_cache = ReluCache(passes, x.dtype) if relu else None
+    relu_cache = None
+    if relu:
+        relu_cache = ReluCache(passes, x.dtype) if act_clip is None else ReluClippedCache(passes, x.dtype)
     return y, ConvBNCache(conv_name, bn_name, conv_cache, bn_cache), relu_cache
+
+
+def _activation_inplace(relu: bool, act_clip: float | None, dtype) -> Any:
+    """``activation(y, passes)`` in place: :func:`act_forward`'s ReLU (clipped with ``act_clip``), or
+    None without ReLU. The ceiling is checked and rounded here, once, with relu_clipped's errors."""
+    if not relu:
+        return None
+    if act_clip is None:
+        return relu_inplace
+    ceiling = relu_clipped_ceiling(act_clip, dtype)
+    return lambda y, passes: relu_clipped_inplace(y, ceiling, passes)
 
 
 def conv_bn_inference(
@@ -331,6 +349,7 @@ def conv_bn_inference(
     padding: int,
     residual: GridBatch | np.ndarray | None = None,
     relu: bool,
+    act_clip: float | None = None,
     out_grid: tuple[tuple[int, int], tuple[int, int]] | None,
 ) -> GridBatch | np.ndarray:
     """Evaluation-mode ``relu(bn(conv(x)) [+ residual])`` for a model's inference pass: from a grid to
@@ -347,6 +366,7 @@ def conv_bn_inference(
     weight, bias = params[f"{bn_name}.weight"], params[f"{bn_name}.bias"]
     running_mean, running_var = state[f"{bn_name}.running_mean"], state[f"{bn_name}.running_var"]
     tables: dict[tuple[int, int], Any] = {}
+    activation = _activation_inplace(relu, act_clip, w.dtype)
 
     def epilogue(chunk: np.ndarray, start: int, stop: int) -> None:
         # chunk (O, n, A, B), channel-major: per-channel tables of shape (O, 1, A, B)
@@ -361,8 +381,8 @@ def conv_bn_inference(
         elif residual is not None:
             ho, wo = residual.shape[2:]
             chunk[:, :, :ho, :wo] += residual[start:stop].transpose(1, 0, 2, 3)
-        if relu:
-            relu_inplace(chunk)
+        if activation is not None:
+            activation(chunk, None)
 
     return conv2d_inference(x, w, (stride, stride), (padding, padding), epilogue, out_grid)
 

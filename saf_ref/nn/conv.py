@@ -38,6 +38,14 @@ Measured (``benchmarks/bench_conv.py``, one thread, process CPU time, on a busy 
 (batch 128) 1.4-2.4x faster, 1x1 1.6x, the ResNet-18 7x7 stem 1.6x; the ratios to PyTorch are in the
 README (about 1.2x on ResNet-18 shapes and 1.6x on ResNet-20 shapes, float32).
 
+For the models there are two more entry points with the same products (so the same bits):
+``conv2d_forward_fused`` runs a caller's in-place ``epilogue`` on each chunk of output images right
+after it is written (evaluation-mode batch norm and ReLU, while the chunk is in the cache), and
+``conv2d_inference`` reads its input from, and writes its output to, a :class:`GridBatch`, the grid of
+the next layer, so that an inference pass keeps its activations in the grid layout from layer to layer
+(no transposes, no grid copies; a stride-1 product's non-output positions land exactly on the next
+grid's padding and are zeroed).
+
 All arithmetic stays in the input dtype: a float32 call allocates no float64 array.
 
 Caches keep references to the caller's arrays (``x_padded`` *is* ``x`` when there is no padding, and a

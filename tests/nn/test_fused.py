@@ -13,7 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saf_ref.nn.activations import relu_forward, relu_inplace
+from saf_ref.nn.activations import (
+    relu_clipped_ceiling,
+    relu_clipped_forward,
+    relu_clipped_inplace,
+    relu_forward,
+    relu_inplace,
+)
 from saf_ref.nn.batchnorm import (
     batchnorm2d_eval_inplace,
     batchnorm2d_eval_operands,
@@ -62,6 +68,22 @@ def test_relu_inplace_is_relu_forward(dtype, shape):
     y2 = x.copy()
     relu_inplace(y2)  # without the mask
     assert same_bits(y2, y_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 2), (2, 16, 32, 32), ()])
+@pytest.mark.parametrize("ceiling", [0.5, 6.0, 1e-3])
+def test_relu_clipped_inplace_is_relu_clipped_forward(dtype, shape, ceiling):
+    x = special_values(np.random.default_rng(8), shape, dtype)
+    if x.size >= 3:
+        x.reshape(-1)[-3:] = [ceiling, np.nextafter(dtype(ceiling), dtype(np.inf)), -ceiling]
+    y_ref, cache = relu_clipped_forward(x, ceiling=ceiling)
+    y, passes = x.copy(), np.empty(x.shape, bool)
+    relu_clipped_inplace(y, relu_clipped_ceiling(ceiling, dtype), passes)
+    assert same_bits(y, y_ref)
+    assert np.array_equal(passes, cache.passes)
+    with pytest.raises(ValueError, match=r"relu_clipped: ceiling must be finite and > 0 in float32"):
+        relu_clipped_ceiling(1e39, np.float32)
 
 
 def test_channel_table():
@@ -187,6 +209,7 @@ def identity_hook(name, h):
 
 MODELS = [
     ("resnet20", None, (6, 3, 32, 32)),
+    ("resnet20@act_clip=0.7", 4, (3, 3, 16, 16)),
     ("resnet20", 4, (3, 1, 12, 10)),
     ("resnet18_cifar", 4, (2, 3, 16, 16)),
     ("resnet18", 4, (2, 3, 40, 40)),
@@ -197,6 +220,8 @@ MODELS = [
 @pytest.mark.parametrize("arch, width, xs", MODELS)
 @pytest.mark.parametrize("train", [False, True])
 def test_fused_model_is_the_unfused_forward_and_backward(dtype, arch, width, xs, train):
+    arch, _, clip = arch.partition("@act_clip=")
+    act_clip = float(clip) if clip else None
     rng = np.random.default_rng(5)
     params, state = init_resnet(arch, rng=rng, dtype=dtype, width=width, in_channels=xs[1])
     for k in params:  # batch norm away from its initial identity
@@ -206,13 +231,16 @@ def test_fused_model_is_the_unfused_forward_and_backward(dtype, arch, width, xs,
     x = special_values(rng, xs, dtype) if not train else rng.standard_normal(xs).astype(dtype)
     with np.errstate(all="ignore"):
         z_ref, s_ref, c_ref = resnet_forward(
-            params, state, x, arch=arch, train=train, activation_faults=identity_hook
+            params, state, x, arch=arch, train=train, activation_faults=identity_hook, act_clip=act_clip
         )
-        z, s, c = resnet_forward(params, state, x, arch=arch, train=train)
-        z_nc, s_nc, c_nc = resnet_forward(params, state, x, arch=arch, train=train, keep_cache=False)
+        z, s, c = resnet_forward(params, state, x, arch=arch, train=train, act_clip=act_clip)
+        z_nc, s_nc, c_nc = resnet_forward(
+            params, state, x, arch=arch, train=train, keep_cache=False, act_clip=act_clip
+        )
         dz = rng.standard_normal(z.shape).astype(dtype)
         g_ref, g = resnet_backward(dz, c_ref), resnet_backward(dz, c)
     assert same_bits(z, z_ref) and same_bits(z_nc, z_ref) and c_nc is None
+    assert c.act_clip == c_ref.act_clip == act_clip
     assert list(s) == list(s_ref) == list(s_nc) == list(state)
     assert all(same_bits(s[k], s_ref[k]) and same_bits(s_nc[k], s_ref[k]) for k in s)
     assert all(s[k] is not state[k] for k in s)
