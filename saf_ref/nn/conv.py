@@ -655,13 +655,25 @@ def _forward_im2col(xp, w, stride, out_hw, epilogue: Epilogue = None) -> np.ndar
     return y
 
 
-def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
+def _backward_im2col(dy, xp, w, stride, padding) -> tuple[np.ndarray, np.ndarray]:
     """Path 3 backward, chunk by chunk: ``dw += dy[chunk] @ cols.T`` (in chunk order) and col2im of
-    ``w.T @ dy[chunk]``. Returns ``dx`` with respect to the *padded* input, and ``dw``."""
+    ``w.T @ dy[chunk]``. Returns ``(dx, dw)``, ``dx`` without the padding border.
+
+    col2im adds each kernel offset's block of ``dcols`` to the positions it was read from, offset after
+    offset, so that every input position sums its terms in kernel order starting from zero. For a
+    kernel larger than 1x1 that runs on a per-chunk accumulator with the images innermost and split by
+    stride phase (``_col2im_chunk``): each addition is then a run of ``Wo * images`` contiguous values
+    instead of ``Wo`` strided ones (256ch @8x8 and the stride-2 layers 10-15% faster backward, the same
+    bits). ``dcols`` gets its columns in that order from ``dy`` with the images last: the product's
+    entries are the same dot products (a column permutation of a product is the product of the
+    permuted columns, bit for bit), while ``dw``, a sum over the columns, keeps the image-major order.
+    """
     (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, dy.shape[2:]
+    (ph, pw), (hp, wp) = padding, xp.shape[2:]
     k, per_image = c * kh * kw, ho * wo
     wmat = w.reshape(o, k)
-    dxp = np.zeros(xp.shape, dtype=xp.dtype)
+    one_tap = kh * kw == 1
+    dx = np.zeros((n, c, hp, wp) if one_tap else (n, c, hp - 2 * ph, wp - 2 * pw), dtype=xp.dtype)
 
     def chunk(start: int, stop: int, scratch: Scratch) -> np.ndarray:
         length = (stop - start) * per_image
@@ -670,14 +682,52 @@ def _backward_im2col(dy, xp, w, stride) -> tuple[np.ndarray, np.ndarray]:
         dy_chunk = scratch.get("product", o * length, xp.dtype).reshape(o, stop - start, ho, wo)
         dy_chunk[...] = dy[start:stop].transpose(1, 0, 2, 3)
         dy_mat = dy_chunk.reshape(o, length)
-        dcols = np.matmul(wmat.T, dy_mat, out=scratch.get("dcols", k * length, xp.dtype).reshape(k, length))
-        _col2im_add(
-            dcols.reshape(c, kh, kw, stop - start, ho, wo), (kh, kw), stride, (ho, wo), dxp[start:stop]
-        )
+        dcols = scratch.get("dcols", k * length, xp.dtype).reshape(k, length)
+        if one_tap:  # a 1x1 kernel's col2im is one strided copy-add: no accumulator needed
+            np.matmul(wmat.T, dy_mat, out=dcols)
+            dcols_1x1 = dcols.reshape(c, 1, 1, stop - start, ho, wo)
+            _col2im_add(dcols_1x1, (1, 1), stride, (ho, wo), dx[start:stop])
+        else:
+            dy_last = scratch.get("dy_last", o * length, xp.dtype).reshape(o, ho, wo, stop - start)
+            dy_last[...] = dy[start:stop].transpose(1, 2, 3, 0)
+            np.matmul(wmat.T, dy_last.reshape(o, length), out=dcols)
+            dcols_last = dcols.reshape(c, kh, kw, ho, wo, stop - start)
+            _col2im_chunk(dcols_last, stride, (hp, wp), padding, dx[start:stop], scratch)
         return cols @ dy_mat.T  # dw.T: faster for few channels (see _grid_weight_grad)
 
     dw_t = _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
-    return dxp, np.ascontiguousarray(dw_t.T).reshape(w.shape)
+    if one_tap and (ph, pw) != (0, 0):
+        dx = np.ascontiguousarray(dx[:, :, ph : hp - ph, pw : wp - pw])
+    return dx, np.ascontiguousarray(dw_t.T).reshape(w.shape)
+
+
+def _col2im_chunk(dcols: np.ndarray, stride, padded_hw, padding, dx: np.ndarray, scratch: Scratch) -> None:
+    """col2im of one chunk, ``dcols[c, i, j, p, q, n]`` (images last), into ``dx`` (the chunk's
+    ``(n, C, H, W)``, every element written).
+
+    The accumulator ``acc[a, b, c, r, s, n]`` holds padded-input position ``(r*sh + a, s*sw + b)``, so
+    kernel offset ``(i, j)`` adds its whole ``(C, Ho, Wo, n)`` block to phase ``(i % sh, j % sw)`` at
+    ``(i // sh, j // sw)``: the positions of col2im, each summed in kernel order from zero.
+    """
+    c, kh, kw, ho, wo, nc = dcols.shape
+    (sh, sw), (hp, wp), (ph, pw) = stride, padded_hw, padding
+    h, w = dx.shape[2:]
+    hs, ws = -(-hp // sh), -(-wp // sw)
+    acc = scratch.get("col2im", sh * sw * c * hs * ws * nc, dx.dtype).reshape(sh, sw, c, hs, ws, nc)
+    acc.fill(0)
+    for i in range(kh):
+        for j in range(kw):
+            r, q = i // sh, j // sw
+            acc[i % sh, j % sw, :, r : r + ho, q : q + wo] += dcols[:, i, j]
+    for a in range(sh):  # input row y is padded row y + ph = r*sh + a
+        r0 = max(0, -(-(ph - a) // sh))
+        y0 = r0 * sh + a - ph
+        rows = len(range(y0, h, sh))
+        for b in range(sw):
+            s0 = max(0, -(-(pw - b) // sw))
+            x0 = s0 * sw + b - pw
+            cols = len(range(x0, w, sw))
+            dx[:, :, y0::sh, x0::sw] = acc[a, b, :, r0 : r0 + rows, s0 : s0 + cols].transpose(3, 0, 1, 2)
 
 
 def _check_conv2d_inputs(fn, x, w, b, stride, padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -837,8 +887,7 @@ def conv2d_backward_unchecked(dy: np.ndarray, cache: Conv2dCache) -> Conv2dGrads
     if grid is not None:
         dx, dw = _backward_grid(dy, grid, w, x_shape, padding)
     else:
-        dxp, dw = _backward_im2col(dy, x_padded, w, stride)
-        dx = dxp if (ph, pw) == (0, 0) else np.ascontiguousarray(dxp[:, :, ph : hp - ph, pw : wp - pw])
+        dx, dw = _backward_im2col(dy, x_padded, w, stride, padding)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return Conv2dGrads(dx, dw, db)
 
