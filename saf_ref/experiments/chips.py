@@ -11,8 +11,9 @@ What it does, with no arguments, no network and only the shipped data:
 1. trains (or loads from ``--checkpoints``, shared with ``saf-ref demo``) the demo's models: for each
    quantization width in ``--bits`` (default 8 and 4) plain **robust quantization**, **clipping** and
    **RandBET** (clipping plus random bit-error training at the demo's rate ``p_train = 0.02``, with its
-   per-batch curriculum ``curriculum_loss = 0.3``), all trained with *independent random* flips or none; and one **SAF** model (``w = tanh(u)``) stored in
-   q2.5 (8 bits) and float16. The 8-bit models are exactly the demo's (same names, same checkpoints);
+   per-batch curriculum ``curriculum_loss = 0.3``), all trained with *independent random* flips or
+   none; and one **SAF** model (``w = tanh(u)``) stored in q2.5 (8 bits) and float16. The 8-bit models
+   are exactly the demo's (same names, same checkpoints);
    the 4-bit models are trained the same way with a 4-bit quantizer (:func:`demo.quantized_spec`
    ``(clip, 4)``) and checkpointed as ``<method>_4bit.npz``;
 2. samples ``--chips`` chips from :class:`~saf_ref.bits.chip.ChipModel` (its default parameters) and,
