@@ -257,7 +257,7 @@ def evaluate(
     with blas_threads_pinned():
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            logits, _, _ = fns.forward(params, state, xb, train=False)
+            logits, _, _ = fns.inference()(params, state, xb, train=False)
             loss, _ = cross_entropy_forward(logits, yb)
             loss_sum += float(loss) * xb.shape[0]
             predictions[start : start + batch_size] = np.argmax(logits, axis=1)

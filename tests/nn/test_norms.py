@@ -334,3 +334,31 @@ def test_init_model_follows_the_name():
         init_model("mlp", rng=0)
     with pytest.raises(ValueError, match="init_model: model must be one of"):
         init_model("vgg", rng=0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet20", "resnet20@act_clip=6", "resnet20@norm=group,reparam=1", "resnet18_cifar", "small_cnn"],
+)
+def test_inference_gives_the_forward_logits_bit_for_bit_without_a_cache(name):
+    """``model_fns(name).inference()`` (what campaigns and ``evaluate`` use) computes the logits and new
+    state of ``forward(..., train=False)`` bit for bit and keeps no cache; a ResNet has such a mode
+    (``keep_cache=False``), small_cnn and mlp evaluate with their ``forward``."""
+    import pickle
+
+    from saf_ref.nn.registry import init_model
+
+    fns = model_fns(name)
+    params, state = init_model(name, in_channels=3, num_classes=10, width=4, rng=1)
+    x = np.random.default_rng(2).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    state = {k: v + np.float32(0.25) for k, v in state.items()}  # running statistics not at their init
+    want_logits, want_state, _ = fns.forward(params, state, x, train=False)
+    logits, new_state, cache = fns.inference()(params, state, x, train=False)
+    assert logits.tobytes() == want_logits.tobytes()
+    assert list(new_state) == list(want_state)
+    assert all(new_state[k].tobytes() == want_state[k].tobytes() for k in state)
+    if name == "small_cnn":
+        assert fns.infer is None and fns.inference() is fns.forward
+    else:
+        assert cache is None
+    assert pickle.loads(pickle.dumps(fns)).name == fns.name  # ModelFns still pickles (process pools)
