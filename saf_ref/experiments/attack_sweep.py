@@ -199,6 +199,7 @@ def check_fields(values: Mapping[str, Any], fn: str, name=str) -> None:
 
 def _check_against_data(cfg: AttackSweepConfig, data, fn: str, name=str) -> None:
     """The checks that need the (cheaply loaded) data and the model's shapes, still before any training."""
+    demo.check_eval_limit(cfg.eval_limit, data, cfg.dataset, fn, name("eval_limit"))
     n_train = data[0].shape[0]
     if cfg.attack_batch > n_train:
         raise ValueError(f"{fn}: {name('attack_batch')} must be at most {n_train}, the training images "

@@ -575,7 +575,14 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     configuration writes the same bytes, whatever the worker count (``run.json`` has the rest).
     """
     from saf_ref.experiments.campaign import Journal, clean_predictions, config_to_json
-    from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
+    from saf_ref.experiments.demo import (
+        check_eval_limit,
+        check_out,
+        eval_split,
+        load_dataset,
+        prepare_out,
+        train_subjects,
+    )
 
     if not isinstance(cfg, ChipsConfig):
         raise TypeError(f"run_chips: cfg must be a ChipsConfig, got {validation.describe(cfg)}")
@@ -583,6 +590,7 @@ def run_chips(cfg: ChipsConfig, out: str | os.PathLike, *, force: bool = False) 
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     check_fits(cfg, data, "run_chips")  # before anything is written or trained
+    check_eval_limit(cfg.eval_limit, data, cfg.dataset, "run_chips")
     prepare_out(out, OUTPUTS)
     _log(
         cfg, f"chips: {cfg.dataset}, model {cfg.model}, {cfg.epochs} epochs per method, bits {list(cfg.bits)}"

@@ -62,6 +62,7 @@ __all__ = [
     "QUICK",
     "check_out",
     "check_sequence",
+    "check_eval_limit",
     "eval_split",
     "prepare_out",
     "train_subjects",
@@ -604,6 +605,17 @@ def train_subjects(build: Callable[[], list[Subject]], checkpoints: str | None) 
         raise KeyboardInterrupt(f"during training; {kept}") from None
 
 
+def check_eval_limit(
+    limit: int | None, data, dataset: str, fn: str, name: str = "eval_limit (--eval-limit)"
+) -> None:
+    """Raise ``ValueError`` if ``limit`` asks for more test images than ``data`` has (checked right after
+    the data is loaded, before any training: a limit above the test split would otherwise silently mean
+    all of it)."""
+    n = data[3].shape[0]
+    if limit is not None and limit > n:
+        raise ValueError(f"{fn}: {name} must be at most {n}, the test images of {dataset!r}, got {limit}")
+
+
 def eval_split(data, limit: int | None):
     """The evaluation images and labels ``(x, y)``: the test split of ``data``, its first ``limit`` only
     when ``limit`` is given."""
@@ -626,6 +638,7 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
     prepare_out(out)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
+    check_eval_limit(cfg.eval_limit, data, cfg.dataset, "run_demo")
     _log(
         cfg,
         f"demo: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "

@@ -217,7 +217,14 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     ``force`` (checked before anything runs).
     """
     from saf_ref.experiments.campaign import config_to_json
-    from saf_ref.experiments.demo import check_out, eval_split, load_dataset, prepare_out, train_subjects
+    from saf_ref.experiments.demo import (
+        check_eval_limit,
+        check_out,
+        eval_split,
+        load_dataset,
+        prepare_out,
+        train_subjects,
+    )
     from saf_ref.experiments.sdc import run_weight_sdc
 
     if not isinstance(cfg, FormatsConfig):
@@ -226,6 +233,7 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     prepare_out(out, OUTPUTS)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
+    check_eval_limit(cfg.eval_limit, data, cfg.dataset, "run_formats")
     subjects, models = train_subjects(lambda: build_subjects(cfg, data), cfg.checkpoints)
     x, y = eval_split(data, cfg.eval_limit)
     workers = {"executor": "serial" if cfg.workers == 1 else "process", "max_workers": cfg.workers}

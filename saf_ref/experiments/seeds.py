@@ -511,6 +511,7 @@ def run_seeds(
     out = demo.check_out(out, force, fn, name("out"), name("force"), outputs=OUTPUTS)
     start = time.perf_counter()
     data = demo.load_dataset(cfg.dataset, cfg.data_path)
+    demo.check_eval_limit(cfg.eval_limit, data, cfg.dataset, fn, name("eval_limit"))
     demo.prepare_out(out, OUTPUTS)
     _log(cfg, f"seeds: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "
               f"{cfg.model} width {cfg.width}, {cfg.epochs} epochs per model")  # fmt: skip
