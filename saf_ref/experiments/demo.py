@@ -635,10 +635,10 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike, *, force: bool = False) ->
     if not isinstance(cfg, DemoConfig):
         raise TypeError(f"run_demo: cfg must be a DemoConfig, got {validation.describe(cfg)}")
     out = check_out(out, force, "run_demo")
-    prepare_out(out)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     check_eval_limit(cfg.eval_limit, data, cfg.dataset, "run_demo")
+    prepare_out(out)  # after every check: a refused run keeps an earlier run's outputs
     _log(
         cfg,
         f"demo: {cfg.dataset} ({data[0].shape[0]} train / {data[2].shape[0]} test images), "

@@ -230,10 +230,10 @@ def run_formats(cfg: FormatsConfig, out: str | os.PathLike, *, force: bool = Fal
     if not isinstance(cfg, FormatsConfig):
         raise TypeError(f"run_formats: cfg must be a FormatsConfig, got {validation.describe(cfg)}")
     out = check_out(out, force, "run_formats", outputs=OUTPUTS)
-    prepare_out(out, OUTPUTS)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data_path)
     check_eval_limit(cfg.eval_limit, data, cfg.dataset, "run_formats")
+    prepare_out(out, OUTPUTS)  # after every check: a refused run keeps an earlier run's outputs
     subjects, models = train_subjects(lambda: build_subjects(cfg, data), cfg.checkpoints)
     x, y = eval_split(data, cfg.eval_limit)
     workers = {"executor": "serial" if cfg.workers == 1 else "process", "max_workers": cfg.workers}

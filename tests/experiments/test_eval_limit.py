@@ -39,3 +39,17 @@ def test_eval_limit_equal_to_the_test_split_is_accepted():
     demo.check_eval_limit(None, data, "digits", "f")
     with pytest.raises(ValueError, match=r"^f: eval_limit \(--eval-limit\) must be at most 359, the test "):
         demo.check_eval_limit(360, data, "digits", "f")
+
+
+@pytest.mark.parametrize("command,n_test,name", COMMANDS)
+def test_a_refused_eval_limit_keeps_an_earlier_runs_outputs(
+    command, n_test, name, tmp_path, capsys, monkeypatch
+):
+    """With ``--force`` over an earlier run, the check comes before the outputs are deleted."""
+    monkeypatch.setattr(demo, "train_subjects", lambda *a, **k: pytest.fail("training started"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    err = refused_in_one_line(command, ["--eval-limit", str(n_test + 1), "--quiet", "--force"], out, capsys)
+    assert f"{name} must be at most {n_test}" in err
+    assert (out / "run.json").read_text() == "{}"
