@@ -485,9 +485,10 @@ class MXCase:
     """An MX encoding problem: the values of ``x`` come from a seeded generator (see :meth:`array`).
 
     ``kind``: ``"spread"`` (normal values over ``spread`` binades below ``2**top``), ``"ties"`` (every
-    block pinned to a scale ``2**top`` by its largest element, the others midpoints of element values and
-    their neighbours), ``"saturate"`` (the largest ``|V| / X`` between the largest element and
-    ``2**(emax+1)``), ``"specials"`` (NaN, infinities, signed zeros and subnormals scattered in).
+    block pinned to the scale ``2**(top - emax)`` by its largest element, whose binade is ``2**top``, the
+    others midpoints of element values and their neighbours), ``"saturate"`` (the largest ``|V| / X``
+    between the largest element and ``2**(emax+1)``), ``"specials"`` (NaN, infinities, signed zeros and
+    subnormals scattered in).
     """
 
     name: str
