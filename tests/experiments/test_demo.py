@@ -499,3 +499,14 @@ def test_real_ctrl_c_in_the_sweep_exits_130_with_one_line_and_results(demo_run, 
     assert run["interrupted"] is True and run["trials"]
     assert json.loads((out / "results.json").read_text())
     assert not (out / "trials.jsonl").exists()
+
+
+@pytest.mark.parametrize("typed,want", [("none", None), ("0.5", 0.5), ("1e-2", 0.01)])
+def test_curriculum_loss_option_reaches_the_config(typed, want):
+    """``--curriculum-loss none`` is no curriculum (None), a number is the threshold; omitted: the default."""
+    from saf_ref.cli import build_parser
+    from saf_ref.experiments.demo import config_from_args
+
+    args = build_parser().parse_args(["demo", "--curriculum-loss", typed])
+    assert config_from_args(args).curriculum_loss == want
+    assert config_from_args(build_parser().parse_args(["demo"])).curriculum_loss == 0.3  # README's tau
