@@ -650,8 +650,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-limit",
         type=int,
         metavar="N",
-        help=f"evaluate on the first N >= 1 test images (default: {d.eval_limit}; at least the test split's "
-        "size: all of it)",
+        help=f"evaluate on the first N >= 1 test images (default: {d.eval_limit}; at most the test split's "
+        "size, which is all of it)",
     )
     parser.add_argument(
         "--finetune-epochs",
