@@ -272,7 +272,7 @@ _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "scaled_formats": _check_names(get_format),
     "weight_clip": _real(lambda x: x > 0, "a finite number > 0"),
     "p_train": _real(lambda x: 0 <= x <= 1, "a probability in [0, 1]"),
-    "curriculum_loss": _optional(_real(lambda x: x > 0, "a finite number > 0 or None")),
+    "curriculum_loss": _optional(_real(lambda x: x > 0, "a finite number > 0 or none")),
     "quant_setting": lambda v, name, fn: validation.check_choice(v, name, fn, QUANT_SETTINGS),
     "rates": _check_rates,
     "trials": _positive_int,

@@ -1,7 +1,7 @@
 """PyTorch as a backend of the oracle kit, computed with PyTorch's own operations (none of saf_ref's code).
 
 Casts and bit views for the number formats (``x.to(torch.bfloat16).view(torch.int16)``), MX blocks from
-``torch.frexp``, float8 casts and value tables (``_t_mx_encode`` / ``_t_mx_decode``, which
+``torch.frexp``, float8 casts and value tables (``tensor_mx_encode`` / ``tensor_mx_decode``, which
 :mod:`saf_ref.testing.torch_replay` uses too), integer tensor arithmetic for fault injection,
 ``torch.nn.functional`` for the layers, autograd for every vector-Jacobian product, ``torch.optim.SGD``
 for the optimizer step, and a functional ResNet assembled from the torchvision parameter names.
@@ -278,8 +278,9 @@ class TorchBackend:
         v = torch.clamp(v, -(2.0 ** (nbits - 1)), 2.0 ** (nbits - 1) - 1).to(torch.int64)
         return v & ((1 << nbits) - 1)  # the low nbits bits: two's complement
 
-    def _t_quantize(self, xt, config: Mapping[str, Any]):
-        """Codes (an int64 tensor) and context of float32 tensor ``xt``: the published quantizer in torch."""
+    def tensor_quantize(self, xt, config: Mapping[str, Any]):
+        """Codes (an int64 tensor) and context of float32 tensor ``xt``: the published quantizer in torch
+        (tensors in and out; :mod:`saf_ref.testing.torch_replay` uses it)."""
         torch = self.torch
         cfg = dict(config)
         nbits, margin = cfg["nbits"], cfg.get("margin", 0.0)
@@ -324,7 +325,7 @@ class TorchBackend:
 
     def quantize(self, x: np.ndarray, config: Mapping[str, Any]):
         """Stutz et al.'s per-tensor quantizer in float32 torch arithmetic; scalars formed in float64."""
-        codes, context = self._t_quantize(self._t(x), config)
+        codes, context = self.tensor_quantize(self._t(x), config)
         container = np.uint8 if config["nbits"] <= 8 else np.uint16
         return codes.cpu().numpy().astype(container), context
 
@@ -407,7 +408,7 @@ class TorchBackend:
         mag = torch.where(up | (a >= table[hi]), hi, lo)
         return mag | (torch.signbit(y).to(torch.int64) << (w - 1))
 
-    def _t_mx_encode(self, blocks, format_name: str):
+    def tensor_mx_encode(self, blocks, format_name: str):
         """``(scales, elements)`` (int64) of float blocks ``(..., 32)`` (the MX conversion, OCP MX v1.0 6.3).
 
         ``shared = floor(log2 max|V|) - emax_elem`` from ``torch.frexp`` (exact), -127 for a block of zeros
@@ -428,7 +429,7 @@ class TorchBackend:
         scales = torch.where(nan, 0xFF, shared + 127)
         return scales, torch.where(nan[..., None], 0, elements)
 
-    def _t_mx_decode(self, scales, elements, format_name: str):
+    def tensor_mx_decode(self, scales, elements, format_name: str):
         """float64 ``2**(scale - 127) * element`` (exact); NaN blocks (scale 0xFF) and NaN elements are the
         canonical quiet NaN, positive for a NaN scale, with the element's sign for a NaN element."""
         torch = self.torch
@@ -451,7 +452,7 @@ class TorchBackend:
         self._mx(format_name)
         self._mx_blocks(format_name, x.shape, "mx_encode")
         blocks = self._t(x).reshape(*x.shape[:-1], -1, MX_BLOCK)
-        scales, elements = self._t_mx_encode(blocks, format_name)
+        scales, elements = self.tensor_mx_encode(blocks, format_name)
         return (self._np(scales).astype(np.uint8).reshape(*x.shape[:-1], -1),
                 self._np(elements).astype(np.uint8).reshape(x.shape))
 
@@ -461,7 +462,7 @@ class TorchBackend:
         self._mx(format_name)
         self._mx_blocks(format_name, elements.shape, "mx_decode")
         el = self._int64(elements).reshape(*elements.shape[:-1], -1, MX_BLOCK)
-        values = self._t_mx_decode(self._int64(scales), el, format_name)
+        values = self.tensor_mx_decode(self._int64(scales), el, format_name)
         return self._np(values).reshape(elements.shape)
 
     # ------------------------------------------------------------------------------------- protect

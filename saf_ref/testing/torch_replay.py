@@ -35,7 +35,7 @@ How each step is made bit-exact in torch (where a plain cast is not):
   and for +-inf, which is restored;
 - NaN: every NaN is stored as the canonical quiet NaN of its sign and read back as the canonical NaN of
   the latent dtype (torch casts keep or drop payload bits);
-- MX blocks (:meth:`TorchBackend._t_mx_encode`): the shared exponent from ``torch.frexp`` of the block's
+- MX blocks (:meth:`TorchBackend.tensor_mx_encode`): the shared exponent from ``torch.frexp`` of the block's
   largest magnitude, the elements ``V / 2**shared`` (exact) rounded by a float8 cast (after clamping to
   the largest element and rounding to odd in float32), by ``torch.round`` (MXINT8) or to the nearest
   entry of the FP6/FP4 value table (no torch dtype); the bytes packed with int64 shifts; decoding by table
@@ -188,7 +188,7 @@ def _mx_encode(u, fmt: MXFormat):
     padded = torch.zeros((rows, per_row * fmt.block_size), dtype=u.dtype, device=u.device)
     padded[:, :length] = moved.reshape(rows, length)  # the padding is +0, and stored
     backend = TorchBackend(device=str(u.device))
-    scales, elements = backend._t_mx_encode(padded.reshape(rows, per_row, fmt.block_size), fmt.base)
+    scales, elements = backend.tensor_mx_encode(padded.reshape(rows, per_row, fmt.block_size), fmt.base)
     return torch.cat([scales.reshape(-1), _mx_pack(elements.reshape(-1), fmt.element_bits)]), {"shape": shape}
 
 
@@ -224,7 +224,7 @@ def _mx_decode(codes, fmt: MXFormat, context: Mapping[str, Any], dtype):
     scales = codes[:blocks].reshape(rows, per_row)
     elements = _mx_unpack(codes[blocks:], fmt.element_bits).reshape(rows, per_row, fmt.block_size)
     backend = TorchBackend(device=str(codes.device))
-    values = backend._t_mx_decode(scales, elements, fmt.base).reshape(rows, -1)[:, :length]
+    values = backend.tensor_mx_decode(scales, elements, fmt.base).reshape(rows, -1)[:, :length]
     if fmt.axis is None:
         return values.reshape(shape).to(dtype)
     moved = [*shape[: fmt.axis % len(shape)], *shape[fmt.axis % len(shape) + 1 :], shape[fmt.axis]]
@@ -284,7 +284,7 @@ def encode_tensor(u, fmt: Any, *, where: str = "u"):
             raise TypeError(f"replay_faults: {where} must be float32 to be stored with {fmt.name!r}, "
                             f"got {u.dtype}")
         backend = TorchBackend(device=str(u.device))
-        return backend._t_quantize(u, fmt.to_json()["quantizer"])
+        return backend.tensor_quantize(u, fmt.to_json()["quantizer"])
     if isinstance(fmt, MXFormat):
         return _mx_encode(u, fmt)
     raise TypeError(f"replay_faults: {where} format must be an IEEE, fixed-point, quantizer or MX format, "

@@ -258,8 +258,8 @@ def no_work(monkeypatch):
          "--data-path must be an existing file or folder, got 'no/such.tar.gz'"),
         (["--quick", "--epochs", "0"], "--epochs must be in [1, inf], got 0"),
         (["--quant-setting", "all"], "--quant-setting must be one of ('reference', 'weights'), got 'all'"),
-        (["--curriculum-loss", "0"], "--curriculum-loss must be a finite number > 0 or None, got 0.0"),
-        (["--curriculum-loss", "inf"], "--curriculum-loss must be a finite number > 0 or None, got inf"),
+        (["--curriculum-loss", "0"], "--curriculum-loss must be a finite number > 0 or none, got 0.0"),
+        (["--curriculum-loss", "inf"], "--curriculum-loss must be a finite number > 0 or none, got inf"),
         (["--curriculum-loss", "off"], "--curriculum-loss must be a real number, got str 'off'"),
     ],
 )  # fmt: skip
@@ -324,7 +324,7 @@ def test_api_config_names_its_fields():
         DemoConfig(data_path="x")
     with pytest.raises(ValueError, match=r"get_format: "):
         DemoConfig(float_formats=("float7",))
-    match = r"^DemoConfig: curriculum_loss must be a finite number > 0 or None, got -1.0$"
+    match = r"^DemoConfig: curriculum_loss must be a finite number > 0 or none, got -1.0$"
     with pytest.raises(ValueError, match=match):
         DemoConfig(curriculum_loss=-1.0)
     assert DemoConfig(curriculum_loss=None).curriculum_loss is None
