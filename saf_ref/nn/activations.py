@@ -152,7 +152,7 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
 
 def relu_inplace(y: np.ndarray, passes: np.ndarray | None = None) -> None:
     """:func:`relu_forward` written over ``y`` (bit for bit the same values), for the models' fused
-    evaluation-mode layers, where ``y`` is their own fresh array; ``passes`` (bool, shape of ``y``), if
+    layers (unchecked core), where ``y`` is their own fresh array; ``passes`` (bool, shape of ``y``), if
     given, receives the cache's mask ``not (y <= 0)``, as :func:`relu_forward` computes it.
 
     The same bitwise AND as :func:`relu_forward` (``bits(y) & -(not y < 0)``), in place, with the
@@ -261,8 +261,9 @@ def relu_clipped_ceiling(ceiling, dtype) -> np.floating:
 
 def relu_clipped_inplace(y: np.ndarray, ceiling: np.floating, passes: np.ndarray | None = None) -> None:
     """:func:`relu_clipped_forward` written over ``y`` (bit for bit the same values), for the models'
-    fused layers, where ``y`` is their own fresh array; ``ceiling`` from :func:`relu_clipped_ceiling`;
-    ``passes`` (bool, shape of ``y``), if given, receives the cache's mask ``not (y <= 0 or y >= c)``.
+    fused layers (unchecked core), where ``y`` is their own fresh array; ``ceiling`` from
+    :func:`relu_clipped_ceiling`; ``passes`` (bool, shape of ``y``), if given, receives the cache's mask
+    ``not (y <= 0 or y >= c)``.
 
     The same bitwise operations as :func:`relu_clipped_forward`, in place, with the comparisons and
     masks in scratch buffers (a chunk of a layer, so they stay small and cached).

@@ -272,7 +272,7 @@ def conv_bn_act_forward(
     keep_cache: bool = True,
 ) -> tuple[np.ndarray, ConvBNCache | None, Any]:
     """``relu(bn(conv(x)) [+ residual])`` with the elementwise layers fused; ``(y, conv_bn_cache,
-    relu_cache)``.
+    relu_cache)``. Unchecked core: the model validated its arguments.
 
     Bit for bit :func:`conv_bn_forward` followed by ``h + residual`` and
     :func:`saf_ref.nn.activations.relu_forward`, with the same caches: the same elementwise operations
@@ -354,6 +354,7 @@ def conv_bn_inference(
 ) -> GridBatch | np.ndarray:
     """Evaluation-mode ``relu(bn(conv(x)) [+ residual])`` for a model's inference pass: from a grid to
     the next layer's grid (:func:`saf_ref.nn.conv.conv2d_inference`), nothing kept for a backward pass.
+    Unchecked core: the model validated its arguments.
 
     Bit for bit :func:`conv_bn_act_forward` with ``train=False``: the same operations in the same order
     (:func:`saf_ref.nn.batchnorm.batchnorm2d_eval_inplace`, ``+``,

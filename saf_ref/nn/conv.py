@@ -501,7 +501,8 @@ def conv2d_inference(
     epilogue: Epilogue,
     out_grid: tuple[tuple[int, int], tuple[int, int]] | None,
 ) -> GridBatch | np.ndarray:
-    """Forward pass without bias and cache, from a grid, for a model's inference pass.
+    """Forward pass without bias and cache, from a grid, for a model's inference pass; unchecked core
+    (the model validated its arguments).
 
     The output is a :class:`GridBatch` with ``out_grid = (padding, kernel)`` (the next layer's), or a
     new NCHW array for ``out_grid=None``. ``epilogue(chunk, start, stop)`` runs in place on each chunk
