@@ -30,10 +30,9 @@ two threads are no slower than one.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
+
+import _common
 
 #: (name, N, in channels, out channels, input size, kernel, stride, padding)
 SUITES = {
@@ -93,63 +92,10 @@ def parse_args(argv=None):
     return args
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe_machine(torch) -> str:
-    """CPU model, core count, NumPy's BLAS (library, version, kernel family) and the library versions."""
-    import numpy as np
-
-    blas = "unknown BLAS"
-    try:
-        from threadpoolctl import threadpool_info
-
-        for lib in threadpool_info():
-            if lib.get("user_api") == "blas":
-                blas = f"{lib['internal_api']} {lib.get('version')} ({lib.get('architecture')} kernels)"
-                break
-    except ImportError:
-        pass
-    return (
-        f"{cpu_model()}, {os.cpu_count()} CPUs; numpy {np.__version__} with {blas}; "
-        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "
-        f"Python {platform.python_version()}"
-    )
-
-
-def blas_limit(threads: int):
-    """A context manager limiting NumPy's BLAS to ``threads`` (a no-op without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is in the test extra
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Run the callables alternately ``repeats`` times after a warm-up; ``{name: (min cpu, min wall)}``."""
-    for fn in fns.values():
-        fn()
-    cpu = {name: [] for name in fns}
-    wall = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            cpu[name].append(time.process_time() - c0)
-            wall[name].append(time.perf_counter() - w0)
-    return {name: (min(cpu[name]), min(wall[name])) for name in fns}
+    """The machine banner of :func:`_common.machine_banner` (CPU, load, NumPy + BLAS kernels, Python) with
+    torch's version and CPU capability."""
+    return _common.machine_banner(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
 
 
 def time_shape(shape, dtype, repeats, torch, rng) -> dict:
@@ -177,7 +123,7 @@ def time_shape(shape, dtype, repeats, torch, rng) -> dict:
         tx.grad = tw.grad = None
         torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad).backward(tdy)
 
-    return interleaved({"saf_ref": ours, "torch": theirs}, repeats)
+    return _common.interleaved({"saf_ref": ours, "torch": theirs}, repeats)
 
 
 def geomean(values) -> float:
@@ -188,9 +134,7 @@ def geomean(values) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    most = str(max(args.threads))
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = most  # before NumPy (and its BLAS) is imported: the size of BLAS's thread pool
+    _common.start_blas_threads(max(args.threads))  # before NumPy is imported: BLAS's thread pool size
     import numpy as np
 
     try:
@@ -207,9 +151,8 @@ def main(argv=None) -> int:
         for dtype in args.dtypes:
             results = {}
             for threads in args.threads:
-                torch.set_num_threads(threads)
                 rng = np.random.default_rng(0)
-                with blas_limit(threads):
+                with _common.threads(threads, torch):
                     results[threads] = [
                         time_shape(s, np.dtype(dtype), args.repeats, torch, rng) for s in shapes
                     ]

@@ -24,8 +24,9 @@ machine. The CPU, NumPy's BLAS and its kernel family are printed first.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+import _common
 
 
 def parse_args(argv=None):
@@ -88,9 +89,7 @@ def torch_resnet20(torch, num_classes=10):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    most = str(max(args.threads))
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = most  # before NumPy (and its BLAS) is imported: the size of BLAS's thread pool
+    _common.start_blas_threads(max(args.threads))  # before NumPy is imported: BLAS's thread pool size
     import numpy as np
 
     try:
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("bench_train: PyTorch is not installed (pip install torch)", file=sys.stderr)
         return 1
-    from bench_conv import blas_limit, describe_machine, interleaved
+    from bench_conv import describe_machine
 
     from saf_ref.nn.registry import model_fns
     from saf_ref.nn.resnet import init_resnet
@@ -157,9 +156,8 @@ def main(argv=None) -> int:
         ("inference", ours_infer, theirs_infer),
     ):
         for threads in args.threads:
-            torch.set_num_threads(threads)
-            with blas_limit(threads):
-                r = interleaved({"saf_ref": ours, "torch": theirs}, args.steps)
+            with _common.threads(threads, torch):
+                r = _common.interleaved({"saf_ref": ours, "torch": theirs}, args.steps)
             k = 0 if threads == 1 else 1
             ms_ours, ms_theirs = 1e3 * r["saf_ref"][k], 1e3 * r["torch"][k]
             walls[what, threads] = r["saf_ref"][1]
