@@ -25,6 +25,7 @@ __all__ = [
     "batchnorm2d_backward_unchecked",
     "EvalOperands",
     "batchnorm2d_eval_inplace",
+    "batchnorm2d_eval_into",
     "batchnorm2d_eval_inv_std",
     "batchnorm2d_eval_operands",
     "channel_table",
@@ -221,11 +222,8 @@ def batchnorm2d_forward_into(
     else:
         ops = batchnorm2d_eval_operands(running_mean, running_var, weight, bias, x.shape[1:], eps)
         inv_std, x_hat = ops.inv_std, np.empty(x.shape, x.dtype)
-        for a, b in chunks:  # batchnorm2d_eval_inplace's operations, from x into out
-            np.subtract(x[a:b], ops.mean, out=x_hat[a:b])
-            x_hat[a:b] *= ops.inv_std_table
-            np.multiply(x_hat[a:b], ops.weight, out=out[a:b])
-            out[a:b] += ops.bias
+        for a, b in chunks:
+            batchnorm2d_eval_into(x[a:b], out[a:b], ops, x_hat[a:b])
             if epilogue is not None:
                 epilogue(out[a:b], a, b)
         new_mean, new_var = running_mean.copy(), running_var.copy()
@@ -278,18 +276,26 @@ def batchnorm2d_eval_operands(
 
 
 def batchnorm2d_eval_inplace(y: np.ndarray, ops: EvalOperands, x_hat: np.ndarray | None = None) -> None:
-    """Evaluation-mode batch norm written over ``y`` (unchecked), for the models' fused layers.
+    """Evaluation-mode batch norm written over ``y`` (unchecked), for the models' fused layers:
+    :func:`batchnorm2d_eval_into` with ``y`` as both input and output."""
+    batchnorm2d_eval_into(y, y, ops, x_hat)
+
+
+def batchnorm2d_eval_into(
+    x: np.ndarray, out: np.ndarray, ops: EvalOperands, x_hat: np.ndarray | None = None
+) -> None:
+    """Evaluation-mode batch norm of ``x`` written into ``out`` (which may be ``x``); unchecked core.
 
     The operations of :func:`batchnorm2d_forward` in evaluation mode, in their order and dtype, so the
-    same bits: ``x_hat = (y - running_mean) * inv_std`` (into ``x_hat`` if given, for the cache, else
-    over ``y``), then ``y = x_hat * weight + bias``. Not folded into one scale and shift, which would
-    round differently. ``ops`` from :func:`batchnorm2d_eval_operands`.
+    same bits: ``x_hat = (x - running_mean) * inv_std`` (into ``x_hat`` if given, for the cache, else
+    into ``out``), then ``out = x_hat * weight + bias``. Not folded into one scale and shift, which
+    would round differently. ``ops`` from :func:`batchnorm2d_eval_operands`.
     """
-    xh = y if x_hat is None else x_hat
-    np.subtract(y, ops.mean, out=xh)
+    xh = out if x_hat is None else x_hat
+    np.subtract(x, ops.mean, out=xh)
     xh *= ops.inv_std_table
-    np.multiply(xh, ops.weight, out=y)
-    y += ops.bias
+    np.multiply(xh, ops.weight, out=out)
+    out += ops.bias
 
 
 def batchnorm2d_backward(dy: np.ndarray, cache: BatchNorm2dCache) -> BatchNorm2dGrads:
