@@ -595,21 +595,27 @@ def _grid_products(grid, wmat, kernel, grid_hw, n, write) -> None:
 def _im2col_conv_into(xp, w, stride, out_hw, epilogue: Epilogue, dest: np.ndarray) -> None:
     """Path 3 (the chunks and products of :func:`_forward_im2col`), each chunk's product
     ``(O, n, Ho, Wo)`` through ``epilogue`` into ``dest`` (channel-major)."""
-    (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
-    k, per_image = c * kh * kw, ho * wo
-    wmat = w.reshape(o, k)
+    n, (ho, wo) = xp.shape[0], out_hw
 
     def chunk(start: int, stop: int, scratch: Scratch) -> None:
-        length = (stop - start) * per_image
-        cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
-        cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
-        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, xp.dtype).reshape(o, length))
-        prod = prod.reshape(o, stop - start, ho, wo)
+        prod = _im2col_chunk_product(xp, w, stride, out_hw, start, stop, scratch)
         if epilogue is not None:
             epilogue(prod, start, stop)
         dest[:, start:stop, :ho, :wo] = prod
 
-    _run_chunks(chunk, _chunks(n, per_image))
+    _run_chunks(chunk, _chunks(n, ho * wo))
+
+
+def _im2col_chunk_product(xp, w, stride, out_hw, start: int, stop: int, scratch: Scratch) -> np.ndarray:
+    """``w.reshape(O, -1) @ cols`` of padded images ``start:stop``, channel-major ``(O, n, Ho, Wo)``, in
+    the chunk's scratch buffers: the one product of path 3's forward passes."""
+    c, (o, _, kh, kw), (ho, wo) = xp.shape[1], w.shape, out_hw
+    k, length = c * kh * kw, (stop - start) * ho * wo
+    cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
+    cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
+    prod = scratch.get("product", o * length, xp.dtype).reshape(o, length)
+    np.matmul(w.reshape(o, k), cols, out=prod)
+    return prod.reshape(o, stop - start, ho, wo)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -638,21 +644,16 @@ def _col2im_add(dcols: np.ndarray, kernel, stride, out_hw, dxp: np.ndarray) -> N
 
 def _forward_im2col(xp, w, stride, out_hw, epilogue: Epilogue = None) -> np.ndarray:
     """Path 3 forward, chunk by chunk: ``y[chunk] = w.reshape(O, -1) @ cols[chunk]``."""
-    (n, c), (o, _, kh, kw), (ho, wo) = xp.shape[:2], w.shape, out_hw
-    k, per_image = c * kh * kw, ho * wo
+    n, o, (ho, wo) = xp.shape[0], w.shape[0], out_hw
     y = np.empty((n, o, ho, wo), dtype=xp.dtype)
-    wmat = w.reshape(o, k)
 
     def chunk(start: int, stop: int, scratch: Scratch) -> None:
-        length = (stop - start) * per_image
-        cols = scratch.get("cols", k * length, xp.dtype).reshape(c, kh, kw, stop - start, ho, wo)
-        cols = _im2col(xp[start:stop], (kh, kw), stride, out_hw, cols)
-        prod = np.matmul(wmat, cols, out=scratch.get("product", o * length, xp.dtype).reshape(o, length))
-        y[start:stop] = prod.reshape(o, stop - start, ho, wo).transpose(1, 0, 2, 3)
+        prod = _im2col_chunk_product(xp, w, stride, out_hw, start, stop, scratch)
+        y[start:stop] = prod.transpose(1, 0, 2, 3)
         if epilogue is not None:
             epilogue(y[start:stop], start, stop)
 
-    _run_chunks(chunk, _chunks(n, per_image))
+    _run_chunks(chunk, _chunks(n, ho * wo))
     return y
 
 
