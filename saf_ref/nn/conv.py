@@ -362,7 +362,7 @@ def _grid_weight_grad(grid: np.ndarray, dy_grid: np.ndarray, kernel, grid_hw, n:
     def chunk(start: int, stop: int, scratch: Scratch) -> np.ndarray:
         length, first = (stop - start) * per_image, start * per_image
         cols = scratch.get("cols", k * length, grid.dtype).reshape(c, kh, kw, length)
-        return _grid_columns(grid, first, wg, cols) @ dy_grid[:, first : first + length].T
+        return np.matmul(_grid_columns(grid, first, wg, cols), dy_grid[:, first : first + length].T)
 
     return _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
 
@@ -695,7 +695,7 @@ def _backward_im2col(dy, xp, w, stride, padding) -> tuple[np.ndarray, np.ndarray
             np.matmul(wmat.T, dy_last.reshape(o, length), out=dcols)
             dcols_last = dcols.reshape(c, kh, kw, ho, wo, stop - start)
             _col2im_chunk(dcols_last, stride, (hp, wp), padding, dx[start:stop], scratch)
-        return cols @ dy_mat.T  # dw.T: faster for few channels (see _grid_weight_grad)
+        return np.matmul(cols, dy_mat.T)  # dw.T: faster for few channels (see _grid_weight_grad)
 
     dw_t = _sum_in_order(_run_chunks(chunk, _chunks(n, per_image)))
     if one_tap and (ph, pw) != (0, 0):
