@@ -139,6 +139,16 @@ def blas_description() -> str:
         return "unknown BLAS"
 
 
+def import_torch(script: str) -> Any:
+    """PyTorch, or None after telling stderr that ``script`` needs it (the scripts compare against it)."""
+    try:
+        import torch
+    except ImportError:
+        print(f"{script}: PyTorch is not installed (pip install torch)", file=sys.stderr)
+        return None
+    return torch
+
+
 def machine_banner(extra: str = "") -> str:
     """One paragraph: CPU model, CPUs (usable / present), load average, NumPy + BLAS, Python, ``extra``."""
     import numpy as np

@@ -137,10 +137,8 @@ def main(argv=None) -> int:
     _common.start_blas_threads(max(args.threads))  # before NumPy is imported: BLAS's thread pool size
     import numpy as np
 
-    try:
-        import torch
-    except ImportError:
-        print("bench_conv: PyTorch is not installed (pip install torch)", file=sys.stderr)
+    torch = _common.import_torch("bench_conv")
+    if torch is None:
         return 1
 
     print(describe_machine(torch))

@@ -136,54 +136,16 @@ def main(argv=None) -> int:
     _common.start_blas_threads(1)  # before NumPy is imported: one BLAS thread
     import numpy as np
 
-    try:
-        import torch
-    except ImportError:
-        print("bench_gemm: PyTorch is not installed (pip install torch)", file=sys.stderr)
+    torch = _common.import_torch("bench_gemm")
+    if torch is None:
         return 1
     from bench_conv import describe_machine
-    from bench_train import torch_resnet20
-
-    from saf_ref.nn.registry import model_fns
-    from saf_ref.nn.resnet import init_resnet
-    from saf_ref.nn.state_dict import export_state_dict
-    from saf_ref.train.loop import train_step
-    from saf_ref.train.optim import SGD, sgd_init
+    from bench_train import resnet20_workload
 
     dtype = np.dtype(args.dtype)
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    rng = np.random.default_rng(0)
-    params, state = init_resnet("resnet20", rng=rng, dtype=dtype)
-    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(dtype)
-    y = rng.integers(0, 10, args.batch)
-    forward = model_fns("resnet20", "bench_gemm").forward
-    config = SGD(0.1, momentum=0.9, weight_decay=5e-4)
-
-    passes = {
-        "inference": record(lambda: forward(params, state, x, train=False, keep_cache=False), np),
-        "training step": record(
-            lambda: train_step(params, state, sgd_init(params), x, y, model="resnet20", optimizer=config), np
-        ),
-    }
-
-    sd = {k: torch.from_numpy(v) for k, v in export_state_dict(params, state).items()}
-    model = torch_resnet20(torch).to(tdtype).train()
-    model.load_state_dict(sd)
-    eval_model = torch_resnet20(torch).to(tdtype).eval()
-    eval_model.load_state_dict(sd)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def torch_infer():
-        with torch.no_grad():
-            eval_model(xt)
-
-    def torch_train():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-
-    torch_pass = {"inference": torch_infer, "training step": torch_train}
+    rng = np.random.default_rng(1)
+    ours, theirs = resnet20_workload(args.batch, args.dtype, torch)
+    passes = {what: record(ours[what], np) for what in ("inference", "training step")}
 
     print(describe_machine(torch))
     print(
@@ -200,14 +162,14 @@ def main(argv=None) -> int:
         for what, products in passes.items():
             numpy_run, torch_run = replayers(products, dtype, np, torch, rng)
             best = _common.interleaved(
-                {"numpy": numpy_run, "torch.matmul": torch_run, "torch pass": torch_pass[what]}, args.repeats
+                {"numpy": numpy_run, "torch.matmul": torch_run, "torch pass": theirs[what]}, args.repeats
             )
-            ours, theirs, whole = (1e3 * best[k].cpu for k in ("numpy", "torch.matmul", "torch pass"))
+            numpy_ms, torch_ms, pass_ms = (1e3 * best[k].cpu for k in ("numpy", "torch.matmul", "torch pass"))
             gflop = sum(p.flops * n for p, n in products.items()) / 1e9
             count = f"{sum(products.values())} ({len(products)})"
             print(
-                f"| {what} | {count} | {gflop:.1f} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} "
-                f"| {whole:.0f} | {ours / whole:.2f} |"
+                f"| {what} | {count} | {gflop:.1f} | {numpy_ms:.0f} | {torch_ms:.0f} "
+                f"| {numpy_ms / torch_ms:.2f} | {pass_ms:.0f} | {numpy_ms / pass_ms:.2f} |"
             )
     return 0
 

@@ -87,17 +87,11 @@ def torch_resnet20(torch, num_classes=10):
     return Net()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    _common.start_blas_threads(max(args.threads))  # before NumPy is imported: BLAS's thread pool size
+def resnet20_workload(batch: int, dtype_name: str, torch) -> tuple[dict, dict]:
+    """``(ours, theirs)``: for ``"training step"`` and ``"inference"``, a callable that runs it once with
+    saf_ref and with torch, on the same weights (``init_resnet("resnet20")``, seed 0) and the same
+    random batch. The training steps update their own copies of the weights."""
     import numpy as np
-
-    try:
-        import torch
-    except ImportError:
-        print("bench_train: PyTorch is not installed (pip install torch)", file=sys.stderr)
-        return 1
-    from bench_conv import describe_machine
 
     from saf_ref.nn.registry import model_fns
     from saf_ref.nn.resnet import init_resnet
@@ -105,12 +99,12 @@ def main(argv=None) -> int:
     from saf_ref.train.loop import train_step
     from saf_ref.train.optim import SGD, sgd_init
 
-    dtype = np.dtype(args.dtype)
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    dtype = np.dtype(dtype_name)
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
     rng = np.random.default_rng(0)
     params, state = init_resnet("resnet20", rng=rng, dtype=dtype)
-    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(dtype)
-    y = rng.integers(0, 10, args.batch)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(dtype)
+    y = rng.integers(0, 10, batch)
     config = SGD(0.1, momentum=0.9, weight_decay=5e-4)
     opt_state = sgd_init(params)
     forward = model_fns("resnet20", "bench_train").forward
@@ -142,6 +136,21 @@ def main(argv=None) -> int:
         with torch.no_grad():
             eval_model(xt)
 
+    return (
+        {"training step": ours_train, "inference": ours_infer},
+        {"training step": theirs_train, "inference": theirs_infer},
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _common.start_blas_threads(max(args.threads))  # before NumPy is imported: BLAS's thread pool size
+    torch = _common.import_torch("bench_train")
+    if torch is None:
+        return 1
+    from bench_conv import describe_machine
+
+    ours, theirs = resnet20_workload(args.batch, args.dtype, torch)
     print(describe_machine(torch))
     print(
         f"ResNet-20, batch {args.batch}, 32x32, {args.dtype}; best of {args.steps} runs, saf_ref and torch "
@@ -151,13 +160,10 @@ def main(argv=None) -> int:
     print("| what | threads | saf_ref (ms) | torch (ms) | saf_ref / torch | saf_ref images/s |")
     print("|---|---:|---:|---:|---:|---:|")
     walls = {}
-    for what, ours, theirs in (
-        ("training step", ours_train, theirs_train),
-        ("inference", ours_infer, theirs_infer),
-    ):
+    for what in ("training step", "inference"):
         for threads in args.threads:
             with _common.threads(threads, torch):
-                r = _common.interleaved({"saf_ref": ours, "torch": theirs}, args.steps)
+                r = _common.interleaved({"saf_ref": ours[what], "torch": theirs[what]}, args.steps)
             k = 0 if threads == 1 else 1
             ms_ours, ms_theirs = 1e3 * r["saf_ref"][k], 1e3 * r["torch"][k]
             walls[what, threads] = r["saf_ref"][1]
