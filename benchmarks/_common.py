@@ -84,17 +84,12 @@ def _blas_limit(n: int) -> contextlib.AbstractContextManager:
 def _openblas_limit(n: int) -> Iterator[None]:
     from saf_ref import determinism
 
-    openblas = determinism._bundled_openblas()
-    if openblas is None:  # no way to set it: run with what BLAS has
-        yield
-        return
-    get, set_ = openblas
-    previous = get()
-    set_(n)
+    previous = determinism.set_bundled_openblas_threads(n)  # None: no way to set it, run with what BLAS has
     try:
         yield
     finally:
-        set_(previous)
+        if previous is not None:
+            determinism.set_bundled_openblas_threads(previous)
 
 
 def blas_threads_now() -> int | None:

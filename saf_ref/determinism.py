@@ -44,12 +44,16 @@ from typing import Any
 
 import numpy as np
 
+from saf_ref import validation
+
 __all__ = [
     "available_cpus",
     "blas_thread_count",
     "blas_threads_pinned",
+    "bundled_openblas_threads",
     "pin_blas_for_this_process",
     "pinning_method",
+    "set_bundled_openblas_threads",
 ]
 
 _lock = threading.Lock()
@@ -182,6 +186,23 @@ def bundled_openblas_threads() -> int | None:
     for a hot loop, unlike a threadpoolctl scan), or None where NumPy has no bundled OpenBLAS."""
     openblas = _bundled_openblas()
     return int(openblas[0]()) if openblas is not None else None
+
+
+def set_bundled_openblas_threads(n: int) -> int | None:
+    """Let the OpenBLAS bundled with NumPy use ``n`` threads (``n >= 1``); return the count it had, or
+    None, changing nothing, where NumPy has no bundled OpenBLAS.
+
+    For benchmarks that compare thread counts where threadpoolctl is not installed; results do not
+    depend on it (:func:`blas_threads_pinned` is what the library's own loops use).
+    """
+    n = validation.check_int(n, "n", "set_bundled_openblas_threads", low=1)
+    openblas = _bundled_openblas()
+    if openblas is None:
+        return None
+    get, set_ = openblas
+    previous = int(get())
+    set_(n)
+    return previous
 
 
 def blas_thread_count() -> int | None:

@@ -142,6 +142,36 @@ def test_threadpoolctl_scan_is_reused_until_a_module_is_imported(tmp_path, monke
     assert determinism._controller[1] is not first  # sys.modules grew: scanned again
 
 
+def test_set_bundled_openblas_threads_sets_and_returns_the_previous_count():
+    if "openblas" not in _available_methods():
+        pytest.skip("NumPy has no bundled OpenBLAS here")
+    get = _blas_threads_reader("openblas")
+    before = get()
+    assert determinism.set_bundled_openblas_threads(1) == before
+    try:
+        assert get() == 1
+        assert determinism.set_bundled_openblas_threads(2) == 1
+        now = get()  # 2, or fewer where OpenBLAS's pool is smaller
+        assert 1 <= now <= 2
+    finally:
+        restored_from = determinism.set_bundled_openblas_threads(before)
+    assert restored_from == now
+    assert get() == before
+
+
+def test_set_bundled_openblas_threads_without_openblas_changes_nothing(monkeypatch):
+    monkeypatch.setattr(determinism, "_bundled_openblas", lambda: None)
+    assert determinism.set_bundled_openblas_threads(1) is None
+
+
+@pytest.mark.parametrize(
+    ("n", "error"), [(0, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError)]
+)
+def test_set_bundled_openblas_threads_rejects_bad_counts(n, error):
+    with pytest.raises(error, match=r"set_bundled_openblas_threads: n must be"):
+        determinism.set_bundled_openblas_threads(n)
+
+
 def test_bundled_openblas_threads_reads_the_pin():
     """The cheap reader the convolution loops use agrees with an independent reader, pinned or not."""
     if "openblas" not in _available_methods():
