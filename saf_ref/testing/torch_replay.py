@@ -138,10 +138,10 @@ def _ieee_decode(codes, name: str, dtype):
 # ==================================================================================================
 
 
-def _fixed_encode(u, fmt: FixedPointFormat, where: str):
+def _fixed_encode(u, fmt: FixedPointFormat, where: str, fn: str):
     torch = import_torch()
     if bool(torch.isnan(u).any()):
-        raise ValueError(f"replay_faults: {where} must not contain NaN to be stored as {fmt.name} "
+        raise ValueError(f"{fn}: {where} must not contain NaN to be stored as {fmt.name} "
                          f"(fixed point has no NaN code), got NaN")
     lo, hi = -(1 << (fmt.nbits - 1)), (1 << (fmt.nbits - 1)) - 1
     scaled = u.to(torch.float64) * 2.0**fmt.frac_bits  # exact (a power of two), inf past float64's range
@@ -272,22 +272,27 @@ def encode_tensor(u, fmt: Any, *, where: str = "u"):
     non-finite block or ``shared > 127``), elements ``RNE_saturate(V / 2**shared)``, packed after the
     scales.
     """
+    return _encode(u, fmt, where, "encode_tensor")
+
+
+def _encode(u, fmt: Any, where: str, fn: str):
+    """:func:`encode_tensor`, its errors naming the public function ``fn`` that was called."""
     torch = import_torch()
     if isinstance(fmt, IEEEFormat):
         if fmt.name not in TORCH_FORMATS:
-            raise ValueError(f"replay_faults: {where} format must have a torch dtype, got {fmt.name!r}")
+            raise ValueError(f"{fn}: {where} format must have a torch dtype, got {fmt.name!r}")
         return _ieee_encode(u, fmt.name), None
     if isinstance(fmt, FixedPointFormat):
-        return _fixed_encode(u, fmt, where), None
+        return _fixed_encode(u, fmt, where, fn), None
     if isinstance(fmt, Quantizer):
         if u.dtype != torch.float32:
-            raise TypeError(f"replay_faults: {where} must be float32 to be stored with {fmt.name!r}, "
+            raise TypeError(f"{fn}: {where} must be float32 to be stored with {fmt.name!r}, "
                             f"got {u.dtype}")
         backend = TorchBackend(device=str(u.device))
         return backend.tensor_quantize(u, fmt.to_json()["quantizer"])
     if isinstance(fmt, MXFormat):
         return _mx_encode(u, fmt)
-    raise TypeError(f"replay_faults: {where} format must be an IEEE, fixed-point, quantizer or MX format, "
+    raise TypeError(f"{fn}: {where} format must be an IEEE, fixed-point, quantizer or MX format, "
                     f"got {validation.describe(fmt)}")
 
 
@@ -323,6 +328,11 @@ def flip_codes(codes, index: np.ndarray, bit: np.ndarray, kind: Iterable[str], *
     number of times (two flips of one bit cancel), ``S0`` / ``S1`` the stuck-at-0 / stuck-at-1 bits. A
     bit both stuck at 0 and at 1 is a ``ValueError``.
     """
+    return _flip(codes, index, bit, kind, where, "flip_codes")
+
+
+def _flip(codes, index: np.ndarray, bit: np.ndarray, kind: Iterable[str], where: str, fn: str):
+    """:func:`flip_codes`, its errors naming the public function ``fn`` that was called."""
     torch = import_torch()
     flat = codes.reshape(-1).clone()
     kinds = np.asarray(list(kind), dtype=object)
@@ -342,7 +352,7 @@ def flip_codes(codes, index: np.ndarray, bit: np.ndarray, kind: Iterable[str], *
     both = masks["stuck0"] & masks["stuck1"]
     if bool(both.any()):
         word = int(torch.nonzero(both)[0, 0])
-        raise ValueError(f"replay_faults: a bit of {where} must not be both stuck0 and stuck1, got word "
+        raise ValueError(f"{fn}: a bit of {where} must not be both stuck0 and stuck1, got word "
                          f"{word} bits {int(both[word]):#x}")
     flat = ((flat ^ masks["flip"]) & ~masks["stuck0"]) | masks["stuck1"]
     return flat.reshape(codes.shape)
@@ -517,10 +527,10 @@ def _replay_one(u, name: str, rule: StorageRule, faults: FaultList | None, nonfi
         x = torch.clamp(x, -c, c)
     if rule.scale is not None:
         x = x * _rule_constant(rule.scale, u.dtype, "scale", name)
-    codes, context = encode_tensor(x, rule.format, where=f"state_dict[{name!r}]")
+    codes, context = _encode(x, rule.format, f"state_dict[{name!r}]", "replay_faults")
     if faults is not None and name in faults.tensors:
         sub = faults.select(name)
-        codes = flip_codes(codes, sub.index, sub.bit, sub.kind, where=f"state_dict[{name!r}]")
+        codes = _flip(codes, sub.index, sub.bit, sub.kind, f"state_dict[{name!r}]", "replay_faults")
     values = decode_tensor(codes, rule.format, context, u.dtype)
     if nonfinite == "zero":
         values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))

@@ -196,8 +196,25 @@ def test_flip_codes_matches_faultlist_apply_on_a_4d_tensor(container, nbits):
 
 def test_flip_codes_rejects_a_bit_stuck_both_ways():
     words = torch.zeros(4, dtype=torch.int64)
-    with pytest.raises(ValueError, match="replay_faults: a bit of codes must not be both stuck0 and stuck1"):
+    with pytest.raises(ValueError, match="flip_codes: a bit of codes must not be both stuck0 and stuck1"):
         flip_codes(words, np.array([2, 2]), np.array([3, 3]), ["stuck0", "stuck1"])
+
+
+def test_encode_tensor_errors_name_encode_tensor():
+    """Called directly, encode_tensor names itself (replay_faults names itself: tested below)."""
+    from saf_ref.bits.ieee import MX_ELEMENT_FORMATS
+
+    u = torch.ones(3)
+    with pytest.raises(TypeError, match=r"encode_tensor: u format must be an IEEE, fixed-point, quantizer "
+                       r"or MX format, got str"):
+        encode_tensor(u, "float16")
+    with pytest.raises(ValueError, match=r"encode_tensor: w format must have a torch dtype, got "
+                       r"'float4_e2m1fn'"):
+        encode_tensor(u, MX_ELEMENT_FORMATS["float4_e2m1fn"], where="w")
+    with pytest.raises(ValueError, match=r"encode_tensor: u must not contain NaN to be stored as q2.5"):
+        encode_tensor(torch.tensor([0.5, float("nan")]), resolve_format("q2.5"))
+    with pytest.raises(TypeError, match=r"encode_tensor: u must be float32 to be stored with"):
+        encode_tensor(torch.ones(3, dtype=torch.float64), Quantizer(8))
 
 
 def _torch_state(params: dict, state: dict | None = None) -> dict:
@@ -402,9 +419,11 @@ def test_replay_faults_rejects_bad_tensors_and_specs():
     with pytest.raises(ValueError, match="replay_faults: faults must name exposed tensors, got 'fc.bias'"):
         replay_faults(_bad(), unexposed, FaultList([("fc.bias", 0, 0, "flip", "float16")]))
     nan = {"fc.weight": np.full((1, 1), np.nan, np.float32), "fc.bias": np.zeros(1, np.float32)}
-    with pytest.raises(ValueError, match=r"\['fc.weight'\] must not contain NaN to be stored as q2.5"):
+    with pytest.raises(ValueError, match=r"replay_faults: state_dict\['fc.weight'\] must not contain NaN "
+                       r"to be stored as q2.5"):
         replay_faults(_bad(nan), default_spec("q2.5"))
-    with pytest.raises(TypeError, match=r"state_dict\['fc.weight'\] must be float32 to be stored"):
+    with pytest.raises(TypeError, match=r"replay_faults: state_dict\['fc.weight'\] must be float32 to be "
+                       r"stored"):
         replay_faults(_torch_state({"fc.weight": np.ones((1, 2)), "fc.bias": np.zeros(1)}),
                       default_spec(Quantizer(8)))
     # MX: the records index the stored bytes (fc.weight (2, 3) in mxfp4: a block per row, each 1 scale
