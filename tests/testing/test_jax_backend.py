@@ -164,3 +164,40 @@ def test_jax_backend_rejects_a_bad_dtype_and_device(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
     assert "JaxBackend: dtype must be one of ('float32', 'float64'), got 'float16'" in out
     assert "JaxBackend: device must be a JAX platform this machine has, got 'no_such_platform'" in out
+
+
+def test_jax_mx_methods_reject_bad_arguments():
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install 'saf_ref[jax]')")
+    code = (
+        "import numpy as np\n"
+        "from saf_ref.testing.jax_backend import JaxBackend\n"
+        "b = JaxBackend()\n"
+        "calls = [\n"
+        "    lambda: b.mx_encode('mxfp8_e4m3', np.ones((2, 31), np.float32)),\n"
+        "    lambda: b.mx_encode('mxfp8_e4m3', np.float32(1.0)),\n"
+        "    lambda: b.mx_decode('mxfp8_e4m3', np.zeros(1, np.uint8), np.zeros(16, np.uint8)),\n"
+        "    lambda: b.mx_encode('mxfp5', np.ones(32, np.float32)),\n"
+        "    lambda: b.mx_encode('mxfp8_e4m3', np.full(32, 1e-40, np.float32)),\n"
+        "]\n"
+        "for call in calls:\n"
+        "    try:\n"
+        "        call()\n"
+        "        print('no error')\n"
+        "    except (ValueError, NotImplementedError) as err:\n"
+        "        print(type(err).__name__, err)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = run.stdout.splitlines()
+    assert lines == [
+        "ValueError JaxBackend.mx_encode: the last axis must be a multiple of 32, got shape (2, 31)",
+        "ValueError JaxBackend.mx_encode: the last axis must be a multiple of 32, got shape ()",
+        "ValueError JaxBackend.mx_decode: the last axis must be a multiple of 32, got shape (16,)",
+        "NotImplementedError JaxBackend: no MX format 'mxfp5'",
+        "NotImplementedError JaxBackend.mx_encode: subnormal inputs (XLA on the CPU treats them as zero: "
+        "denormals-are-zero)",
+    ], run.stderr
