@@ -46,7 +46,10 @@ the next layer, so that an inference pass keeps its activations in the grid layo
 (no transposes, no grid copies; a stride-1 product's non-output positions land exactly on the next
 grid's padding and are zeroed).
 
-All arithmetic stays in the input dtype: a float32 call allocates no float64 array.
+All arithmetic stays in the input dtype: a float32 call allocates no float64 array. Every matrix
+product is an explicit ``np.matmul`` call (no ``@``), so that ``benchmarks/bench_gemm.py`` can record
+them all and time them apart (the products of a ResNet-20 pass, through NumPy's BLAS, take about torch's
+whole inference pass).
 
 Caches keep references to the caller's arrays (``x_padded`` *is* ``x`` when there is no padding, and a
 read-only view into the grid on the stride-1 path). Arrays are treated as immutable: do not modify an
