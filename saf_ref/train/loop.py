@@ -135,8 +135,8 @@ def train_step(
     randbet : RandBETConfig or None
         Bit errors in a second, perturbed pass (``p_train``), adversarial bit errors in another
         (``adversarial``: the attack runs on this batch against ``params`` as stored by ``spec``, with
-        the running statistics ``state``), their gradient clamp, and weight clipping after the step
-        (needs a ``spec``); None: none of them.
+        the running statistics ``state``), their gradient clamp, and weight clipping after the step;
+        None: none of them. Needs a ``spec`` (without one it is refused, as by :func:`train`).
     errors_on : bool
         Whether the perturbed passes run (the curriculum switches them; no attack runs when off).
     rng : numpy.random.Generator or int or None
@@ -163,6 +163,9 @@ def train_step(
     ``p_train > 0``.
     """
     fns = model_fns(model, "train_step")
+    # As train(): a RandBET configuration without a spec would be silently ignored (no perturbed pass).
+    spec = _resolve_spec(spec, None, randbet, None, "train_step")
+    check_bool(errors_on, "errors_on", "train_step")
     if spec is None:
         grads, new_state, info = _plain_gradients(fns, params, state, x, y, label_smoothing)
     else:
@@ -241,7 +244,8 @@ def evaluate(
     model : str or ModelFns
         A model name (options included, e.g. ``"small_cnn@act_clip=6"``) or a pair.
     batch_size : int
-        Images per forward pass (only memory and speed depend on it; results do not).
+        Images per forward pass. Memory and speed depend on it, and so do the last bits of ``loss``: it is
+        accumulated batch by batch (the sum of each batch's mean times its size, divided by ``N``).
 
     Returns
     -------
@@ -333,7 +337,9 @@ def _check_params(params: Any, x_train: np.ndarray, x_test: np.ndarray | None, f
     return dtype
 
 
-def _resolve_spec(spec: Any, transform: Any, randbet: Any, dtype: np.dtype, fn: str) -> StorageSpec | None:
+def _resolve_spec(
+    spec: Any, transform: Any, randbet: Any, dtype: np.dtype | None, fn: str
+) -> StorageSpec | None:
     """The storage spec the loop trains through: ``spec``, the shorthand of ``transform``, or None."""
     if spec is not None and transform is not None:
         raise ValueError(
@@ -431,7 +437,8 @@ def train(
         the result equals an uninterrupted run with the same ``rng``. The checkpoint must be of the same
         model, spec and RandBET configuration.
     eval_batch_size : int
-        Batch size for the per-epoch evaluation.
+        Batch size for the per-epoch evaluation (the last bits of ``test_loss`` depend on it, see
+        :func:`evaluate`).
 
     Returns
     -------
@@ -468,10 +475,10 @@ def train(
     x_train, y_train, x_test, y_test = _unpack_data(data, fn)
     dtype = _check_params(params, x_train, x_test, fn)
     spec = _resolve_spec(spec, transform, randbet, dtype, fn)
-    # The transform= shorthand records no bit-error state, unless a per-batch curriculum switches errors
-    # (its state must reach the next epoch and a resumed run through the records).
-    per_batch = randbet is not None and randbet.batch_curriculum
-    records_errors = spec is not None and (transform is None or per_batch)
+    # The transform= shorthand records no bit-error state, unless a curriculum (per batch or per epoch)
+    # switches errors: its state must reach the next epoch and a resumed run through the records.
+    switched = randbet is not None and randbet.perturbs and randbet.curriculum_loss is not None
+    records_errors = spec is not None and (transform is None or switched)
     optimizer = SGD(0.1, momentum=0.9, weight_decay=5e-4) if optimizer is None else optimizer
     if not isinstance(optimizer, SGD):
         raise TypeError(f"{fn}: optimizer must be a saf_ref.train.optim.SGD, got {type(optimizer).__name__}")
