@@ -525,7 +525,8 @@ def summarize(
     -------
     list of dict
         One row per (subject, rate), with the keys of :data:`SUMMARY_FIELDS`; subjects in first-seen
-        order, rates ascending.
+        order, rates ascending. Within a cell the records are taken in ``trial`` order, so the rows do
+        not depend on the order of ``trials`` (e.g. a :class:`Journal`'s completion order).
 
     Math
     ----
@@ -550,6 +551,10 @@ def summarize(
     cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for rec in trials:
         cells.setdefault((rec["subject"], rec["ber"]), []).append(rec)
+    # Each cell's records in trial order (a stable sort; records without a trial keep their place), so
+    # that the float sums do not depend on the order the records come in: a Journal holds them in
+    # completion order, which depends on the executor and the number of workers.
+    cells = {key: sorted(recs, key=_trial_of) for key, recs in cells.items()}
     order = list(dict.fromkeys(rec["subject"] for rec in trials))
     rows = []
     for (subject, ber), recs in sorted(cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
@@ -582,6 +587,12 @@ def summarize(
     return rows
 
 
+def _trial_of(rec: Mapping[str, Any]) -> int:
+    """The sort key of :func:`summarize`'s cells: the record's trial (-1 when it has none)."""
+    trial = rec.get("trial")
+    return int(trial) if isinstance(trial, (int, np.integer)) and not isinstance(trial, bool) else -1
+
+
 def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
     if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
         raise TypeError(
@@ -589,7 +600,11 @@ def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
         )
     if len(rates) == 0:
         raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
-    return tuple(validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+    checked = tuple(validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+    # A repeated rate gives a trial two identical records, which summarize() would count as two trials.
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"{fn}: rates must be distinct bit-error rates, got {list(checked)}")
+    return checked
 
 
 def _check_xy(x: Any, y: Any, fn: str) -> None:
