@@ -124,12 +124,16 @@ class AdvBETConfig:
             validation.check_choice(self.bits, "bits", fn, ("msb",))
         if isinstance(self.per_tensor, (Mapping, tuple)):
             pairs = self.per_tensor.items() if isinstance(self.per_tensor, Mapping) else self.per_tensor
-            set_(self, "per_tensor", tuple((str(k), validation.check_int(v, f"per_tensor[{k!r}]", fn, low=0))
+            for pair in pairs:  # a tuple must hold (name, cap) pairs, as a dict is kept
+                if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+                    raise TypeError(f"{fn}: per_tensor must be None, an int, a dict str -> int or a tuple of "
+                                    f"(name, cap) pairs, got {self.per_tensor!r}")
+            set_(self, "per_tensor", tuple((k, validation.check_int(v, f"per_tensor[{k!r}]", fn, low=0))
                                            for k, v in pairs))
         elif self.per_tensor is not None:
             set_(self, "per_tensor", validation.check_int(self.per_tensor, "per_tensor", fn, low=0))
-        if self.one_per_word is not None:
-            validation.check_bool(self.one_per_word, "one_per_word", fn)
+        if self.one_per_word is not None:  # a Python bool: to_dict() goes into JSON (numpy.bool_ does not)
+            set_(self, "one_per_word", validation.check_bool(self.one_per_word, "one_per_word", fn))
             if self.method == "gradient" and not self.one_per_word:
                 raise ValueError(f"{fn}: one_per_word must be True or None for method 'gradient' (one "
                                  f"flipped bit per word), got False")
