@@ -608,7 +608,7 @@ def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
 
 
 def _check_xy(x: Any, y: Any, fn: str) -> None:
-    """Images with a leading sample axis and one integer label per image."""
+    """Images with a leading sample axis (at least one image) and one integer label per image."""
     validation.check_ndarray(x, "x", fn)
     validation.check_ndarray(y, "y", fn)
     if y.dtype.kind not in "iu":
@@ -617,6 +617,8 @@ def _check_xy(x: Any, y: Any, fn: str) -> None:
     if x.ndim == 0:
         raise ValueError(f"{fn}: x must have a leading sample axis, got shape {x.shape}")
     validation.check_equal(fn, "y.shape[0]", y.shape[0], "x.shape[0]", x.shape[0], "one label per image")
+    if x.shape[0] == 0:  # every accuracy would be 0/0 = NaN, which the JSON outputs cannot hold
+        raise ValueError(f"{fn}: x must hold at least one example, got shape {x.shape}")
 
 
 def _check_subjects(subjects: Any, fn: str) -> list[Subject]:

@@ -64,3 +64,14 @@ def test_summary_does_not_depend_on_record_order(subject, evalset, tmp_path):
             journal([r for r in result.trials if r["trial"] == t])
         rebuilt = summarize(read_journal(journal.path), {subject.key: result.clean[0]["clean_accuracy"]})
         assert rebuilt == result.summary, order
+
+
+def test_an_empty_evaluation_set_is_refused(subject, evalset):
+    """With no example every accuracy is 0/0: the campaign used to run every trial, return NaN means and
+    fail only when writing its JSON (strict JSON has no NaN)."""
+    x, y = evalset
+    empty = r"x must hold at least one example, got shape \(0, 1, 8, 8\)"
+    with pytest.raises(ValueError, match="run_campaign: " + empty):
+        run_campaign([subject], x[:0], y[:0], (1e-3,), trials=1, seed=0, executor="serial", progress=False)
+    with pytest.raises(ValueError, match="run_trial: " + empty):
+        run_trial(subject, x[:0], y[:0], (1e-3,), campaign_seed=0, trial=0)
