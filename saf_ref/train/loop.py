@@ -321,6 +321,10 @@ def _unpack_data(data: Any, fn: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     _check_xy(x_train, y_train, fn, "x_train", "y_train")
     if x_test is not None:
         _check_xy(x_test, y_test, fn, "x_test", "y_test")
+    # With no sample an epoch takes no step and records a loss of 0 (an empty sum): refuse it.
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if x is not None and x.shape[0] == 0:
+            raise ValueError(f"{fn}: {name} must hold at least one sample, got shape {x.shape}")
     return x_train, y_train, x_test, y_test
 
 

@@ -73,3 +73,19 @@ def test_train_step_refuses_randbet_without_spec(digits):
         train_step(params, state, sgd_init(params), x, y, spec="float64", **kw)
     with pytest.raises(TypeError, match="train_step: errors_on must be a bool, got str"):
         train_step(params, state, sgd_init(params), x, y, errors_on="yes", **kw)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_refused(digits, split):
+    """No sample: an epoch took no step and recorded loss 0.0 and accuracy 0 (an empty sum over
+    max(n, 1)), a perfect loss for a model that never trained or was never tested."""
+    params, state = _mlp()
+    x_train, y_train, x_test, y_test = digits
+    if split == "train":
+        x_train, y_train = x_train[:0], y_train[:0]
+    else:
+        x_test, y_test = x_test[:0], y_test[:0]
+    data = (x_train, y_train, x_test, y_test)
+    message = rf"train: x_{split} must hold at least one sample, got shape \(0, 1, 8, 8\)"
+    with pytest.raises(ValueError, match=message):
+        train(params, state, data, model="mlp", epochs=1, augment=None, rng=0, verbose=False)
