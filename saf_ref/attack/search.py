@@ -258,8 +258,8 @@ def bit_flip_attack(
 
     settings = {"method": method, "k": k, "target": target, "source": source,
                 "bits": bits if bits is None or isinstance(bits, str) else [int(b) for b in bits],
-                "per_tensor": per_tensor if per_tensor is None or not isinstance(per_tensor, Mapping)
-                else {n: int(v) for n, v in per_tensor.items()},
+                "per_tensor": None if per_tensor is None else {n: int(v) for n, v in per_tensor.items()}
+                if isinstance(per_tensor, Mapping) else int(per_tensor),  # (a numpy int is not JSON)
                 "one_per_word": one_per_word, "nonfinite": nonfinite, "model": fns.name,
                 **({"candidates": candidates} if method == "pbs" else {"iterations": iterations})}
     with blas_threads_pinned():
