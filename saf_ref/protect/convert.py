@@ -24,7 +24,7 @@ import numpy as np
 
 from saf_ref import validation
 from saf_ref.protect.storage import check_params, param_role
-from saf_ref.protect.transforms import Transform, get_transform
+from saf_ref.protect.transforms import Transform, check_transform
 
 __all__ = ["CONVERT_MODES", "convert_to_saf"]
 
@@ -87,11 +87,7 @@ def convert_to_saf(
     """
     fn = "convert_to_saf"
     check_params(params, "params", fn)
-    if not isinstance(transform, (str, Transform)):
-        raise TypeError(
-            f"{fn}: transform must be a transform name or a Transform, got {validation.describe(transform)}"
-        )
-    f = get_transform(transform)
+    f = check_transform(transform, "transform", fn)
     validation.check_choice(mode, "mode", fn, CONVERT_MODES)
     if clip_eps is not None:
         if mode != "inverse":

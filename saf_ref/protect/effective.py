@@ -156,12 +156,9 @@ def effective_weights_backward(
         raise ValueError(
             f"{fn}: grads_eff keys must equal the parameter names, got missing {missing} and extra {extra}"
         )
-    out = {}
-    for name, u_hat in cache.u_hat.items():
-        dw = grads_eff[name]
+    for name, u_hat in cache.u_hat.items():  # every gradient checked before any product is formed
         where = f"grads_eff[{name!r}]"
-        validation.check_float(dw, where, fn)
-        validation.check_dtype(dw, where, fn, (u_hat.dtype,))
-        validation.check_shape(dw, where, fn, u_hat.shape)
-        out[name] = cache.transforms[name].vjp(u_hat, dw)
-    return out
+        validation.check_float(grads_eff[name], where, fn)
+        validation.check_dtype(grads_eff[name], where, fn, (u_hat.dtype,))
+        validation.check_shape(grads_eff[name], where, fn, u_hat.shape)
+    return {name: cache.transforms[name].vjp(u_hat, grads_eff[name]) for name, u_hat in cache.u_hat.items()}

@@ -43,6 +43,7 @@ from saf_ref.protect.storage import (
     default_spec,
     param_role,
 )
+from saf_ref.protect.transforms import check_transform
 
 __all__ = ["scale_target", "scale_constants", "weight_scaling_spec"]
 
@@ -239,10 +240,19 @@ def weight_scaling_spec(
     ``docs/weight_scaling.md``); with inf and NaN kept it makes single flips more often non-finite.
     """
     fn = "weight_scaling_spec"
+    # Every argument is checked here, before the spec is built, so that errors name this function (not
+    # default_spec or StorageRule), and power_of_two also when no tensor gets a constant.
+    dtype = check_params(params, "params", fn)
+    if not isinstance(power_of_two, bool):
+        raise TypeError(f"{fn}: power_of_two must be a bool, got {validation.describe(power_of_two)}")
     if base is None:
+        if not isinstance(expose_non_weights, bool):
+            raise TypeError(
+                f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
+            )
         base = default_spec(
-            "float32" if format is None else format,
-            "identity" if transform is None else transform,
+            resolve_format("float32" if format is None else format, fn=fn, name="format"),
+            check_transform("identity" if transform is None else transform, "transform", fn),
             expose_non_weights=expose_non_weights,
         )
     else:
@@ -254,7 +264,6 @@ def weight_scaling_spec(
                 f"given (the base spec decides them), got format={format!r}, transform={transform!r}, "
                 f"expose_non_weights={expose_non_weights!r}"
             )
-    dtype = check_params(params, "params", fn)
     roles = _check_roles(roles, fn)
     fixed_target = None if isinstance(target, str) and target == "auto" else _check_target(target, fn)
     shapes = {k: v.shape for k, v in params.items()}

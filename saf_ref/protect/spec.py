@@ -30,7 +30,7 @@ from typing import Any
 
 from saf_ref import validation
 from saf_ref.bits.formats import codec_from_json, resolve_format
-from saf_ref.protect.transforms import Transform, get_transform
+from saf_ref.protect.transforms import TRANSFORMS, check_transform, get_transform
 
 __all__ = [
     "ROLES",
@@ -181,12 +181,7 @@ class StorageRule:
                                  f"({err})") from None
         where = f"rule {self.pattern!r}"
         object.__setattr__(self, "format", resolve_format(self.format, fn=fn, name=f"{where} format"))
-        if not isinstance(self.transform, (str, Transform)):
-            raise TypeError(
-                f"{fn}: transform must be a transform name or a Transform, "
-                f"got {validation.describe(self.transform)}"
-            )
-        object.__setattr__(self, "transform", get_transform(self.transform))
+        object.__setattr__(self, "transform", check_transform(self.transform, "transform", fn))
         object.__setattr__(self, "clip", _check_optional_positive(self.clip, "clip", fn))
         object.__setattr__(self, "scale", _check_optional_positive(self.scale, "scale", fn))
         if not isinstance(self.exposed, bool):
@@ -240,7 +235,11 @@ class StorageRule:
                 raise ValueError(
                     f"{fn}: transform must be a name or {{'name': ..., 'scale': ...}}, got {t!r}"
                 )
-            kwargs["transform"] = get_transform(t["name"], scale=t.get("scale", 1.0))
+            name = t["name"]
+            if not isinstance(name, str):
+                raise TypeError(f"{fn}: transform['name'] must be a str, got {validation.describe(name)}")
+            validation.check_choice(name, "transform['name']", fn, TRANSFORMS)
+            kwargs["transform"] = get_transform(name, scale=t.get("scale", 1.0))
         return cls(**kwargs)
 
 
@@ -355,6 +354,10 @@ def default_spec(
             f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
         )
     clip_roles = check_clip_roles(clip_roles, fn)
+    # Checked here so that a bad argument is named as the caller's (not as StorageRule's clip or format)
+    format = resolve_format(format, fn=fn, name="format")
+    transform = check_transform(transform, "transform", fn)
+    weight_clip = _check_optional_positive(weight_clip, "weight_clip", fn)
     weight_rule_clip = weight_clip if "weight" in clip_roles else None
     rules = [StorageRule("*", format=format, transform=transform, clip=weight_rule_clip, role="weight")]
     if weight_clip is not None:

@@ -343,7 +343,10 @@ def _read_tensor(t: StoredTensor, rule: StorageRule, nonfinite: str, name: str, 
     if nonfinite == "zero":
         x = np.where(np.isfinite(x), x, t.dtype.type(0))
     if rule.scale is not None:
-        x = x / _rule_constant(rule.scale, t.dtype, "scale", name, fn)
+        # A scale below 1 can overflow a large (faulty) word to inf: the read's result, as the cast
+        # above, with no warning (reading faulty memory is routine here).
+        with np.errstate(over="ignore"):
+            x = x / _rule_constant(rule.scale, t.dtype, "scale", name, fn)
     return x
 
 

@@ -307,7 +307,9 @@ class Transform:
         Returns
         -------
         u : ndarray, same dtype and shape as ``w``
-            Finite wherever ``w`` is not NaN (identity: ``u = w``, a copy).
+            Finite wherever ``w`` is not NaN, as long as the cap ``a * f^{-1}(m)`` of the Notes is finite
+            in the dtype (it overflows to inf only for huge scales: float32 tanh ``a > 3.9e37``);
+            identity: ``u = w``, a copy.
 
         Notes
         -----
@@ -339,6 +341,23 @@ class Transform:
 
 
 IDENTITY = Transform("identity")
+
+
+def check_transform(value: str | Transform, name: str, fn: str) -> Transform:
+    """``value`` as a :class:`Transform`: a name in :data:`TRANSFORMS` (scale 1) or a Transform itself.
+
+    The validation of :func:`get_transform`, for a public entry point that takes a transform argument:
+    its errors name ``fn`` and ``name`` (``"default_spec: transform must be one of ..."``), not
+    ``get_transform``. TypeError for another type, ValueError for an unknown name.
+    """
+    if isinstance(value, Transform):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{fn}: {name} must be a transform name or a Transform, got {validation.describe(value)}"
+        )
+    validation.check_choice(value, name, fn, TRANSFORMS)
+    return Transform(value)
 
 
 def get_transform(name_or_transform: str | Transform | None, *, scale: float | None = None) -> Transform:

@@ -119,7 +119,7 @@ def test_validation():
     params = make_params()
     with pytest.raises(TypeError, match="convert_to_saf: transform must be a transform name or a Transform"):
         convert_to_saf(params, None)
-    with pytest.raises(ValueError, match="name_or_transform must be one of"):
+    with pytest.raises(ValueError, match=r"convert_to_saf: transform must be one of .*got 'sigmoid'"):
         convert_to_saf(params, "sigmoid")
     with pytest.raises(ValueError, match="convert_to_saf: mode must be one of"):
         convert_to_saf(params, "tanh", mode="invert")

@@ -709,7 +709,7 @@ def test_effective_weights_equals_load_of_store(values, fmt):
         ({"format": 32}, TypeError, "format must be a format name"),
         ({"format": "q40.5"}, ValueError, r"format 'q40.5' has 1 \+ M \+ N = 46 bits, expected 2..32"),
         ({"transform": 1.0}, TypeError, "transform must be a transform name or a Transform"),
-        ({"transform": "sigmoid"}, ValueError, "name_or_transform must be one of"),
+        ({"transform": "sigmoid"}, ValueError, r"StorageRule: transform must be one of .*got 'sigmoid'"),
         ({"clip": 0.0}, ValueError, "clip must be None or a finite positive number"),
         ({"clip": "1"}, TypeError, "clip must be a real number"),
         ({"scale": float("inf")}, ValueError, "scale must be None or a finite positive number"),
