@@ -238,7 +238,11 @@ class FaultList:
         else:
             kind_list = list(kind)
             validation.check_equal(fn, "len(kind)", len(kind_list), "index.shape[0]", index.shape[0])
-            for k in set(kind_list):
+            try:
+                distinct = set(kind_list)
+            except TypeError:  # an unhashable entry (a list): check_choice names it
+                distinct = kind_list
+            for k in distinct:
                 validation.check_choice(k, "kind", fn, KINDS)
             lookup = {k: i for i, k in enumerate(KINDS)}
             kinds = np.array([lookup[k] for k in kind_list], dtype=np.int8)
@@ -523,7 +527,8 @@ class FaultList:
             raise ValueError(f"{fn}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
         if not isinstance(doc, dict):
             raise ValueError(f"{fn}: the top level must be an object, got {type(doc).__name__}")
-        if doc.get("schema") != JSON_SCHEMA or doc.get("version") != JSON_VERSION:
+        version = doc.get("version")  # an int: true and 1.0 equal 1 in Python but are not version 1
+        if doc.get("schema") != JSON_SCHEMA or type(version) is not int or version != JSON_VERSION:
             raise ValueError(
                 f"{fn}: schema/version must be {JSON_SCHEMA!r}/{JSON_VERSION}, "
                 f"got {doc.get('schema')!r}/{doc.get('version')!r}"

@@ -295,6 +295,9 @@ def apply_flips(codes: np.ndarray, flips: FlipPositions, *, nbits: int | None = 
         raise TypeError(f"{fn}: flips must be a FlipPositions (index, bit), got {validation.describe(flips)}")
     index = np.asarray(flips[0])
     bit = np.asarray(flips[1])
+    for name, a in (("index", index), ("bit", bit)):  # a float 1.7 would be truncated to 1 silently
+        if a.size and a.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: flips.{name} must hold integers, got dtype {a.dtype}")
     if index.shape != bit.shape or index.ndim != 1:
         raise ValueError(
             f"{fn}: flips.index and flips.bit must be 1-d of equal length, got {index.shape}, {bit.shape}"
@@ -851,7 +854,12 @@ def sample_stuck_at_map(
     fn = "sample_stuck_at_map"
     shape = _check_shape_arg(shape, fn)
     nbits = _check_format_nbits(nbits, fn)
-    container = smallest_container(nbits) if dtype is None else np.dtype(dtype)
+    try:
+        container = smallest_container(nbits) if dtype is None else np.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: dtype must be an unsigned integer dtype (uint8/16/32/64), got {dtype!r}"
+        ) from None
     if container not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)):
         raise TypeError(f"{fn}: dtype must be an unsigned integer dtype (uint8/16/32/64), got {container}")
     if nbits > container.itemsize * 8:
@@ -868,7 +876,8 @@ def sample_stuck_at_map(
     zeros = np.zeros(shape, dtype=container)
     stuck0 = xor_flips(zeros, FlipPositions(flips.index[~is1], flips.bit[~is1]))
     stuck1 = xor_flips(zeros, FlipPositions(flips.index[is1], flips.bit[is1]))
-    return StuckAtMap(and_mask=~stuck0, or_mask=stuck1, nbits=nbits)
+    # np.asarray: ~ of a 0-d array is a NumPy scalar, which StuckAtMap (rightly) refuses
+    return StuckAtMap(and_mask=np.asarray(~stuck0), or_mask=stuck1, nbits=nbits)
 
 
 def inject_bursts(
