@@ -57,6 +57,7 @@ from saf_ref.determinism import blas_threads_pinned
 from saf_ref.nn.loss import cross_entropy_backward, cross_entropy_forward
 from saf_ref.nn.registry import ModelFns, model_fns
 from saf_ref.protect.storage import NONFINITE_POLICIES, StorageSpec, default_spec, effective_weights
+from saf_ref.protect.stored import check_encodable
 from saf_ref.train import checkpoint as ckpt
 from saf_ref.train.optim import SGD, sgd_init, sgd_step
 from saf_ref.train.randbet import (
@@ -479,6 +480,8 @@ def train(
     x_train, y_train, x_test, y_test = _unpack_data(data, fn)
     dtype = _check_params(params, x_train, x_test, fn)
     spec = _resolve_spec(spec, transform, randbet, dtype, fn)
+    if spec is not None:  # e.g. float64 latents for a quantizer: refused here, in train's name
+        check_encodable(params, spec.resolve({k: np.shape(v) for k, v in params.items()}, fn), fn, "params")
     # The transform= shorthand records no bit-error state, unless a curriculum (per batch or per epoch)
     # switches errors: its state must reach the next epoch and a resumed run through the records.
     switched = randbet is not None and randbet.perturbs and randbet.curriculum_loss is not None

@@ -89,3 +89,19 @@ def test_an_empty_split_is_refused(digits, split):
     message = rf"train: x_{split} must hold at least one sample, got shape \(0, 1, 8, 8\)"
     with pytest.raises(ValueError, match=message):
         train(params, state, data, model="mlp", epochs=1, augment=None, rng=0, verbose=False)
+
+
+def test_latents_a_spec_cannot_store_are_refused_in_trains_name(digits):
+    """A quantizer stores float32 latents only: float64 ones used to be refused at the first step, by
+    effective_weights (the message named a function the caller never called)."""
+    from saf_ref.bits import Quantizer
+
+    params, state = _mlp()
+    spec = default_spec(Quantizer(8))
+    with pytest.raises(TypeError, match=r"train: params\['fc1.weight'\] must be float32 to be stored with"):
+        train(params, state, digits, model="mlp", spec=spec, epochs=1, augment=None, rng=0, verbose=False)
+    f32 = {k: v.astype(np.float32) for k, v in params.items()}
+    d32 = tuple(a.astype(np.float32) if a.dtype == np.float64 else a for a in digits)
+    _, _, history = train(f32, state, d32, model="mlp", spec=spec, epochs=1, augment=None, rng=0,
+                          verbose=False)
+    assert np.isfinite(history[0]["loss"])
