@@ -155,29 +155,40 @@ def scale_constants(
         raise TypeError(f"{fn}: power_of_two must be a bool, got {validation.describe(power_of_two)}")
     roles = _check_roles(roles, fn)
     shapes = {k: v.shape for k, v in params.items()}
-    out = {}
-    for name, w in params.items():
-        if param_role(name, shapes) not in roles:
-            continue
-        if not np.isfinite(w).all():
-            raise ValueError(f"{fn}: params[{name!r}] must be finite to be scaled, got NaN or inf")
-        m = float(np.max(np.abs(w))) if w.size else 0.0
-        if m == 0.0:
-            out[name] = 1.0  # nothing to scale: any constant is exact, 1 keeps it obvious
-            continue
-        s = t / m
-        # Checked before the power-of-two rounding, which would turn inf and 0 into 0.5 (frexp gives
-        # them the exponent 0).
-        if not (math.isfinite(s) and s > 0.0):
-            raise ValueError(
-                f"{fn}: the scale for {name!r}, target / max|W| = {t!r} / {m!r}, must be finite and "
-                f"positive, got {s!r}"
-            )
-        if power_of_two:
-            # frexp: s = f * 2**e with f in [0.5, 1), so 2**(e - 1) <= s < 2**e.
-            s = math.ldexp(1.0, math.frexp(s)[1] - 1)
-        out[name] = s
-    return out
+    return {
+        name: _scale_constant(w, name, t, power_of_two, None, fn)
+        for name, w in params.items()
+        if param_role(name, shapes) in roles
+    }
+
+
+def _scale_constant(
+    w: np.ndarray, name: str, t: float, power_of_two: bool, cap: float | None, fn: str
+) -> float:
+    """``s = t / max|W|`` for one tensor (1 if it is all zeros), capped at ``cap`` unless None, then
+    rounded down to a power of two if asked; ``fn`` names the caller in errors."""
+    if not np.isfinite(w).all():
+        raise ValueError(f"{fn}: params[{name!r}] must be finite to be scaled, got NaN or inf")
+    m = float(np.max(np.abs(w))) if w.size else 0.0
+    if m == 0.0:
+        return 1.0  # nothing to scale: any constant is exact, 1 keeps it obvious
+    s = t / m  # a Python float: overflow gives inf, not an exception
+    if cap is not None:
+        # Before the check: the auto target of float64 storage, 2**1023, over max|W| < 1/2 overflows
+        # float64 itself, and the cap is what the caller asked for in that case. With power_of_two the
+        # cap is a power of two, so capping before the rounding is the same as after it.
+        s = min(s, cap)
+    # Checked before the power-of-two rounding, which would turn inf and 0 into 0.5 (frexp gives
+    # them the exponent 0).
+    if not (math.isfinite(s) and s > 0.0):
+        raise ValueError(
+            f"{fn}: the scale for {name!r}, target / max|W| = {t!r} / {m!r}, must be finite and "
+            f"positive, got {s!r}"
+        )
+    if power_of_two:
+        # frexp: s = f * 2**e with f in [0.5, 1), so 2**(e - 1) <= s < 2**e.
+        s = math.ldexp(1.0, math.frexp(s)[1] - 1)
+    return s
 
 
 def weight_scaling_spec(
@@ -274,12 +285,10 @@ def weight_scaling_spec(
         if param_role(name, shapes) not in roles:
             continue
         t = scale_target(rule.format) if fixed_target is None else fixed_target
-        # The role was decided on the whole model (a bias's role depends on its module's weight), so the
-        # one-tensor call accepts every role.
-        s = scale_constants({name: params[name]}, t, roles=ROLES, power_of_two=power_of_two)[name]
-        if fixed_target is None:
-            # s is applied in the latents' dtype: 2**127 / max|W| overflows float32 when max|W| < 1/2.
-            s = min(s, _largest_scale(dtype, power_of_two))
+        # "auto": s is applied in the latents' dtype, where 2**127 / max|W| overflows float32 when
+        # max|W| < 1/2 (and 2**1023 / max|W| float64): capped there. An explicit target is never capped.
+        cap = _largest_scale(dtype, power_of_two) if fixed_target is None else None
+        s = _scale_constant(params[name], name, t, power_of_two, cap, fn)
         # glob.escape makes the exact name a pattern matching only itself (it escapes * ? [).
         scaled.append(StorageRule(glob.escape(name), format=rule.format, transform=rule.transform,
                                   clip=rule.clip, scale=s, exposed=rule.exposed))

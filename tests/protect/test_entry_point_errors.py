@@ -151,3 +151,31 @@ def test_unscale_overflow_is_silent_and_inf():
         warnings.simplefilter("error")
         for nonfinite in ("propagate", "zero"):  # the overflow happens after the non-finite check
             np.testing.assert_array_equal(load(faulty, nonfinite=nonfinite)["x"], expect)
+
+
+# ------------------------------------------------------------------------------------------------
+# weight_scaling_spec, target "auto", float64 storage: 2**1023 / max|W| overflows float64 itself
+# ------------------------------------------------------------------------------------------------
+def test_auto_target_of_float64_storage_is_capped_not_refused():
+    # Before the fix the cap was applied after scale_constants had refused the infinite t / max|W|:
+    # every float64 tensor with max|W| < 1/2 (most weights) raised "scale_constants: ... got inf".
+    f64max = float(np.finfo(np.float64).max)
+    w = np.array([[0.25, -0.125], [0.0, 0.0625]])
+    params = {"a.weight": w, "b.weight": 4 * w}  # max|W| 0.25 (capped) and 1.0 (not capped)
+    shapes = {k: v.shape for k, v in params.items()}
+    rules = weight_scaling_spec(params, "auto", "float64").resolve(shapes)
+    assert rules["a.weight"].scale == f64max and rules["b.weight"].scale == 2.0**1023
+    p2 = weight_scaling_spec(params, "auto", "float64", power_of_two=True).resolve(shapes)
+    assert p2["a.weight"].scale == 2.0**1023 and p2["b.weight"].scale == 2.0**1023
+    stored = store(params, weight_scaling_spec(params, "auto", "float64"))
+    np.testing.assert_array_equal(stored["a.weight"].codes.view(np.float64), w * f64max)  # numpy's product
+    # power-of-two constants: the clean round trip is exact
+    back = load(store(params, weight_scaling_spec(params, "auto", "float64", power_of_two=True)))
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k])
+    # an explicit target is still never capped, and the errors name weight_scaling_spec
+    with pytest.raises(ValueError, match=r"^weight_scaling_spec: the scale for 'a.weight', target"):
+        weight_scaling_spec(params, 2.0**1023, "float64")
+    bad = {"a.weight": np.array([[np.nan, 1.0]])}
+    with pytest.raises(ValueError, match=r"^weight_scaling_spec: params\['a.weight'\] must be finite"):
+        weight_scaling_spec(bad, "auto", "float64")
