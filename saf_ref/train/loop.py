@@ -631,10 +631,24 @@ def _train_epoch(
 # --------------------------------------------------------------------------------------------------
 
 
+_NONFINITE = "nonfinite"  # the key of a non-finite number in a checkpoint's history
+_NONFINITE_REPRS = ("nan", "inf", "-inf")
+
+
 def _json_number(value: Any) -> Any:
-    """``value``, or None where it is a non-finite float (strict JSON cannot hold NaN or inf)."""
+    """``value``, or ``{"nonfinite": "nan" | "inf" | "-inf"}`` where it is a non-finite float (strict JSON
+    cannot hold NaN or inf; :func:`_number_from_json` restores it, so a resumed run's history equals an
+    uninterrupted one's)."""
     if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-        return None
+        return {_NONFINITE: repr(float(value))}
+    return value
+
+
+def _number_from_json(value: Any) -> Any:
+    """The inverse of :func:`_json_number` (checkpoints that stored a non-finite number as null keep
+    their None)."""
+    if isinstance(value, dict) and list(value) == [_NONFINITE] and value[_NONFINITE] in _NONFINITE_REPRS:
+        return float(value[_NONFINITE])
     return value
 
 
@@ -651,7 +665,7 @@ def _run_identity(spec: StorageSpec | None, randbet: RandBETConfig | None) -> di
 def _save_checkpoint(path, params, state, opt_state, model_name, epoch, base_seed, history, identity) -> None:
     """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed, history, spec and
     RandBET configuration."""
-    # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored as null.
+    # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored tagged.
     history = [{k: _json_number(v) for k, v in record.items()} for record in history]
     meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history, **identity}
     ckpt.save_checkpoint(path, params=params, state=state, optimizer_state=opt_state, metadata=meta)
@@ -673,4 +687,5 @@ def _load_checkpoint(path, model_name, identity, fn):
     for key, value in identity.items():
         if meta.get(key) != value:
             raise ValueError(f"{fn}: the checkpoint {path} has {key} {meta.get(key)!r}, got {value!r}")
+    meta["history"] = [{k: _number_from_json(v) for k, v in record.items()} for record in meta["history"]]
     return loaded.params, loaded.state, loaded.optimizer_state, meta

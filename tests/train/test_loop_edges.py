@@ -105,3 +105,25 @@ def test_latents_a_spec_cannot_store_are_refused_in_trains_name(digits):
     _, _, history = train(f32, state, d32, model="mlp", spec=spec, epochs=1, augment=None, rng=0,
                           verbose=False)
     assert np.isfinite(history[0]["loss"])
+
+
+def _same_value(a, b):
+    """Equal, NaN included (a NaN equals a NaN)."""
+    both_nan = isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b)
+    return both_nan or (type(a) is type(b) and a == b)
+
+
+def test_resumed_diverged_run_has_the_uninterrupted_history(digits, tmp_path):
+    """A diverged run's NaN/inf losses go through the checkpoint's strict JSON; they used to come back as
+    None, so a resumed run's history differed from the uninterrupted one (and its 'loss' was no number)."""
+    params, state = _mlp()
+    kw = dict(model="mlp", batch_size=32, augment=None, optimizer=SGD(1e300), rng=0, verbose=False)
+    path = tmp_path / "diverged.npz"
+    with np.errstate(all="ignore"):
+        _, _, full = train(params, state, digits, epochs=2, **kw)
+        train(params, state, digits, epochs=1, checkpoint=path, **kw)
+        _, _, resumed = train(params, state, digits, epochs=2, checkpoint=path, resume=True, **kw)
+    assert not np.isfinite(full[0]["loss"]) and not np.isfinite(full[0]["test_loss"])  # it did diverge
+    for got, want in zip(resumed, full, strict=True):
+        for key in want.keys() - {"seconds", "images_per_s"}:
+            assert _same_value(got[key], want[key]), (key, got[key], want[key])
