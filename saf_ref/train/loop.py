@@ -453,9 +453,10 @@ def train(
         One record per epoch: ``epoch``, ``lr``, ``loss`` (mean train-mode batch loss), ``train_acc``
         (train-mode accuracy during the epoch), ``test_acc`` and ``test_loss`` (evaluation mode after
         the epoch, of the clean stored model with a spec; None without a test split), ``seconds``
-        (training time of the epoch), ``images_per_s``; with an explicit ``spec`` also ``errors_on``,
-        ``perturbed_loss`` (mean over the epoch, None when errors were off) and ``flips``; with
-        ``randbet.adversarial`` also ``adversarial_loss`` (the adversarial pass's mean loss, or None).
+        (training time of the epoch), ``images_per_s``; with an explicit ``spec`` (or ``transform`` and a
+        curriculum, whose state the records carry) also ``errors_on``, ``perturbed_loss`` (mean over the
+        epoch, None when errors were off) and ``flips``; with ``randbet.adversarial`` also
+        ``adversarial_loss`` (the adversarial pass's mean loss, or None).
 
     Notes
     -----
