@@ -6,9 +6,9 @@ computes with the effective weights ``w`` read back from (possibly faulty) memor
     u ─ clip ─► encode ─► bits ─ faults ─► bits' ─ decode ─► û ─ f ─► w ─► model ─► loss
     du ◄─────── straight-through ◄──────────────────────────── f'(û) · dw ◄───────── dL/dw
 
-Per batch, :func:`protected_train_step` implements the recipe of Stutz et al., "Bit Error Robustness
-for Energy-Efficient DNN Accelerators" (MLSys 2021) and "Random and Adversarial Bit Error Robustness"
-(TPAMI 2022):
+Per batch, :func:`saf_ref.train.loop.train_step` (with :func:`randbet_gradients`) implements the recipe
+of Stutz et al., "Bit Error Robustness for Energy-Efficient DNN Accelerators" (MLSys 2021) and "Random and
+Adversarial Bit Error Robustness" (TPAMI 2022):
 
 1. **clean pass**: ``w = effective_weights(u, spec)`` (the quantized clean weights), forward and
    backward, ``g_clean = dL(w)/du`` (straight-through);
