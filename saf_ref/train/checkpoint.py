@@ -285,6 +285,7 @@ def load_checkpoint(
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_checkpoint: path must be a str or path-like, got {type(path).__name__}")
+    shapes = None if expected_params is None else _expected_shapes(expected_params)  # before any reading
     path = Path(path)
     where = f"load_checkpoint: {path}"
     if not path.exists():
@@ -321,17 +322,33 @@ def load_checkpoint(
         optimizer_state=out["optim"] if manifest["has_optimizer_state"] else None,
         metadata=manifest["metadata"],
     )
-    if expected_params is not None:
-        _check_expected(ckpt.params, expected_params, where)
+    if shapes is not None:
+        _check_expected(ckpt.params, shapes, where)
     return ckpt
 
 
-def _check_expected(params: dict[str, np.ndarray], expected: object, where: str) -> None:
-    """Names and shapes must match exactly; one error lists every mismatching tensor."""
+def _expected_shapes(expected: object) -> dict[str, tuple[int, ...]]:
+    """``expected_params`` as ``{name: shape}``: each value an array (its shape) or a shape (ints)."""
+    fn = "load_checkpoint"
     if not isinstance(expected, Mapping):
-        raise TypeError(f"{where}: expected_params must be a dict of name -> array or shape, got "
+        raise TypeError(f"{fn}: expected_params must be a dict of name -> array or shape, got "
                         f"{type(expected).__name__}")
-    shapes = {k: tuple(v.shape) if isinstance(v, np.ndarray) else tuple(v) for k, v in expected.items()}
+    shapes = {}
+    for name, v in expected.items():
+        if isinstance(v, np.ndarray):
+            shapes[name] = tuple(v.shape)
+        elif isinstance(v, (tuple, list)) and all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in v
+        ):
+            shapes[name] = tuple(int(n) for n in v)
+        else:
+            raise TypeError(f"{fn}: expected_params[{name!r}] must be a numpy.ndarray or a shape (a tuple of "
+                            f"int), got {type(v).__name__} {v!r}")
+    return shapes
+
+
+def _check_expected(params: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Names and shapes must match exactly; one error lists every mismatching tensor."""
     problems = [f"missing {k!r} (expected shape {s})" for k, s in shapes.items() if k not in params]
     problems += [f"unexpected {k!r} (shape {a.shape})" for k, a in params.items() if k not in shapes]
     problems += [
