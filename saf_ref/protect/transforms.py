@@ -261,6 +261,12 @@ class Transform:
         dwdu : ndarray, same dtype and shape as ``u``
             In ``[0, 1]``; 0 at ``+-inf`` for the saturating transforms; NaN at NaN (identity included).
             hardtanh: 1 on ``|u| < a``, 0 on ``|u| >= a`` (0 at exactly ``|u| = a``, as PyTorch).
+
+        Notes
+        -----
+        hardtanh compares ``|u|`` with the real ``a`` (the float64 truth), not with ``a`` rounded to the
+        dtype. They differ only where that rounding is downward, at ``|u| = float32(a) < a``: 1 here, 0
+        in PyTorch, whose float32 kernel compares with ``float32(a)`` (``a = 0.7``: ``u = 0.699999988``).
         """
         x, dtype = _prepare(u, "u", self._fn("grad"))
         return _finish(self._grad64(x), dtype)
