@@ -161,6 +161,10 @@ class FaultList:
 
     def __init__(self, records: Iterable[Fault | tuple] = ()):
         fn = "FaultList"
+        if isinstance(records, (str, bytes)) or not isinstance(records, Iterable):  # a str: its characters
+            raise TypeError(
+                f"{fn}: records must be an iterable of 5-tuples, got {validation.describe(records)}"
+            )
         rows = [_validate_record(r, f"{fn}: records[{i}]") for i, r in enumerate(records)]
         self._set_columns(
             _categorize(r.tensor for r in rows),
@@ -525,6 +529,10 @@ class FaultList:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{fn}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        except RecursionError:  # json's decoder recurses once per nested [ or {: a damaged file
+            raise ValueError(
+                f"{fn}: text must be a fault list, got JSON nested too deeply to decode"
+            ) from None
         if not isinstance(doc, dict):
             raise ValueError(f"{fn}: the top level must be an object, got {type(doc).__name__}")
         version = doc.get("version")  # an int: true and 1.0 equal 1 in Python but are not version 1

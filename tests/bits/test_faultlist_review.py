@@ -1,8 +1,10 @@
-"""Review fixes in saf_ref.bits.faultlist: a per-record kind that cannot be hashed, and the JSON version.
+"""Review fixes in saf_ref.bits.faultlist: a per-record kind that cannot be hashed, the JSON version,
+records that are not an iterable of records, JSON nested too deeply.
 
-Both tests failed before the fix: ``FaultList.from_arrays(kind=[["flip"]])`` raised Python's bare
+Each test failed before its fix: ``FaultList.from_arrays(kind=[["flip"]])`` raised Python's bare
 ``TypeError: unhashable type: 'list'``; ``from_json`` took ``"version": true`` and ``"version": 1.0`` for
-version 1 (``True == 1.0 == 1`` in Python).
+version 1 (``True == 1.0 == 1`` in Python); ``FaultList("abc")`` read the characters as records;
+``from_json`` and ``load`` let json's ``RecursionError`` through.
 """
 
 from __future__ import annotations
@@ -29,3 +31,22 @@ def test_from_json_version_must_be_the_integer_1(version):
     with pytest.raises(ValueError, match=match):
         FaultList.from_json(text)
     assert len(FaultList.from_json(text.replace(json.dumps(version), "1"))) == 0
+
+
+@pytest.mark.parametrize("records", ["abc", b"abc", 3])
+def test_records_must_be_an_iterable_of_records(records):
+    # a str used to be read as its characters ("records[0]: must be a 5-tuple, got str 'a'"), an int
+    # failed with Python's bare "'int' object is not iterable"
+    with pytest.raises(TypeError, match=r"^FaultList: records must be an iterable of 5-tuples, got "):
+        FaultList(records)
+
+
+def test_from_json_deep_nesting_is_a_value_error(tmp_path):
+    # json's decoder recurses once per bracket: a damaged file raised RecursionError
+    text = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match=r"^FaultList.from_json: text must be a fault list, got JSON nested"):
+        FaultList.from_json(text)
+    path = tmp_path / "deep.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^FaultList.from_json: text must be a fault list"):
+        FaultList.load(path)
