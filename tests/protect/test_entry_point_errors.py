@@ -1,10 +1,14 @@
 """Review fixes in saf_ref.protect: errors name the public function that was called, every argument is
-checked before work starts, and reading faulty memory through a scale below 1 is silent.
+checked before work starts, reading faulty memory through a scale below 1 is silent, and the "auto" scale
+of float64 storage is capped instead of refused.
 
-Each test failed before its fix: the errors named ``StorageRule``, ``default_spec`` or ``get_transform``
-(and its argument ``name_or_transform``) instead of the function the user called; ``power_of_two`` was not
-checked when no tensor got a constant; ``effective_weights_backward`` formed products before it had
-checked every gradient; ``load`` warned (RuntimeWarning) when ``û / s`` overflowed.
+Each test failed before its fix (``test_default_spec_builds_the_same_rules_as_by_hand`` and the accepted
+forms in ``test_unknown_transform_names_the_caller`` guard what did not change): the errors named
+``StorageRule``, ``default_spec``, ``scale_constants`` or ``get_transform`` (and its argument
+``name_or_transform``) instead of the function the user called; ``power_of_two`` was not checked when no
+tensor got a constant; ``effective_weights_backward`` formed products before it had checked every
+gradient; ``load`` warned (RuntimeWarning) when ``û / s`` overflowed; ``weight_scaling_spec(params,
+"auto", "float64")`` raised for every tensor with ``max|W| < 1/2``.
 """
 
 from __future__ import annotations
