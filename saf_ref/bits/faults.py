@@ -208,7 +208,8 @@ def bernoulli_chunks(n: int, p: float, rng: np.random.Generator) -> Iterator[np.
             todo -= c
             g, q = gaps[:c], pos[:c]
             rng.standard_exponential(out=g)
-            g /= lam
+            with np.errstate(over="ignore"):  # a tiny p (lam < 1e-307) makes E / lam inf: clipped to n
+                g /= lam
             np.minimum(g, n, out=g)
             q[...] = g  # float -> int64 truncates: the floor of the (non-negative) gap
             q += 1
@@ -423,7 +424,9 @@ def inject_chunked(codes: np.ndarray, bits: np.ndarray, p: float, rng: np.random
     flat = out.reshape(-1)
     flips_per_word = p * bits.size
     words_per_flip = 1.0 / flips_per_word if flips_per_word > 0 else float(codes.size)
-    block = max(_BLOCK_BYTES // codes.itemsize, int(_BLOCK_FLIPS * words_per_flip), 1)
+    # At most the whole array (a larger block copies the same): for p * m below ~1e-305 the product is
+    # inf, which int() refuses (OverflowError), and 1 / (p * m) itself is inf for a subnormal p * m.
+    block = max(_BLOCK_BYTES // codes.itemsize, int(min(_BLOCK_FLIPS * words_per_flip, codes.size)), 1)
     done = 0  # flat[:done] holds its copy of src, and its flips so far
     n = codes.size * bits.size
     index_buf = np.empty(min(_CHUNK, n), dtype=np.int64)  # reused by every chunk (so it stays in cache)

@@ -2,15 +2,24 @@
 
 Each test failed before its fix: ``apply_flips`` truncated float (and bool, object) positions silently
 (index 1.7 flipped word 1); ``sample_stuck_at_map`` raised on the 0-d shape ``()`` its shape check accepts
-(``~`` of a 0-d array is a NumPy scalar) and let NumPy's own message through for a dtype it cannot parse.
+(``~`` of a 0-d array is a NumPy scalar) and let NumPy's own message through for a dtype it cannot parse;
+``inject_bit_errors`` raised OverflowError for a valid rate below ~1e-307 and the samplers warned.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
-from saf_ref.bits.faults import FlipPositions, apply_flips, sample_stuck_at_map
+from saf_ref.bits.faults import (
+    FlipPositions,
+    apply_flips,
+    inject_bit_errors,
+    sample_nested_flips,
+    sample_stuck_at_map,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +68,21 @@ def test_stuck_at_map_dtype_error_is_templated():
     with pytest.raises(TypeError, match=r"^sample_stuck_at_map: dtype must be an unsigned integer dtype "
                                         r"\(uint8/16/32/64\), got 'foo'$"):
         sample_stuck_at_map(4, 8, 0.1, rng=0, dtype="foo")
+
+
+@pytest.mark.parametrize("p", [5e-324, 1e-310, 2.2e-308, 1e-307])
+def test_tiny_rates_flip_nothing_without_error_or_warning(p):
+    # Before the fix: OverflowError ("cannot convert float infinity to integer", the block size of
+    # inject_chunked) for p * nbits below ~1e-305, and a RuntimeWarning (E / lam overflowing) in every
+    # sampler. Expected flips over these 32,000 bits: below 1e-301, so none (the reference: no flip).
+    codes = np.arange(1000, dtype=np.uint32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(inject_bit_errors(codes, p, rng=0), codes)
+        np.testing.assert_array_equal(inject_bit_errors(codes, p, p01=p / 2, rng=0), codes)  # thinning path
+        nested = sample_nested_flips(codes.shape, 32, [p, p / 4, 0.0], rng=0)
+        assert [f.index.size for f in nested] == [0, 0, 0]
+        # the rng still makes the draws of a normal rate after such a call: a 1e-2 pattern follows
+        gen = np.random.default_rng(5)
+        inject_bit_errors(codes, p, rng=gen)
+        assert not np.array_equal(inject_bit_errors(codes, 1e-2, rng=gen), codes)
