@@ -237,7 +237,9 @@ def weight_scaling_spec(
     Math
     ----
     Tensor ``W`` with ``M = max|W| > 0`` gets ``s = t / M`` (float64), and with ``target="auto"``
-    ``s = min(t / M, max_latent)`` (``max_latent``: the latent dtype's largest finite value). For an IEEE
+    ``s = min(min(t, 2**emax_latent) / M, max_latent)`` (``max_latent``: the latent dtype's largest finite
+    value, ``2**emax_latent`` its largest power of two), so that ``s`` and every ``s W`` are finite in the
+    latent dtype (float64 storage of float32 latents: the target is ``2**127``, not ``2**1023``). For an IEEE
     format read with ``load(..., nonfinite="zero")`` every weight read back, faulty or not, is bounded:
     ``|w'| <= max_finite / s``, that is ``(2 - 2**-m) M`` when the cap does not bind (see
     :func:`scale_target`), and ``max_finite / max_latent`` (about 1 for float32 and bfloat16 storage of
@@ -284,10 +286,14 @@ def weight_scaling_spec(
         rule = rules[name]
         if param_role(name, shapes) not in roles:
             continue
-        t = scale_target(rule.format) if fixed_target is None else fixed_target
-        # "auto": s is applied in the latents' dtype, where 2**127 / max|W| overflows float32 when
-        # max|W| < 1/2 (and 2**1023 / max|W| float64): capped there. An explicit target is never capped.
-        cap = _largest_scale(dtype, power_of_two) if fixed_target is None else None
+        t, cap = fixed_target, None  # an explicit target is never lowered or capped
+        if fixed_target is None:
+            # "auto": s W is computed in the latents' dtype, so it must fit there: a target above the
+            # latents' largest power of two (float64 storage, 2**1023, of float32 latents) is lowered to
+            # it (2**127), else the largest weights would be stored as inf. And s itself must fit:
+            # 2**127 / max|W| overflows float32 when max|W| < 1/2 (2**1023 / max|W| float64): capped.
+            t = min(scale_target(rule.format), _largest_scale(dtype, True))
+            cap = _largest_scale(dtype, power_of_two)
         s = _scale_constant(params[name], name, t, power_of_two, cap, fn)
         # glob.escape makes the exact name a pattern matching only itself (it escapes * ? [).
         scaled.append(StorageRule(glob.escape(name), format=rule.format, transform=rule.transform,

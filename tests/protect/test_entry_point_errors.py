@@ -183,3 +183,24 @@ def test_auto_target_of_float64_storage_is_capped_not_refused():
     bad = {"a.weight": np.array([[np.nan, 1.0]])}
     with pytest.raises(ValueError, match=r"^weight_scaling_spec: params\['a.weight'\] must be finite"):
         weight_scaling_spec(bad, "auto", "float64")
+
+
+def test_auto_target_of_float64_storage_of_float32_latents_fits_the_latents():
+    # s W is computed in float32: the float64 target 2**1023 is lowered to float32's 2**127, so the
+    # largest weight is stored as 2**127 (it was inf: s was capped at float32's max, times max|W| = 3).
+    w = np.array([[3.0, 1.0, -0.5]], np.float32)
+    params = {"fc.weight": w, "fc2.weight": w / 16}  # max|W| 3 (target binds) and 0.1875 (cap binds)
+    shapes = {k: v.shape for k, v in params.items()}
+    rules = weight_scaling_spec(params, "auto", "float64").resolve(shapes)
+    assert rules["fc.weight"].scale == 2.0**127 / 3.0
+    assert rules["fc2.weight"].scale == float(np.finfo(np.float32).max)  # 2**127 / 0.1875 > float32 max
+    for power_of_two in (False, True):
+        spec = weight_scaling_spec(params, "auto", "float64", power_of_two=power_of_two)
+        stored = store(params, spec)
+        for k in params:
+            assert np.isfinite(stored[k].codes.view(np.float64)).all()
+        back = load(stored)
+        np.testing.assert_allclose(back["fc.weight"], w, rtol=2**-23)
+        if power_of_two:  # power-of-two constants: the clean round trip is exact
+            for k in params:
+                np.testing.assert_array_equal(back[k], params[k])
