@@ -548,7 +548,8 @@ class MXFormat:
         exp = scales.astype(np.int64) - SCALE_BIAS
         v = np.ldexp(p, exp[..., None].astype(np.int32))
         v = np.where((scales == SCALE_NAN)[..., None], np.nan, v)
-        rows = v.reshape(lay.rows, -1)[:, : lay.row_length]
+        # (not reshape(rows, -1): NumPy cannot infer the -1 of an array with zero rows)
+        rows = v.reshape(lay.rows, lay.blocks_per_row * self.block_size)[:, : lay.row_length]
         return self._from_rows(rows, tuple(shape))
 
     # ------------------------------------------------------------------- bytes: pack and unpack

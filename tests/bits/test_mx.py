@@ -554,3 +554,16 @@ def test_names_and_lookups():
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", MX_NAMES)
+@pytest.mark.parametrize("shape", [(0,), (0, 32), (3, 0), (0, 0, 5)])
+def test_empty_tensors_store_and_load(name, shape):
+    """A tensor with no values loads back empty, in its shape and dtype, also after an injection (a
+    tensor with zero rows used to fail in dequantize's reshape)."""
+    x = np.ones(shape, np.float32)
+    spec = StorageSpec((StorageRule("*", format=name),))
+    stored = store({"w": x}, spec)
+    back = load(stored)["w"]
+    assert back.shape == shape and back.dtype == np.float32
+    assert load(inject(stored, BitErrors(0.5), rng=0).stored)["w"].shape == shape
