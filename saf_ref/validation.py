@@ -133,13 +133,14 @@ def check_rng(rng: Any, fn: str, name: str = "rng") -> np.random.Generator:
     Accepts a Generator (returned as is) or a non-negative integer seed (``np.random.default_rng(seed)``).
     ``None`` is rejected: saf_ref never draws from hidden global state, so results are reproducible.
     """
+    expected = "a numpy.random.Generator or a non-negative integer seed"
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)) and rng >= 0:
-        return np.random.default_rng(int(rng))
-    raise TypeError(
-        f"{fn}: {name} must be a numpy.random.Generator or a non-negative integer seed, got {describe(rng)}"
-    )
+    if not isinstance(rng, (int, np.integer)) or isinstance(rng, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be {expected}, got {describe(rng)}")
+    if rng < 0:  # the right type, a wrong value
+        raise ValueError(f"{fn}: {name} must be {expected}, got {int(rng)}")
+    return np.random.default_rng(int(rng))
 
 
 def check_float_dtype(dtype: Any, fn: str, name: str = "dtype") -> np.dtype:

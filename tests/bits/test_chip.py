@@ -444,8 +444,10 @@ def test_sample_bad_shape(shape, exc, msg):
 
 
 def test_sample_bad_seed():
-    with pytest.raises(TypeError, match=r"^ChipModel.sample: seed must be a numpy.random.Generator"):
+    with pytest.raises(ValueError, match=r"^ChipModel.sample: seed must be a numpy.random.Generator"):
         ChipModel().sample(SMALL, seed=-1)
+    with pytest.raises(TypeError, match=r"^ChipModel.sample: seed must be a numpy.random.Generator"):
+        ChipModel().sample(SMALL, seed=1.0)
 
 
 @pytest.mark.parametrize(

@@ -442,7 +442,7 @@ BAD_CALLS = [
         TypeError,
         "inject_bit_errors: rng must be a numpy.random.Generator",
     ),
-    (lambda: inject_bit_errors(C8, 0.1, rng=-3), TypeError, "rng must be"),
+    (lambda: inject_bit_errors(C8, 0.1, rng=-3), ValueError, "rng must be"),
     (
         lambda: BitErrors(0.1).apply(C8, rng=0, format_name=""),
         TypeError,
@@ -543,7 +543,7 @@ BAD_CALLS = [
         r"StuckAtMap: or_mask must have shape \(1,\), got \(2,\)",
     ),
     (lambda: sample_stuck_at_map(8, 8, 0.1, rng=None), TypeError, "sample_stuck_at_map: rng must be"),
-    (lambda: inject_bursts(C8, 0.1, 2, rng=-1), TypeError, "inject_bursts: rng must be"),
+    (lambda: inject_bursts(C8, 0.1, 2, rng=-1), ValueError, "inject_bursts: rng must be"),
     (lambda: inject_bursts(C8, 0.1, 0, rng=0), ValueError, r"inject_bursts: burst_len must be in \[1, 8\]"),
     (lambda: inject_bursts(C8, 0.1, 5, rng=0, nbits=4), ValueError, r"burst_len must be in \[1, 4\]"),
     (lambda: inject_bursts(C8, 2.0, 2, rng=0), ValueError, "rate must be a probability"),

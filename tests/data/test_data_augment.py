@@ -235,7 +235,7 @@ X = np.zeros((2, 1, 3, 3), dtype=np.float32)
         (lambda: A.random_crop(X, rng=None), TypeError, r"random_crop: rng must be a numpy.random.Generator"),
         (lambda: A.random_hflip(X, p=1.5, rng=0), ValueError, r"random_hflip: p must be a probability"),
         (lambda: A.random_hflip(X, p="a", rng=0), TypeError, r"random_hflip: p must be a real number"),
-        (lambda: A.random_hflip(X, rng=-3), TypeError, r"random_hflip: rng must be"),
+        (lambda: A.random_hflip(X, rng=-3), ValueError, r"random_hflip: rng must be"),
         (lambda: A.random_hflip(X[None], rng=0), ValueError, r"random_hflip: x must be 4-dimensional"),
         (lambda: A.random_crop_flip(X, pad=-2, rng=0), ValueError, r"random_crop_flip: pad must be in"),
         (
