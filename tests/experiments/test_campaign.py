@@ -361,7 +361,9 @@ from saf_ref.protect import default_spec
 d = load_digits()
 params, state = init_mlp(64, hidden=(16,), num_classes=10, rng=0)
 subject = Subject("baseline", "identity", "float32", "mlp", params, state, default_spec("float32"))
-on_result = lambda records: print("unit", flush=True)
+# One write per line: print() writes "unit" and "\\n" apart, and a Ctrl-C between the two left the summary
+# below on the same line as a "unit" (the test then failed to parse it, now and then under load).
+on_result = lambda records: (sys.stdout.write("unit\\n"), sys.stdout.flush())
 r = run_campaign([subject], d.x_test, d.y_test, (1e-3,), trials=100000, seed=0, max_workers=2,
                  progress=False, on_result=on_result)
 print(json.dumps({"interrupted": r.interrupted, "records": len(r.trials)}), flush=True)
