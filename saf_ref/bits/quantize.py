@@ -249,6 +249,19 @@ class Quantizer:
         top = "sign" if self.code == "twos_complement" else "msb"
         return {top: BitField(top, self.nbits - 1, 1), "low": BitField("low", 0, self.nbits - 1)}
 
+    def _settings(self) -> tuple:
+        return (self.nbits, self.scheme, self.code, self.rounding, self.clip, self.max_abs, self.margin)
+
+    def __eq__(self, other: object) -> bool:
+        """Quantizers compare by their settings, like the IEEE and fixed-point formats (so a storage spec
+        read back from JSON equals the one written)."""
+        if not isinstance(other, Quantizer):
+            return NotImplemented
+        return self._settings() == other._settings()
+
+    def __hash__(self) -> int:
+        return hash(self._settings())
+
     def __repr__(self) -> str:
         return (
             f"Quantizer({self.nbits}, scheme={self.scheme!r}, code={self.code!r}, "

@@ -671,3 +671,26 @@ def test_inputs_not_mutated():
         qz.decode(codes, ctx)
         np.testing.assert_array_equal(x, before)
         np.testing.assert_array_equal(codes, kept)
+
+
+def test_quantizers_compare_and_hash_by_their_settings():
+    from saf_ref.protect import StorageRule, StorageSpec
+
+    a = Quantizer(8, scheme="symmetric", clip=0.5)
+    same = Quantizer(8, scheme="symmetric", clip=0.5)
+    assert a == same and hash(a) == hash(same) and len({a, same}) == 1
+    for other in (
+        Quantizer(7, scheme="symmetric", clip=0.5),
+        Quantizer(8, scheme="symmetric", clip=0.25),
+        Quantizer(8, scheme="symmetric", clip=0.5, margin=0.1),
+        Quantizer(8, scheme="symmetric", clip=0.5, code="twos_complement"),
+        Quantizer(8, scheme="symmetric", clip=0.5, rounding="toward_zero"),
+        Quantizer(8, scheme="symmetric", max_abs=0.5),
+        Quantizer(8, clip=0.5),
+    ):
+        assert a != other
+    assert a != "quant8_sym_offset_rounded_clip0.5" and a != 8
+    # a storage spec with a quantizer reads back from its dict form equal to itself
+    spec = StorageSpec((StorageRule("*.weight", format=a), StorageRule("*", format="float32")))
+    assert StorageSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert Quantizer.from_json(json.loads(json.dumps(a.to_json()))) == a
