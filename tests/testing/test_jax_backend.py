@@ -146,13 +146,19 @@ def test_jax_passes_layers_and_a_model_in_float64(tmp_path):
     assert {c["status"] for c in checks.values()} == {"pass"}  # float64: nothing flushed in these cases
 
 
-def test_jax_backend_rejects_a_bad_dtype_and_device(tmp_path):
+def _run_with_jax(code: str):
+    """Run ``code`` in a fresh Python (JAX's process-wide settings stay out of this one); skip without
+    jax."""
     import importlib.util
     import subprocess
     import sys
 
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install 'saf_ref[jax]')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_jax_backend_rejects_a_bad_dtype_and_device(tmp_path):
     code = (
         "from saf_ref.testing.jax_backend import JaxBackend\n"
         "for kw in ({'dtype': 'float16'}, {'device': 'no_such_platform'}):\n"
@@ -161,18 +167,12 @@ def test_jax_backend_rejects_a_bad_dtype_and_device(tmp_path):
         "    except ValueError as err:\n"
         "        print(err)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    out = _run_with_jax(code).stdout
     assert "JaxBackend: dtype must be one of ('float32', 'float64'), got 'float16'" in out
     assert "JaxBackend: device must be a JAX platform this machine has, got 'no_such_platform'" in out
 
 
 def test_jax_mx_methods_reject_bad_arguments():
-    import importlib.util
-    import subprocess
-    import sys
-
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed (pip install 'saf_ref[jax]')")
     code = (
         "import numpy as np\n"
         "from saf_ref.testing.jax_backend import JaxBackend\n"
@@ -191,7 +191,7 @@ def test_jax_mx_methods_reject_bad_arguments():
         "    except (ValueError, NotImplementedError) as err:\n"
         "        print(type(err).__name__, err)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    run = _run_with_jax(code)
     lines = run.stdout.splitlines()
     assert lines == [
         "ValueError JaxBackend.mx_encode: the last axis must be a multiple of 32, got shape (2, 31)",
