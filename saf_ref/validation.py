@@ -13,7 +13,7 @@ never uses ``assert`` (which ``python -O`` removes).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,6 +125,27 @@ def check_probability(p: Any, name: str, fn: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{fn}: {name} must be a probability in [0, 1], got {p!r}")
     return value
+
+
+def check_rate_sequence(
+    rates: Any, fn: str, *, nonempty: bool = True, distinct: bool = False
+) -> tuple[float, ...]:
+    """Bit-error rates, in order, as a tuple of floats in ``[0, 1]``: from a sequence (list, tuple) or a
+    1-D NumPy array. Refused: a str or bytes, a scalar, other iterables (a set has no order, a generator
+    would be used up), an empty one when ``nonempty``, a repeated rate when ``distinct``."""
+    expected = "a non-empty sequence of bit-error rates" if nonempty else "a sequence of bit-error rates"
+    if isinstance(rates, np.ndarray):
+        if rates.ndim != 1:
+            raise ValueError(f"{fn}: rates must be {expected} (1-D), got an array of shape {rates.shape}")
+        rates = rates.tolist()
+    elif isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
+        raise TypeError(f"{fn}: rates must be {expected}, got {describe(rates)}")
+    if nonempty and len(rates) == 0:
+        raise ValueError(f"{fn}: rates must be {expected}, got {rates!r}")
+    checked = tuple(check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+    if distinct and len(set(checked)) != len(checked):
+        raise ValueError(f"{fn}: rates must be distinct bit-error rates, got {list(checked)}")
+    return checked
 
 
 def check_rng(rng: Any, fn: str, name: str = "rng") -> np.random.Generator:

@@ -594,17 +594,9 @@ def _trial_of(rec: Mapping[str, Any]) -> int:
 
 
 def _check_rates(rates: Any, fn: str) -> tuple[float, ...]:
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(
-            f"{fn}: rates must be a non-empty sequence of bit-error rates, got {validation.describe(rates)}"
-        )
-    if len(rates) == 0:
-        raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
-    checked = tuple(validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
-    # A repeated rate gives a trial two identical records, which summarize() would count as two trials.
-    if len(set(checked)) != len(checked):
-        raise ValueError(f"{fn}: rates must be distinct bit-error rates, got {list(checked)}")
-    return checked
+    # Distinct: a repeated rate gives a trial two identical records, which summarize() would count as
+    # two trials.
+    return validation.check_rate_sequence(rates, fn, distinct=True)
 
 
 def _check_xy(x: Any, y: Any, fn: str) -> None:

@@ -243,11 +243,7 @@ def _check_common(x, y, rates, trials, seed, executor, max_workers, fn):
         raise ValueError(
             f"{fn}: y must hold one integer label per image of x, got y {y.dtype} {y.shape}, x {x.shape}"
         )
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
-    if not rates:
-        raise ValueError(f"{fn}: rates must be a non-empty sequence of bit-error rates, got {rates!r}")
-    rates = tuple(validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates))
+    rates = validation.check_rate_sequence(rates, fn, distinct=True)  # as run_campaign's
     trials = validation.check_int(trials, "trials", fn, low=1)
     seed = validation.check_int(seed, "seed", fn, low=0)
     if max_workers is not None:

@@ -167,9 +167,7 @@ def inject_nested(
     """
     fn = "inject_nested"
     check_stored(stored, fn)
-    if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence):
-        raise TypeError(f"{fn}: rates must be a sequence of probabilities, got {validation.describe(rates)}")
-    rates = [validation.check_probability(r, f"rates[{i}]", fn) for i, r in enumerate(rates)]
+    rates = list(validation.check_rate_sequence(rates, fn, nonempty=False))
     gen = validation.check_rng(rng, fn)
     per_rate_codes: list[dict[str, np.ndarray]] = [{} for _ in rates]
     per_rate_faults: list[list[FaultList]] = [[] for _ in rates]

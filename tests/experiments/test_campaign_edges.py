@@ -75,3 +75,39 @@ def test_an_empty_evaluation_set_is_refused(subject, evalset):
         run_campaign([subject], x[:0], y[:0], (1e-3,), trials=1, seed=0, executor="serial", progress=False)
     with pytest.raises(ValueError, match="run_trial: " + empty):
         run_trial(subject, x[:0], y[:0], (1e-3,), campaign_seed=0, trial=0)
+
+
+def test_rates_may_be_a_1d_array_with_the_same_results(subject, evalset):
+    import numpy as np
+
+    x, y = evalset
+    rates = [1e-3, 1e-2]
+
+    def run(r):
+        return run_campaign([subject], x, y, r, trials=2, seed=0, executor="serial", progress=False)
+
+    as_list, as_array = run(rates), run(np.array(rates))
+    assert as_array.trials == as_list.trials and as_array.summary == as_list.summary
+    with pytest.raises(ValueError, match=r"run_campaign: rates must be .* \(1-D\), got an array of shape"):
+        run(np.array([rates]))
+
+
+def test_weight_sdc_refuses_repeated_rates_like_run_campaign(subject, evalset):
+    from saf_ref.experiments.sdc import run_weight_sdc
+
+    x, y = evalset
+    with pytest.raises(ValueError, match="run_weight_sdc: rates must be distinct bit-error rates, got"):
+        run_weight_sdc([subject], x, y, (1e-2, 1e-2), trials=1, seed=0, executor="serial")
+
+
+def test_inject_nested_takes_an_array_of_rates():
+    import numpy as np
+
+    from saf_ref.protect import inject_nested, store
+
+    params, _ = init_mlp(64, hidden=(8,), num_classes=10, rng=0)
+    stored = store(params, default_spec("float16"))
+    rates = [1e-3, 1e-2]
+    a, b = inject_nested(stored, rates, rng=4), inject_nested(stored, np.array(rates), rng=4)
+    for x_, y_ in zip(a, b, strict=True):
+        assert x_.faults.to_json() == y_.faults.to_json()

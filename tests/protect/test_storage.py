@@ -840,7 +840,7 @@ def test_inject_nested_validation():
     stored = store(make_params(), default_spec())
     with pytest.raises(TypeError, match="inject_nested: stored must be a StoredModel"):
         inject_nested(None, [0.1], rng=0)
-    with pytest.raises(TypeError, match="inject_nested: rates must be a sequence of probabilities"):
+    with pytest.raises(TypeError, match="inject_nested: rates must be a sequence of bit-error rates"):
         inject_nested(stored, 0.1, rng=0)
     with pytest.raises(ValueError, match=r"inject_nested: rates\[1\] must be a probability"):
         inject_nested(stored, [0.1, -0.1], rng=0)
