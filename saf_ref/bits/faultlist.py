@@ -483,11 +483,13 @@ class FaultList:
     def from_csv(cls, text: str) -> FaultList:
         """Parse CSV text written by :meth:`to_csv` (or by hand); validate every field.
 
-        Raises ``ValueError`` naming the line and field of the first bad value. Empty lines are ignored.
+        Raises ``ValueError`` naming the line and field of the first bad value. Empty lines are ignored,
+        and so is a byte-order mark at the start (spreadsheet programs write one).
         """
         fn = "FaultList.from_csv"
         if not isinstance(text, str):
             raise TypeError(f"{fn}: text must be a str, got {validation.describe(text)}")
+        text = text.removeprefix("\ufeff")
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         records = []
         header_seen = False
@@ -568,7 +570,9 @@ class FaultList:
         parse = {".csv": cls.from_csv, ".json": cls.from_json}.get(path.suffix.lower())
         if parse is None:
             raise ValueError(f"FaultList.load: path must end in .csv or .json, got {str(path)!r}")
-        with open(path, encoding="utf-8", newline="") as f:
+        # utf-8-sig: a file that starts with a byte-order mark (as spreadsheet programs write CSV) reads
+        # as the same text without it; any other UTF-8 file reads as with "utf-8".
+        with open(path, encoding="utf-8-sig", newline="") as f:
             return parse(f.read())
 
 

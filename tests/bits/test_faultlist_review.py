@@ -50,3 +50,15 @@ def test_from_json_deep_nesting_is_a_value_error(tmp_path):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=r"^FaultList.from_json: text must be a fault list"):
         FaultList.load(path)
+
+
+def test_a_byte_order_mark_is_ignored_in_csv_text_and_files(tmp_path):
+    """Spreadsheet programs start CSV files with a UTF-8 byte-order mark; the header then read as
+    '\\ufefftensor' and the file was refused."""
+    faults = FaultList([("fc.weight", 3, 30, "flip", "float32"), ("fc.bias", 0, 1, "stuck1", "float16")])
+    text = faults.to_csv()
+    assert FaultList.from_csv("\ufeff" + text).to_csv() == text
+    for suffix, body in ((".csv", text), (".json", faults.to_json())):
+        path = tmp_path / f"faults{suffix}"
+        path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))  # U+FEFF in UTF-8, then the text
+        assert FaultList.load(path).to_csv() == text
