@@ -38,12 +38,20 @@ bit-error patterns of RandBET a separate stream ``np.random.default_rng([base_se
 resumed from a checkpoint after epoch ``e`` continues with exactly the draws of an uninterrupted run,
 and switching bit errors on or off never changes the batches.
 
+Resuming (``train(..., checkpoint=path, resume=True)``) continues the interrupted run bit for bit, to a
+new ``epochs`` if asked; the checkpoint records the model, the storage spec, the RandBET configuration
+and the training settings and data (digests), and a resumed call that differs in any of them (but
+``epochs``) is refused with a ValueError naming the setting. Checkpoints written before the settings
+were recorded are resumed with the model, spec and RandBET configuration checked only.
+
 PyTorch equivalent: the usual ``for epoch: model.train(); for x, y in loader: loss.backward();
 opt.step(); scheduler.step()`` loop, with ``model.eval()`` for testing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -436,11 +444,23 @@ def train(
         ``callback(epoch, params, state, record)`` after every epoch (``epoch`` counts from 0).
     checkpoint : path or None
         Save params, running statistics, optimizer state and the history there after every epoch
-        (.npz + JSON, :mod:`saf_ref.train.checkpoint`), with the spec and RandBET configuration.
+        (.npz + JSON, :mod:`saf_ref.train.checkpoint`), with what ``resume`` compares: the model, spec
+        and RandBET configuration, and (metadata entry ``"training"``) ``batch_size``, the optimizer's
+        fields, the learning rate of every epoch of this call, ``augment``, ``pad``,
+        ``label_smoothing``, ``nonfinite``, ``eval_batch_size`` and a SHA-256 digest of each data array
+        (its dtype, shape and bytes). The data are hashed once per call, only with a checkpoint.
     resume : bool
         If ``checkpoint`` exists, continue from it (the given ``params``/``state`` are then ignored);
-        the result equals an uninterrupted run with the same ``rng``. The checkpoint must be of the same
-        model, spec and RandBET configuration.
+        the result equals, bit for bit, an uninterrupted run with the same arguments and ``rng`` (the
+        random streams continue from the seed stored in the checkpoint: ``rng`` is not compared). Every
+        argument that changes the result must be as in the interrupted call, except ``epochs``: the
+        model, spec (or transform), RandBET configuration, the settings and data listed under
+        ``checkpoint``, and the learning rate of each epoch both calls have (a resumed call may run for
+        more epochs, and its schedule may differ in those only). A mismatch is a ValueError naming the
+        checkpoint, the setting, its value in the checkpoint and the value given. A checkpoint written
+        before saf_ref recorded the ``"training"`` entry is resumed with only the model, spec and
+        RandBET configuration checked. A checkpoint already at or past ``epochs`` is returned as it is:
+        its params, state and whole history (which may then have more than ``epochs`` records).
     eval_batch_size : int
         Batch size for the per-epoch evaluation (the last bits of ``test_loss`` depend on it, see
         :func:`evaluate`).
@@ -525,6 +545,11 @@ def train(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     identity = _run_identity(spec, randbet)
+    if checkpoint is not None:  # what a resumed call must agree on besides the model, spec and config
+        identity["training"] = _training_settings(
+            (x_train, y_train, x_test, y_test), epochs, batch_size, optimizer, schedule, augment, pad,
+            label_smoothing, nonfinite, eval_batch_size,
+        )  # fmt: skip
     if resume and os.path.exists(checkpoint):
         params, state, opt_state, meta = _load_checkpoint(checkpoint, fns.name, identity, fn)
         base_seed, history, start_epoch = meta["base_seed"], meta["history"], meta["epoch"] + 1
@@ -663,9 +688,101 @@ def _run_identity(spec: StorageSpec | None, randbet: RandBETConfig | None) -> di
     return json.loads(json.dumps(identity))
 
 
+def _json_numbers(value: Any) -> Any:
+    """``value`` with every non-finite float in it (nested lists and dicts too) tagged by
+    :func:`_json_number`, so that it is strict JSON and compares equal to itself (NaN included)."""
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    return _json_number(value)
+
+
+_DATA_NAMES = ("x_train", "y_train", "x_test", "y_test")
+_LEARNING_RATES = "learning_rates"
+
+
+def _data_digest(a: np.ndarray | None) -> str | None:
+    """SHA-256 (hex) of an array's dtype string, shape and bytes in C order; None for an absent split.
+
+    The bytes are hashed without a copy where the array is C-contiguous (a copy of CIFAR-10's training
+    images would be 600 MB)."""
+    if a is None:
+        return None
+    digest = hashlib.sha256(f"{a.dtype.str} {list(a.shape)}\n".encode())
+    digest.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _training_settings(
+    data, epochs, batch_size, optimizer, schedule, augment, pad, label_smoothing, nonfinite, eval_batch_size
+):  # fmt: skip
+    """The settings of a call of :func:`train` that a resumed call must repeat, as JSON (compared after a
+    JSON round trip, as they are read back): everything that changes the result but the model, the spec,
+    the RandBET configuration (:func:`_run_identity`) and ``epochs``; the learning rate of every epoch of
+    this call (a resumed call compares those of the epochs both calls have); the data as digests."""
+    settings = {
+        "batch_size": batch_size,
+        "optimizer": dataclasses.asdict(optimizer),
+        _LEARNING_RATES: [
+            optimizer.lr if schedule is None else float(schedule.lr_at(e)) for e in range(epochs)
+        ],
+        "augment": augment,
+        "pad": pad,
+        "label_smoothing": float(label_smoothing),
+        "nonfinite": nonfinite,
+        "eval_batch_size": eval_batch_size,
+        "data": {name: _data_digest(a) for name, a in zip(_DATA_NAMES, data, strict=True)},
+    }
+    return json.loads(json.dumps(_json_numbers(settings), allow_nan=False))
+
+
+def _check_training(path: Any, recorded: Any, given: dict[str, Any], fn: str) -> None:
+    """Refuse to resume when a setting of :func:`_training_settings` differs from the checkpoint's.
+
+    ``recorded`` is None for a checkpoint written before these settings were recorded: it is resumed
+    unchecked. A key the checkpoint lacks is not compared (a setting added later, the same rule)."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise ValueError(
+            f"{fn}: the checkpoint {path} was not written by train (its 'training' metadata must be a "
+            f"JSON object, got {type(recorded).__name__})"
+        )
+    for key, value in given.items():
+        if key not in recorded:
+            continue
+        old = recorded[key]
+        if key == _LEARNING_RATES:
+            if not isinstance(old, list):
+                raise ValueError(
+                    f"{fn}: the checkpoint {path} was not written by train (its {_LEARNING_RATES!r} "
+                    f"must be a list, got {type(old).__name__})"
+                )
+            # Only the epochs both calls have: a resumed call may train for more (or fewer) epochs.
+            for epoch, (a, b) in enumerate(zip(old, value, strict=False)):
+                if a != b:
+                    a, b = _number_from_json(a), _number_from_json(b)  # inf, not its JSON tag
+                    raise ValueError(
+                        f"{fn}: the checkpoint {path} has the learning rate {a!r} at epoch {epoch} (from "
+                        f"the schedule, or optimizer.lr without one), got {b!r}"
+                    )
+        elif isinstance(value, dict) and isinstance(old, dict):  # optimizer, data: name the field
+            for field in [*value, *(k for k in old if k not in value)]:
+                a, b = old.get(field), value.get(field)
+                if a != b:
+                    a, b = _number_from_json(a), _number_from_json(b)
+                    name = (f"data {field} (sha256 of its dtype, shape and bytes)" if key == "data"
+                            else f"{key}.{field}")  # fmt: skip
+                    raise ValueError(f"{fn}: the checkpoint {path} has {name} {a!r}, got {b!r}")
+        elif old != value:
+            old, value = _number_from_json(old), _number_from_json(value)
+            raise ValueError(f"{fn}: the checkpoint {path} has {key} {old!r}, got {value!r}")
+
+
 def _save_checkpoint(path, params, state, opt_state, model_name, epoch, base_seed, history, identity) -> None:
-    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed, history, spec and
-    RandBET configuration."""
+    """Everything needed to continue: arrays, and (as JSON metadata) the epoch, seed, history, spec,
+    RandBET configuration and the training settings (:func:`_training_settings`)."""
     # A diverged run has NaN/inf losses; strict JSON has no such numbers, so they are stored tagged.
     history = [{k: _json_number(v) for k, v in record.items()} for record in history]
     meta = {"model": model_name, "epoch": epoch, "base_seed": base_seed, "history": history, **identity}
@@ -686,7 +803,9 @@ def _load_checkpoint(path, model_name, identity, fn):
             f"{fn}: the checkpoint {path} is of model {meta['model']!r}, got model {model_name!r}"
         )
     for key, value in identity.items():
-        if meta.get(key) != value:
+        if key == "training":  # compared setting by setting, and absent from older checkpoints
+            _check_training(path, meta.get(key), value, fn)
+        elif meta.get(key) != value:
             raise ValueError(f"{fn}: the checkpoint {path} has {key} {meta.get(key)!r}, got {value!r}")
     meta["history"] = [{k: _number_from_json(v) for k, v in record.items()} for record in meta["history"]]
     return loaded.params, loaded.state, loaded.optimizer_state, meta
