@@ -107,6 +107,12 @@ KNOWN_DIVERGENCES: dict[str, str] = {
         "the gradient at a NaN latent: saf_ref propagates NaN; PyTorch's autograd passes dw through "
         "(identity, hardtanh) or returns 0."
     ),
+    "hardtanh-bound-gradient": (
+        "hardtanh's gradient at |u| = fl(a), the number of the latents' dtype nearest the scale a, when a "
+        "itself is no such number and fl(a) < a (a = 0.7 in float32): saf_ref compares |u| with the real "
+        "a, finds it inside and passes dw on; PyTorch and JAX compare with fl(a), find it on the bound and "
+        "return 0."
+    ),
     "flush-to-zero": (
         "a result of +-0 where saf_ref's (or an intermediate such as u / a, or a float64 -> float32 "
         "conversion) is below the smallest normal number: the flush-to-zero and denormals-are-zero modes "

@@ -160,6 +160,35 @@ def test_nan_latent_exception_excuses_gradients_only():
     assert "NaN kinds" in fwd.result("transform_forward[tanh]").message
 
 
+class _HardtanhRoundedBound(ReferenceBackend):
+    """hardtanh's gradient compared with the bound rounded to the latents' dtype, as PyTorch and JAX do:
+    0 at ``|u| = fl(a)`` also where ``fl(a) < a``. With ``also``, the same for tanh (never excused), and
+    with ``below``, also one step inside the rounded bound (a bug, never excused)."""
+
+    def __init__(self, *, also: str | None = None, below: bool = False) -> None:
+        super().__init__(dtype="float32")
+        self.also, self.below = also, below
+
+    def transform_vjp(self, name, u, dw, *, scale):
+        du = super().transform_vjp(name, u, dw, scale=scale)
+        if name not in ("hardtanh", self.also):
+            return du
+        bound = u.dtype.type(scale)
+        if self.below:
+            bound = np.nextafter(bound, u.dtype.type(0))
+        return np.where(np.abs(u) >= bound, u.dtype.type(0), du).astype(u.dtype)
+
+
+def test_hardtanh_bound_gradient_excuses_hardtanh_at_the_rounded_bound_only():
+    report = run_suite(_HardtanhRoundedBound(), examples=2, only=["transform_vjp[hardtanh]"])
+    r = report.result("transform_vjp[hardtanh]")
+    assert r.status == "known divergence" and set(r.divergences) == {"hardtanh-bound-gradient"}
+    report = run_suite(_HardtanhRoundedBound(also="tanh"), examples=2, only=["transform_vjp[tanh]"])
+    assert report.result("transform_vjp[tanh]").status == "fail"
+    report = run_suite(_HardtanhRoundedBound(below=True), examples=2, only=["transform_vjp[hardtanh]"])
+    assert report.result("transform_vjp[hardtanh]").status == "fail"
+
+
 def test_softsign_infinity_excuses_softsign_only():
     report = run_suite(_TanhInfinityNan(), examples=2, only=["transform_forward[tanh]"])
     assert report.result("transform_forward[tanh]").status == "fail"

@@ -251,5 +251,6 @@ def test_known_divergences_are_documented():
         "relu-negative-zero",
         "flush-to-zero",
         "relu-nan-gradient",
+        "hardtanh-bound-gradient",
     }
     assert all(len(v) > 40 for v in KNOWN_DIVERGENCES.values())

@@ -97,6 +97,7 @@ def _transform_explain(
     gradient. ``nan-latent-gradient``: the *gradient* at a NaN latent only; a forward pass that turns a
     NaN latent into a finite weight is a failure (a NaN must never become a valid-looking weight).
     ``flush-to-zero``: a forward flushed to +-0 where ``u`` or ``u / a`` is below the normal range.
+    ``hardtanh-bound-gradient``: hardtanh's gradient 0 at ``|u| = fl(a) < a``.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         infinite = np.isinf(u) | np.isinf(u / u.dtype.type(scale))
@@ -107,6 +108,9 @@ def _transform_explain(
         out = {}
         if name == "softsign":
             out["softsign-infinity"] = bad & infinite & np.isnan(g)
+        if name == "hardtanh" and vjp:
+            bound = float(u.dtype.type(scale))  # fl(a): a rounded to the latents' dtype
+            out["hardtanh-bound-gradient"] = bad & (np.abs(u) == bound) & (bound != scale) & (g == 0)
         if vjp:
             out["nan-latent-gradient"] = bad & np.isnan(u) & ~np.isnan(g)
             if dw is not None:  # a subnormal upstream gradient read as 0 (denormals-are-zero)
@@ -144,6 +148,13 @@ def transform_classes(dtype: np.dtype, vjp: bool) -> list[Boundary]:
     for scale in (0.5, 2.0, 1e-3, 1e3):
         dw = np.full(every.shape, -0.75, dtype=dtype) if vjp else None
         out.append(Boundary(f"scale a = {scale:g}, every boundary value", (scale, every, dw)))
+    # A scale that is no number of the dtype (0.7 in float32): the nearest number, fl(a), may lie inside
+    # the bound a, where hardtanh's gradient is dw; a kernel that compares with fl(a) finds it on the bound.
+    near = dtype.type(0.7)
+    edge = [near, np.nextafter(near, dtype.type(0)), np.nextafter(near, dtype.type(math.inf))]
+    u = np.array(edge + [-v for v in edge], dtype)
+    dw = np.full(u.shape, 1.5, dtype=dtype) if vjp else None
+    out.append(Boundary("scale a = 0.7, u at and beside fl(a), both signs", (0.7, u, dw)))
     if vjp:
         dw = np.array(sst.representable([0.0, sub, 1e30, float(info.max)], dtype), dtype)
         out.append(Boundary("dw: signed zeros, subnormal, huge", (1.0, np.full(dw.shape, 0.5, dtype), dw)))
