@@ -37,6 +37,7 @@ from saf_ref.nn.batchnorm import (
 )
 from saf_ref.nn.conv import (
     GridBatch,
+    check_nonempty,
     conv2d_backward_unchecked,
     conv2d_forward_fused,
     conv2d_forward_unchecked,
@@ -50,6 +51,7 @@ __all__ = [
     "act_backward",
     "act_forward",
     "check_act_clip",
+    "check_model_input",
     "check_named_arrays",
     "conv_bn_backward",
     "conv_bn_act_forward",
@@ -151,6 +153,24 @@ def check_named_arrays(
             )
         if v.shape != shape:
             raise ValueError(f"{fn}: {what}[{k!r}] must have shape {shape}, got {v.shape}")
+
+
+def check_model_input(fn: str, x: np.ndarray, last_hw: tuple[int, int], batch_statistics: bool) -> None:
+    """A model's input images: every dimension at least 1, and, where batch norm normalises with batch
+    statistics (``batch_statistics``: training mode with batch norm), more than one value per channel in
+    every layer, as PyTorch requires (``N*H*W > 1``; the last layer's ``last_hw`` maps are the smallest).
+
+    Checked at the model's entry point, before any work: the layers themselves skip their checks (an
+    empty image gave a ``ZeroDivisionError`` in the convolution, one value per channel another in batch
+    norm's unbiased-variance factor ``n / (n - 1)``).
+    """
+    check_nonempty(x, "x", fn)
+    count = x.shape[0] * last_hw[0] * last_hw[1]
+    if batch_statistics and count < 2:
+        raise ValueError(
+            f"{fn}: x must leave more than one value per channel in every batch norm in training mode "
+            f"(N*H*W > 1), got x of shape {tuple(x.shape)}, whose last layer has N*H*W = {count}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

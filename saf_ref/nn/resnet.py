@@ -63,12 +63,13 @@ from saf_ref.nn.blocks import (
     act_backward,
     act_forward,
     check_act_clip,
+    check_model_input,
     check_named_arrays,
     conv_bn_act_forward,
     conv_bn_inference,
     init_from_shapes,
 )
-from saf_ref.nn.conv import grid_batch
+from saf_ref.nn.conv import grid_batch, output_size
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.norms import check_norm, conv_norm_backward, conv_norm_forward, norm_shapes, reparam_init
 from saf_ref.nn.pool import (
@@ -144,6 +145,17 @@ def _blocks(spec: ArchSpec, widths: tuple[int, ...]):
             stride = 2 if (b == 0 and s > 0) else 1
             yield f"layer{s + 1}.{b}.", c_in, c_out, stride
             c_in = c_out
+
+
+def _last_hw(spec: ArchSpec, h: int, w: int) -> tuple[int, int]:
+    """The height and width of the last stage's feature maps for ``h x w`` input images (the smallest
+    maps of the network: every layer keeps or shrinks its input)."""
+    if spec.stem == "imagenet":  # 7x7 stride-2 convolution (padding 3), then 3x3 stride-2 max pooling
+        h, w = output_size(h, 7, 2, 3), output_size(w, 7, 2, 3)
+        h, w = output_size(h, 3, 2, 1), output_size(w, 3, 2, 1)
+    for *_, stride in _blocks(spec, spec.widths):  # a 3x3 convolution with padding 1 (and its shortcut)
+        h, w = output_size(h, 3, stride, 1), output_size(w, 3, stride, 1)
+    return h, w
 
 
 def _has_downsample(c_in: int, c_out: int, stride: int) -> bool:
@@ -538,6 +550,7 @@ def resnet_forward(
             f"(={in_channels}), the input channels"
         )
     keep_cache = check_bool(keep_cache, "keep_cache", fn)
+    check_model_input(fn, x, _last_hw(spec, x.shape[2], x.shape[3]), bool(train) and norm == "batch")
     if hook is None and norm == "batch" and not reparam:
         if not train and not keep_cache:
             logits = _inference(params, state, x, spec, width, act_clip)

@@ -21,9 +21,11 @@ from saf_ref.nn.blocks import (
     act_backward,
     act_forward,
     check_act_clip,
+    check_model_input,
     check_named_arrays,
     init_from_shapes,
 )
+from saf_ref.nn.conv import check_nonempty, output_size
 from saf_ref.nn.linear import linear_backward, linear_forward
 from saf_ref.nn.norms import check_norm, conv_norm_backward, conv_norm_forward, norm_shapes, reparam_init
 from saf_ref.nn.pool import global_avgpool_backward, global_avgpool_forward
@@ -222,6 +224,10 @@ def small_cnn_forward(
             f"{fn}: x.shape[1] (={x.shape[1]}) must equal params['conv1.weight'].shape[1] "
             f"(={in_channels}), the input channels"
         )
+    last_hw = tuple(x.shape[2:])
+    for stride in SMALL_CNN_STRIDES:  # 3x3 convolutions with padding 1
+        last_hw = tuple(output_size(v, 3, stride, 1) for v in last_hw)
+    check_model_input(fn, x, last_hw, bool(train) and norm == "batch")
     new_state: dict[str, np.ndarray] = {}
     h = x
     layers = []
@@ -388,6 +394,7 @@ def mlp_forward(
         fn, "params", params, mlp_shapes(w1.shape[1], hidden=hidden, num_classes=num_classes), x.dtype
     )
     check_named_arrays(fn, "state", state, {})
+    check_nonempty(x, "x", fn)
     h = x.reshape(x.shape[0], -1)
     if h.shape[1] != w1.shape[1]:
         raise ValueError(

@@ -1,0 +1,95 @@
+"""The models' entry points check the input images before any work.
+
+An empty image (a zero dimension) used to run into a ``ZeroDivisionError`` inside the convolution (the
+models' layers skip their own checks), and training-mode batch norm with one value per channel
+(``N*H*W == 1`` in the last layer) into another in the unbiased-variance factor ``n / (n - 1)`` of the
+fused ResNet path (the unfused path refused it in ``batchnorm2d``'s name). PyTorch refuses the latter
+too ("Expected more than 1 value per channel when training"); both are now ``ValueError``s naming the
+model's function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saf_ref.nn.resnet import init_resnet, resnet_forward
+from saf_ref.nn.small import init_mlp, init_small_cnn, mlp_forward, small_cnn_forward
+
+
+def _identity_hook(name, h):
+    return h
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0)])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("keep_cache", [True, False])
+def test_resnet_refuses_empty_images(shape, train, keep_cache):
+    params, state = init_resnet("resnet20", width=2, rng=0)
+    axis = shape.index(0)
+    with pytest.raises(ValueError, match=rf"resnet_forward: x.shape\[{axis}\] must be in \[1, inf\], got 0"):
+        resnet_forward(params, state, np.zeros(shape, np.float32), arch="resnet20", train=train,
+                       keep_cache=keep_cache)  # fmt: skip
+
+
+# (arch, image size, the last stage's maps): resnet20 halves twice, the ResNet-18s three times, the
+# ImageNet stem another two (7x7/2 and max pooling 3x3/2). The last stage has one value per channel.
+ONE_VALUE = [
+    ("resnet20", (1, 1)),
+    ("resnet20", (4, 3)),
+    ("resnet18_cifar", (8, 5)),
+    ("resnet18", (1, 1)),
+    ("resnet18", (32, 17)),
+]
+
+
+@pytest.mark.parametrize("arch, hw", ONE_VALUE)
+@pytest.mark.parametrize("hook", [None, _identity_hook])
+def test_resnet_training_needs_more_than_one_value_per_channel(arch, hw, hook):
+    params, state = init_resnet(arch, width=2, rng=0)
+    x = np.ones((1, 3, *hw), np.float32)
+    with pytest.raises(ValueError, match=r"resnet_forward: x must leave more than one value per channel"):
+        resnet_forward(params, state, x, arch=arch, train=True, activation_faults=hook)
+    # Evaluation mode normalises with the running statistics: one value is fine.
+    logits, _, _ = resnet_forward(params, state, x, arch=arch, train=False)
+    assert logits.shape == (1, 10) and np.isfinite(logits).all()
+    # Two images (or group norm, which PyTorch accepts too for groups of more than one value) train.
+    logits, _, _ = resnet_forward(params, state, np.ones((2, 3, *hw), np.float32), arch=arch, train=True)
+    assert logits.shape == (2, 10)
+    gparams, gstate = init_resnet(arch, width=2, rng=0, norm="group")
+    logits, _, _ = resnet_forward(gparams, gstate, x, arch=arch, train=True, norm="group")
+    assert logits.shape == (1, 10)
+
+
+TWO_VALUES = [("resnet20", (5, 1)), ("resnet18_cifar", (9, 1)), ("resnet18", (33, 1))]
+
+
+@pytest.mark.parametrize("arch, hw", TWO_VALUES)
+def test_resnet_training_with_two_values_in_the_last_layer_runs(arch, hw):
+    """The boundary: the last stage's maps are 2x1 for these sizes, so one image trains."""
+    params, state = init_resnet(arch, width=2, rng=0)
+    x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
+    logits, _, _ = resnet_forward(params, state, x, arch=arch, train=True)
+    hooked, _, _ = resnet_forward(params, state, x, arch=arch, train=True, activation_faults=_identity_hook)
+    np.testing.assert_array_equal(logits, hooked)
+
+
+def test_small_cnn_input_checks():
+    params, state = init_small_cnn(rng=0)
+    for shape in [(0, 1, 8, 8), (1, 1, 0, 8), (1, 1, 8, 0)]:
+        message = r"small_cnn_forward: x.shape\[\d\] must be in \[1, inf\], got 0"
+        with pytest.raises(ValueError, match=message):
+            small_cnn_forward(params, state, np.zeros(shape, np.float32), train=False)
+    # Strides 1, 2, 2: a 4x4 image leaves 1x1 maps, a 5x4 image 2x1.
+    with pytest.raises(ValueError, match=r"small_cnn_forward: x must leave more than one value per channel"):
+        small_cnn_forward(params, state, np.ones((1, 1, 4, 4), np.float32), train=True)
+    logits, _, _ = small_cnn_forward(params, state, np.ones((1, 1, 5, 4), np.float32), train=True)
+    assert logits.shape == (1, 10)
+    logits, _, _ = small_cnn_forward(params, state, np.ones((1, 1, 4, 4), np.float32), train=False)
+    assert logits.shape == (1, 10)
+
+
+def test_mlp_refuses_an_empty_batch():
+    params, state = init_mlp(4, rng=0)
+    with pytest.raises(ValueError, match=r"mlp_forward: x.shape\[0\] must be in \[1, inf\], got 0"):
+        mlp_forward(params, state, np.zeros((0, 4), np.float32), train=False)
