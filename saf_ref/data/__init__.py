@@ -2,8 +2,8 @@
 
 The shipped datasets are package data (``saf_ref/data/files/``, inside the wheel too; ``$SAF_REF_DATA``
 overrides the folder they are read from) and are verified by SHA-256 on every load. CIFAR archives are
-Python pickles; they are read with a restricted unpickler that allows only the plain types they contain,
-so a malicious file cannot run code.
+Python pickles; they are read with a restricted unpickler that allows only the plain types they contain
+and builds arrays of plain numbers itself, so a malicious file cannot run code or read other memory.
 """
 
 # The generic ``download(name, dest, ...)`` stays in its module, ``saf_ref.data.download``: exporting a

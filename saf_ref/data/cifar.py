@@ -13,8 +13,9 @@ is the 32x32 red plane, then green, then blue, each in row-major order, so ``dat
 is NCHW directly.
 
 The pickles are read with :class:`saf_ref.data.unpickle.RestrictedUnpickler`, which resolves only the
-NumPy names these files use, so a malicious file raises :class:`pickle.UnpicklingError` instead of running
-code. The archive is read in place (members are streamed from the tar file, nothing is extracted to disk).
+NumPy names these files use (and builds the arrays itself from checked bytes), so a malicious file raises
+:class:`pickle.UnpicklingError` instead of running code or reading memory it does not hold. The archive
+is read in place (members are streamed from the tar file, nothing is extracted to disk).
 Get the archives with :func:`saf_ref.data.download.download_cifar10` / ``download_cifar100``.
 """
 
@@ -165,7 +166,8 @@ def load_cifar10(
     FileNotFoundError
         A batch is missing.
     pickle.UnpicklingError
-        A batch is not a pickle, or references anything but the NumPy array constructors.
+        A batch is not a pickle, references anything but the NumPy array constructors, or describes an
+        array that is not plain numbers exactly filled by its bytes (:mod:`saf_ref.data.unpickle`).
     ValueError
         A batch has the wrong structure (keys, array dtype or shape, label count or range).
     """
