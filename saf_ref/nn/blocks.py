@@ -43,7 +43,7 @@ from saf_ref.nn.conv import (
     conv2d_forward_unchecked,
     conv2d_inference,
 )
-from saf_ref.validation import check_real
+from saf_ref.validation import check_float, check_ndim, check_real, check_same_dtype, check_shape
 
 __all__ = [
     "ConvBNCache",
@@ -51,6 +51,7 @@ __all__ = [
     "act_backward",
     "act_forward",
     "check_act_clip",
+    "check_dlogits",
     "check_model_input",
     "check_named_arrays",
     "conv_bn_backward",
@@ -171,6 +172,16 @@ def check_model_input(fn: str, x: np.ndarray, last_hw: tuple[int, int], batch_st
             f"{fn}: x must leave more than one value per channel in every batch norm in training mode "
             f"(N*H*W > 1), got x of shape {tuple(x.shape)}, whose last layer has N*H*W = {count}"
         )
+
+
+def check_dlogits(fn: str, dlogits: Any, logits_x: np.ndarray, logits_w: np.ndarray) -> None:
+    """A model backward's ``dlogits``: float, the logits' dtype and shape ``(N, num_classes)``, read from
+    the cache of the last linear layer (its input ``logits_x`` and weight ``logits_w``), so that a wrong
+    one is reported in the model's name and not as the linear layer's ``dy``."""
+    check_float(dlogits, "dlogits", fn)
+    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    check_same_dtype(fn, logits=logits_x, dlogits=dlogits)
+    check_shape(dlogits, "dlogits", fn, (logits_x.shape[0], logits_w.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from saf_ref.nn.blocks import (
     act_backward,
     act_forward,
     check_act_clip,
+    check_dlogits,
     check_model_input,
     check_named_arrays,
     conv_bn_act_forward,
@@ -713,8 +714,7 @@ def resnet_backward(dlogits: np.ndarray, cache: ResNetCache) -> ModelGrads:
         raise TypeError(
             f"{fn}: cache must be the ResNetCache returned by resnet_forward, got {type(cache).__name__}"
         )
-    check_float(dlogits, "dlogits", fn)
-    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    check_dlogits(fn, dlogits, cache.fc.x, cache.fc.w)
     grads: dict[str, np.ndarray] = {}
     fc_grads = linear_backward(dlogits, cache.fc)
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db

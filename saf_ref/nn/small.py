@@ -21,6 +21,7 @@ from saf_ref.nn.blocks import (
     act_backward,
     act_forward,
     check_act_clip,
+    check_dlogits,
     check_model_input,
     check_named_arrays,
     init_from_shapes,
@@ -254,8 +255,7 @@ def small_cnn_backward(dlogits: np.ndarray, cache: SmallCNNCache) -> ModelGrads:
         raise TypeError(
             f"{fn}: cache must be the SmallCNNCache of small_cnn_forward, got {type(cache).__name__}"
         )
-    check_float(dlogits, "dlogits", fn)
-    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    check_dlogits(fn, dlogits, cache.fc.x, cache.fc.w)
     grads: dict[str, np.ndarray] = {}
     fc_grads = linear_backward(dlogits, cache.fc)
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
@@ -419,8 +419,7 @@ def mlp_backward(dlogits: np.ndarray, cache: MLPCache) -> ModelGrads:
     fn = "mlp_backward"
     if not isinstance(cache, MLPCache):
         raise TypeError(f"{fn}: cache must be the MLPCache of mlp_forward, got {type(cache).__name__}")
-    check_float(dlogits, "dlogits", fn)
-    check_ndim(dlogits, "dlogits", fn, 2, "(N, num_classes)")
+    check_dlogits(fn, dlogits, cache.layers[-1][0].x, cache.layers[-1][0].w)
     grads: dict[str, np.ndarray] = {}
     dh = dlogits
     for i in range(len(cache.layers), 0, -1):

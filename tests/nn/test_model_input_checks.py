@@ -13,8 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saf_ref.nn.resnet import init_resnet, resnet_forward
-from saf_ref.nn.small import init_mlp, init_small_cnn, mlp_forward, small_cnn_forward
+from saf_ref.nn.resnet import init_resnet, resnet_backward, resnet_forward
+from saf_ref.nn.small import (
+    init_mlp,
+    init_small_cnn,
+    mlp_backward,
+    mlp_forward,
+    small_cnn_backward,
+    small_cnn_forward,
+)
 
 
 def _identity_hook(name, h):
@@ -93,3 +100,27 @@ def test_mlp_refuses_an_empty_batch():
     params, state = init_mlp(4, rng=0)
     with pytest.raises(ValueError, match=r"mlp_forward: x.shape\[0\] must be in \[1, inf\], got 0"):
         mlp_forward(params, state, np.zeros((0, 4), np.float32), train=False)
+
+
+def _models():
+    """(backward name, forward pass run, its backward) for each model, batch 2, 10 classes."""
+    x = np.ones((2, 3, 4, 4), np.float32)
+    p, s = init_resnet("resnet20", width=2, rng=0)
+    yield "resnet_backward", resnet_forward(p, s, x, arch="resnet20", train=True)[2], resnet_backward
+    p, s = init_small_cnn(in_channels=3, rng=0)
+    yield "small_cnn_backward", small_cnn_forward(p, s, x, train=True)[2], small_cnn_backward
+    p, s = init_mlp(48, rng=0)
+    yield "mlp_backward", mlp_forward(p, s, x, train=True)[2], mlp_backward
+
+
+@pytest.mark.parametrize("name, cache, backward", list(_models()), ids=["resnet", "small_cnn", "mlp"])
+def test_model_backward_checks_dlogits_in_its_own_name(name, cache, backward):
+    """A wrong dlogits used to be reported as linear_backward's dy."""
+    with pytest.raises(ValueError, match=rf"{name}: dlogits must have shape \(2, 10\), got \(3, 10\)"):
+        backward(np.ones((3, 10), np.float32), cache)
+    with pytest.raises(ValueError, match=rf"{name}: dlogits must have shape \(2, 10\), got \(2, 9\)"):
+        backward(np.ones((2, 9), np.float32), cache)
+    with pytest.raises(TypeError, match=rf"{name}: dlogits.dtype \(=float64\) must equal logits.dtype"):
+        backward(np.ones((2, 10), np.float64), cache)
+    grads = backward(np.ones((2, 10), np.float32), cache)
+    assert grads.x.shape == (2, 3, 4, 4) and grads.x.dtype == np.float32
