@@ -365,7 +365,8 @@ class ActivationFaults:
             return values.astype(h.dtype)
 
     def _encode(self, h: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, list | None]:
-        """Codes of ``h``'s shape (0 where ``h`` is not finite); one context per example for a quantizer."""
+        """Codes of ``h``'s shape (0 where ``h`` is not finite); one context per example for a quantizer
+        (None for an example with no finite activation: it has no range and stores nothing)."""
         all_finite = bool(finite.all())
         if not isinstance(self.codec, Quantizer):
             codes, _ = self.codec.encode_tensor(h if all_finite else np.where(finite, h, h.dtype.type(0)))
@@ -374,6 +375,9 @@ class ActivationFaults:
         codes = np.zeros(h.shape, dtype=self.codec.container)
         contexts = []
         for n in range(h.shape[0]):  # per example: its range must not depend on the rest of the batch
+            if not finite[n].any():  # nothing finite to store (an earlier fault): it passes through
+                contexts.append(None)
+                continue
             row_codes, ctx = self.codec.encode_tensor(h[n][finite[n]])
             codes[n][finite[n]] = row_codes
             contexts.append(ctx)
@@ -415,5 +419,6 @@ class ActivationFaults:
             return values if bool(finite.all()) else np.where(finite, values, h)
         out = h.copy()
         for n, ctx in enumerate(contexts):
-            out[n][finite[n]] = self.codec.decode_tensor(codes[n][finite[n]], ctx).astype(h.dtype)
+            if ctx is not None:  # None: an example without a finite activation, left as it came
+                out[n][finite[n]] = self.codec.decode_tensor(codes[n][finite[n]], ctx).astype(h.dtype)
         return out
