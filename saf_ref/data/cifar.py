@@ -21,8 +21,12 @@ Get the archives with :func:`saf_ref.data.download.download_cifar10` / ``downloa
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +60,40 @@ def _read_members(path: Any, folder: str, names: tuple[str, ...], fn: str) -> di
         )
     if not path.is_file():
         raise FileNotFoundError(f"{fn}: {path} does not exist")
-    if not tarfile.is_tarfile(path):
-        raise ValueError(f"{fn}: {path} is neither a directory nor a tar archive")
     wanted = {f"{folder}/{n}": n for n in names}
     found: dict[str, bytes] = {}
-    # Iterate in archive order: a .tar.gz is a stream, so looking members up by name in a different order
-    # would decompress it again from the start for each one.
-    with tarfile.open(path, mode="r:*") as tf:
-        for member in tf:
-            key = member.name.removeprefix("./")
-            if key in wanted and member.isfile():
-                found[wanted[key]] = tf.extractfile(member).read()
-                if len(found) == len(wanted):
-                    break
+    try:
+        if not tarfile.is_tarfile(path):  # (reads the first member's header: a truncated .gz can raise)
+            raise ValueError(f"{fn}: {path} is neither a directory nor a tar archive")
+        # Iterate in archive order: a .tar.gz is a stream, so looking members up by name in a different
+        # order would decompress it again from the start for each one.
+        with tarfile.open(path, mode="r:*") as tf:
+            for member in tf:
+                key = member.name.removeprefix("./")
+                if key in wanted and member.isfile():
+                    found[wanted[key]] = tf.extractfile(member).read()
+                    if len(found) == len(wanted):
+                        break
+            _read_to_the_end(tf)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise ValueError(
+            f"{fn}: {path} must be a complete, uncorrupted tar archive, got {type(e).__name__}: {e}"
+        ) from None
     missing = [k for k, n in wanted.items() if n not in found]
     if missing:
         raise FileNotFoundError(f"{fn}: {path} has no member(s) {missing}")
     return found
+
+
+def _read_to_the_end(tf: tarfile.TarFile) -> None:
+    """Decompress what is left of a compressed archive, so that its checksum is verified.
+
+    gzip, bzip2 and xz check their CRC only at the end of the stream; reading stops at the last member
+    needed (or at tar's end-of-archive marker), which would leave a corrupted byte undetected.
+    """
+    if isinstance(tf.fileobj, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
+        while tf.fileobj.read(1 << 20):
+            pass
 
 
 def _get(d: dict, key: str, source: str, fn: str) -> Any:
@@ -169,7 +190,8 @@ def load_cifar10(
         A batch is not a pickle, references anything but the NumPy array constructors, or describes an
         array that is not plain numbers exactly filled by its bytes (:mod:`saf_ref.data.unpickle`).
     ValueError
-        A batch has the wrong structure (keys, array dtype or shape, label count or range).
+        A batch has the wrong structure (keys, array dtype or shape, label count or range), or the archive
+        is truncated or corrupt (a compressed archive is read to its end, so that its CRC is checked).
     """
     batches = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
     return _load(path, "cifar-10-batches-py", batches, "labels", 10, "load_cifar10", split, dtype, normalize)

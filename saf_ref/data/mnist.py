@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +92,20 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file, gzipped or not (recognised by the gzip magic bytes, not by the name)."""
+    """Read an IDX file, gzipped or not (recognised by the gzip magic bytes, not by the name).
+
+    A truncated or corrupt gzip file (its CRC is checked) is a ``ValueError`` naming the file.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"read_idx: path must be a str or path-like, got {type(path).__name__}")
     raw = Path(path).read_bytes()
     if raw[:2] == _GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:  # truncated, or a CRC/header error (BadGzipFile)
+            raise ValueError(
+                f"read_idx: {os.fspath(path)} must be a complete gzip file, got {type(e).__name__}: {e}"
+            ) from None
     return parse_idx(raw, source=os.fspath(path))
 
 

@@ -253,6 +253,8 @@ def load_mnist5k(
 def _load(name: str, fn: str, *, split: str, dtype: Any, normalize: bool, root: Any) -> Split | Dataset:
     check_choice(split, "split", fn, _SPLITS)
     dt = check_image_options(dtype, normalize, fn)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"{fn}: root must be a str, a path-like or None, got {type(root).__name__}")
     spec = SHIPPED[name]
     path = (Path(root) if root is not None else data_dir()) / spec.file_name
     if not path.is_file():
