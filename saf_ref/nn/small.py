@@ -386,6 +386,13 @@ def mlp_forward(
     if x.ndim < 2:
         raise ValueError(f"{fn}: x must have at least 2 dimensions (N, ...), got shape {x.shape}")
     n_layers = len(params) // 2
+    for i in range(1, n_layers + 1):  # the sizes are read from these: check them first
+        key = f"fc{i}.weight"
+        if key in params:
+            value = params[key]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{fn}: params[{key!r}] must be a numpy.ndarray, got {type(value).__name__}")
+            check_ndim(value, f"params[{key!r}]", fn, 2, "(out_features, in_features)")
     w1 = params["fc1.weight"]
     hidden = tuple(params[f"fc{i}.weight"].shape[0] for i in range(1, n_layers) if f"fc{i}.weight" in params)
     last = params.get(f"fc{n_layers}.weight")

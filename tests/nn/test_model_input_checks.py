@@ -124,3 +124,20 @@ def test_model_backward_checks_dlogits_in_its_own_name(name, cache, backward):
         backward(np.ones((2, 10), np.float64), cache)
     grads = backward(np.ones((2, 10), np.float32), cache)
     assert grads.x.shape == (2, 3, 4, 4) and grads.x.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "key, value, error, message",
+    [
+        ("fc1.weight", np.ones(3, np.float32), ValueError, r"params\['fc1.weight'\] must be 2-dimensional"),
+        ("fc3.weight", np.ones(3, np.float32), ValueError, r"params\['fc3.weight'\] must be 2-dimensional"),
+        ("fc2.weight", np.ones((), np.float32), ValueError, r"params\['fc2.weight'\] must be 2-dimensional"),
+        ("fc2.weight", [[1.0] * 3] * 3, TypeError, r"params\[.fc2.weight.\] must be a numpy.ndarray"),
+    ],
+)
+def test_mlp_checks_the_weights_it_reads_its_sizes_from(key, value, error, message):
+    """The MLP reads its layer sizes from the fc*.weight shapes: a 1-D fc1.weight raised IndexError, a
+    list or a 0-d array as a hidden layer's weight AttributeError/IndexError."""
+    params, state = init_mlp(4, hidden=(3, 3), rng=0)
+    with pytest.raises(error, match=rf"mlp_forward: {message}"):
+        mlp_forward({**params, key: value}, state, np.ones((2, 4), np.float32), train=False)
