@@ -119,14 +119,26 @@ class ErrorMap(NamedTuple):
     def read(self, written: np.ndarray) -> np.ndarray:
         """What a read returns for ``written`` bits (0/1 array of the map's shape): a new uint8 array.
 
+        ``written`` is bool, integer or float, with every value 0 or 1.
+
         Math
         ----
         ``read = ((written XOR flip) AND NOT stuck0) OR stuck1``.
         """
         fn = "ErrorMap.read"
         validation.check_ndarray(written, "written", fn)
+        if written.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{fn}: written must hold bits (bool, integer or float 0/1), got dtype {written.dtype}"
+            )
         validation.check_shape(written, "written", fn, self.flip.shape)
-        w = written.astype(np.uint8) & 1
+        not_bits = (written != 0) & (written != 1)  # NaN included
+        if not_bits.any():
+            raise ValueError(
+                f"{fn}: written must hold bits 0 or 1, got {written[not_bits].reshape(-1)[0]!r} "
+                f"({int(not_bits.sum())} values neither 0 nor 1)"
+            )
+        w = written.astype(np.uint8)
         return ((w ^ self.flip) & ~self.stuck0 | self.stuck1).astype(np.uint8)
 
 
@@ -280,6 +292,11 @@ class Chip:
         """
         fn = "Chip.from_failure_voltages"
         _check_failure_voltages(failure_voltage, "failure_voltage", fn)
+        if failure_voltage.ndim != 3:  # checked here too, so that the error names this function's argument
+            raise ValueError(
+                f"{fn}: failure_voltage must be 3-dimensional (arrays, rows, columns), "
+                f"got shape {failure_voltage.shape}"
+            )
         validation.check_ndarray(kind, "kind", fn)
         if kind.dtype.kind not in "iu":
             raise TypeError(
@@ -841,7 +858,7 @@ def _parse_metadata(raw: np.ndarray, where: str) -> dict[str, Any]:
         )
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise ValueError(f"{where} must hold UTF-8 JSON metadata, got {type(e).__name__}: {e}") from None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         got = meta.get("schema") if isinstance(meta, dict) else type(meta).__name__
