@@ -84,6 +84,7 @@ KNOWN_FILES: dict[str, KnownFile] = {
 }
 
 _CHUNK = 1 << 20
+_MAX_TIMEOUT = 1e9  # seconds (31 years); what socket.settimeout accepts, with a margin
 
 
 class ChecksumError(ValueError):
@@ -165,7 +166,7 @@ def download(
         Download from this URL instead of the recorded ones (any scheme :mod:`urllib` opens, including
         ``file://``).
     timeout : float
-        Seconds a connection may stay silent.
+        Seconds a connection may stay silent, in ``(0, 1e9]``.
 
     Returns
     -------
@@ -196,8 +197,9 @@ def download(
         raise TypeError(f"{fn}: url must be a str, got {type(url).__name__}")
     urls = (url,) if url is not None else known.urls
     timeout = check_real(timeout, "timeout", fn)
-    if not timeout > 0:
-        raise ValueError(f"{fn}: timeout must be > 0 seconds, got {timeout!r}")
+    # a socket refuses (OverflowError) a timeout beyond about 9.2e9 s (int64 nanoseconds), inf included
+    if not 0 < timeout <= _MAX_TIMEOUT:
+        raise ValueError(f"{fn}: timeout must be > 0 seconds and at most {_MAX_TIMEOUT:.0e}, got {timeout!r}")
     dest = _check_path(dest, "dest", fn)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / name
