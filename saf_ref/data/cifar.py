@@ -120,7 +120,11 @@ def _parse_batch(raw: bytes, source: str, label_key: str, n_classes: int, fn: st
     bad = [v for v in labels if not isinstance(v, (int, np.integer)) or isinstance(v, bool)]
     if bad:
         raise ValueError(f"{fn}: {source} {label_key} must be a list of ints, got an entry {bad[0]!r}")
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    try:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except OverflowError:  # a Python int beyond int64
+        big = max(labels, key=abs)
+        raise ValueError(f"{fn}: {source} {label_key} must be in [0, {n_classes - 1}], got {big}") from None
     if labels.shape[0] != data.shape[0]:
         raise ValueError(f"{fn}: {source} has {data.shape[0]} images but {labels.shape[0]} {label_key}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):

@@ -105,3 +105,19 @@ def test_a_flipped_byte_in_the_archive_is_detected(tmp_path):
     with pytest.raises(ValueError, match=r"load_cifar10: .*c.tar.gz must be a complete, uncorrupted tar "
                                          r"archive, got BadGzipFile: CRC check failed"):  # fmt: skip
         C.load_cifar10(path, split="test", dtype=np.uint8, normalize=False)
+
+
+@pytest.mark.parametrize("bad", [2**70, -(2**70)])
+def test_a_label_beyond_int64_is_a_value_error(tmp_path, bad):
+    """It was numpy's OverflowError from the int64 conversion, before the range check."""
+    raw = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, bad]}, protocol=3)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        info.size = len(raw)
+        tf.addfile(info, io.BytesIO(raw))
+    path = tmp_path / "c.tar"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=rf"load_cifar10: cifar-10-batches-py/test_batch labels must be in "
+                                         rf"\[0, 9\], got {bad}$"):  # fmt: skip
+        C.load_cifar10(path, split="test")
