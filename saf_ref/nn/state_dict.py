@@ -26,6 +26,8 @@ side, whose parameters are named ``weight`` and ``bias`` too).
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,12 +68,33 @@ def _to_numpy(value: Any, key: str, fn: str) -> np.ndarray:
     )
 
 
+#: What reading a file that is no (intact) .npz raises in np.load or on reading a member; OSErrors (a
+#: missing file, a directory, no permission) pass unchanged.
+_FORMAT_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError)
+
+
+def _read_npz(path: str | os.PathLike, fn: str) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file at ``path``, read with ``allow_pickle=False`` (an object array is
+    refused instead of unpickled). A file that is no ``.npz`` (a single ``.npy`` array, not a zip
+    archive, a truncated or corrupt member, an object array) is a ``ValueError`` naming the file."""
+    where = f"{fn}: state_dict {os.fspath(path)!r}"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except _FORMAT_ERRORS as e:
+        raise ValueError(f"{where} must be a readable .npz file, got {type(e).__name__}: {e}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load of an .npy file gives the array itself
+        raise ValueError(f"{where} must be an .npz file of named arrays, got a single .npy array")
+    with loaded as npz:
+        try:
+            return {k: npz[k] for k in npz.files}
+        except _FORMAT_ERRORS as e:
+            raise ValueError(f"{where} must be a readable .npz file, got {type(e).__name__}: {e}") from None
+
+
 def _read_source(sd: Any, fn: str) -> dict[str, np.ndarray]:
     """The (key, ndarray) pairs of a mapping, an open ``NpzFile`` or the path of an ``.npz`` file."""
     if isinstance(sd, (str, os.PathLike)):
-        # allow_pickle=False: an .npz with object arrays is refused instead of unpickled.
-        with np.load(sd, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return _read_npz(sd, fn)
     if isinstance(sd, np.lib.npyio.NpzFile):
         return {k: sd[k] for k in sd.files}
     if not isinstance(sd, Mapping):
