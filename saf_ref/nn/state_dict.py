@@ -96,7 +96,12 @@ def _read_source(sd: Any, fn: str) -> dict[str, np.ndarray]:
     if isinstance(sd, (str, os.PathLike)):
         return _read_npz(sd, fn)
     if isinstance(sd, np.lib.npyio.NpzFile):
-        return {k: sd[k] for k in sd.files}
+        try:
+            return {k: sd[k] for k in sd.files}
+        except _FORMAT_ERRORS as e:
+            raise ValueError(
+                f"{fn}: state_dict (an NpzFile) must hold readable arrays, got {type(e).__name__}: {e}"
+            ) from None
     if not isinstance(sd, Mapping):
         raise TypeError(
             f"{fn}: state_dict must be a mapping of arrays/tensors, an NpzFile or the path of an .npz "

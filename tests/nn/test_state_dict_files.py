@@ -65,3 +65,12 @@ def test_an_object_member_is_refused_not_unpickled(tmp_path):
 def test_a_missing_file_is_still_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_torch_state_dict(tmp_path / "missing.npz")
+
+
+def test_an_open_npz_with_an_object_member_is_refused_by_name(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, a=np.array([{"x": 1}], dtype=object))
+    with np.load(path, allow_pickle=False) as npz:
+        with pytest.raises(ValueError, match=rf"{FN}: state_dict \(an NpzFile\) must hold readable arrays, "
+                                             r"got ValueError: .*allow_pickle"):  # fmt: skip
+            load_torch_state_dict(npz)
