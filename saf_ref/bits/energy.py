@@ -25,7 +25,11 @@ __all__ = ["energy_saving", "relative_energy"]
 def _positive(value: Any, name: str, fn: str) -> Any:
     """A finite real > 0, or an array of them (returned as float64)."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        a = np.asarray(value)
+        try:
+            a = np.asarray(value)
+        except ValueError:  # a ragged nested list: NumPy's own message names neither function nor argument
+            raise ValueError(f"{fn}: {name} must be a rectangular array of real numbers, got a ragged "
+                             f"{type(value).__name__}") from None
         if a.dtype.kind not in "iuf":
             raise TypeError(f"{fn}: {name} must be real numbers, got dtype {a.dtype}")
         a = a.astype(np.float64)
