@@ -128,6 +128,7 @@ def verify_sha256(path: str | os.PathLike, expected: str, *, fn: str = "verify_s
     fn : str
         Name of the calling function, used as the message prefix.
     """
+    _check_path(path, "path", fn)  # named after the caller, not sha256_file
     expected = _check_sha256_hex(expected, "expected", fn)
     got = sha256_file(path)
     if got != expected:

@@ -1,4 +1,6 @@
-"""download's timeout: a value a socket cannot take (inf, 1e300) is refused before any URL is opened.
+"""download: argument checks found in review.
+
+The timeout: a value a socket cannot take (inf, 1e300) is refused before any URL is opened.
 
 It used to pass the check (> 0) and reach ``socket.settimeout``, which raised a bare OverflowError
 ("timestamp out of range for platform time_t") for an http URL.
@@ -31,3 +33,10 @@ def test_the_largest_timeout_is_one_a_socket_accepts():
     with socket.socket() as s:  # never connected: no network
         s.settimeout(1e9)
         assert s.gettimeout() == 1e9
+
+
+@pytest.mark.parametrize("fn", ["verify_sha256", "load_digits"])
+def test_verify_sha256_names_the_caller_for_a_bad_path(fn):
+    kwargs = {} if fn == "verify_sha256" else {"fn": fn}
+    with pytest.raises(TypeError, match=rf"^{fn}: path must be a str or path-like, got int$"):
+        D.verify_sha256(5, "0" * 64, **kwargs)
