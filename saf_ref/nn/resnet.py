@@ -384,9 +384,73 @@ def basic_block_forward(
     ``s(x) = bn_d(conv1x1(x))`` when the block has ``downsample`` parameters. With ``act_clip = c``
     every ``relu`` is ``relu_c(z) = min(max(z, 0), c)``.
     """
-    act_clip = check_act_clip(act_clip, "basic_block_forward")
-    hook = check_tap_hook(activation_faults, "basic_block_forward")
-    norm, reparam = check_norm(norm, reparam, "basic_block_forward")
+    fn = "basic_block_forward"
+    act_clip = check_act_clip(act_clip, fn)
+    hook = check_tap_hook(activation_faults, fn)
+    norm, reparam = check_norm(norm, reparam, fn)
+    _check_block_inputs(fn, x, params, state, prefix, stride, train, norm)
+    return _basic_block(x, params, state, prefix, stride, train, act_clip, hook, norm, reparam)
+
+
+def _check_block_inputs(fn, x, params, state, prefix, stride, train, norm) -> None:
+    """The checks of :func:`basic_block_forward`'s arrays and options (those its layers skip): ``x`` a
+    non-empty float NCHW batch, ``stride`` and ``train``, and this block's entries of ``params`` and
+    ``state`` present, of ``x``'s dtype and of the shapes ``conv1.weight`` and ``x`` imply."""
+    if not isinstance(train, (bool, np.bool_)):
+        raise TypeError(f"{fn}: train must be a bool, got {type(train).__name__}")
+    stride = check_int(stride, "stride", fn, low=1)
+    if not isinstance(prefix, str):
+        raise TypeError(f"{fn}: prefix must be a str, got {type(prefix).__name__}")
+    check_float(x, "x", fn)
+    check_ndim(x, "x", fn, 4, "(N, C, H, W)")
+    for what, d in (("params", params), ("state", state)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{fn}: {what} must be a dict of numpy arrays, got {type(d).__name__}")
+    key = f"{prefix}conv1.weight"
+    if key not in params:
+        raise ValueError(f"{fn}: params must contain {key!r}, got no such key")
+    check_float(params[key], f"params[{key!r}]", fn)
+    check_ndim(params[key], f"params[{key!r}]", fn, 4, "(C_out, C_in, 3, 3)")
+    c_in, c_out = x.shape[1], params[key].shape[0]
+    if params[key].shape[1] != c_in:
+        raise ValueError(
+            f"{fn}: x.shape[1] (={c_in}) must equal params[{key!r}].shape[1] (={params[key].shape[1]}), "
+            "the input channels"
+        )
+    shapes = {f"{prefix}conv1.weight": (c_out, c_in, 3, 3), f"{prefix}conv2.weight": (c_out, c_out, 3, 3)}
+    norms = [f"{prefix}bn1", f"{prefix}bn2"]
+    if f"{prefix}downsample.0.weight" in params:
+        shapes[f"{prefix}downsample.0.weight"] = (c_out, c_in, 1, 1)
+        norms.append(f"{prefix}downsample.1")
+    elif _has_downsample(c_in, c_out, stride):
+        raise ValueError(
+            f"{fn}: params must contain {prefix + 'downsample.0.weight'!r} (the block changes the shape: "
+            f"stride {stride}, {c_in} -> {c_out} channels, so its shortcut is no identity), got no such key"
+        )
+    state_shapes: dict[str, tuple[int, ...]] = {}
+    for name in norms:
+        norm_shapes(name, c_out, norm, shapes, state_shapes)
+    for what, arrays, want in (("params", params, shapes), ("state", state, state_shapes)):
+        for k, shape in want.items():
+            if k not in arrays:
+                raise ValueError(f"{fn}: {what} must contain {k!r}, got no such key")
+            v = arrays[k]
+            if not isinstance(v, np.ndarray):
+                raise TypeError(f"{fn}: {what}[{k!r}] must be a numpy.ndarray, got {type(v).__name__}")
+            if v.dtype != x.dtype:
+                raise TypeError(
+                    f"{fn}: {what}[{k!r}].dtype (={v.dtype}) must equal x.dtype (={x.dtype}); "
+                    "mixed dtypes are not promoted, cast explicitly"
+                )
+            if v.shape != shape:
+                raise ValueError(f"{fn}: {what}[{k!r}] must have shape {shape}, got {v.shape}")
+    out_hw = (output_size(x.shape[2], 3, stride, 1), output_size(x.shape[3], 3, stride, 1))
+    check_model_input(fn, x, out_hw, bool(train) and norm == "batch")
+
+
+def _basic_block(x, params, state, prefix, stride, train, act_clip, hook, norm, reparam):
+    """:func:`basic_block_forward` with its arguments checked (``act_clip`` a float or None, ``hook`` a
+    callable or None): what :func:`resnet_forward`'s unfused path runs for each block."""
     nk = {"norm": norm, "reparam": reparam}
     new_state: dict[str, np.ndarray] = {}
     h, branch1 = conv_norm_forward(
@@ -577,9 +641,8 @@ def resnet_forward(
     # Residual stages.
     block_caches = []
     for prefix, _c_in, _c_out, stride in _blocks(spec, _stage_widths(spec, width)):
-        h, block_state, block_cache = basic_block_forward(
-            h, params, state, prefix, stride=stride, train=train, act_clip=act_clip, activation_faults=hook,
-            norm=norm, reparam=reparam,
+        h, block_state, block_cache = _basic_block(
+            h, params, state, prefix, stride, train, act_clip, hook, norm, reparam
         )
         new_state.update(block_state)
         block_caches.append(block_cache)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saf_ref.nn.resnet import init_resnet, resnet_backward, resnet_forward
+from saf_ref.nn.resnet import basic_block_forward, init_resnet, resnet_backward, resnet_forward
 from saf_ref.nn.small import (
     init_mlp,
     init_small_cnn,
@@ -141,3 +141,65 @@ def test_mlp_checks_the_weights_it_reads_its_sizes_from(key, value, error, messa
     params, state = init_mlp(4, hidden=(3, 3), rng=0)
     with pytest.raises(error, match=rf"mlp_forward: {message}"):
         mlp_forward({**params, key: value}, state, np.ones((2, 4), np.float32), train=False)
+
+
+def _block_case(change):
+    """basic_block_forward's arguments for resnet20's layer1.0 (2 -> 2 channels, identity shortcut),
+    with ``change`` applied to them (a dict of keyword arguments)."""
+    params, state = init_resnet("resnet20", width=2, rng=0)
+    kwargs = {"x": np.ones((2, 2, 4, 4), np.float32), "params": params, "state": state, "prefix": "layer1.0.",
+              "stride": 1, "train": True}  # fmt: skip
+    change(kwargs)
+    return kwargs
+
+
+def _set(key, value):
+    return lambda kw: kw.__setitem__(key, value)
+
+
+def _set_param(where, key, value):
+    return lambda kw: kw.__setitem__(where, {**kw[where], key: value})
+
+
+BLOCK_ERRORS = [
+    (_set("stride", 0), ValueError, r"stride must be in \[1, inf\], got 0"),
+    (_set("stride", 1.5), TypeError, r"stride must be an integer, got float 1.5"),
+    (_set("train", 1), TypeError, r"train must be a bool, got int"),
+    (_set("prefix", 1), TypeError, r"prefix must be a str, got int"),
+    (_set("x", [[1.0]]), TypeError, r"x must be a numpy.ndarray, got list"),
+    (_set("x", np.ones((2, 2, 4), np.float32)), ValueError, r"x must be 4-dimensional"),
+    (_set("x", np.ones((2, 2, 0, 4), np.float32)), ValueError, r"x.shape\[2\] must be in \[1, inf\], got 0"),
+    (_set("x", np.ones((2, 3, 4, 4), np.float32)), ValueError, r"x.shape\[1\] \(=3\) must equal params\["),
+    (_set("x", np.ones((2, 2, 4, 4))), TypeError,
+     r"params\['layer1.0.conv1.weight'\]\.dtype \(=float32\) must equal x.dtype \(=float64\)"),
+    (_set("x", np.ones((1, 2, 1, 1), np.float32)), ValueError, r"x must leave more than one value per"),
+    (_set("prefix", "layer9.0."), ValueError, r"params must contain 'layer9.0.conv1.weight', got no such"),
+    (_set("stride", 2), ValueError, r"params must contain 'layer1.0.downsample.0.weight'"),
+    (_set("state", {}), ValueError, r"state must contain 'layer1.0.bn1.running_mean', got no such key"),
+    (_set("params", [1]), TypeError, r"params must be a dict of numpy arrays, got list"),
+    (_set_param("params", "layer1.0.bn2.bias", np.ones(3, np.float32)), ValueError,
+     r"params\['layer1.0.bn2.bias'\] must have shape \(2,\), got \(3,\)"),
+    (_set_param("params", "layer1.0.conv2.weight", [1.0]), TypeError,
+     r"params\['layer1.0.conv2.weight'\] must be a numpy.ndarray, got list"),
+    (_set_param("state", "layer1.0.bn1.running_var", np.ones(2)), TypeError,
+     r"state\['layer1.0.bn1.running_var'\].dtype \(=float64\) must equal x.dtype \(=float32\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, error, message", BLOCK_ERRORS)
+def test_basic_block_forward_checks_its_arguments(change, error, message):
+    """It checked none of these: they ran into ZeroDivisionError, KeyError, AttributeError, a reshape
+    error or another function's message."""
+    with pytest.raises(error, match=rf"^basic_block_forward: {message}"):
+        basic_block_forward(**_block_case(change))
+
+
+def test_basic_block_forward_of_checked_arguments_is_the_blocks_of_resnet_forward():
+    """The checks change no result: the blocks of the unfused model (a tap hook) run the same code."""
+    params, state = init_resnet("resnet20", width=2, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    y, new_state, _ = basic_block_forward(x, params, state, "layer2.0.", stride=2, train=True)
+    y1, _, _ = basic_block_forward(x, params, state, "layer2.0.", stride=2, train=True,
+                                   activation_faults=_identity_hook)  # fmt: skip
+    np.testing.assert_array_equal(y, y1)
+    assert sorted(new_state) == sorted(k for k in state if k.startswith("layer2.0."))
