@@ -41,7 +41,7 @@ Per tensor with ``N = size * m`` candidate bits (``m`` bits per word, all ``nbit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -58,6 +58,7 @@ from saf_ref.bits.faults import (
     draw_exact_k,
     xor_flips,
 )
+from saf_ref.bits.fields import BitField
 
 __all__ = [
     "Target",
@@ -212,8 +213,7 @@ class BitErrors(FaultModel):
         fn = "BitErrors"
         self.p01, self.p10 = check_rates(p, p01, p10, fn)
         self.p = p if p is None else float(p)
-        bit_indices(bit_mask, 64, fn)  # its form now; its fit to each tensor's width in check_tensor
-        self.bit_mask = bit_mask
+        self.bit_mask = own_bit_mask(bit_mask, fn)  # its form now; its fit to each width in check_tensor
 
     def __repr__(self) -> str:
         if self.p01 == self.p10 and self.p is not None:
@@ -232,6 +232,29 @@ class BitErrors(FaultModel):
         return xor_flips(codes, flips), _flip_list(flips, target)
 
 
+def own_bit_mask(bit_mask: Any, fn: str) -> Any:
+    """A fault model's own copy of ``bit_mask``, checked for its form (its fit to the width of a tensor is
+    checked per tensor, by :func:`~saf_ref.bits.faults.bit_indices`).
+
+    A list or array of the caller's may change after the model is built, and an iterator can be read only
+    once: an iterable becomes a tuple and a bool array a read-only copy. A bool array has one entry per bit
+    of the tensors it will meet (at most 64).
+    """
+    if isinstance(bit_mask, np.ndarray) and bit_mask.dtype == np.bool_:
+        if bit_mask.ndim != 1 or not 1 <= bit_mask.size <= 64:
+            raise ValueError(
+                f"{fn}: bit_mask as a bool array must have shape (nbits,) with 1 <= nbits <= 64, got shape "
+                f"{bit_mask.shape}"
+            )
+        own = bit_mask.copy()
+        own.setflags(write=False)
+        return own
+    if isinstance(bit_mask, Iterable) and not isinstance(bit_mask, (str, bytes, BitField)):
+        bit_mask = tuple(bit_mask)
+    bit_indices(bit_mask, 64, fn)
+    return bit_mask
+
+
 class ExactCount(FaultModel):
     """Exactly ``k`` distinct bit flips per tensor (model of :func:`~saf_ref.bits.faults.inject_exact_k`).
 
@@ -245,8 +268,7 @@ class ExactCount(FaultModel):
     def __init__(self, k: int, *, bit_mask: Any = None) -> None:
         fn = "ExactCount"
         self.k = validation.check_int(k, "k", fn, low=0)
-        bit_indices(bit_mask, 64, fn)
-        self.bit_mask = bit_mask
+        self.bit_mask = own_bit_mask(bit_mask, fn)
 
     def __repr__(self) -> str:
         mask = "" if self.bit_mask is None else f", bit_mask={self.bit_mask!r}"

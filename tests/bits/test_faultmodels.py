@@ -242,3 +242,28 @@ def test_a_new_model_only_implements_corrupt():
     out, faults = SetTopBit().apply(codes)
     assert out.tolist() == [0x80, 0x80, 0x83] and faults.index.tolist() == [0, 2]
     assert np.array_equal(faults.apply(codes), out)
+
+
+@pytest.mark.parametrize("model", [BitErrors, ExactCount])
+def test_bit_mask_is_the_models_own(model):
+    """A mask the caller changes afterwards, or an iterator (read once by the constructor's check), used
+    to change which bits flip: [3] then appended 14 flipped bits 3 and 14; a generator flipped none."""
+    arg = 0.5 if model is BitErrors else 40
+    codes = np.zeros(64, np.uint16)
+
+    def flipped_bits(m):
+        _, faults = m.apply(codes, rng=1)
+        return set(faults.bit.tolist())
+
+    mask = [3]
+    m = model(arg, bit_mask=mask)
+    mask.append(14)
+    assert flipped_bits(m) == {3}
+    assert flipped_bits(model(arg, bit_mask=(b for b in (3, 14)))) == {3, 14}
+    as_bools = np.zeros(16, bool)
+    as_bools[[3, 14]] = True  # one entry per bit of the uint16 words
+    m = model(arg, bit_mask=as_bools)
+    as_bools[5] = True
+    assert flipped_bits(m) == {3, 14}
+    with pytest.raises(ValueError, match=rf"^{model.__name__}: bit_mask as a bool array must have shape"):
+        model(arg, bit_mask=np.ones((2, 8), bool))
