@@ -492,6 +492,20 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
     With ``d = dy * [pre-activation > 0]`` (``[0 < pre-activation < c]`` with a ceiling ``c``): the
     residual branch and the shortcut both receive ``d``, and ``dx`` is the sum of their input gradients.
     """
+    fn = "basic_block_backward"
+    if not isinstance(cache, BasicBlockCache):
+        raise TypeError(
+            f"{fn}: cache must be the BasicBlockCache of basic_block_forward, got {type(cache).__name__}"
+        )
+    check_float(dy, "dy", fn)
+    out = cache.relu_out  # ReluCache or ReluClippedCache: the block output's mask and dtype
+    if dy.dtype != out.dtype:
+        raise TypeError(
+            f"{fn}: dy.dtype (={dy.dtype}) must equal the block output's dtype (={out.dtype}); "
+            "mixed dtypes are not promoted, cast explicitly"
+        )
+    if dy.shape != out.passes.shape:
+        raise ValueError(f"{fn}: dy must have the block output's shape {out.passes.shape}, got {dy.shape}")
     grads: dict[str, np.ndarray] = {}
     d = act_backward(dy, cache.relu_out)
     dh = conv_norm_backward(d, cache.branch2, grads)

@@ -13,7 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saf_ref.nn.resnet import basic_block_forward, init_resnet, resnet_backward, resnet_forward
+from saf_ref.nn.resnet import (
+    basic_block_backward,
+    basic_block_forward,
+    init_resnet,
+    resnet_backward,
+    resnet_forward,
+)
 from saf_ref.nn.small import (
     init_mlp,
     init_small_cnn,
@@ -203,3 +209,21 @@ def test_basic_block_forward_of_checked_arguments_is_the_blocks_of_resnet_forwar
                                    activation_faults=_identity_hook)  # fmt: skip
     np.testing.assert_array_equal(y, y1)
     assert sorted(new_state) == sorted(k for k in state if k.startswith("layer2.0."))
+
+
+def test_basic_block_backward_checks_its_arguments():
+    """A wrong cache raised AttributeError, a wrong dy was reported in relu_backward's name."""
+    kwargs = _block_case(lambda kw: None)
+    y, _, cache = basic_block_forward(**kwargs)
+    fn = "basic_block_backward"
+    with pytest.raises(TypeError, match=rf"^{fn}: cache must be the BasicBlockCache of basic_block_forward"):
+        basic_block_backward(np.ones_like(y), (1, 2))
+    with pytest.raises(TypeError, match=rf"^{fn}: dy must be a numpy.ndarray, got list"):
+        basic_block_backward(y.tolist(), cache)
+    with pytest.raises(TypeError, match=rf"^{fn}: dy.dtype \(=float64\) must equal the block output's dtype"):
+        basic_block_backward(np.ones(y.shape), cache)
+    with pytest.raises(ValueError, match=rf"^{fn}: dy must have the block output's shape \(2, 2, 4, 4\)"):
+        basic_block_backward(np.ones((2, 2, 4, 3), np.float32), cache)
+    dx, grads = basic_block_backward(np.ones_like(y), cache)
+    assert dx.shape == kwargs["x"].shape
+    assert sorted(grads) == sorted(k for k in kwargs["params"] if k.startswith("layer1.0."))
