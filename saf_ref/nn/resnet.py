@@ -558,7 +558,8 @@ def resnet_forward(
     state : dict[str, ndarray]
         Batch-norm running statistics (empty with group norm).
     x : ndarray, shape (N, C_in, H, W)
-        Same dtype as every parameter.
+        Same dtype as every parameter; no dimension 0. In training mode with batch norm the last
+        stage's maps must hold more than one value per channel (``N * H' * W' > 1``), as in PyTorch.
     arch : {"resnet20", "resnet18_cifar", "resnet18"}
     train : bool
         Training mode: batch norm uses batch statistics and updates the running ones (momentum 0.1,

@@ -183,6 +183,8 @@ def small_cnn_forward(
     params, state : dict[str, ndarray]
         From :func:`init_small_cnn`; the width, input channels and classes are read from the shapes.
     x : ndarray, shape (N, C_in, H, W)
+        No dimension 0. In training mode with batch norm the last layer's maps must hold more than one
+        value per channel (``N * H' * W' > 1``), as in PyTorch.
     train : bool
         Batch norm in training mode (batch statistics, running-statistics update) or evaluation mode.
     act_clip : float or None
