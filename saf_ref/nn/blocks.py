@@ -54,6 +54,7 @@ __all__ = [
     "check_dlogits",
     "check_model_input",
     "check_named_arrays",
+    "check_named_entries",
     "conv_bn_backward",
     "conv_bn_act_forward",
     "conv_bn_forward",
@@ -143,7 +144,21 @@ def check_named_arrays(
         problems.append(f"unexpected {unexpected}")
     if problems:
         raise ValueError(f"{fn}: {what} must have the keys of the architecture, got " + "; ".join(problems))
+    check_named_entries(fn, what, arrays, shapes, dtype)
+
+
+def check_named_entries(
+    fn: str,
+    what: str,
+    arrays: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    dtype: np.dtype | None = None,
+) -> None:
+    """Require each key of ``shapes`` in ``arrays`` to be an ndarray of that shape (and ``dtype``); other
+    keys of ``arrays`` are not looked at (a block's entries in a whole model's dict)."""
     for k, shape in shapes.items():
+        if k not in arrays:
+            raise ValueError(f"{fn}: {what} must contain {k!r}, got no such key")
         v = arrays[k]
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{fn}: {what}[{k!r}] must be a numpy.ndarray, got {type(v).__name__}")

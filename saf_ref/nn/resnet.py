@@ -66,6 +66,7 @@ from saf_ref.nn.blocks import (
     check_dlogits,
     check_model_input,
     check_named_arrays,
+    check_named_entries,
     conv_bn_act_forward,
     conv_bn_inference,
     init_from_shapes,
@@ -430,20 +431,8 @@ def _check_block_inputs(fn, x, params, state, prefix, stride, train, norm) -> No
     state_shapes: dict[str, tuple[int, ...]] = {}
     for name in norms:
         norm_shapes(name, c_out, norm, shapes, state_shapes)
-    for what, arrays, want in (("params", params, shapes), ("state", state, state_shapes)):
-        for k, shape in want.items():
-            if k not in arrays:
-                raise ValueError(f"{fn}: {what} must contain {k!r}, got no such key")
-            v = arrays[k]
-            if not isinstance(v, np.ndarray):
-                raise TypeError(f"{fn}: {what}[{k!r}] must be a numpy.ndarray, got {type(v).__name__}")
-            if v.dtype != x.dtype:
-                raise TypeError(
-                    f"{fn}: {what}[{k!r}].dtype (={v.dtype}) must equal x.dtype (={x.dtype}); "
-                    "mixed dtypes are not promoted, cast explicitly"
-                )
-            if v.shape != shape:
-                raise ValueError(f"{fn}: {what}[{k!r}] must have shape {shape}, got {v.shape}")
+    check_named_entries(fn, "params", params, shapes, x.dtype)
+    check_named_entries(fn, "state", state, state_shapes, x.dtype)
     out_hw = (output_size(x.shape[2], 3, stride, 1), output_size(x.shape[3], 3, stride, 1))
     check_model_input(fn, x, out_hw, bool(train) and norm == "batch")
 
