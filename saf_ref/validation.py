@@ -119,6 +119,20 @@ def check_real(value: Any, name: str, fn: str) -> float:
     return float(value)
 
 
+def check_real_array(value: Any, name: str, fn: str) -> np.ndarray:
+    """Require an array of real numbers (an ndarray, or a rectangular nested list or tuple of them; not
+    bool); return it as a new float64 array."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # a ragged nested list: NumPy's own message names neither function nor argument
+        raise ValueError(
+            f"{fn}: {name} must be a rectangular array of real numbers, got a ragged {type(value).__name__}"
+        ) from None
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{fn}: {name} must be real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
 def check_probability(p: Any, name: str, fn: str) -> float:
     """Require a real scalar in ``[0, 1]`` (NaN rejected); return it as ``float``."""
     value = check_real(p, name, fn)

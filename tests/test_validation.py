@@ -63,3 +63,32 @@ def test_check_rate_sequence_refuses(rates, kw, error, message):
 
     with pytest.raises(error, match=message):
         check_rate_sequence(rates, "f", **kw)
+
+
+def test_check_real_array_returns_a_new_float64_array():
+    from saf_ref.validation import check_real_array
+
+    a = np.array([1, 2], np.int8)
+    got = check_real_array(a, "v", "f")
+    assert got.dtype == np.float64 and got.tolist() == [1.0, 2.0] and not np.shares_memory(got, a)
+    assert check_real_array([[0.5], [0.25]], "v", "f").tolist() == [[0.5], [0.25]]
+
+
+RAGGED = r"^f: v must be a rectangular array of real numbers, got a ragged "
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ([[0.6], [0.7, 0.8]], ValueError, RAGGED + r"list$"),
+        (([1.0], [1.0, 2.0]), ValueError, RAGGED + r"tuple$"),
+        (np.array([True]), TypeError, r"^f: v must be real numbers, got dtype bool$"),
+        (["a"], TypeError, r"^f: v must be real numbers, got dtype <U1$"),
+        (np.zeros(2, complex), TypeError, r"^f: v must be real numbers, got dtype complex128$"),
+    ],
+)
+def test_check_real_array_refuses(value, error, message):
+    from saf_ref.validation import check_real_array
+
+    with pytest.raises(error, match=message):
+        check_real_array(value, "v", "f")

@@ -622,14 +622,7 @@ class ChipModel:
     def _voltages(self, voltage: Any, fn: str) -> np.ndarray:
         """``voltage`` (a real or an array of reals) as float64, each inside :attr:`voltage_range`."""
         if isinstance(voltage, (list, tuple, np.ndarray)):
-            try:
-                v = np.asarray(voltage)
-            except ValueError:  # a ragged nested list (NumPy's message names neither function nor argument)
-                raise ValueError(f"{fn}: voltage must be a rectangular array of real numbers, got a ragged "
-                                 f"{type(voltage).__name__}") from None
-            if v.dtype.kind not in "iuf":
-                raise TypeError(f"{fn}: voltage must be real numbers, got dtype {v.dtype}")
-            v = v.astype(np.float64)
+            v = validation.check_real_array(voltage, "voltage", fn)
         else:
             v = np.float64(validation.check_real(voltage, "voltage", fn))
         lo, hi = self.voltage_range

@@ -25,14 +25,7 @@ __all__ = ["energy_saving", "relative_energy"]
 def _positive(value: Any, name: str, fn: str) -> Any:
     """A finite real > 0, or an array of them (returned as float64)."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        try:
-            a = np.asarray(value)
-        except ValueError:  # a ragged nested list: NumPy's own message names neither function nor argument
-            raise ValueError(f"{fn}: {name} must be a rectangular array of real numbers, got a ragged "
-                             f"{type(value).__name__}") from None
-        if a.dtype.kind not in "iuf":
-            raise TypeError(f"{fn}: {name} must be real numbers, got dtype {a.dtype}")
-        a = a.astype(np.float64)
+        a = validation.check_real_array(value, name, fn)
         bad = ~(np.isfinite(a) & (a > 0))
         if np.any(bad):
             raise ValueError(f"{fn}: {name} must be finite and > 0, got {float(a[bad].reshape(-1)[0])!r}")
