@@ -175,6 +175,18 @@ def train_step(
     # As train(): a RandBET configuration without a spec would be silently ignored (no perturbed pass).
     spec = _resolve_spec(spec, None, randbet, None, "train_step")
     check_bool(errors_on, "errors_on", "train_step")
+    return _step(
+        params, state, opt_state, x, y, fns, optimizer, lr, spec, randbet, errors_on, rng, label_smoothing,
+        nonfinite,
+    )  # fmt: skip
+
+
+def _step(
+    params, state, opt_state, x, y, fns, optimizer, lr, spec, randbet, errors_on, rng, label_smoothing,
+    nonfinite,
+):  # fmt: skip
+    """:func:`train_step` with its arguments checked (``fns`` a ModelFns, ``spec`` and ``randbet``
+    resolved): what :func:`train`'s loop runs for each batch, having checked them once."""
     if spec is None:
         grads, new_state, info = _plain_gradients(fns, params, state, x, y, label_smoothing)
     else:
@@ -604,10 +616,9 @@ def _train_epoch(
     n_on, on_batches, n_batches = 0, 0, 0  # images and steps with errors on, steps
     for xb, yb in iterate_minibatches(x_train, y_train, batch_size, rng=epoch_rng):
         xb = _augment(xb, augment, pad, epoch_rng)
-        params, state, opt_state, info = train_step(
-            params, state, opt_state, xb, yb, model=fns, optimizer=optimizer, lr=lr, spec=spec,
-            randbet=randbet, errors_on=errors_on, rng=fault_rng, label_smoothing=label_smoothing,
-            nonfinite=nonfinite,
+        params, state, opt_state, info = _step(
+            params, state, opt_state, xb, yb, fns, optimizer, lr, spec, randbet, errors_on, fault_rng,
+            label_smoothing, nonfinite,
         )  # fmt: skip
         loss_sum += info.loss * xb.shape[0]
         if info.errors_on:
