@@ -257,9 +257,9 @@ class ActivationFaults:
         self.bit_mask = bit_mask
         if self.p is not None:
             self._bits = bit_indices(bit_mask, self.codec.nbits, fn)
-            # the model gets our own copy of the bits (the same sorted indices it would derive): the
-            # caller's list or array, changed after this call, must not change which bits flip
-            self._model = BitErrors(self.p, bit_mask=None if bit_mask is None else self._bits.copy())
+            # the model gets the indices, not the caller's mask (the same sorted indices it would derive;
+            # a generator is used up by now, and BitErrors keeps its own copy: own_bit_mask)
+            self._model = BitErrors(self.p, bit_mask=None if bit_mask is None else self._bits)
             self.rng = validation.check_rng(rng, fn)
             self.faults = None
             self._masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
