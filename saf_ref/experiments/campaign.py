@@ -551,9 +551,9 @@ def summarize(
     cells: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for rec in trials:
         cells.setdefault((rec["subject"], rec["ber"]), []).append(rec)
-    # Each cell's records in trial order (a stable sort; records without a trial keep their place), so
-    # that the float sums do not depend on the order the records come in: a Journal holds them in
-    # completion order, which depends on the executor and the number of workers.
+    # Each cell's records in trial order (a stable sort; records without a trial come first, in the order
+    # given), so that the float sums do not depend on the order the records come in: a Journal holds them
+    # in completion order, which depends on the executor and the number of workers.
     cells = {key: sorted(recs, key=_trial_of) for key, recs in cells.items()}
     order = list(dict.fromkeys(rec["subject"] for rec in trials))
     rows = []
