@@ -35,15 +35,14 @@ from saf_ref import validation
 from saf_ref.bits.fixed import FixedPointFormat
 from saf_ref.bits.formats import resolve_format
 from saf_ref.bits.ieee import IEEEFormat
+from saf_ref.protect.spec import build_default_spec
 from saf_ref.protect.storage import (
     ROLES,
     StorageRule,
     StorageSpec,
     check_params,
-    default_spec,
     param_role,
 )
-from saf_ref.protect.transforms import check_transform
 
 __all__ = ["scale_target", "scale_constants", "weight_scaling_spec"]
 
@@ -253,21 +252,16 @@ def weight_scaling_spec(
     ``docs/weight_scaling.md``); with inf and NaN kept it makes single flips more often non-finite.
     """
     fn = "weight_scaling_spec"
-    # Every argument is checked here, before the spec is built, so that errors name this function (not
-    # default_spec or StorageRule), and power_of_two also when no tensor gets a constant.
+    # Every argument is checked before the spec is built, in this function's name (not default_spec's or
+    # StorageRule's: build_default_spec takes fn), and power_of_two also when no tensor gets a constant.
     dtype = check_params(params, "params", fn)
     if not isinstance(power_of_two, bool):
         raise TypeError(f"{fn}: power_of_two must be a bool, got {validation.describe(power_of_two)}")
     if base is None:
-        if not isinstance(expose_non_weights, bool):
-            raise TypeError(
-                f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
-            )
-        base = default_spec(
-            resolve_format("float32" if format is None else format, fn=fn, name="format"),
-            check_transform("identity" if transform is None else transform, "transform", fn),
-            expose_non_weights=expose_non_weights,
-        )
+        base = build_default_spec(
+            "float32" if format is None else format, "identity" if transform is None else transform,
+            expose_non_weights, None, ("weight",), fn,
+        )  # fmt: skip
     else:
         if not isinstance(base, StorageSpec):
             raise TypeError(f"{fn}: base must be a StorageSpec or None, got {validation.describe(base)}")

@@ -348,13 +348,24 @@ def default_spec(
         each other clipped role ``r``, then ``"*"`` for the rest: two rules with the default
         ``clip_roles`` (the spec saf_ref always had), and with ``weight_clip=None``.
     """
-    fn = "default_spec"
+    return build_default_spec(format, transform, expose_non_weights, weight_clip, clip_roles, "default_spec")
+
+
+def build_default_spec(
+    format: Any,
+    transform: Any,
+    expose_non_weights: Any,
+    weight_clip: Any,
+    clip_roles: Any,
+    fn: str,
+) -> StorageSpec:
+    """:func:`default_spec`, its arguments checked in the name of ``fn`` (the public function called)."""
     if not isinstance(expose_non_weights, bool):
         raise TypeError(
             f"{fn}: expose_non_weights must be a bool, got {validation.describe(expose_non_weights)}"
         )
     clip_roles = check_clip_roles(clip_roles, fn)
-    # Checked here so that a bad argument is named as the caller's (not as StorageRule's clip or format)
+    # Checked here so that a bad argument is named as fn's (not as StorageRule's clip or format)
     format = resolve_format(format, fn=fn, name="format")
     transform = check_transform(transform, "transform", fn)
     weight_clip = _check_optional_positive(weight_clip, "weight_clip", fn)
