@@ -243,6 +243,8 @@ def _check_common(x, y, rates, trials, seed, executor, max_workers, fn):
         raise ValueError(
             f"{fn}: y must hold one integer label per image of x, got y {y.dtype} {y.shape}, x {x.shape}"
         )
+    if x.shape[0] == 0:  # as run_campaign's: no rate of an empty set (it failed in NumPy's concatenate)
+        raise ValueError(f"{fn}: x must hold at least one example, got shape {x.shape}")
     rates = validation.check_rate_sequence(rates, fn, distinct=True)  # as run_campaign's
     trials = validation.check_int(trials, "trials", fn, low=1)
     seed = validation.check_int(seed, "seed", fn, low=0)

@@ -111,3 +111,16 @@ def test_inject_nested_takes_an_array_of_rates():
     a, b = inject_nested(stored, rates, rng=4), inject_nested(stored, np.array(rates), rng=4)
     for x_, y_ in zip(a, b, strict=True):
         assert x_.faults.to_json() == y_.faults.to_json()
+
+
+def test_sdc_runs_refuse_an_empty_evaluation_set_like_run_campaign(subject, evalset):
+    """They failed with NumPy's bare 'need at least one array to concatenate' after building the units."""
+    from saf_ref.experiments.sdc import run_activation_sdc, run_weight_sdc
+
+    x, y = evalset
+    empty = r"x must hold at least one example, got shape \(0, 1, 8, 8\)"
+    with pytest.raises(ValueError, match="run_weight_sdc: " + empty):
+        run_weight_sdc([subject], x[:0], y[:0], (1e-2,), trials=1, seed=0, executor="serial")
+    with pytest.raises(ValueError, match="run_activation_sdc: " + empty):
+        run_activation_sdc("mlp", subject.params, subject.state, x[:0], y[:0], rates=(1e-2,), trials=1,
+                           seed=0, executor="serial")  # fmt: skip
