@@ -597,6 +597,11 @@ def train(
     return params, state, history
 
 
+def _epoch_lr(optimizer: SGD, schedule: Any, epoch: int) -> float:
+    """The learning rate of ``epoch``: the schedule's, or ``optimizer.lr`` without one."""
+    return optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
+
+
 def _train_epoch(
     fns, params, state, opt_state, x_train, y_train, epoch, base_seed, spec, randbet, errors_on,
     optimizer, schedule, batch_size, augment, pad, label_smoothing, nonfinite,
@@ -608,7 +613,7 @@ def _train_epoch(
     """
     epoch_rng = np.random.default_rng([base_seed, epoch])  # batches and augmentation
     fault_rng = np.random.default_rng([base_seed, epoch, 1])  # bit-error patterns
-    lr = optimizer.lr if schedule is None else float(schedule.lr_at(epoch))
+    lr = _epoch_lr(optimizer, schedule, epoch)
     per_batch = randbet is not None and randbet.batch_curriculum
     epoch_errors_on = errors_on
     t0 = time.perf_counter()
@@ -735,9 +740,7 @@ def _training_settings(
     settings = {
         "batch_size": batch_size,
         "optimizer": dataclasses.asdict(optimizer),
-        _LEARNING_RATES: [
-            optimizer.lr if schedule is None else float(schedule.lr_at(e)) for e in range(epochs)
-        ],
+        _LEARNING_RATES: [_epoch_lr(optimizer, schedule, e) for e in range(epochs)],
         "augment": augment,
         "pad": pad,
         "label_smoothing": float(label_smoothing),
