@@ -135,7 +135,7 @@ class ErrorMap(NamedTuple):
         not_bits = (written != 0) & (written != 1)  # NaN included
         if not_bits.any():
             raise ValueError(
-                f"{fn}: written must hold bits 0 or 1, got {written[not_bits].reshape(-1)[0]!r} "
+                f"{fn}: written must hold bits 0 or 1, got {written[not_bits].reshape(-1)[0].item()!r} "
                 f"({int(not_bits.sum())} values neither 0 nor 1)"
             )
         w = written.astype(np.uint8)
