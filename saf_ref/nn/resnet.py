@@ -495,6 +495,12 @@ def basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.nda
         )
     if dy.shape != out.passes.shape:
         raise ValueError(f"{fn}: dy must have the block output's shape {out.passes.shape}, got {dy.shape}")
+    return _basic_block_backward(dy, cache)
+
+
+def _basic_block_backward(dy: np.ndarray, cache: BasicBlockCache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`basic_block_backward` with ``dy`` and ``cache`` checked: what :func:`resnet_backward` runs
+    for each block (its gradients come from the checked ``dlogits``)."""
     grads: dict[str, np.ndarray] = {}
     d = act_backward(dy, cache.relu_out)
     dh = conv_norm_backward(d, cache.branch2, grads)
@@ -787,7 +793,7 @@ def resnet_backward(dlogits: np.ndarray, cache: ResNetCache) -> ModelGrads:
     grads["fc.weight"], grads["fc.bias"] = fc_grads.dw, fc_grads.db
     dh = global_avgpool_backward(fc_grads.dx, cache.pool).dx
     for block in reversed(cache.blocks):
-        dh, block_grads = basic_block_backward(dh, block)
+        dh, block_grads = _basic_block_backward(dh, block)
         grads.update(block_grads)
     if cache.stem.maxpool is not None:
         dh = maxpool2d_backward(dh, cache.stem.maxpool).dx
