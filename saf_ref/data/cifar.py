@@ -75,6 +75,8 @@ def _read_members(path: Any, folder: str, names: tuple[str, ...], fn: str) -> di
                     if len(found) == len(wanted):
                         break
             _read_to_the_end(tf)
+    except PermissionError:
+        raise  # not a corrupt file: the OSError clause below is for gzip's and bz2's format errors
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise ValueError(
             f"{fn}: {path} must be a complete, uncorrupted tar archive, got {type(e).__name__}: {e}"

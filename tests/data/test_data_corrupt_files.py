@@ -121,3 +121,17 @@ def test_a_label_beyond_int64_is_a_value_error(tmp_path, bad):
     with pytest.raises(ValueError, match=rf"load_cifar10: cifar-10-batches-py/test_batch labels must be in "
                                          rf"\[0, 9\], got {bad}$"):  # fmt: skip
         C.load_cifar10(path, split="test")
+
+
+def test_a_permission_error_is_not_reported_as_a_corrupt_archive(tmp_path, monkeypatch):
+    """The archive clause catches OSError for gzip's and bz2's format errors; an unreadable file is no
+    corrupt archive and keeps its PermissionError."""
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(b"\x1f\x8b" + b"\0" * 64)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(C.tarfile, "is_tarfile", denied)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        C.load_cifar10(path, split="test")
