@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_gemm.py                # batch 128, float32, best of 7 (about a minute)
+    python benchmarks/bench_gemm.py                # batch 128, float32, best of 7 (about 15 s)
     python benchmarks/bench_gemm.py --quick        # batch 32, best of 2 (seconds)
     python benchmarks/bench_gemm.py --dtype float64
 
